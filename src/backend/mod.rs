@@ -1,0 +1,173 @@
+//! The backend boundary: SQL dialect and lock primitives, nothing else.
+//! Ordering, validation and journaling live once, in the shared modules.
+
+use std::time::Duration;
+
+use diesel::r2d2::{ConnectionManager, R2D2Connection};
+use diesel::result::QueryResult;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::Postgres;
+#[cfg(feature = "sqlite")]
+pub use sqlite::Sqlite;
+
+/// A bind parameter for tandem's own metadata queries.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Bind<'a> {
+    /// `BIGINT`.
+    I64(i64),
+    /// `TEXT`.
+    Text(&'a str),
+    /// Nullable `BIGINT`.
+    OptI64(Option<i64>),
+    /// Nullable `TEXT`.
+    OptText(Option<&'a str>),
+}
+
+/// A row type of tandem's metadata queries, loadable on every enabled backend.
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+pub trait MetaRow:
+    diesel::QueryableByName<diesel::sqlite::Sqlite> + diesel::QueryableByName<diesel::pg::Pg> + 'static
+{
+}
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+impl<T> MetaRow for T where
+    T: diesel::QueryableByName<diesel::sqlite::Sqlite> + diesel::QueryableByName<diesel::pg::Pg> + 'static
+{
+}
+
+/// A row type of tandem's metadata queries, loadable on every enabled backend.
+#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+pub trait MetaRow: diesel::QueryableByName<diesel::sqlite::Sqlite> + 'static {}
+#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+impl<T> MetaRow for T where T: diesel::QueryableByName<diesel::sqlite::Sqlite> + 'static {}
+
+/// A row type of tandem's metadata queries, loadable on every enabled backend.
+#[cfg(all(not(feature = "sqlite"), feature = "postgres"))]
+pub trait MetaRow: diesel::QueryableByName<diesel::pg::Pg> + 'static {}
+#[cfg(all(not(feature = "sqlite"), feature = "postgres"))]
+impl<T> MetaRow for T where T: diesel::QueryableByName<diesel::pg::Pg> + 'static {}
+
+/// Pool settings a backend may adjust (an in-memory SQLite database must
+/// live on exactly one connection that is never closed).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Maximum connections.
+    pub max_size: u32,
+    /// How long a checkout may wait.
+    pub connection_timeout: Duration,
+    /// Whether r2d2 pings a connection on every checkout.
+    pub test_on_check_out: bool,
+    /// Close connections idle for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close connections this old (`None`: never).
+    pub max_lifetime: Option<Duration>,
+}
+
+/// A database tandem can drive. Implemented by [`Sqlite`] and [`Postgres`];
+/// sealed.
+///
+/// The methods are primitives used by tandem's shared upgrade and metadata
+/// logic; applications do not call them.
+pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
+    /// The diesel connection type bindings receive.
+    type Connection: diesel::Connection + R2D2Connection + Send + 'static;
+
+    /// Backend name, as used in catalog overrides (`expand.sqlite.sql`).
+    const NAME: &'static str;
+
+    /// Runs one statement of tandem's metadata SQL with `binds` (`$1`, `$2`, …).
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    fn execute(conn: &mut Self::Connection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize>;
+
+    /// Loads rows of tandem's metadata SQL.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    fn load<T: MetaRow>(conn: &mut Self::Connection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<Vec<T>>;
+
+    /// Runs `f` in a transaction that holds the database's write side from
+    /// its first statement (SQLite `BEGIN IMMEDIATE`), so read-then-write
+    /// metadata updates are compare-and-set.
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error, or the database error of `BEGIN` or `COMMIT`.
+    fn write_transaction<T, E, F>(conn: &mut Self::Connection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self::Connection) -> Result<T, E>,
+        E: From<diesel::result::Error>;
+
+    /// Whether an error is a passing lock conflict worth retrying
+    /// (SQLite busy, PostgreSQL lock timeout or deadlock).
+    fn is_transient(error: &diesel::result::Error) -> bool;
+
+    /// SQL returning one row with a `BIGINT` column `n`: whether table `$1`
+    /// exists (1) or not (0).
+    fn table_exists_sql() -> &'static str;
+
+    /// SQL returning one row with a `BIGINT` column `n`: how many
+    /// application tables the database holds.
+    fn user_tables_sql() -> &'static str;
+
+    /// Column type of an auto-increment primary key.
+    fn serial_primary_key() -> &'static str;
+
+    /// Adjusts pool settings for `url` and returns the connection manager
+    /// and a customizer applied to every new connection.
+    ///
+    /// # Errors
+    ///
+    /// None for the built-in backends; reserved for URL validation.
+    #[allow(clippy::type_complexity)]
+    fn configure_pool(
+        url: &str,
+        settings: &mut PoolSettings,
+    ) -> (
+        ConnectionManager<Self::Connection>,
+        Option<Box<dyn diesel::r2d2::CustomizeConnection<Self::Connection, diesel::r2d2::Error>>>,
+    );
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Shared body of `Backend::execute`/`load`: a boxed `sql_query` with binds.
+macro_rules! bound_query {
+    ($db:ty, $sql:expr, $binds:expr) => {{
+        use diesel::sql_types::{BigInt, Nullable, Text};
+        let mut query = diesel::sql_query($sql).into_boxed::<$db>();
+        for bind in $binds {
+            query = match *bind {
+                $crate::backend::Bind::I64(v) => query.bind::<BigInt, _>(v),
+                $crate::backend::Bind::Text(v) => query.bind::<Text, _>(v),
+                $crate::backend::Bind::OptI64(v) => query.bind::<Nullable<BigInt>, _>(v),
+                $crate::backend::Bind::OptText(v) => query.bind::<Nullable<Text>, _>(v),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bound_query;
+
+/// Whether a diesel error's message names a lock conflict.
+pub(crate) fn message_is_transient(error: &diesel::result::Error, needles: &[&str]) -> bool {
+    match error {
+        diesel::result::Error::DatabaseError(kind, info) => {
+            matches!(kind, diesel::result::DatabaseErrorKind::SerializationFailure)
+                || needles.iter().any(|n| info.message().contains(n))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,96 @@
+//! SQLite: dialect and primitives. Writers are serialised by the database
+//! (`BEGIN IMMEDIATE` takes the write lock up front, `busy_timeout` queues
+//! the rest); WAL lets readers run beside the one writer.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection};
+use diesel::result::QueryResult;
+use diesel::{RunQueryDsl, SqliteConnection};
+
+use super::{bound_query, message_is_transient, Backend, Bind, MetaRow, PoolSettings};
+
+/// The embedded SQLite backend (bundled; nothing to install).
+///
+/// Every pooled connection gets `busy_timeout` 5 s, WAL journaling (for
+/// files), `synchronous = NORMAL` and foreign keys on. An in-memory database
+/// (`:memory:`) lives on a single connection that the pool never closes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sqlite;
+
+impl super::sealed::Sealed for Sqlite {}
+
+/// How long a connection waits for SQLite's write lock before `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON;",
+            BUSY_TIMEOUT.as_millis()
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+fn is_in_memory(url: &str) -> bool {
+    url == ":memory:" || url.contains("mode=memory")
+}
+
+impl Backend for Sqlite {
+    type Connection = SqliteConnection;
+    const NAME: &'static str = "sqlite";
+
+    fn execute(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
+        bound_query!(diesel::sqlite::Sqlite, sql, binds).execute(conn)
+    }
+
+    fn load<T: MetaRow>(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<Vec<T>> {
+        bound_query!(diesel::sqlite::Sqlite, sql, binds).load::<T>(conn)
+    }
+
+    fn write_transaction<T, E, F>(conn: &mut SqliteConnection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut SqliteConnection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        conn.immediate_transaction(f)
+    }
+
+    fn is_transient(error: &diesel::result::Error) -> bool {
+        message_is_transient(error, &["database is locked", "database table is locked", "busy"])
+    }
+
+    fn table_exists_sql() -> &'static str {
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1"
+    }
+
+    fn user_tables_sql() -> &'static str {
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    }
+
+    fn serial_primary_key() -> &'static str {
+        "INTEGER PRIMARY KEY"
+    }
+
+    fn configure_pool(
+        url: &str,
+        settings: &mut PoolSettings,
+    ) -> (
+        ConnectionManager<SqliteConnection>,
+        Option<Box<dyn CustomizeConnection<SqliteConnection, diesel::r2d2::Error>>>,
+    ) {
+        if is_in_memory(url) {
+            // Each connection to `:memory:` is its own database: keep exactly one, forever.
+            settings.max_size = 1;
+            settings.idle_timeout = None;
+            settings.max_lifetime = None;
+        }
+        (ConnectionManager::new(url), Some(Box::new(Pragmas)))
+    }
+}

@@ -1,0 +1,431 @@
+//! The catalog: the ordered schema versions in `schema_versions/`, each phase
+//! with its SQL text and SHA-256 checksum.
+//!
+//! ```text
+//! schema_versions/
+//!   0001_accounts/expand.sql            initial schema (version 1: expand only)
+//!   0002_account_emails/expand.sql      additive: new table, sync triggers
+//!   0002_account_emails/switch.sql      optional: few, fast statements
+//!   0002_account_emails/switch_back.sql optional: undoes switch.sql
+//!   0002_account_emails/contract.sql    optional: drop the old structures
+//!   0002_account_emails/expand.postgres.sql  optional: wins over expand.sql on PostgreSQL
+//! ```
+//!
+//! Applications embed it at compile time with [`build::embed_catalog`](crate::build::embed_catalog)
+//! and [`include_catalog!`](crate::include_catalog); tools load it from a folder
+//! with [`Catalog::from_dir`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::CatalogError;
+use crate::version::{Phase, Version};
+
+/// The backends a catalog file may be specific to (`expand.sqlite.sql`).
+pub(crate) const BACKEND_NAMES: [&str; 2] = ["sqlite", "postgres"];
+
+/// One file of a catalog embedded in the binary. Produced by
+/// [`include_catalog!`](crate::include_catalog); not usually written by hand.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedFile {
+    /// Path relative to the catalog folder, with `/` separators.
+    pub path: &'static str,
+    /// The file's bytes.
+    pub contents: &'static [u8],
+}
+
+/// A catalog embedded in the binary: the folder it came from and its files.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedCatalog {
+    /// The folder the files were read from, for error messages.
+    pub root: &'static str,
+    /// Every file of the folder.
+    pub files: &'static [EmbeddedFile],
+}
+
+/// The SQL of one phase of one version, for one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseSql<'a> {
+    /// The SQL text.
+    pub text: &'a str,
+    /// Lowercase hex SHA-256 of `text`.
+    pub checksum: &'a str,
+    /// The file it came from, relative to the catalog folder.
+    pub file: &'a str,
+}
+
+#[derive(Debug, Clone)]
+struct PhaseFile {
+    phase: Phase,
+    backend: Option<&'static str>,
+    text: String,
+    checksum: String,
+    file: String,
+}
+
+/// One version of the catalog.
+#[derive(Debug, Clone)]
+pub struct CatalogVersion {
+    version: Version,
+    name: String,
+    files: Vec<PhaseFile>,
+}
+
+impl CatalogVersion {
+    /// The version number.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The name after the number in the folder name (`account_emails`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The SQL of `phase` for `backend` (`"sqlite"` or `"postgres"`): the
+    /// backend's own file if present, else the generic one, else `None`.
+    pub fn phase(&self, phase: Phase, backend: &str) -> Option<PhaseSql<'_>> {
+        let pick = |specific: bool| {
+            self.files.iter().find(|f| {
+                f.phase == phase && (if specific { f.backend == Some(backend) } else { f.backend.is_none() })
+            })
+        };
+        pick(true).or_else(|| pick(false)).map(|f| PhaseSql {
+            text: &f.text,
+            checksum: &f.checksum,
+            file: &f.file,
+        })
+    }
+}
+
+/// The ordered versions of a schema, validated: numbered 1, 2, 3, … without
+/// gaps, each with an `expand.sql`, every file known, non-empty UTF-8.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// std::fs::create_dir(dir.path().join("0001_init"))?;
+/// std::fs::write(dir.path().join("0001_init/expand.sql"), "CREATE TABLE t (id INTEGER PRIMARY KEY);")?;
+/// let catalog = tandem::Catalog::from_dir(dir.path())?;
+/// assert_eq!(catalog.latest().get(), 1);
+/// let expand = catalog.phase(catalog.latest(), tandem::Phase::Expand, "sqlite").unwrap();
+/// assert_eq!(expand.checksum.len(), 64);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    versions: Vec<CatalogVersion>,
+}
+
+impl Catalog {
+    /// Loads and validates a catalog folder at run time (for tools and tests).
+    ///
+    /// # Errors
+    ///
+    /// [`CatalogError`] naming the file or folder at fault: unreadable,
+    /// badly named, unknown, empty or non-UTF-8 files, a missing
+    /// `expand.sql`, gaps or duplicates in the numbering.
+    pub fn from_dir(path: impl AsRef<Path>) -> Result<Catalog, CatalogError> {
+        let root = path.as_ref();
+        Catalog::parse(root, read_tree(root)?)
+    }
+
+    /// Validates a catalog embedded with [`include_catalog!`](crate::include_catalog).
+    ///
+    /// # Errors
+    ///
+    /// As [`Catalog::from_dir`]; the build helper already refused a malformed
+    /// folder at compile time, so this fails only if the files were edited
+    /// by hand.
+    pub fn from_embedded(embedded: &EmbeddedCatalog) -> Result<Catalog, CatalogError> {
+        let tree = embedded
+            .files
+            .iter()
+            .map(|f| (PathBuf::from(f.path), Some(f.contents.to_vec())))
+            .collect();
+        Catalog::parse(Path::new(embedded.root), tree)
+    }
+
+    /// The newest version.
+    pub fn latest(&self) -> Version {
+        self.versions.last().map_or(Version::FIRST, |v| v.version)
+    }
+
+    /// Every version, oldest first.
+    pub fn versions(&self) -> impl Iterator<Item = &CatalogVersion> {
+        self.versions.iter()
+    }
+
+    /// One version, if the catalog has it.
+    pub fn get(&self, version: Version) -> Option<&CatalogVersion> {
+        let index = usize::try_from(version.get() - 1).ok()?;
+        self.versions.get(index)
+    }
+
+    /// Shorthand for `get(version)?.phase(phase, backend)`.
+    pub fn phase(&self, version: Version, phase: Phase, backend: &str) -> Option<PhaseSql<'_>> {
+        self.get(version)?.phase(phase, backend)
+    }
+
+    fn parse(root: &Path, tree: Tree) -> Result<Catalog, CatalogError> {
+        // Group files by version folder; files at the top may only be notes.
+        let mut folders: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        for (rel, bytes) in tree {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            match (parts.as_slice(), bytes) {
+                ([file], Some(_)) if file.ends_with(".md") => {}
+                ([folder, file], Some(bytes)) => folders
+                    .entry(folder.clone())
+                    .or_default()
+                    .push((file.clone(), bytes)),
+                ([folder], None) => {
+                    folders.entry(folder.clone()).or_default();
+                }
+                _ => return Err(CatalogError::UnknownFile { path: root.join(rel) }),
+            }
+        }
+
+        let mut numbered = Vec::new();
+        for (folder, files) in folders {
+            let (number, name) = parse_folder_name(&folder)
+                .ok_or_else(|| CatalogError::BadFolderName { path: root.join(&folder) })?;
+            let name = name.to_owned();
+            numbered.push((number, folder, name, files));
+        }
+        numbered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        if numbered.is_empty() {
+            return Err(CatalogError::NoVersions { path: root.to_owned() });
+        }
+
+        let mut versions: Vec<CatalogVersion> = Vec::with_capacity(numbered.len());
+        let mut previous_folder = String::new();
+        for (number, folder, name, files) in numbered {
+            if versions.last().is_some_and(|v| v.version.get() == number) {
+                return Err(CatalogError::Duplicate {
+                    version: number,
+                    first: root.join(&previous_folder),
+                    second: root.join(&folder),
+                });
+            }
+            let expected = versions.last().map_or(1, |v| v.version.get() + 1);
+            let version = match Version::new(number) {
+                Some(v) if number == expected => v,
+                _ => {
+                    return Err(CatalogError::Gap {
+                        expected,
+                        found: number,
+                        path: root.join(&folder),
+                    })
+                }
+            };
+            versions.push(parse_version(root, &folder, version, &name, files)?);
+            previous_folder = folder;
+        }
+        Ok(Catalog { versions })
+    }
+}
+
+/// `0002_account_emails` → `(2, "account_emails")`.
+fn parse_folder_name(folder: &str) -> Option<(u32, &str)> {
+    let (digits, name) = folder.split_once('_')?;
+    let valid_name = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || !valid_name {
+        return None;
+    }
+    Some((digits.parse().ok()?, name))
+}
+
+/// `expand.sql` → `(Expand, None)`; `switch.postgres.sql` → `(Switch, Some("postgres"))`.
+fn parse_file_name(file: &str) -> Option<(Phase, Option<&'static str>)> {
+    let stem = file.strip_suffix(".sql")?;
+    let (phase, backend) = match stem.split_once('.') {
+        Some((phase, backend)) => (phase, Some(BACKEND_NAMES.into_iter().find(|b| *b == backend)?)),
+        None => (stem, None),
+    };
+    Some((Phase::parse(phase)?, backend))
+}
+
+fn parse_version(
+    root: &Path,
+    folder: &str,
+    version: Version,
+    name: &str,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<CatalogVersion, CatalogError> {
+    let mut parsed = Vec::new();
+    for (file, bytes) in files {
+        let path = root.join(folder).join(&file);
+        if file.ends_with(".md") {
+            continue;
+        }
+        let (phase, backend) = parse_file_name(&file).ok_or_else(|| CatalogError::UnknownFile { path: path.clone() })?;
+        if version == Version::FIRST && phase != Phase::Expand {
+            return Err(CatalogError::FirstVersionPhase { path });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| CatalogError::NotUtf8 { path: path.clone() })?;
+        if text.trim().is_empty() {
+            return Err(CatalogError::Empty { path });
+        }
+        parsed.push(PhaseFile {
+            phase,
+            backend,
+            checksum: sha256_hex(&text),
+            text,
+            file: format!("{folder}/{file}"),
+        });
+    }
+    let has = |backend: Option<&str>| parsed.iter().any(|f| f.phase == Phase::Expand && f.backend == backend);
+    if !has(None) && !BACKEND_NAMES.iter().all(|b| has(Some(b))) {
+        return Err(CatalogError::MissingExpand { path: root.join(folder) });
+    }
+    Ok(CatalogVersion {
+        version,
+        name: name.to_owned(),
+        files: parsed,
+    })
+}
+
+/// Lowercase hex SHA-256 of a phase's text, as stored in the history table.
+pub(crate) fn sha256_hex(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Files relative to the catalog folder; `None` marks an empty version folder.
+pub(crate) type Tree = Vec<(PathBuf, Option<Vec<u8>>)>;
+
+/// Every file below `root` (one level of folders), relative paths, skipping
+/// dot-files. Shared by [`Catalog::from_dir`] and the build helper.
+pub(crate) fn read_tree(root: &Path) -> Result<Tree, CatalogError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CatalogError::Io { path, source }
+    };
+    let mut tree = Vec::new();
+    for entry in fs::read_dir(root).map_err(io(root))? {
+        let entry = entry.map_err(io(root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            let mut any = false;
+            for inner in fs::read_dir(&path).map_err(io(&path))? {
+                let inner = inner.map_err(io(&path))?;
+                let file = inner.file_name().to_string_lossy().into_owned();
+                if file.starts_with('.') {
+                    continue;
+                }
+                let inner_path = inner.path();
+                if inner_path.is_dir() {
+                    return Err(CatalogError::UnknownFile { path: inner_path });
+                }
+                let bytes = fs::read(&inner_path).map_err(io(&inner_path))?;
+                tree.push((PathBuf::from(&name).join(file), Some(bytes)));
+                any = true;
+            }
+            if !any {
+                // An empty version folder: kept so it is reported as missing expand.sql.
+                tree.push((PathBuf::from(&name), None));
+            }
+        } else {
+            let bytes = fs::read(&path).map_err(io(&path))?;
+            tree.push((PathBuf::from(&name), Some(bytes)));
+        }
+    }
+    Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> Tree {
+        files.iter().map(|(p, t)| (PathBuf::from(p), Some(t.as_bytes().to_vec()))).collect()
+    }
+
+    fn parse(files: &[(&str, &str)]) -> Result<Catalog, CatalogError> {
+        Catalog::parse(Path::new("schema_versions"), tree(files))
+    }
+
+    #[test]
+    fn parses_versions_phases_and_overrides() {
+        let c = parse(&[
+            ("README.md", "notes"),
+            ("0001_init/expand.sql", "CREATE TABLE a (id INT);"),
+            ("0002_more/expand.sql", "ALTER TABLE a ADD b INT;"),
+            ("0002_more/expand.postgres.sql", "ALTER TABLE a ADD COLUMN b INT;"),
+            ("0002_more/contract.sql", "SELECT 1;"),
+            ("0002_more/notes.md", "why"),
+        ])
+        .unwrap();
+        assert_eq!(c.latest().get(), 2);
+        let v2 = Version::new(2).unwrap();
+        assert_eq!(c.phase(v2, Phase::Expand, "sqlite").unwrap().text, "ALTER TABLE a ADD b INT;");
+        assert_eq!(c.phase(v2, Phase::Expand, "postgres").unwrap().file, "0002_more/expand.postgres.sql");
+        assert!(c.phase(v2, Phase::Switch, "sqlite").is_none());
+        assert_eq!(c.phase(v2, Phase::Contract, "sqlite").unwrap().checksum, sha256_hex("SELECT 1;"));
+        assert_eq!(c.get(v2).unwrap().name(), "more");
+    }
+
+    #[test]
+    fn checksum_is_sha256() {
+        assert_eq!(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn rejects_malformed_catalogs() {
+        let e = parse(&[("0001_a/expand.sql", "x"), ("0003_c/expand.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::Gap { expected: 2, found: 3, .. }), "{e}");
+        let e = parse(&[("0002_a/expand.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::Gap { expected: 1, found: 2, .. }), "{e}");
+        let e = parse(&[("0001_a/expand.sql", "x"), ("0001_b/expand.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::Duplicate { version: 1, .. }), "{e}");
+        let e = parse(&[("0001_a/expand.sql", "x"), ("0002_b/switch.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::MissingExpand { .. }), "{e}");
+        let e = parse(&[("0001_a/expand.sql", "  \n")]).unwrap_err();
+        assert!(matches!(e, CatalogError::Empty { .. }), "{e}");
+        let e = parse(&[("0001_a/expand.sql", "x"), ("0001_a/expnad.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::UnknownFile { .. }), "{e}");
+        let e = parse(&[("0001_a/expand.mysql.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::UnknownFile { .. }), "{e}");
+        let e = parse(&[("0001_a/expand.sql", "x"), ("0001_a/contract.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::FirstVersionPhase { .. }), "{e}");
+        let e = parse(&[("init/expand.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::BadFolderName { .. }), "{e}");
+        let e = parse(&[("stray.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::UnknownFile { .. }), "{e}");
+        let e = Catalog::parse(Path::new("s"), vec![(PathBuf::from("0001_a"), None)]).unwrap_err();
+        assert!(matches!(e, CatalogError::MissingExpand { .. }), "{e}");
+        let e = parse(&[]).unwrap_err();
+        assert!(matches!(e, CatalogError::NoVersions { .. }), "{e}");
+        let e = Catalog::parse(
+            Path::new("s"),
+            vec![(PathBuf::from("0001_a/expand.sql"), Some(vec![0xff, 0xfe]))],
+        )
+        .unwrap_err();
+        assert!(matches!(e, CatalogError::NotUtf8 { .. }), "{e}");
+        // Backend-specific expand files are enough only when every backend has one.
+        let e = parse(&[("0001_a/expand.sqlite.sql", "x")]).unwrap_err();
+        assert!(matches!(e, CatalogError::MissingExpand { .. }), "{e}");
+        parse(&[("0001_a/expand.sqlite.sql", "x"), ("0001_a/expand.postgres.sql", "y")]).unwrap();
+    }
+
+    #[test]
+    fn error_messages_name_the_file() {
+        let e = parse(&[("0001_a/expand.sql", "x"), ("0002_b/oops.txt", "x")]).unwrap_err();
+        assert!(e.to_string().contains("schema_versions/0002_b/oops.txt"), "{e}");
+    }
+}

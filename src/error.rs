@@ -1,0 +1,488 @@
+//! Errors. Every variant names what went wrong, the versions and names
+//! involved, and what to do next.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::version::{Phase, Version};
+
+/// Shorthand for `Result<T, tandem::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything tandem can report.
+///
+/// Errors are split like diesel's: [`CatalogError`] while reading
+/// `schema_versions/`, the other variants while serving or upgrading.
+/// No variant ever contains a database password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The metadata table prefix is not a plain SQL identifier.
+    #[error(
+        "invalid metadata table prefix {prefix:?}: {reason}; use a plain identifier of lowercase \
+         letters, digits and underscores that does not start with a digit (at most 40 characters), \
+         such as the default `tandem_`"
+    )]
+    InvalidPrefix {
+        /// The prefix as given.
+        prefix: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The catalog in `schema_versions/` is malformed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+
+    /// A version number given to the API was 0 or out of range.
+    #[error("{context}: {value} is not a schema version; versions are positive integers starting at 1")]
+    InvalidVersion {
+        /// The number given.
+        value: i64,
+        /// Where it was given.
+        context: &'static str,
+    },
+
+    /// A repository's bindings skip a version.
+    #[error(
+        "repository `{repository}` has bindings for versions {before} and {after} but none for the \
+         versions between; register a binding for each version (the same binding may serve several \
+         through `bindings(range, ..)`)"
+    )]
+    BindingGap {
+        /// The repository's name.
+        repository: String,
+        /// The last version before the gap.
+        before: Version,
+        /// The first version after the gap.
+        after: Version,
+    },
+
+    /// Two bindings were registered for one version of a repository.
+    #[error("repository `{repository}` has two bindings for version {version}; keep one")]
+    DuplicateBinding {
+        /// The repository's name.
+        repository: String,
+        /// The version registered twice.
+        version: Version,
+    },
+
+    /// A repository was built without any binding.
+    #[error("repository `{repository}` has no bindings; register at least one with `binding(version, ..)`")]
+    NoBindings {
+        /// The repository's name.
+        repository: String,
+    },
+
+    /// The live schema version is not one this binary serves. Calls fail with
+    /// this, before any query runs, until the database reaches a version the
+    /// binary has bindings for. A service maps it to 503 with `Retry-After`.
+    #[error(
+        "the live schema version is {live}, but this binary serves versions {first}..={last}; if an \
+         upgrade is under way, retry shortly; otherwise deploy a binary with bindings for version \
+         {live}, or upgrade the database to a version this binary serves"
+    )]
+    VersionNotServed {
+        /// The live version read from the metadata table.
+        live: Version,
+        /// The oldest version this binary serves.
+        first: Version,
+        /// The newest version this binary serves.
+        last: Version,
+    },
+
+    /// A repository has no binding for the live version although the binary
+    /// declares that it serves it.
+    #[error(
+        "repository `{repository}` has no binding for the live schema version {live} (its bindings \
+         cover {first}..={last}); register a binding for version {live}"
+    )]
+    NoBinding {
+        /// The repository's name.
+        repository: String,
+        /// The live version.
+        live: Version,
+        /// The repository's oldest binding.
+        first: Version,
+        /// The repository's newest binding.
+        last: Version,
+    },
+
+    /// The binary declares versions its catalog does not contain.
+    #[error(
+        "this binary declares it serves versions {first}..={last}, but its catalog stops at version \
+         {latest}; add the missing versions to schema_versions/ or narrow `serves(..)`"
+    )]
+    ServedBeyondCatalog {
+        /// The oldest served version.
+        first: Version,
+        /// The newest served version.
+        last: Version,
+        /// The newest version in the catalog.
+        latest: Version,
+    },
+
+    /// The database has tables but no tandem metadata. tandem never guesses
+    /// the version of an existing schema.
+    #[error(
+        "the database has {tables} table(s) but no tandem metadata ({prefix}state is missing); if \
+         its schema matches version K of the catalog, open it once with `baseline(K)` to adopt it"
+    )]
+    NotAdopted {
+        /// The metadata table prefix.
+        prefix: String,
+        /// How many tables the database holds.
+        tables: i64,
+    },
+
+    /// A baseline was requested for a database whose metadata says otherwise.
+    #[error(
+        "baseline({requested}) was requested, but the database is already managed by tandem at \
+         version {live}; remove `baseline(..)` from the builder"
+    )]
+    BaselineMismatch {
+        /// The baseline version requested.
+        requested: Version,
+        /// The version the metadata records.
+        live: Version,
+    },
+
+    /// A metadata table is missing, incomplete or holds values tandem never writes.
+    #[error(
+        "tandem metadata is damaged: {table}: {detail}; restore the metadata tables from a backup, \
+         or repair the row by hand; tandem will not guess"
+    )]
+    MetadataCorrupt {
+        /// The table involved.
+        table: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A version is not in this binary's catalog (the database is ahead of
+    /// the binary, or an upgrade target does not exist).
+    #[error(
+        "schema version {version} is not in this binary's catalog (latest: {latest}); {}",
+        if version > latest { "deploy a binary built with the newer catalog" } else { "pick a version from the catalog" }
+    )]
+    UnknownVersion {
+        /// The version asked for or found.
+        version: Version,
+        /// The newest version in the catalog.
+        latest: Version,
+    },
+
+    /// A phase's SQL differs from the text recorded when it was applied.
+    #[error(
+        "checksum drift in version {version} {phase}: applied with sha256 {recorded}, the catalog now \
+         has {current}; applied SQL must not change: restore the original file and put the change in \
+         a new version"
+    )]
+    ChecksumDrift {
+        /// The version whose file changed.
+        version: Version,
+        /// The phase whose file changed.
+        phase: Phase,
+        /// The checksum recorded in the history table.
+        recorded: String,
+        /// The checksum of the catalog's text.
+        current: String,
+    },
+
+    /// A phase was requested in a state where it cannot run (contract before
+    /// switch, switch before expand, expand while another version is open).
+    #[error("cannot run {attempted} of version {version}: the database is at version {live} ({state}); {hint}")]
+    PhaseOutOfOrder {
+        /// The phase requested.
+        attempted: Phase,
+        /// The version it was requested for.
+        version: Version,
+        /// The live version.
+        live: Version,
+        /// The state phase (`stable`, `expanded`, `switched`).
+        state: &'static str,
+        /// What to run instead.
+        hint: &'static str,
+    },
+
+    /// An upgrade target lies behind the live version.
+    #[error(
+        "cannot upgrade to version {target}: the database is at version {live} and the data tier only \
+         rolls forward; to undo a switch before contract, use `switch_back()`"
+    )]
+    NotRollForward {
+        /// The live version.
+        live: Version,
+        /// The requested target.
+        target: Version,
+    },
+
+    /// Switching back needs `switch_back.sql` because the switch ran statements.
+    #[error(
+        "version {version} has a switch.sql but no switch_back.sql, so its switch cannot be undone; \
+         add schema_versions/…/switch_back.sql reversing it, or roll forward"
+    )]
+    NoSwitchBack {
+        /// The version whose switch cannot be undone.
+        version: Version,
+    },
+
+    /// Another upgrader holds the upgrade lease.
+    #[error(
+        "another upgrader ({holder}) is running; its lease expires in {expires_in_ms} ms unless it \
+         renews it; wait for it to finish (or use `wait_for_lease`), and rerun"
+    )]
+    UpgraderBusy {
+        /// The holder's instance id (host:pid:nonce).
+        holder: String,
+        /// Milliseconds until the holder's lease expires.
+        expires_in_ms: i64,
+    },
+
+    /// The schema writer lock could not be taken within the retry budget. The
+    /// database is unchanged (still at the previous version).
+    #[error(
+        "the switch to version {version} gave up after {attempts} attempt(s) over {waited:?} without \
+         the schema writer lock; the database is still at version {live}; rerun when load is lower \
+         or raise the retry budget"
+    )]
+    LockTimeout {
+        /// The version the switch was for.
+        version: Version,
+        /// The live version, unchanged.
+        live: Version,
+        /// Attempts made.
+        attempts: u32,
+        /// Total time spent trying.
+        waited: Duration,
+    },
+
+    /// The switch would leave a live instance unable to serve the new version.
+    #[error(
+        "the switch to version {version} is refused: these instances cannot serve it: {}; deploy \
+         binaries with bindings for version {version} to them (or stop them) first",
+        instances.join(", ")
+    )]
+    SwitchRefused {
+        /// The version the switch was for.
+        version: Version,
+        /// The instances that lack it (id, label, served versions).
+        instances: Vec<String>,
+    },
+
+    /// A phase's SQL failed; its transaction rolled back and the state row is
+    /// unchanged.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[error(
+        "{phase} of version {version} failed and was rolled back (the database is unchanged): \
+         {source}; fix the SQL in schema_versions/ or the data it trips on, then rerun"
+    )]
+    PhaseFailed {
+        /// The version.
+        version: Version,
+        /// The phase.
+        phase: Phase,
+        /// The database error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// A Rust step (for example a batched backfill) failed. Batches already
+    /// committed stay; rerunning resumes.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[error(
+        "step `{step}` of version {version} expand failed after {batches} committed batch(es): \
+         {source}; fix the cause and rerun: the step resumes where it stopped"
+    )]
+    StepFailed {
+        /// The version.
+        version: Version,
+        /// The step's name.
+        step: String,
+        /// Batches committed before the failure.
+        batches: u64,
+        /// The database error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// A database error outside an upgrade phase.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+
+    /// No connection could be had from the pool in time.
+    #[error(
+        "no database connection within the pool timeout: {message}; raise `pool_size` or \
+         `connection_timeout`, or check that the database is reachable"
+    )]
+    Pool {
+        /// What the pool reported, with any password removed.
+        message: String,
+    },
+
+    /// The database could not be reached or opened.
+    #[error("cannot open database {target}: {message}; check the URL, the server and the credentials")]
+    Connect {
+        /// The database URL with its password removed.
+        target: String,
+        /// The driver's message, with any password removed.
+        message: String,
+    },
+
+    /// Raised by the crash-injection hook used in tests; never in production.
+    #[doc(hidden)]
+    #[error("injected crash at step {step} ({at})")]
+    InjectedCrash {
+        /// Step index.
+        step: usize,
+        /// Step name.
+        at: String,
+    },
+}
+
+/// A malformed catalog (`schema_versions/`). Each variant names the file or
+/// folder at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The folder or a file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The catalog holds no versions.
+    #[error("{path} holds no version folders; add 0001_<name>/expand.sql with the initial schema")]
+    NoVersions {
+        /// The catalog folder.
+        path: PathBuf,
+    },
+    /// A folder name is not `NNNN_name`.
+    #[error(
+        "{path}: a version folder must be named NNNN_name (digits, an underscore, then letters, digits, \
+         `_` or `-`), e.g. 0002_account_emails"
+    )]
+    BadFolderName {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A file tandem does not know.
+    #[error(
+        "{path}: unknown file; a version folder holds expand.sql, switch.sql, switch_back.sql and \
+         contract.sql, each optionally as NAME.sqlite.sql or NAME.postgres.sql, and *.md notes"
+    )]
+    UnknownFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file is not UTF-8.
+    #[error("{path} is not valid UTF-8; save it as UTF-8")]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file is empty or blank.
+    #[error("{path} is empty; delete it if the phase has nothing to do, or write its SQL")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A version lacks `expand.sql`.
+    #[error(
+        "{path} has no expand.sql (or both expand.sqlite.sql and expand.postgres.sql); every version \
+         needs one (version 1's is the initial schema)"
+    )]
+    MissingExpand {
+        /// The version folder.
+        path: PathBuf,
+    },
+    /// Two folders claim the same version.
+    #[error("{first} and {second} both claim version {version}; renumber one")]
+    Duplicate {
+        /// The version.
+        version: u32,
+        /// One folder.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+    /// Versions are not numbered 1, 2, 3, … without gaps.
+    #[error("{path} is version {found}, but version {expected} is missing; versions run 1, 2, 3, … without gaps")]
+    Gap {
+        /// The version expected next.
+        expected: u32,
+        /// The version found.
+        found: u32,
+        /// The folder found.
+        path: PathBuf,
+    },
+    /// Version 1 (the initial schema) has a file only later versions may have.
+    #[error("{path}: version 1 is the initial schema and has no previous version to switch from or contract; keep only expand.sql")]
+    FirstVersionPhase {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Removes a password from a database URL or a libpq keyword string, so it
+/// can appear in errors and logs.
+///
+/// ```
+/// assert_eq!(tandem::redact("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+/// assert_eq!(tandem::redact("host=db password=s3cret user=app"), "host=db password=*** user=app");
+/// assert_eq!(tandem::redact("/var/lib/app.db"), "/var/lib/app.db");
+/// ```
+pub fn redact(target: &str) -> String {
+    let mut out = target.to_owned();
+    // URL form: scheme://user:password@host
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = rest_start..rest_start + at;
+            if let Some(colon) = out[userinfo.clone()].find(':') {
+                out.replace_range(userinfo.start + colon + 1..userinfo.end, "***");
+            }
+        }
+    }
+    // Keyword form and query parameters: password=...
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+        let value_start = i + "password=".len();
+        result.push_str(&rest[..value_start]);
+        result.push_str("***");
+        let tail = &rest[value_start..];
+        let end = tail.find([' ', '&', ';']).unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    result.push_str(rest);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_every_password_form() {
+        let cases = [
+            ("postgres://u:pw@h/db", "postgres://u:***@h/db"),
+            ("postgresql://u:p%40w@h:1/db?sslmode=disable", "postgresql://u:***@h:1/db?sslmode=disable"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h/db?password=pw&user=u", "postgres://h/db?password=***&user=u"),
+            ("host=h PASSWORD=pw dbname=x", "host=h PASSWORD=*** dbname=x"),
+            ("file:app.db?mode=rwc", "file:app.db?mode=rwc"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(input), want, "{input}");
+            assert!(!redact(input).contains("pw"), "{input}");
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The `Tandem` handle: opens the database, holds the pool, the catalog, the
+//! cached live version and the schema lock, and runs calls.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+
+use crate::backend::{Backend, PoolSettings};
+use crate::catalog::{sha256_hex, Catalog};
+use crate::dispatch::{Repository, Session};
+use crate::error::{redact, Error, Result};
+use crate::lock::{SchemaLock, WriterPolicy};
+use crate::meta::{self, HistoryEntry, Meta, Prefix, State};
+use crate::upgrade::{Step, Upgrader};
+use crate::version::{Phase, Version};
+
+/// A pooled connection of backend `B`.
+pub type Conn<B> = PooledConnection<ConnectionManager<<B as Backend>::Connection>>;
+
+/// The handle an application serves through. Cheap to clone (an `Arc`
+/// inside); share it between threads.
+///
+/// See the [crate documentation](crate) for a tour.
+pub struct Tandem<B: Backend> {
+    pub(crate) inner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> Clone for Tandem<B> {
+    fn clone(&self) -> Self {
+        Tandem {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B: Backend> fmt::Debug for Tandem<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tandem")
+            .field("backend", &B::NAME)
+            .field("database", &self.inner.target)
+            .field("live", &self.live_version())
+            .field("serves", &self.served_versions())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<B: Backend> {
+    pub(crate) pool: Pool<ConnectionManager<B::Connection>>,
+    pub(crate) meta: Meta,
+    pub(crate) catalog: Catalog,
+    pub(crate) first: Version,
+    pub(crate) last: Version,
+    /// The live version as last read or switched by this process; only
+    /// changed under the schema write lock.
+    pub(crate) live: AtomicU32,
+    pub(crate) lock: SchemaLock,
+    pub(crate) instance: String,
+    pub(crate) steps: Vec<Step<B>>,
+    pub(crate) writer: WriterPolicy,
+    pub(crate) target: String,
+}
+
+/// Configures and opens a [`Tandem`]. Made by [`Tandem::builder`].
+pub struct Builder<B: Backend> {
+    url: String,
+    catalog: Catalog,
+    prefix: String,
+    serves: Option<RangeInclusive<u32>>,
+    baseline: Option<u32>,
+    settings: PoolSettings,
+    steps: Vec<Step<B>>,
+    writer: WriterPolicy,
+    label: String,
+}
+
+impl<B: Backend> fmt::Debug for Builder<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("database", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("serves", &self.serves)
+            .field("baseline", &self.baseline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Builder<B> {
+    /// Metadata table prefix. Defaults to `tandem_`. Validated by
+    /// [`open`](Builder::open): lowercase letters, digits and underscores.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// The versions this binary has bindings for. Defaults to the catalog's
+    /// latest version and the one before it (N-1 and N).
+    pub fn serves(mut self, versions: RangeInclusive<u32>) -> Self {
+        self.serves = Some(versions);
+        self
+    }
+
+    /// Adopts an existing database that has no tandem metadata, declaring
+    /// that its schema is version `version` of the catalog. Ignored once the
+    /// database is managed, if it was baselined at that version.
+    pub fn baseline(mut self, version: u32) -> Self {
+        self.baseline = Some(version);
+        self
+    }
+
+    /// Maximum pooled connections. Defaults to 10 (in-memory SQLite: always 1).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.settings.max_size = size.max(1);
+        self
+    }
+
+    /// How long a call waits for a pooled connection before
+    /// [`Error::Pool`]. Defaults to 30 s.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connection_timeout = timeout;
+        self
+    }
+
+    /// Whether the pool pings a connection on every checkout. Defaults to
+    /// `false`: r2d2's own default (`true`) costs a round trip per call.
+    pub fn test_on_check_out(mut self, test: bool) -> Self {
+        self.settings.test_on_check_out = test;
+        self
+    }
+
+    /// How the switch takes the schema writer lock. Defaults to
+    /// [`WriterPolicy::default`].
+    pub fn writer_policy(mut self, policy: WriterPolicy) -> Self {
+        self.writer = policy;
+        self
+    }
+
+    /// A label for this instance in the history and fleet tables (for
+    /// example the service name). Defaults to the executable's name.
+    pub fn label(mut self, label: &str) -> Self {
+        self.label = label.to_owned();
+        self
+    }
+
+    /// Registers a Rust step that runs in `version`'s expand phase after its
+    /// SQL, in batches: `batch` is called repeatedly, each call in its own
+    /// transaction, until it returns 0 (rows changed). It must be idempotent
+    /// (a rerun after a crash calls it again), for example
+    /// `INSERT … SELECT … WHERE NOT EXISTS (…) LIMIT 1000`.
+    pub fn backfill<F>(mut self, version: u32, name: &str, batch: F) -> Self
+    where
+        F: Fn(&mut B::Connection) -> diesel::QueryResult<usize> + Send + Sync + 'static,
+    {
+        self.steps.push(Step {
+            version,
+            name: name.to_owned(),
+            batch: Box::new(batch),
+        });
+        self
+    }
+
+    /// Opens the database: validates the configuration, builds the pool,
+    /// creates the metadata tables on first use (applying version 1's
+    /// `expand.sql` to an empty database), and checks every applied phase's
+    /// checksum against the catalog.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPrefix`], [`Error::InvalidVersion`],
+    /// [`Error::ServedBeyondCatalog`], [`Error::Connect`],
+    /// [`Error::NotAdopted`] (tables but no metadata, and no baseline),
+    /// [`Error::BaselineMismatch`], [`Error::MetadataCorrupt`],
+    /// [`Error::ChecksumDrift`], [`Error::PhaseFailed`] (version 1's SQL).
+    pub fn open(self) -> Result<Tandem<B>> {
+        let prefix = Prefix::new(&self.prefix)?;
+        let latest = self.catalog.latest();
+        let version_arg = |value: u32, context: &'static str| {
+            Version::new(value).ok_or(Error::InvalidVersion {
+                value: i64::from(value),
+                context,
+            })
+        };
+        let (first, last) = match &self.serves {
+            Some(range) => (version_arg(*range.start(), "serves")?, version_arg(*range.end(), "serves")?),
+            None => (latest.previous().unwrap_or(latest), latest),
+        };
+        if first > last || last > latest {
+            return Err(Error::ServedBeyondCatalog { first, last, latest });
+        }
+        for step in &self.steps {
+            let v = version_arg(step.version, "backfill")?;
+            if v > latest {
+                return Err(Error::UnknownVersion { version: v, latest });
+            }
+        }
+        let baseline = self.baseline.map(|b| version_arg(b, "baseline")).transpose()?;
+        if let Some(b) = baseline.filter(|b| *b > latest) {
+            return Err(Error::UnknownVersion { version: b, latest });
+        }
+
+        let target = redact(&self.url);
+        let mut settings = self.settings;
+        let (manager, customizer) = B::configure_pool(&self.url, &mut settings);
+        let mut builder = Pool::builder()
+            .max_size(settings.max_size)
+            .min_idle(Some(1))
+            .connection_timeout(settings.connection_timeout)
+            .test_on_check_out(settings.test_on_check_out)
+            .idle_timeout(settings.idle_timeout)
+            .max_lifetime(settings.max_lifetime);
+        if let Some(customizer) = customizer {
+            builder = builder.connection_customizer(customizer);
+        }
+        let pool = builder.build(manager).map_err(|e| Error::Connect {
+            target: target.clone(),
+            message: redact(&e.to_string()),
+        })?;
+
+        let instance = instance_id(&self.label);
+        let meta = Meta::new(&prefix);
+        let mut conn = pool.get().map_err(|e| pool_error(&e))?;
+        let live = initialize::<B>(&mut *conn, &meta, &self.catalog, baseline, &instance)?;
+        let inner = Inner {
+            pool,
+            meta,
+            catalog: self.catalog,
+            first,
+            last,
+            live: AtomicU32::new(live.get()),
+            lock: SchemaLock::default(),
+            instance,
+            steps: self.steps,
+            writer: self.writer,
+            target,
+        };
+        let db = Tandem { inner: Arc::new(inner) };
+        db.verify_checksums(&mut *conn)?;
+        tracing::info!(database = %db.inner.target, live = %live, serves = ?(first, last), "tandem opened");
+        Ok(db)
+    }
+}
+
+/// Creates the metadata on first use, or checks it; returns the live version.
+fn initialize<B: Backend>(
+    conn: &mut B::Connection,
+    meta: &Meta,
+    catalog: &Catalog,
+    baseline: Option<Version>,
+    instance: &str,
+) -> Result<Version> {
+    B::write_transaction(conn, |c| {
+        let now = meta::now_ms();
+        if Meta::table_exists::<B>(c, meta.state_table())? {
+            let state = meta.read_state::<B>(c, now)?;
+            if let Some(requested) = baseline {
+                let baselined = meta
+                    .history::<B>(c)?
+                    .iter()
+                    .any(|h| h.phase == meta::BASELINE && h.version == requested);
+                if !baselined {
+                    return Err(Error::BaselineMismatch {
+                        requested,
+                        live: state.version,
+                    });
+                }
+            }
+            return Ok(state.version);
+        }
+        let tables = Meta::count::<B>(c, B::user_tables_sql(), &[])?;
+        match baseline {
+            Some(version) => {
+                meta.create::<B>(c, version, now)?;
+                meta.record::<B>(c, version, meta::BASELINE, "-", now, Some(now), meta::APPLIED, instance, None)?;
+                tracing::info!(%version, "adopted existing database by baseline");
+                Ok(version)
+            }
+            None if tables > 0 => Err(Error::NotAdopted {
+                prefix: meta.state_table().trim_end_matches("state").to_owned(),
+                tables,
+            }),
+            None => {
+                let first = Version::FIRST;
+                let sql = catalog.phase(first, Phase::Expand, B::NAME).ok_or_else(|| Error::UnknownVersion {
+                    version: first,
+                    latest: catalog.latest(),
+                })?;
+                c.batch_execute(sql.text).map_err(|source| Error::PhaseFailed {
+                    version: first,
+                    phase: Phase::Expand,
+                    source,
+                })?;
+                meta.create::<B>(c, first, now)?;
+                meta.record::<B>(c, first, Phase::Expand.as_str(), sql.checksum, now, Some(meta::now_ms()), meta::APPLIED, instance, None)?;
+                tracing::info!("installed version 1 on an empty database");
+                Ok(first)
+            }
+        }
+    })
+}
+
+use diesel::connection::SimpleConnection as _;
+
+impl<B: Backend> Tandem<B> {
+    /// Starts configuring a handle on the database at `url` (SQLite: a file
+    /// path or `:memory:`; PostgreSQL: a `postgres://` URL) with `catalog`.
+    pub fn builder(url: &str, catalog: Catalog) -> Builder<B> {
+        Builder {
+            url: url.to_owned(),
+            catalog,
+            prefix: Prefix::default().as_str().to_owned(),
+            serves: None,
+            baseline: None,
+            settings: PoolSettings {
+                max_size: 10,
+                connection_timeout: Duration::from_secs(30),
+                test_on_check_out: false,
+                idle_timeout: Some(Duration::from_secs(600)),
+                max_lifetime: Some(Duration::from_secs(1800)),
+            },
+            steps: Vec::new(),
+            writer: WriterPolicy::default(),
+            label: std::env::args()
+                .next()
+                .and_then(|a| a.rsplit('/').next().map(str::to_owned))
+                .unwrap_or_else(|| "tandem".to_owned()),
+        }
+    }
+
+    /// Runs one repository call: picks `repository`'s binding for the live
+    /// version and runs `f` with it, holding the schema read lock from
+    /// reading the version until `f` returns, so the version cannot change
+    /// during the call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VersionNotServed`] or [`Error::NoBinding`] before any query
+    /// runs, [`Error::Pool`] when no connection is free in time, and
+    /// whatever `f` returns.
+    #[inline]
+    pub fn call<R, T, E, F>(&self, repository: &Repository<R>, f: F) -> Result<T, E>
+    where
+        R: ?Sized,
+        F: FnOnce(&R, &mut Session<'_, B>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.connection()?;
+        let _read = self.inner.lock.read();
+        let version = self.served_live()?;
+        let binding = repository.get(version)?;
+        f(binding, &mut Session::new(&mut *conn, version))
+    }
+
+    /// Runs a unit of work: several repository calls in one transaction, all
+    /// with one version (write-locking on SQLite: `BEGIN IMMEDIATE`). Pick
+    /// bindings with [`Session::repo`].
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Tandem::call); the transaction rolls back if `f` fails.
+    pub fn unit_of_work<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Session<'_, B>) -> Result<T, E>,
+        E: From<Error> + From<diesel::result::Error>,
+    {
+        let mut conn = self.connection()?;
+        let _read = self.inner.lock.read();
+        let version = self.served_live()?;
+        B::write_transaction(&mut *conn, |c| f(&mut Session::new(c, version)))
+    }
+
+    #[inline]
+    fn served_live(&self) -> Result<Version> {
+        let live = self.inner.live.load(Ordering::Acquire);
+        match Version::new(live) {
+            Some(v) if v >= self.inner.first && v <= self.inner.last => Ok(v),
+            _ => Err(self.not_served(live)),
+        }
+    }
+
+    #[cold]
+    fn not_served(&self, live: u32) -> Error {
+        match Version::new(live) {
+            Some(live) => Error::VersionNotServed {
+                live,
+                first: self.inner.first,
+                last: self.inner.last,
+            },
+            None => Error::MetadataCorrupt {
+                table: self.inner.meta.state_table().to_owned(),
+                detail: "live version 0".to_owned(),
+            },
+        }
+    }
+
+    /// A pooled connection, outside any schema lock: for reading or writing
+    /// outside bindings (tests, verification, administration).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when no connection is free in time.
+    #[inline]
+    pub fn connection(&self) -> Result<Conn<B>> {
+        self.inner.pool.get().map_err(|e| pool_error(&e))
+    }
+
+    /// The live version as this process knows it (no database round trip).
+    pub fn live_version(&self) -> Version {
+        Version::new(self.inner.live.load(Ordering::Acquire)).unwrap_or(Version::FIRST)
+    }
+
+    /// The versions this binary serves.
+    pub fn served_versions(&self) -> RangeInclusive<Version> {
+        self.inner.first..=self.inner.last
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// This instance's id in the metadata tables (host:pid:label:nonce).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Reads the state row from the database.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MetadataCorrupt`] or a database error.
+    pub fn state(&self) -> Result<State> {
+        let mut conn = self.connection()?;
+        self.inner.meta.read_state::<B>(&mut *conn, meta::now_ms())
+    }
+
+    /// Every applied, running or failed phase, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>> {
+        let mut conn = self.connection()?;
+        self.inner.meta.history::<B>(&mut *conn)
+    }
+
+    /// Rereads the live version from the database (after another process
+    /// changed it) and adopts it under the schema write lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockTimeout`] if the write lock cannot be had, or a database error.
+    pub fn refresh(&self) -> Result<State> {
+        let mut conn = self.connection()?;
+        let live = self.live_version();
+        let _write = self.inner.lock.write(&self.inner.writer).map_err(|g| Error::LockTimeout {
+            version: live,
+            live,
+            attempts: g.attempts,
+            waited: g.waited,
+        })?;
+        let state = self.inner.meta.read_state::<B>(&mut *conn, meta::now_ms())?;
+        self.inner.live.store(state.version.get(), Ordering::Release);
+        Ok(state)
+    }
+
+    /// The upgrader, which runs expand, switch and contract through this
+    /// handle (sharing its schema lock).
+    pub fn upgrader(&self) -> Upgrader<'_, B> {
+        Upgrader::new(self)
+    }
+
+    /// The longest any call has waited for the schema read lock since the
+    /// last [`reset_max_lock_wait`](Tandem::reset_max_lock_wait).
+    pub fn max_lock_wait(&self) -> Duration {
+        self.inner.lock.max_read_wait()
+    }
+
+    /// Resets [`max_lock_wait`](Tandem::max_lock_wait).
+    pub fn reset_max_lock_wait(&self) {
+        self.inner.lock.reset_max_read_wait();
+    }
+
+    /// Checks every applied phase's recorded checksum against the catalog.
+    pub(crate) fn verify_checksums(&self, conn: &mut B::Connection) -> Result<()> {
+        let latest = self.inner.catalog.latest();
+        for entry in self.inner.meta.history::<B>(conn)? {
+            let Some(phase) = Phase::parse(&entry.phase) else { continue };
+            if entry.outcome == meta::FAILED {
+                continue;
+            }
+            if entry.version > latest {
+                return Err(Error::UnknownVersion {
+                    version: entry.version,
+                    latest,
+                });
+            }
+            let current = self.phase_checksum(entry.version, phase);
+            if current != entry.checksum {
+                return Err(Error::ChecksumDrift {
+                    version: entry.version,
+                    phase,
+                    recorded: entry.checksum,
+                    current,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The checksum of a phase's SQL for this backend (of the empty text when
+    /// the version has no file for the phase).
+    pub(crate) fn phase_checksum(&self, version: Version, phase: Phase) -> String {
+        self.inner
+            .catalog
+            .phase(version, phase, B::NAME)
+            .map_or_else(|| sha256_hex(""), |sql| sql.checksum.to_owned())
+    }
+}
+
+pub(crate) fn pool_error(e: &r2d2::Error) -> Error {
+    Error::Pool {
+        message: redact(&e.to_string()),
+    }
+}
+
+/// `host:pid:label:nonce`, unique per handle.
+fn instance_id(label: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let nonce = hasher.finish() & 0xffff_ffff;
+    format!("{host}:{}:{label}:{nonce:08x}", std::process::id())
+}

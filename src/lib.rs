@@ -1,0 +1,201 @@
+//! # tandem
+//!
+//! Keep serving while the database schema moves from version N-1 to N.
+//!
+//! A service runs several instances on one database; a release changes the
+//! schema. tandem lets old and new code run side by side: the application
+//! writes one implementation of each repository trait per schema version
+//! (each against its own diesel `table!` module, checked at compile time),
+//! tandem reads the live version from a metadata table and sends each call to
+//! the binding for that version, and an upgrader moves the live version
+//! atomically under a reader/writer schema lock. No call fails, no write is
+//! lost; the data tier rolls forward only, and binaries can roll back until
+//! the old structures are contracted away.
+//!
+//! ## Recipe
+//!
+//! 1. Put each version's SQL in `schema_versions/NNNN_name/`: `expand.sql`
+//!    (additive; version 1's is the initial schema), optionally
+//!    `switch.sql`, `switch_back.sql`, `contract.sql`, and per-backend
+//!    overrides such as `expand.postgres.sql`. Embed the folder with
+//!    [`build::embed_catalog`] in `build.rs` and [`include_catalog!`].
+//! 2. Define a repository trait and one binding per version.
+//! 3. Open a [`Tandem`] handle and build a [`Repository`] of the bindings.
+//! 4. Serve through [`Tandem::call`] and [`Tandem::unit_of_work`].
+//! 5. Upgrade with [`Tandem::upgrader`]: [`expand`](Upgrader::expand),
+//!    [`switch`](Upgrader::switch), [`contract`](Upgrader::contract), or
+//!    [`upgrade_to`](Upgrader::upgrade_to) for every hop at once.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use diesel::prelude::*;
+//! use tandem::{Repository, Sqlite, Tandem};
+//!
+//! // One diesel schema module per version.
+//! mod v1 {
+//!     diesel::table! { accounts (id) { id -> BigInt, name -> Text, email -> Text, } }
+//! }
+//! mod v2 {
+//!     diesel::table! { accounts (id) { id -> BigInt, name -> Text, } }
+//!     diesel::table! { account_emails (account_id) { account_id -> BigInt, email -> Text, } }
+//! }
+//!
+//! // The application's repository trait, one binding per version.
+//! trait Accounts: Send + Sync {
+//!     fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64>;
+//!     fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>>;
+//! }
+//!
+//! struct AccountsV1;
+//! impl Accounts for AccountsV1 {
+//!     fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64> {
+//!         use v1::accounts::dsl;
+//!         Ok(diesel::insert_into(dsl::accounts)
+//!             .values((dsl::name.eq(name), dsl::email.eq(email)))
+//!             .returning(dsl::id)
+//!             .get_result(conn)?)
+//!     }
+//!     fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
+//!         use v1::accounts::dsl;
+//!         Ok(dsl::accounts.find(id).select(dsl::email).first(conn).optional()?)
+//!     }
+//! }
+//!
+//! struct AccountsV2;
+//! impl Accounts for AccountsV2 {
+//!     fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64> {
+//!         use v2::{account_emails as e, accounts as a};
+//!         Ok(conn.immediate_transaction(|conn| {
+//!             let id = diesel::insert_into(a::table).values(a::name.eq(name)).returning(a::id).get_result(conn)?;
+//!             diesel::insert_into(e::table).values((e::account_id.eq(id), e::email.eq(email))).execute(conn)?;
+//!             diesel::QueryResult::Ok(id)
+//!         })?)
+//!     }
+//!     fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
+//!         use v2::account_emails::dsl;
+//!         Ok(dsl::account_emails.find(id).select(dsl::email).first(conn).optional()?)
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), tandem::Error> {
+//! // Open the database (here in memory) with the catalog, serving versions 1 and 2.
+//! let db = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog()?)
+//!     .serves(1..=2)
+//!     .backfill(2, "copy emails", tandem::demo::backfill_emails)
+//!     .open()?;
+//! let accounts = Repository::<dyn Accounts>::builder("accounts")
+//!     .binding(1, Arc::new(AccountsV1))
+//!     .binding(2, Arc::new(AccountsV2))
+//!     .build()?;
+//!
+//! // Serve: the binding for the live version (1) runs.
+//! let id = db.call(&accounts, |repo, s| repo.create(s.conn(), "ada", "ada@example.com"))?;
+//!
+//! // Upgrade: expand (additive), switch (atomic), contract (drop the old column).
+//! db.upgrader().expand()?;
+//! db.upgrader().switch()?;
+//! assert_eq!(db.live_version().get(), 2);
+//! let email = db.call(&accounts, |repo, s| repo.email(s.conn(), id))?;
+//! assert_eq!(email.as_deref(), Some("ada@example.com"));
+//! db.upgrader().contract()?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Phases
+//!
+//! * **Expand** is additive: new tables, nullable or defaulted columns, sync
+//!   triggers that keep old and new structures equal, and batched backfills
+//!   registered with [`Builder::backfill`]. Code for the previous version
+//!   keeps working.
+//! * **Switch** runs `switch.sql` (a few fast statements) and bumps the
+//!   version in one transaction under the schema writer lock.
+//! * **Contract** drops the old structures once nothing uses the previous
+//!   version. Before it, [`Upgrader::switch_back`] can undo the switch.
+//!
+//! The state row allows at most two versions in use: the next version can be
+//! expanded only once the live one is contracted. Each phase is journaled in
+//! the history table with the SHA-256 of its SQL; a changed file is refused
+//! ([`Error::ChecksumDrift`]). A phase's SQL, history row and state change
+//! commit together, so a crash leaves it applied or not; the same command run
+//! again finishes the job.
+//!
+//! ## Locking
+//!
+//! Every call holds the read side of the schema lock from reading the live
+//! version until it returns, so a call runs entirely with one binding. The
+//! switch holds the write side. Readers have priority: the upgrader polls in
+//! the background and never makes a call queue behind it, except during a
+//! bounded escalation ([`WriterPolicy`]) that lets it land under saturated
+//! load while bounding any call's wait. In steady state a call costs an atomic
+//! load and an uncontended read lock on top of the pooled connection.
+//!
+//! Upgraders exclude each other through a lease on the state row
+//! (compare-and-set inside a write transaction), across threads and
+//! processes; a crashed holder's lease expires.
+//!
+//! ## Backends
+//!
+//! SQLite (feature `sqlite`, default, bundled) and PostgreSQL (feature
+//! `postgres`).
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+extern crate self as tandem;
+
+pub mod build;
+mod catalog;
+#[doc(hidden)]
+pub mod embed;
+mod error;
+mod version;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod backend;
+#[cfg(feature = "sqlite")]
+pub mod demo;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod dispatch;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod handle;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod lock;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod meta;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod upgrade;
+
+pub use catalog::{Catalog, CatalogVersion, EmbeddedCatalog, EmbeddedFile, PhaseSql};
+pub use error::{redact, CatalogError, Error, Result};
+pub use version::{Phase, Version};
+
+#[cfg(feature = "postgres")]
+pub use backend::Postgres;
+#[cfg(feature = "sqlite")]
+pub use backend::Sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use backend::Backend;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use diesel;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use dispatch::{Repository, RepositoryBuilder, Session};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use handle::{Builder, Conn, Tandem};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use lock::WriterPolicy;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use meta::{HistoryEntry, Mode, Prefix, State, StatePhase};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use upgrade::{PhaseReport, Upgrader};
+
+/// Expands to the `&'static EmbeddedCatalog` written by
+/// [`build::embed_catalog`] in the application's build script.
+///
+/// ```ignore
+/// let catalog = tandem::Catalog::from_embedded(tandem::include_catalog!())?;
+/// ```
+#[macro_export]
+macro_rules! include_catalog {
+    () => {
+        include!(concat!(env!("OUT_DIR"), "/tandem_catalog.rs"))
+    };
+}

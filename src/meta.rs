@@ -1,0 +1,535 @@
+//! Metadata tables: `{prefix}state` (one row: live version, phase, mode,
+//! epoch, upgrader lease), `{prefix}history` (one row per applied phase) and
+//! `{prefix}fleet` (one row per live instance).
+//!
+//! Table names are built from a prefix validated as a plain identifier
+//! ([`Prefix`]); values always travel as bind parameters.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::QueryableByName;
+
+use crate::backend::{Backend, Bind};
+use crate::error::{Error, Result};
+use crate::version::{Phase, Version};
+
+/// A validated metadata table prefix (default `tandem_`).
+///
+/// ```
+/// assert!(tandem::Prefix::new("app_tandem_").is_ok());
+/// assert!(tandem::Prefix::new("x; DROP TABLE y").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix(String);
+
+impl Prefix {
+    /// Validates `prefix`: lowercase ASCII letters, digits and underscores,
+    /// not starting with a digit, 1 to 40 characters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPrefix`] saying which rule it breaks.
+    pub fn new(prefix: &str) -> Result<Prefix> {
+        let reason = if prefix.is_empty() {
+            Some("it is empty")
+        } else if prefix.len() > 40 {
+            Some("it is longer than 40 characters")
+        } else if prefix.starts_with(|c: char| c.is_ascii_digit()) {
+            Some("it starts with a digit")
+        } else if !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            Some("it contains characters other than lowercase letters, digits and underscores")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(Error::InvalidPrefix {
+                prefix: prefix.to_owned(),
+                reason,
+            }),
+            None => Ok(Prefix(prefix.to_owned())),
+        }
+    }
+
+    /// The prefix text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Prefix("tandem_".to_owned())
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the live version stands in its upgrade cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StatePhase {
+    /// Nothing pending: the next version may be expanded.
+    Stable,
+    /// The next version's expand is applied; the live version is unchanged.
+    Expanded,
+    /// The live version was switched to; its contract is pending (and
+    /// switching back is possible).
+    Switched,
+}
+
+impl StatePhase {
+    /// The text stored in the state row.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StatePhase::Stable => "stable",
+            StatePhase::Expanded => "expanded",
+            StatePhase::Switched => "switched",
+        }
+    }
+
+    fn parse(s: &str) -> Option<StatePhase> {
+        [StatePhase::Stable, StatePhase::Expanded, StatePhase::Switched]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+/// Whether calls take the fast steady path or the locking path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mode {
+    /// No switch is being prepared: calls cost an atomic load and an
+    /// in-process read lock.
+    Steady,
+    /// A switch is being prepared across the fleet.
+    Deploying,
+}
+
+impl Mode {
+    /// The text stored in the state row.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Steady => "steady",
+            Mode::Deploying => "deploying",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        [Mode::Steady, Mode::Deploying].into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// The state row: the live version and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct State {
+    /// The live version: bindings for it serve calls.
+    pub version: Version,
+    /// Where the live version stands in its upgrade cycle.
+    pub phase: StatePhase,
+    /// Steady or deploying.
+    pub mode: Mode,
+    /// Bumped on every change of the row's version, phase or mode.
+    pub epoch: i64,
+    /// The upgrader holding the upgrade lease, if any and not expired.
+    pub upgrader: Option<String>,
+}
+
+/// One row of the history table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryEntry {
+    /// The version the phase belongs to.
+    pub version: Version,
+    /// `expand`, `switch`, `switch_back`, `contract`, or `baseline`.
+    pub phase: String,
+    /// SHA-256 of the phase's SQL (of the empty text when the version has no
+    /// file for the phase; `-` for a baseline).
+    pub checksum: String,
+    /// Milliseconds since the Unix epoch.
+    pub started_at_ms: i64,
+    /// Milliseconds since the Unix epoch, when finished.
+    pub finished_at_ms: Option<i64>,
+    /// `applied`, `running` (SQL applied, Rust steps pending), or `failed`.
+    pub outcome: String,
+    /// The instance that ran it (host:pid:nonce).
+    pub by: String,
+    /// The error, for a failed phase.
+    pub detail: Option<String>,
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) n: i64,
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct StateRow {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Text)]
+    phase: String,
+    #[diesel(sql_type = Text)]
+    mode: String,
+    #[diesel(sql_type = BigInt)]
+    epoch: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    owner: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    owner_until: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct HistoryRow {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Text)]
+    phase: String,
+    #[diesel(sql_type = Text)]
+    checksum: String,
+    #[diesel(sql_type = BigInt)]
+    started_at: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    finished_at: Option<i64>,
+    #[diesel(sql_type = Text)]
+    outcome: String,
+    #[diesel(sql_type = Text)]
+    by_instance: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    detail: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct OwnerRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    owner: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    owner_until: Option<i64>,
+}
+
+/// Milliseconds since the Unix epoch, from this process's clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Outcome texts of history rows.
+pub(crate) const APPLIED: &str = "applied";
+pub(crate) const RUNNING: &str = "running";
+pub(crate) const FAILED: &str = "failed";
+pub(crate) const BASELINE: &str = "baseline";
+
+/// The metadata tables of one prefix, and the SQL that reads and writes them.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    state: String,
+    history: String,
+    fleet: String,
+}
+
+impl Meta {
+    pub(crate) fn new(prefix: &Prefix) -> Meta {
+        Meta {
+            state: format!("{prefix}state"),
+            history: format!("{prefix}history"),
+            fleet: format!("{prefix}fleet"),
+        }
+    }
+
+    pub(crate) fn state_table(&self) -> &str {
+        &self.state
+    }
+
+    fn corrupt(&self, table: &str, detail: impl Into<String>) -> Error {
+        Error::MetadataCorrupt {
+            table: table.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn count<B: Backend>(conn: &mut B::Connection, sql: &str, binds: &[Bind<'_>]) -> Result<i64> {
+        let rows: Vec<CountRow> = B::load(conn, sql, binds)?;
+        Ok(rows.first().map_or(0, |r| r.n))
+    }
+
+    pub(crate) fn table_exists<B: Backend>(conn: &mut B::Connection, table: &str) -> Result<bool> {
+        Ok(Meta::count::<B>(conn, B::table_exists_sql(), &[Bind::Text(table)])? > 0)
+    }
+
+    /// Creates the three tables and the state row. Runs inside the caller's
+    /// write transaction.
+    pub(crate) fn create<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        now: i64,
+    ) -> Result<()> {
+        let statements = [
+            format!(
+                "CREATE TABLE {} (id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL, \
+                 phase TEXT NOT NULL, mode TEXT NOT NULL, epoch BIGINT NOT NULL, owner TEXT, \
+                 owner_until BIGINT, updated_at BIGINT NOT NULL)",
+                self.state
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (id {}, version BIGINT NOT NULL, phase TEXT NOT NULL, \
+                 checksum TEXT NOT NULL, started_at BIGINT NOT NULL, finished_at BIGINT, \
+                 outcome TEXT NOT NULL, by_instance TEXT NOT NULL, detail TEXT)",
+                self.history,
+                B::serial_primary_key()
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, \
+                 label TEXT NOT NULL, min_version BIGINT NOT NULL, max_version BIGINT NOT NULL, \
+                 observed_epoch BIGINT NOT NULL, lease_until BIGINT NOT NULL, started_at BIGINT NOT NULL)",
+                self.fleet
+            ),
+        ];
+        for sql in &statements {
+            B::execute(conn, sql, &[])?;
+        }
+        B::execute(
+            conn,
+            &format!(
+                "INSERT INTO {} (id, version, phase, mode, epoch, updated_at) VALUES (1, $1, 'stable', 'steady', 1, $2)",
+                self.state
+            ),
+            &[Bind::I64(version.as_i64()), Bind::I64(now)],
+        )?;
+        Ok(())
+    }
+
+    /// Reads the state row. `now` decides whether the upgrader lease has expired.
+    pub(crate) fn read_state<B: Backend>(&self, conn: &mut B::Connection, now: i64) -> Result<State> {
+        let rows: Vec<StateRow> = B::load(
+            conn,
+            &format!("SELECT version, phase, mode, epoch, owner, owner_until FROM {} WHERE id = 1", self.state),
+            &[],
+        )?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.corrupt(&self.state, "the table exists but has no row"))?;
+        let version = Version::from_i64(row.version)
+            .ok_or_else(|| self.corrupt(&self.state, format!("version {} is not a positive version number", row.version)))?;
+        let phase = StatePhase::parse(&row.phase)
+            .ok_or_else(|| self.corrupt(&self.state, format!("phase {:?} is not stable, expanded or switched", row.phase)))?;
+        let mode = Mode::parse(&row.mode)
+            .ok_or_else(|| self.corrupt(&self.state, format!("mode {:?} is not steady or deploying", row.mode)))?;
+        let upgrader = match (row.owner, row.owner_until) {
+            (Some(owner), Some(until)) if until > now => Some(owner),
+            _ => None,
+        };
+        Ok(State {
+            version,
+            phase,
+            mode,
+            epoch: row.epoch,
+            upgrader,
+        })
+    }
+
+    /// Compare-and-set of the state row's version and phase; requires that
+    /// `owner` holds the upgrade lease. Returns whether the row changed.
+    pub(crate) fn transition<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        from: (Version, StatePhase),
+        to: (Version, StatePhase),
+        owner: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let changed = B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET version = $1, phase = $2, epoch = epoch + 1, updated_at = $3 \
+                 WHERE id = 1 AND version = $4 AND phase = $5 AND owner = $6",
+                self.state
+            ),
+            &[
+                Bind::I64(to.0.as_i64()),
+                Bind::Text(to.1.as_str()),
+                Bind::I64(now),
+                Bind::I64(from.0.as_i64()),
+                Bind::Text(from.1.as_str()),
+                Bind::Text(owner),
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Takes or renews the upgrade lease for `owner` unless another holder's
+    /// lease is still valid. Returns the other holder and its expiry otherwise.
+    pub(crate) fn try_lease<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Option<(String, i64)>> {
+        let changed = B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET owner = $1, owner_until = $2 \
+                 WHERE id = 1 AND (owner IS NULL OR owner = $1 OR owner_until IS NULL OR owner_until <= $3)",
+                self.state
+            ),
+            &[Bind::Text(owner), Bind::I64(until), Bind::I64(now)],
+        )?;
+        if changed == 1 {
+            return Ok(None);
+        }
+        let rows: Vec<OwnerRow> = B::load(
+            conn,
+            &format!("SELECT owner, owner_until FROM {} WHERE id = 1", self.state),
+            &[],
+        )?;
+        match rows.into_iter().next() {
+            Some(OwnerRow {
+                owner: Some(holder),
+                owner_until: Some(until),
+            }) => Ok(Some((holder, until))),
+            _ => Err(self.corrupt(&self.state, "the row vanished while taking the upgrade lease")),
+        }
+    }
+
+    /// Gives the upgrade lease up if `owner` still holds it.
+    pub(crate) fn release_lease<B: Backend>(&self, conn: &mut B::Connection, owner: &str) -> Result<()> {
+        B::execute(
+            conn,
+            &format!("UPDATE {} SET owner = NULL, owner_until = NULL WHERE id = 1 AND owner = $1", self.state),
+            &[Bind::Text(owner)],
+        )?;
+        Ok(())
+    }
+
+    /// Appends a history row.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: &str,
+        checksum: &str,
+        started: i64,
+        finished: Option<i64>,
+        outcome: &str,
+        by: &str,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!(
+                "INSERT INTO {} (version, phase, checksum, started_at, finished_at, outcome, by_instance, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                self.history
+            ),
+            &[
+                Bind::I64(version.as_i64()),
+                Bind::Text(phase),
+                Bind::Text(checksum),
+                Bind::I64(started),
+                Bind::OptI64(finished),
+                Bind::Text(outcome),
+                Bind::Text(by),
+                Bind::OptText(detail),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks the `running` row of (version, phase) applied.
+    pub(crate) fn finish_running<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+        now: i64,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET outcome = $1, finished_at = $2 WHERE version = $3 AND phase = $4 AND outcome = $5",
+                self.history
+            ),
+            &[
+                Bind::Text(APPLIED),
+                Bind::I64(now),
+                Bind::I64(version.as_i64()),
+                Bind::Text(phase.as_str()),
+                Bind::Text(RUNNING),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every history row, oldest first.
+    pub(crate) fn history<B: Backend>(&self, conn: &mut B::Connection) -> Result<Vec<HistoryEntry>> {
+        let rows: Vec<HistoryRow> = B::load(
+            conn,
+            &format!(
+                "SELECT version, phase, checksum, started_at, finished_at, outcome, by_instance, detail \
+                 FROM {} ORDER BY id",
+                self.history
+            ),
+            &[],
+        )?;
+        rows.into_iter()
+            .map(|r| {
+                let version = Version::from_i64(r.version).ok_or_else(|| {
+                    self.corrupt(&self.history, format!("version {} is not a positive version number", r.version))
+                })?;
+                Ok(HistoryEntry {
+                    version,
+                    phase: r.phase,
+                    checksum: r.checksum,
+                    started_at_ms: r.started_at,
+                    finished_at_ms: r.finished_at,
+                    outcome: r.outcome,
+                    by: r.by_instance,
+                    detail: r.detail,
+                })
+            })
+            .collect()
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn fleet_table(&self) -> &str {
+        &self.fleet
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_validation() {
+        for ok in ["tandem_", "a", "app1_meta_", "_x"] {
+            assert!(Prefix::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1x", "x; DROP TABLE y", "Tandem_", "a-b", "a.b", "ä", &"x".repeat(41)] {
+            let err = Prefix::new(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidPrefix { .. }), "{bad}");
+            assert!(err.to_string().contains("plain identifier"));
+        }
+    }
+
+    #[test]
+    fn state_texts_round_trip() {
+        for p in [StatePhase::Stable, StatePhase::Expanded, StatePhase::Switched] {
+            assert_eq!(StatePhase::parse(p.as_str()), Some(p));
+        }
+        for m in [Mode::Steady, Mode::Deploying] {
+            assert_eq!(Mode::parse(m.as_str()), Some(m));
+        }
+    }
+}

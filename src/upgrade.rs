@@ -1,0 +1,688 @@
+//! The upgrader: expand, switch, contract (and switch back), journaled in
+//! the history table, resumable after a crash, one at a time.
+//!
+//! ## Exclusion
+//!
+//! Every command first takes the upgrade lease: a compare-and-set of
+//! `owner`/`owner_until` on the state row inside a write transaction
+//! (SQLite `BEGIN IMMEDIATE`). A second upgrader, in this process or
+//! another, gets [`Error::UpgraderBusy`] naming the holder, or waits
+//! ([`Upgrader::wait_for_lease`]). A crashed holder's lease expires.
+//! Every state transition is itself a compare-and-set that requires the
+//! lease, so an upgrader whose lease was taken over cannot write.
+//!
+//! ## Crash safety
+//!
+//! Each phase's SQL, its history row and its state change commit in one
+//! transaction, so a crash leaves the phase either wholly applied or not at
+//! all. The one exception is expand's Rust steps (batched backfill), which
+//! run after expand's SQL in their own transactions: the history row says
+//! `running` until they finish and the state row still says `stable`; the
+//! same command run again skips the SQL and resumes the steps.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::handle::Tandem;
+use crate::meta::{self, State, StatePhase};
+use crate::version::{Phase, Version};
+
+/// A Rust step of a version's expand phase (see [`Builder::backfill`](crate::Builder::backfill)).
+pub(crate) struct Step<B: Backend> {
+    pub(crate) version: u32,
+    pub(crate) name: String,
+    #[allow(clippy::type_complexity)]
+    pub(crate) batch: Box<dyn Fn(&mut B::Connection) -> diesel::QueryResult<usize> + Send + Sync>,
+}
+
+/// What one phase did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PhaseReport {
+    /// The version the phase belongs to.
+    pub version: Version,
+    /// The phase.
+    pub phase: Phase,
+    /// The phase had already been applied; nothing was done.
+    pub already_done: bool,
+    /// Wall time of the phase.
+    pub duration: Duration,
+    /// Backfill batches committed (expand only).
+    pub batches: u64,
+    /// For switch and switch back: how long the writer waited for the schema
+    /// write lock.
+    pub writer_wait: Duration,
+    /// For switch and switch back: how long the write lock was held.
+    pub held: Duration,
+    /// For switch and switch back: whether the writer had to escalate.
+    pub escalated: bool,
+    /// For switch and switch back: attempts (retries after lock conflicts).
+    pub attempts: u32,
+}
+
+impl PhaseReport {
+    fn new(version: Version, phase: Phase) -> Self {
+        PhaseReport {
+            version,
+            phase,
+            already_done: false,
+            duration: Duration::ZERO,
+            batches: 0,
+            writer_wait: Duration::ZERO,
+            held: Duration::ZERO,
+            escalated: false,
+            attempts: 0,
+        }
+    }
+
+    fn done(version: Version, phase: Phase) -> Self {
+        PhaseReport {
+            already_done: true,
+            ..PhaseReport::new(version, phase)
+        }
+    }
+}
+
+/// Runs upgrade phases through a [`Tandem`] handle. Made by
+/// [`Tandem::upgrader`].
+///
+/// ```
+/// # fn main() -> Result<(), tandem::Error> {
+/// let db = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", tandem::demo::catalog()?).open()?;
+/// assert_eq!(db.live_version().get(), 1);
+/// db.upgrader().upgrade_to(2)?; // expand, switch, contract
+/// assert_eq!(db.live_version().get(), 2);
+/// # Ok(()) }
+/// ```
+pub struct Upgrader<'t, B: Backend> {
+    db: &'t Tandem<B>,
+    owner: String,
+    lease: Duration,
+    wait_for_lease: Duration,
+    crash_at: Option<usize>,
+    steps_taken: Cell<usize>,
+    last_renewal: Cell<Option<Instant>>,
+}
+
+impl<B: Backend> fmt::Debug for Upgrader<'_, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgrader").field("owner", &self.owner).finish_non_exhaustive()
+    }
+}
+
+/// Distinguishes upgraders of one handle from each other.
+static UPGRADER_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl<'t, B: Backend> Upgrader<'t, B> {
+    pub(crate) fn new(db: &'t Tandem<B>) -> Self {
+        let seq = UPGRADER_SEQ.fetch_add(1, Ordering::Relaxed);
+        Upgrader {
+            db,
+            owner: format!("{}#u{seq}", db.instance_id()),
+            lease: Duration::from_secs(30),
+            wait_for_lease: Duration::ZERO,
+            crash_at: None,
+            steps_taken: Cell::new(0),
+            last_renewal: Cell::new(None),
+        }
+    }
+
+    /// How long the upgrade lease lasts without renewal; a crashed upgrader
+    /// blocks others for at most this long. Renewed during long phases.
+    /// Defaults to 30 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Wait up to `timeout` for another upgrader's lease instead of failing
+    /// at once with [`Error::UpgraderBusy`]. Defaults to no wait.
+    pub fn wait_for_lease(mut self, timeout: Duration) -> Self {
+        self.wait_for_lease = timeout;
+        self
+    }
+
+    /// Test hook: fail with [`Error::InjectedCrash`] at step boundary `step`
+    /// (1-based), leaving the lease held as a crashed process would.
+    #[doc(hidden)]
+    pub fn crash_at(mut self, step: usize) -> Self {
+        self.crash_at = Some(step);
+        self
+    }
+
+    /// Test hook: step boundaries passed so far.
+    #[doc(hidden)]
+    pub fn steps_taken(&self) -> usize {
+        self.steps_taken.get()
+    }
+
+    /// This upgrader's id in the state and history tables.
+    pub fn id(&self) -> &str {
+        &self.owner
+    }
+
+    /// Applies the next version's expand phase: its SQL in one transaction,
+    /// then its Rust steps in batches. The live version is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UpgraderBusy`], [`Error::PhaseOutOfOrder`] (a switched version
+    /// is not contracted yet), [`Error::UnknownVersion`] (nothing to expand),
+    /// [`Error::ChecksumDrift`], [`Error::PhaseFailed`], [`Error::StepFailed`].
+    pub fn expand(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.expand_locked(conn))
+    }
+
+    /// Switches the live version to the expanded one: `switch.sql` and the
+    /// version bump in one transaction, under the schema write lock. Calls in
+    /// flight finish first; calls arriving meanwhile wait, then run with the
+    /// new version's bindings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PhaseOutOfOrder`] (not expanded), [`Error::SwitchRefused`]
+    /// (this binary could not serve the new version), [`Error::LockTimeout`]
+    /// (database unchanged), [`Error::PhaseFailed`], and as [`expand`](Upgrader::expand).
+    pub fn switch(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.switch_locked(conn, Phase::Switch))
+    }
+
+    /// Undoes the switch (before contract): `switch_back.sql` and the version
+    /// bump back, under the schema write lock, as the switch does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PhaseOutOfOrder`] (not in the switch window),
+    /// [`Error::NoSwitchBack`], and as [`switch`](Upgrader::switch).
+    pub fn switch_back(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.switch_locked(conn, Phase::SwitchBack))
+    }
+
+    /// Removes the previous version's structures (`contract.sql`). Only after
+    /// the switch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PhaseOutOfOrder`] (contract before switch), and as
+    /// [`expand`](Upgrader::expand).
+    pub fn contract(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.contract_locked(conn))
+    }
+
+    /// Runs every remaining phase of every version up to `target`, from
+    /// wherever the database stands (1→2→3 and further), ending contracted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownVersion`] (target not in the catalog),
+    /// [`Error::NotRollForward`], and those of the phases.
+    pub fn upgrade_to(&self, target: u32) -> Result<Vec<PhaseReport>> {
+        let latest = self.db.catalog().latest();
+        let target = Version::new(target).ok_or(Error::InvalidVersion {
+            value: i64::from(target),
+            context: "upgrade_to",
+        })?;
+        if target > latest {
+            return Err(Error::UnknownVersion { version: target, latest });
+        }
+        self.with_lease(|conn| {
+            let mut reports = Vec::new();
+            loop {
+                let state = self.read_state(conn)?;
+                if state.version > target {
+                    return Err(Error::NotRollForward {
+                        live: state.version,
+                        target,
+                    });
+                }
+                let report = match state.phase {
+                    StatePhase::Stable if state.version == target => return Ok(reports),
+                    StatePhase::Expanded if state.version == target => return Ok(reports),
+                    StatePhase::Stable => self.expand_locked(conn)?,
+                    StatePhase::Expanded => self.switch_locked(conn, Phase::Switch)?,
+                    StatePhase::Switched => self.contract_locked(conn)?,
+                };
+                reports.push(report);
+            }
+        })
+    }
+
+    // ---- lease -------------------------------------------------------------
+
+    fn with_lease<T>(&self, f: impl FnOnce(&mut B::Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.db.connection()?;
+        self.acquire_lease(&mut *conn)?;
+        let result = self.db.verify_checksums(&mut *conn).and_then(|()| f(&mut *conn));
+        if !matches!(result, Err(Error::InjectedCrash { .. })) {
+            if let Err(e) = self.db.inner.meta.release_lease::<B>(&mut *conn, &self.owner) {
+                tracing::warn!(error = %e, "could not release the upgrade lease; it expires by itself");
+            }
+        }
+        result
+    }
+
+    fn acquire_lease(&self, conn: &mut B::Connection) -> Result<()> {
+        let deadline = Instant::now() + self.wait_for_lease;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let now = meta::now_ms();
+            let until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
+            let holder = B::write_transaction(conn, |c| self.db.inner.meta.try_lease::<B>(c, &self.owner, now, until))?;
+            match holder {
+                None => {
+                    self.last_renewal.set(Some(Instant::now()));
+                    return Ok(());
+                }
+                Some((holder, until)) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::UpgraderBusy {
+                            holder,
+                            expires_in_ms: (until - now).max(0),
+                        });
+                    }
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Renews the lease when a third of it has passed (during long phases).
+    fn renew_lease(&self, conn: &mut B::Connection) -> Result<()> {
+        let due = self.last_renewal.get().is_none_or(|t| t.elapsed() >= self.lease / 3);
+        if due {
+            let now = meta::now_ms();
+            let until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
+            let holder = B::write_transaction(conn, |c| self.db.inner.meta.try_lease::<B>(c, &self.owner, now, until))?;
+            if let Some((holder, until)) = holder {
+                return Err(Error::UpgraderBusy {
+                    holder,
+                    expires_in_ms: (until - now).max(0),
+                });
+            }
+            self.last_renewal.set(Some(Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// A step boundary: where the crash-injection hook may strike.
+    fn step(&self, at: &str) -> Result<()> {
+        let n = self.steps_taken.get() + 1;
+        self.steps_taken.set(n);
+        if self.crash_at == Some(n) {
+            tracing::warn!(step = n, at, "injected crash");
+            return Err(Error::InjectedCrash {
+                step: n,
+                at: at.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn read_state(&self, conn: &mut B::Connection) -> Result<State> {
+        let state = self.db.inner.meta.read_state::<B>(conn, meta::now_ms())?;
+        let latest = self.db.catalog().latest();
+        if state.version > latest {
+            return Err(Error::UnknownVersion {
+                version: state.version,
+                latest,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Inside a phase transaction: the state is still what the phase was
+    /// planned on, and this upgrader still holds the lease.
+    fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<()> {
+        let now_state = self.db.inner.meta.read_state::<B>(conn, meta::now_ms())?;
+        if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
+            return Err(Error::UpgraderBusy {
+                holder: now_state.upgrader.unwrap_or_else(|| "nobody (our lease expired)".to_owned()),
+                expires_in_ms: 0,
+            });
+        }
+        if (now_state.version, now_state.phase) != (planned.version, planned.phase) {
+            return Err(Error::MetadataCorrupt {
+                table: self.db.inner.meta.state_table().to_owned(),
+                detail: format!(
+                    "the state changed under the upgrade lease (planned {} {}, found {} {})",
+                    planned.version,
+                    planned.phase.as_str(),
+                    now_state.version,
+                    now_state.phase.as_str()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn out_of_order(attempted: Phase, version: Version, state: &State, hint: &'static str) -> Error {
+        Error::PhaseOutOfOrder {
+            attempted,
+            version,
+            live: state.version,
+            state: state.phase.as_str(),
+            hint,
+        }
+    }
+
+    /// Journals a failed phase in its own transaction (the phase's own rolled back).
+    fn journal_failure(&self, conn: &mut B::Connection, version: Version, phase: Phase, checksum: &str, started: i64, error: &Error) {
+        let detail = error.to_string();
+        let result = B::write_transaction(conn, |c| {
+            self.db.inner.meta.record::<B>(
+                c,
+                version,
+                phase.as_str(),
+                checksum,
+                started,
+                Some(meta::now_ms()),
+                meta::FAILED,
+                &self.owner,
+                Some(&detail),
+            )
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not journal the failed phase");
+        }
+    }
+
+    // ---- phases ------------------------------------------------------------
+
+    fn expand_locked(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
+        let started = Instant::now();
+        let state = self.read_state(conn)?;
+        let latest = self.db.catalog().latest();
+        let target = state.version.next().filter(|t| *t <= latest);
+        let target = match (state.phase, target) {
+            (StatePhase::Expanded, Some(target)) => return Ok(PhaseReport::done(target, Phase::Expand)),
+            (StatePhase::Switched, _) => {
+                return Err(Self::out_of_order(
+                    Phase::Expand,
+                    state.version.next().unwrap_or(state.version),
+                    &state,
+                    "contract the live version first: at most two versions may be in use",
+                ))
+            }
+            (_, None) => {
+                return Err(Error::UnknownVersion {
+                    version: state.version.next().unwrap_or(state.version),
+                    latest,
+                })
+            }
+            (_, Some(target)) => target,
+        };
+        let mut report = PhaseReport::new(target, Phase::Expand);
+        let checksum = self.db.phase_checksum(target, Phase::Expand);
+        let sql = self.db.catalog().phase(target, Phase::Expand, B::NAME).map(|s| s.text.to_owned()).unwrap_or_default();
+        let meta = &self.db.inner.meta;
+
+        let resumed = meta
+            .history::<B>(conn)?
+            .iter()
+            .any(|h| h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == meta::RUNNING);
+        if !resumed {
+            self.step("expand: before SQL")?;
+            let now = meta::now_ms();
+            let applied = B::write_transaction(conn, |c| -> Result<()> {
+                self.recheck(c, &state)?;
+                c.batch_execute(&sql).map_err(|source| Error::PhaseFailed {
+                    version: target,
+                    phase: Phase::Expand,
+                    source,
+                })?;
+                self.step("expand: SQL run, before commit")?;
+                meta.record::<B>(c, target, Phase::Expand.as_str(), &checksum, now, None, meta::RUNNING, &self.owner, None)
+            });
+            if let Err(e @ Error::PhaseFailed { .. }) = &applied {
+                self.journal_failure(conn, target, Phase::Expand, &checksum, now, e);
+            }
+            applied?;
+            tracing::info!(version = %target, "expand SQL applied");
+            self.step("expand: SQL committed")?;
+        } else {
+            tracing::info!(version = %target, "resuming expand: SQL already applied");
+        }
+
+        for step in self.db.inner.steps.iter().filter(|s| s.version == target.get()) {
+            loop {
+                self.renew_lease(conn)?;
+                self.step("expand: before backfill batch")?;
+                let changed = B::write_transaction(conn, |c| (step.batch)(c)).map_err(|source| Error::StepFailed {
+                    version: target,
+                    step: step.name.clone(),
+                    batches: report.batches,
+                    source,
+                })?;
+                if changed == 0 {
+                    break;
+                }
+                report.batches += 1;
+            }
+        }
+
+        self.step("expand: before finishing")?;
+        B::write_transaction(conn, |c| -> Result<()> {
+            let now = meta::now_ms();
+            self.recheck(c, &state)?;
+            meta.transition::<B>(c, (state.version, StatePhase::Stable), (state.version, StatePhase::Expanded), &self.owner, now)?;
+            meta.finish_running::<B>(c, target, Phase::Expand, now)?;
+            self.step("expand: finished, before commit")
+        })?;
+        report.duration = started.elapsed();
+        tracing::info!(version = %target, batches = report.batches, duration = ?report.duration, "expand done");
+        Ok(report)
+    }
+
+    fn switch_locked(&self, conn: &mut B::Connection, phase: Phase) -> Result<PhaseReport> {
+        let started = Instant::now();
+        let state = self.read_state(conn)?;
+        // (from, to): the state before and after, and the version whose files run.
+        let (owner_version, to) = match (phase, state.phase) {
+            (Phase::Switch, StatePhase::Switched) => return Ok(PhaseReport::done(state.version, phase)),
+            (Phase::Switch, StatePhase::Expanded) => {
+                let Some(target) = state.version.next() else { return unreachable_state() };
+                (target, (target, StatePhase::Switched))
+            }
+            (Phase::Switch, _) => {
+                return Err(Self::out_of_order(
+                    phase,
+                    state.version.next().unwrap_or(state.version),
+                    &state,
+                    "run expand first",
+                ))
+            }
+            (_, StatePhase::Switched) => {
+                let Some(previous) = state.version.previous() else { return unreachable_state() };
+                (state.version, (previous, StatePhase::Expanded))
+            }
+            (_, StatePhase::Expanded) => {
+                let version = state.version.next().unwrap_or(state.version);
+                if self.already_switched_back(conn, version)? {
+                    return Ok(PhaseReport::done(version, phase));
+                }
+                return Err(Self::out_of_order(phase, version, &state, "switch back is possible only between switch and contract"));
+            }
+            (_, _) => {
+                return Err(Self::out_of_order(
+                    phase,
+                    state.version,
+                    &state,
+                    "switch back is possible only between switch and contract",
+                ))
+            }
+        };
+        let catalog = self.db.catalog();
+        if phase == Phase::SwitchBack
+            && catalog.phase(owner_version, Phase::Switch, B::NAME).is_some()
+            && catalog.phase(owner_version, Phase::SwitchBack, B::NAME).is_none()
+        {
+            return Err(Error::NoSwitchBack { version: owner_version });
+        }
+        // This instance must still be able to serve after the switch.
+        let served = self.db.served_versions();
+        if served.contains(&state.version) && !served.contains(&to.0) {
+            return Err(Error::SwitchRefused {
+                version: to.0,
+                instances: vec![format!(
+                    "{} (this instance; serves {}..={})",
+                    self.db.instance_id(),
+                    served.start(),
+                    served.end()
+                )],
+            });
+        }
+
+        let checksum = self.db.phase_checksum(owner_version, phase);
+        let sql = catalog.phase(owner_version, phase, B::NAME).map(|s| s.text.to_owned());
+        let meta = &self.db.inner.meta;
+        let policy = self.db.inner.writer;
+        let mut report = PhaseReport::new(owner_version, phase);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            report.attempts += 1;
+            self.renew_lease(conn)?;
+            self.step("switch: before write lock")?;
+            let guard = self.db.inner.lock.write(&policy).map_err(|g| Error::LockTimeout {
+                version: to.0,
+                live: state.version,
+                attempts: g.attempts,
+                waited: g.waited,
+            })?;
+            report.writer_wait += guard.waited;
+            report.escalated |= guard.escalated;
+            let held_from = Instant::now();
+            let now = meta::now_ms();
+            let result = B::write_transaction(conn, |c| -> Result<()> {
+                self.recheck(c, &state)?;
+                if let Some(sql) = &sql {
+                    c.batch_execute(sql).map_err(|source| Error::PhaseFailed {
+                        version: owner_version,
+                        phase,
+                        source,
+                    })?;
+                }
+                self.step("switch: SQL run, before commit")?;
+                meta.transition::<B>(c, (state.version, state.phase), to, &self.owner, now)?;
+                meta.record::<B>(c, owner_version, phase.as_str(), &checksum, now, Some(meta::now_ms()), meta::APPLIED, &self.owner, None)
+            });
+            match result {
+                Ok(()) => {
+                    // Still under the write lock: calls after this see the new version.
+                    self.db.inner.live.store(to.0.get(), Ordering::Release);
+                    report.held = held_from.elapsed();
+                    drop(guard);
+                    break;
+                }
+                Err(Error::PhaseFailed { source, .. })
+                    if B::is_transient(&source) && report.attempts < policy.attempts.max(1) =>
+                {
+                    drop(guard);
+                    tracing::debug!(attempt = report.attempts, error = %source, "switch hit a lock conflict; retrying");
+                    thread::sleep(backoff + jitter(backoff));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    // If the commit reached the database before the error (a lost
+                    // connection), adopt what the database says, under the lock.
+                    if !matches!(e, Error::InjectedCrash { .. }) {
+                        if let Ok(actual) = self.db.state() {
+                            self.db.inner.live.store(actual.version.get(), Ordering::Release);
+                        }
+                    }
+                    drop(guard);
+                    if matches!(e, Error::PhaseFailed { .. }) {
+                        self.journal_failure(conn, owner_version, phase, &checksum, now, &e);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.step("switch: committed")?;
+        report.duration = started.elapsed();
+        tracing::info!(
+            from = %state.version, to = %to.0, writer_wait = ?report.writer_wait, held = ?report.held,
+            escalated = report.escalated, "{phase} done"
+        );
+        Ok(report)
+    }
+
+    fn already_switched_back(&self, conn: &mut B::Connection, version: Version) -> Result<bool> {
+        let history = self.db.inner.meta.history::<B>(conn)?;
+        let last = history
+            .iter()
+            .rev()
+            .find(|h| h.version == version && h.outcome == meta::APPLIED && (h.phase == "switch" || h.phase == "switch_back"));
+        Ok(last.is_some_and(|h| h.phase == "switch_back"))
+    }
+
+    fn contract_locked(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
+        let started = Instant::now();
+        let state = self.read_state(conn)?;
+        match state.phase {
+            StatePhase::Switched => {}
+            StatePhase::Stable => return Ok(PhaseReport::done(state.version, Phase::Contract)),
+            StatePhase::Expanded => {
+                return Err(Self::out_of_order(
+                    Phase::Contract,
+                    state.version.next().unwrap_or(state.version),
+                    &state,
+                    "switch first: contract removes what the live version still uses",
+                ))
+            }
+        }
+        let version = state.version;
+        let checksum = self.db.phase_checksum(version, Phase::Contract);
+        let sql = self.db.catalog().phase(version, Phase::Contract, B::NAME).map(|s| s.text.to_owned());
+        let meta = &self.db.inner.meta;
+        self.step("contract: before SQL")?;
+        let now = meta::now_ms();
+        let result = B::write_transaction(conn, |c| -> Result<()> {
+            self.recheck(c, &state)?;
+            if let Some(sql) = &sql {
+                c.batch_execute(sql).map_err(|source| Error::PhaseFailed {
+                    version,
+                    phase: Phase::Contract,
+                    source,
+                })?;
+            }
+            self.step("contract: SQL run, before commit")?;
+            meta.transition::<B>(c, (version, StatePhase::Switched), (version, StatePhase::Stable), &self.owner, now)?;
+            meta.record::<B>(c, version, Phase::Contract.as_str(), &checksum, now, Some(meta::now_ms()), meta::APPLIED, &self.owner, None)
+        });
+        if let Err(e @ Error::PhaseFailed { .. }) = &result {
+            self.journal_failure(conn, version, Phase::Contract, &checksum, now, e);
+        }
+        result?;
+        self.step("contract: committed")?;
+        let mut report = PhaseReport::new(version, Phase::Contract);
+        report.duration = started.elapsed();
+        tracing::info!(%version, duration = ?report.duration, "contract done");
+        Ok(report)
+    }
+}
+
+/// For states the match arms above have ruled out.
+#[cold]
+fn unreachable_state<T>() -> Result<T> {
+    Err(Error::MetadataCorrupt {
+        table: "state".to_owned(),
+        detail: "version out of range".to_owned(),
+    })
+}
+
+/// Up to `base` of jitter, from the clock's low bits (no RNG needed for this).
+fn jitter(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let base_ns = u32::try_from(base.as_nanos()).unwrap_or(u32::MAX).max(1);
+    Duration::from_nanos(u64::from(nanos % base_ns))
+}
