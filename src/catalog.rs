@@ -91,7 +91,12 @@ impl CatalogVersion {
     pub fn phase(&self, phase: Phase, backend: &str) -> Option<PhaseSql<'_>> {
         let pick = |specific: bool| {
             self.files.iter().find(|f| {
-                f.phase == phase && (if specific { f.backend == Some(backend) } else { f.backend.is_none() })
+                f.phase == phase
+                    && (if specific {
+                        f.backend == Some(backend)
+                    } else {
+                        f.backend.is_none()
+                    })
             })
         };
         pick(true).or_else(|| pick(false)).map(|f| PhaseSql {
@@ -187,20 +192,28 @@ impl Catalog {
                 ([folder], None) => {
                     folders.entry(folder.clone()).or_default();
                 }
-                _ => return Err(CatalogError::UnknownFile { path: root.join(rel) }),
+                _ => {
+                    return Err(CatalogError::UnknownFile {
+                        path: root.join(rel),
+                    })
+                }
             }
         }
 
         let mut numbered = Vec::new();
         for (folder, files) in folders {
-            let (number, name) = parse_folder_name(&folder)
-                .ok_or_else(|| CatalogError::BadFolderName { path: root.join(&folder) })?;
+            let (number, name) =
+                parse_folder_name(&folder).ok_or_else(|| CatalogError::BadFolderName {
+                    path: root.join(&folder),
+                })?;
             let name = name.to_owned();
             numbered.push((number, folder, name, files));
         }
         numbered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         if numbered.is_empty() {
-            return Err(CatalogError::NoVersions { path: root.to_owned() });
+            return Err(CatalogError::NoVersions {
+                path: root.to_owned(),
+            });
         }
 
         let mut versions: Vec<CatalogVersion> = Vec::with_capacity(numbered.len());
@@ -235,7 +248,9 @@ impl Catalog {
 fn parse_folder_name(folder: &str) -> Option<(u32, &str)> {
     let (digits, name) = folder.split_once('_')?;
     let valid_name = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || !valid_name {
         return None;
     }
@@ -246,7 +261,10 @@ fn parse_folder_name(folder: &str) -> Option<(u32, &str)> {
 fn parse_file_name(file: &str) -> Option<(Phase, Option<&'static str>)> {
     let stem = file.strip_suffix(".sql")?;
     let (phase, backend) = match stem.split_once('.') {
-        Some((phase, backend)) => (phase, Some(BACKEND_NAMES.into_iter().find(|b| *b == backend)?)),
+        Some((phase, backend)) => (
+            phase,
+            Some(BACKEND_NAMES.into_iter().find(|b| *b == backend)?),
+        ),
         None => (stem, None),
     };
     Some((Phase::parse(phase)?, backend))
@@ -265,11 +283,13 @@ fn parse_version(
         if file.ends_with(".md") {
             continue;
         }
-        let (phase, backend) = parse_file_name(&file).ok_or_else(|| CatalogError::UnknownFile { path: path.clone() })?;
+        let (phase, backend) = parse_file_name(&file)
+            .ok_or_else(|| CatalogError::UnknownFile { path: path.clone() })?;
         if version == Version::FIRST && phase != Phase::Expand {
             return Err(CatalogError::FirstVersionPhase { path });
         }
-        let text = String::from_utf8(bytes).map_err(|_| CatalogError::NotUtf8 { path: path.clone() })?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| CatalogError::NotUtf8 { path: path.clone() })?;
         if text.trim().is_empty() {
             return Err(CatalogError::Empty { path });
         }
@@ -281,9 +301,15 @@ fn parse_version(
             file: format!("{folder}/{file}"),
         });
     }
-    let has = |backend: Option<&str>| parsed.iter().any(|f| f.phase == Phase::Expand && f.backend == backend);
+    let has = |backend: Option<&str>| {
+        parsed
+            .iter()
+            .any(|f| f.phase == Phase::Expand && f.backend == backend)
+    };
     if !has(None) && !BACKEND_NAMES.iter().all(|b| has(Some(b))) {
-        return Err(CatalogError::MissingExpand { path: root.join(folder) });
+        return Err(CatalogError::MissingExpand {
+            path: root.join(folder),
+        });
     }
     Ok(CatalogVersion {
         version,
@@ -353,7 +379,10 @@ mod tests {
     use super::*;
 
     fn tree(files: &[(&str, &str)]) -> Tree {
-        files.iter().map(|(p, t)| (PathBuf::from(p), Some(t.as_bytes().to_vec()))).collect()
+        files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), Some(t.as_bytes().to_vec())))
+            .collect()
     }
 
     fn parse(files: &[(&str, &str)]) -> Result<Catalog, CatalogError> {
@@ -366,33 +395,71 @@ mod tests {
             ("README.md", "notes"),
             ("0001_init/expand.sql", "CREATE TABLE a (id INT);"),
             ("0002_more/expand.sql", "ALTER TABLE a ADD b INT;"),
-            ("0002_more/expand.postgres.sql", "ALTER TABLE a ADD COLUMN b INT;"),
+            (
+                "0002_more/expand.postgres.sql",
+                "ALTER TABLE a ADD COLUMN b INT;",
+            ),
             ("0002_more/contract.sql", "SELECT 1;"),
             ("0002_more/notes.md", "why"),
         ])
         .unwrap();
         assert_eq!(c.latest().get(), 2);
         let v2 = Version::new(2).unwrap();
-        assert_eq!(c.phase(v2, Phase::Expand, "sqlite").unwrap().text, "ALTER TABLE a ADD b INT;");
-        assert_eq!(c.phase(v2, Phase::Expand, "postgres").unwrap().file, "0002_more/expand.postgres.sql");
+        assert_eq!(
+            c.phase(v2, Phase::Expand, "sqlite").unwrap().text,
+            "ALTER TABLE a ADD b INT;"
+        );
+        assert_eq!(
+            c.phase(v2, Phase::Expand, "postgres").unwrap().file,
+            "0002_more/expand.postgres.sql"
+        );
         assert!(c.phase(v2, Phase::Switch, "sqlite").is_none());
-        assert_eq!(c.phase(v2, Phase::Contract, "sqlite").unwrap().checksum, sha256_hex("SELECT 1;"));
+        assert_eq!(
+            c.phase(v2, Phase::Contract, "sqlite").unwrap().checksum,
+            sha256_hex("SELECT 1;")
+        );
         assert_eq!(c.get(v2).unwrap().name(), "more");
     }
 
     #[test]
     fn checksum_is_sha256() {
-        assert_eq!(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            sha256_hex(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
     fn rejects_malformed_catalogs() {
         let e = parse(&[("0001_a/expand.sql", "x"), ("0003_c/expand.sql", "x")]).unwrap_err();
-        assert!(matches!(e, CatalogError::Gap { expected: 2, found: 3, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CatalogError::Gap {
+                    expected: 2,
+                    found: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = parse(&[("0002_a/expand.sql", "x")]).unwrap_err();
-        assert!(matches!(e, CatalogError::Gap { expected: 1, found: 2, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CatalogError::Gap {
+                    expected: 1,
+                    found: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = parse(&[("0001_a/expand.sql", "x"), ("0001_b/expand.sql", "x")]).unwrap_err();
-        assert!(matches!(e, CatalogError::Duplicate { version: 1, .. }), "{e}");
+        assert!(
+            matches!(e, CatalogError::Duplicate { version: 1, .. }),
+            "{e}"
+        );
         let e = parse(&[("0001_a/expand.sql", "x"), ("0002_b/switch.sql", "x")]).unwrap_err();
         assert!(matches!(e, CatalogError::MissingExpand { .. }), "{e}");
         let e = parse(&[("0001_a/expand.sql", "  \n")]).unwrap_err();
@@ -420,12 +487,19 @@ mod tests {
         // Backend-specific expand files are enough only when every backend has one.
         let e = parse(&[("0001_a/expand.sqlite.sql", "x")]).unwrap_err();
         assert!(matches!(e, CatalogError::MissingExpand { .. }), "{e}");
-        parse(&[("0001_a/expand.sqlite.sql", "x"), ("0001_a/expand.postgres.sql", "y")]).unwrap();
+        parse(&[
+            ("0001_a/expand.sqlite.sql", "x"),
+            ("0001_a/expand.postgres.sql", "y"),
+        ])
+        .unwrap();
     }
 
     #[test]
     fn error_messages_name_the_file() {
         let e = parse(&[("0001_a/expand.sql", "x"), ("0002_b/oops.txt", "x")]).unwrap_err();
-        assert!(e.to_string().contains("schema_versions/0002_b/oops.txt"), "{e}");
+        assert!(
+            e.to_string().contains("schema_versions/0002_b/oops.txt"),
+            "{e}"
+        );
     }
 }

@@ -106,7 +106,9 @@ pub struct RepositoryBuilder<R: ?Sized> {
 
 impl<R: ?Sized> fmt::Debug for RepositoryBuilder<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RepositoryBuilder").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("RepositoryBuilder")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,7 +147,9 @@ impl<R: ?Sized> RepositoryBuilder<R> {
         let mut entries = self.entries;
         entries.sort_by_key(|(v, _)| *v);
         let Some(first) = entries.first().map(|(v, _)| *v) else {
-            return Err(Error::NoBindings { repository: self.name });
+            return Err(Error::NoBindings {
+                repository: self.name,
+            });
         };
         for pair in entries.windows(2) {
             let (a, b) = (pair[0].0, pair[1].0);
@@ -180,7 +184,9 @@ pub struct Session<'c, B: Backend> {
 
 impl<B: Backend> fmt::Debug for Session<'_, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -249,8 +255,16 @@ mod tests {
         assert_eq!(repo.versions(), v(2)..=v(3));
         for missing in [1, 4, 100] {
             match repo.get(v(missing)) {
-                Err(Error::NoBinding { live, first, last, repository }) => {
-                    assert_eq!((live, first, last, repository.as_str()), (v(missing), v(2), v(3), "r"));
+                Err(Error::NoBinding {
+                    live,
+                    first,
+                    last,
+                    repository,
+                }) => {
+                    assert_eq!(
+                        (live, first, last, repository.as_str()),
+                        (v(missing), v(2), v(3), "r")
+                    );
                 }
                 other => panic!("expected NoBinding, got {:?}", other.map(|b| b.version())),
             }
@@ -259,7 +273,10 @@ mod tests {
 
     #[test]
     fn one_binding_may_serve_a_range() {
-        let repo = Repository::<dyn Named>::builder("r").bindings(1..=3, Arc::new(Fake(0))).build().unwrap();
+        let repo = Repository::<dyn Named>::builder("r")
+            .bindings(1..=3, Arc::new(Fake(0)))
+            .build()
+            .unwrap();
         assert_eq!(repo.versions(), v(1)..=v(3));
     }
 
@@ -272,7 +289,9 @@ mod tests {
         assert!(matches!(dup, Err(Error::DuplicateBinding { .. })));
         let empty = Repository::<dyn Named>::builder("r").build();
         assert!(matches!(empty, Err(Error::NoBindings { .. })));
-        let zero = Repository::<dyn Named>::builder("r").binding(0, Arc::new(Fake(0))).build();
+        let zero = Repository::<dyn Named>::builder("r")
+            .binding(0, Arc::new(Fake(0)))
+            .build();
         assert!(matches!(zero, Err(Error::InvalidVersion { value: 0, .. })));
         let gap = Repository::<dyn Named>::builder("accounts")
             .binding(1, Arc::new(Fake(1)))
@@ -280,6 +299,8 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(gap.to_string().contains("accounts"));
-        assert!(matches!(gap, Error::BindingGap { before, after, .. } if before == v(1) && after == v(3)));
+        assert!(
+            matches!(gap, Error::BindingGap { before, after, .. } if before == v(1) && after == v(3))
+        );
     }
 }

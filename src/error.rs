@@ -35,7 +35,9 @@ pub enum Error {
     Catalog(#[from] CatalogError),
 
     /// A version number given to the API was 0 or out of range.
-    #[error("{context}: {value} is not a schema version; versions are positive integers starting at 1")]
+    #[error(
+        "{context}: {value} is not a schema version; versions are positive integers starting at 1"
+    )]
     InvalidVersion {
         /// The number given.
         value: i64,
@@ -322,7 +324,9 @@ pub enum Error {
     },
 
     /// The database could not be reached or opened.
-    #[error("cannot open database {target}: {message}; check the URL, the server and the credentials")]
+    #[error(
+        "cannot open database {target}: {message}; check the URL, the server and the credentials"
+    )]
     Connect {
         /// The database URL with its password removed.
         target: String,
@@ -474,10 +478,19 @@ mod tests {
     fn redacts_every_password_form() {
         let cases = [
             ("postgres://u:pw@h/db", "postgres://u:***@h/db"),
-            ("postgresql://u:p%40w@h:1/db?sslmode=disable", "postgresql://u:***@h:1/db?sslmode=disable"),
+            (
+                "postgresql://u:p%40w@h:1/db?sslmode=disable",
+                "postgresql://u:***@h:1/db?sslmode=disable",
+            ),
             ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h/db?password=pw&user=u", "postgres://h/db?password=***&user=u"),
-            ("host=h PASSWORD=pw dbname=x", "host=h PASSWORD=*** dbname=x"),
+            (
+                "postgres://h/db?password=pw&user=u",
+                "postgres://h/db?password=***&user=u",
+            ),
+            (
+                "host=h PASSWORD=pw dbname=x",
+                "host=h PASSWORD=*** dbname=x",
+            ),
             ("file:app.db?mode=rwc", "file:app.db?mode=rwc"),
         ];
         for (input, want) in cases {

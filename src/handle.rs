@@ -58,6 +58,9 @@ pub(crate) struct Inner<B: Backend> {
     /// changed under the schema write lock.
     pub(crate) live: AtomicU32,
     pub(crate) lock: SchemaLock,
+    /// Queues this process's write transactions (see `Backend::QUEUE_WRITERS`).
+    /// Always taken after the schema lock, never before.
+    pub(crate) write_gate: parking_lot::Mutex<()>,
     pub(crate) instance: String,
     pub(crate) steps: Vec<Step<B>>,
     pub(crate) writer: WriterPolicy,
@@ -184,11 +187,18 @@ impl<B: Backend> Builder<B> {
             })
         };
         let (first, last) = match &self.serves {
-            Some(range) => (version_arg(*range.start(), "serves")?, version_arg(*range.end(), "serves")?),
+            Some(range) => (
+                version_arg(*range.start(), "serves")?,
+                version_arg(*range.end(), "serves")?,
+            ),
             None => (latest.previous().unwrap_or(latest), latest),
         };
         if first > last || last > latest {
-            return Err(Error::ServedBeyondCatalog { first, last, latest });
+            return Err(Error::ServedBeyondCatalog {
+                first,
+                last,
+                latest,
+            });
         }
         for step in &self.steps {
             let v = version_arg(step.version, "backfill")?;
@@ -196,7 +206,10 @@ impl<B: Backend> Builder<B> {
                 return Err(Error::UnknownVersion { version: v, latest });
             }
         }
-        let baseline = self.baseline.map(|b| version_arg(b, "baseline")).transpose()?;
+        let baseline = self
+            .baseline
+            .map(|b| version_arg(b, "baseline"))
+            .transpose()?;
         if let Some(b) = baseline.filter(|b| *b > latest) {
             return Err(Error::UnknownVersion { version: b, latest });
         }
@@ -231,12 +244,15 @@ impl<B: Backend> Builder<B> {
             last,
             live: AtomicU32::new(live.get()),
             lock: SchemaLock::default(),
+            write_gate: parking_lot::Mutex::new(()),
             instance,
             steps: self.steps,
             writer: self.writer,
             target,
         };
-        let db = Tandem { inner: Arc::new(inner) };
+        let db = Tandem {
+            inner: Arc::new(inner),
+        };
         db.verify_checksums(&mut *conn)?;
         tracing::info!(database = %db.inner.target, live = %live, serves = ?(first, last), "tandem opened");
         Ok(db)
@@ -273,7 +289,17 @@ fn initialize<B: Backend>(
         match baseline {
             Some(version) => {
                 meta.create::<B>(c, version, now)?;
-                meta.record::<B>(c, version, meta::BASELINE, "-", now, Some(now), meta::APPLIED, instance, None)?;
+                meta.record::<B>(
+                    c,
+                    version,
+                    meta::BASELINE,
+                    "-",
+                    now,
+                    Some(now),
+                    meta::APPLIED,
+                    instance,
+                    None,
+                )?;
                 tracing::info!(%version, "adopted existing database by baseline");
                 Ok(version)
             }
@@ -283,17 +309,30 @@ fn initialize<B: Backend>(
             }),
             None => {
                 let first = Version::FIRST;
-                let sql = catalog.phase(first, Phase::Expand, B::NAME).ok_or_else(|| Error::UnknownVersion {
-                    version: first,
-                    latest: catalog.latest(),
-                })?;
-                c.batch_execute(sql.text).map_err(|source| Error::PhaseFailed {
-                    version: first,
-                    phase: Phase::Expand,
-                    source,
-                })?;
+                let sql = catalog
+                    .phase(first, Phase::Expand, B::NAME)
+                    .ok_or_else(|| Error::UnknownVersion {
+                        version: first,
+                        latest: catalog.latest(),
+                    })?;
+                c.batch_execute(sql.text)
+                    .map_err(|source| Error::PhaseFailed {
+                        version: first,
+                        phase: Phase::Expand,
+                        source,
+                    })?;
                 meta.create::<B>(c, first, now)?;
-                meta.record::<B>(c, first, Phase::Expand.as_str(), sql.checksum, now, Some(meta::now_ms()), meta::APPLIED, instance, None)?;
+                meta.record::<B>(
+                    c,
+                    first,
+                    Phase::Expand.as_str(),
+                    sql.checksum,
+                    now,
+                    Some(meta::now_ms()),
+                    meta::APPLIED,
+                    instance,
+                    None,
+                )?;
                 tracing::info!("installed version 1 on an empty database");
                 Ok(first)
             }
@@ -353,9 +392,15 @@ impl<B: Backend> Tandem<B> {
         f(binding, &mut Session::new(&mut *conn, version))
     }
 
-    /// Runs a unit of work: several repository calls in one transaction, all
-    /// with one version (write-locking on SQLite: `BEGIN IMMEDIATE`). Pick
-    /// bindings with [`Session::repo`].
+    /// Runs a unit of work: several repository calls in one write
+    /// transaction, all with one version. Pick bindings with
+    /// [`Session::repo`].
+    ///
+    /// On SQLite this is the way to write: the transaction starts with
+    /// `BEGIN IMMEDIATE`, and this process's units of work queue for
+    /// SQLite's single write lock in-process, fairly and without sleeping
+    /// (writes made by [`call`](Tandem::call) in autocommit mode wait in
+    /// SQLite's busy handler instead, which sleeps 1 to 100 ms).
     ///
     /// # Errors
     ///
@@ -368,7 +413,18 @@ impl<B: Backend> Tandem<B> {
         let mut conn = self.connection()?;
         let _read = self.inner.lock.read();
         let version = self.served_live()?;
-        B::write_transaction(&mut *conn, |c| f(&mut Session::new(c, version)))
+        self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)))
+    }
+
+    /// A write transaction behind this process's write gate (where the
+    /// backend queues writers). Callers holding the schema lock take it first.
+    pub(crate) fn write_transaction<T, E, F>(&self, conn: &mut B::Connection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut B::Connection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        let _gate = B::QUEUE_WRITERS.then(|| self.inner.write_gate.lock());
+        B::write_transaction(conn, f)
     }
 
     #[inline]
@@ -455,14 +511,23 @@ impl<B: Backend> Tandem<B> {
     pub fn refresh(&self) -> Result<State> {
         let mut conn = self.connection()?;
         let live = self.live_version();
-        let _write = self.inner.lock.write(&self.inner.writer).map_err(|g| Error::LockTimeout {
-            version: live,
-            live,
-            attempts: g.attempts,
-            waited: g.waited,
-        })?;
-        let state = self.inner.meta.read_state::<B>(&mut *conn, meta::now_ms())?;
-        self.inner.live.store(state.version.get(), Ordering::Release);
+        let _write = self
+            .inner
+            .lock
+            .write(&self.inner.writer)
+            .map_err(|g| Error::LockTimeout {
+                version: live,
+                live,
+                attempts: g.attempts,
+                waited: g.waited,
+            })?;
+        let state = self
+            .inner
+            .meta
+            .read_state::<B>(&mut *conn, meta::now_ms())?;
+        self.inner
+            .live
+            .store(state.version.get(), Ordering::Release);
         Ok(state)
     }
 
@@ -487,7 +552,9 @@ impl<B: Backend> Tandem<B> {
     pub(crate) fn verify_checksums(&self, conn: &mut B::Connection) -> Result<()> {
         let latest = self.inner.catalog.latest();
         for entry in self.inner.meta.history::<B>(conn)? {
-            let Some(phase) = Phase::parse(&entry.phase) else { continue };
+            let Some(phase) = Phase::parse(&entry.phase) else {
+                continue;
+            };
             if entry.outcome == meta::FAILED {
                 continue;
             }
@@ -536,7 +603,11 @@ fn instance_id(label: &str) -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_owned());
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     let nonce = hasher.finish() & 0xffff_ffff;
     format!("{host}:{}:{label}:{nonce:08x}", std::process::id())
 }

@@ -138,6 +138,9 @@
 //! SQLite (feature `sqlite`, default, bundled) and PostgreSQL (feature
 //! `postgres`).
 
+#![deny(missing_docs)]
+// Library code reports errors; it never panics on a reachable path.
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 extern crate self as tandem;
@@ -168,12 +171,12 @@ pub use catalog::{Catalog, CatalogVersion, EmbeddedCatalog, EmbeddedFile, PhaseS
 pub use error::{redact, CatalogError, Error, Result};
 pub use version::{Phase, Version};
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use backend::Backend;
 #[cfg(feature = "postgres")]
 pub use backend::Postgres;
 #[cfg(feature = "sqlite")]
 pub use backend::Sqlite;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use backend::Backend;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use diesel;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -195,7 +195,10 @@ mod tests {
             })
         };
         let reader_wait = reader.join().unwrap();
-        assert!(reader_wait < Duration::from_millis(20), "reader waited {reader_wait:?}");
+        assert!(
+            reader_wait < Duration::from_millis(20),
+            "reader waited {reader_wait:?}"
+        );
         drop(held);
         assert_eq!(writer.join().unwrap(), Ok(false));
     }
@@ -210,7 +213,8 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let readers: Vec<_> = (0..8)
             .map(|_| {
-                let (lock, stop, start, calls) = (lock.clone(), stop.clone(), start.clone(), calls.clone());
+                let (lock, stop, start, calls) =
+                    (lock.clone(), stop.clone(), start.clone(), calls.clone());
                 thread::spawn(move || {
                     start.wait();
                     while !stop.load(Ordering::Relaxed) {

@@ -38,7 +38,10 @@ impl Prefix {
             Some("it is longer than 40 characters")
         } else if prefix.starts_with(|c: char| c.is_ascii_digit()) {
             Some("it starts with a digit")
-        } else if !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        } else if !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             Some("it contains characters other than lowercase letters, digits and underscores")
         } else {
             None
@@ -94,9 +97,13 @@ impl StatePhase {
     }
 
     fn parse(s: &str) -> Option<StatePhase> {
-        [StatePhase::Stable, StatePhase::Expanded, StatePhase::Switched]
-            .into_iter()
-            .find(|p| p.as_str() == s)
+        [
+            StatePhase::Stable,
+            StatePhase::Expanded,
+            StatePhase::Switched,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
     }
 }
 
@@ -121,7 +128,9 @@ impl Mode {
     }
 
     fn parse(s: &str) -> Option<Mode> {
-        [Mode::Steady, Mode::Deploying].into_iter().find(|m| m.as_str() == s)
+        [Mode::Steady, Mode::Deploying]
+            .into_iter()
+            .find(|m| m.as_str() == s)
     }
 }
 
@@ -255,7 +264,11 @@ impl Meta {
         }
     }
 
-    pub(crate) fn count<B: Backend>(conn: &mut B::Connection, sql: &str, binds: &[Bind<'_>]) -> Result<i64> {
+    pub(crate) fn count<B: Backend>(
+        conn: &mut B::Connection,
+        sql: &str,
+        binds: &[Bind<'_>],
+    ) -> Result<i64> {
         let rows: Vec<CountRow> = B::load(conn, sql, binds)?;
         Ok(rows.first().map_or(0, |r| r.n))
     }
@@ -308,22 +321,41 @@ impl Meta {
     }
 
     /// Reads the state row. `now` decides whether the upgrader lease has expired.
-    pub(crate) fn read_state<B: Backend>(&self, conn: &mut B::Connection, now: i64) -> Result<State> {
+    pub(crate) fn read_state<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        now: i64,
+    ) -> Result<State> {
         let rows: Vec<StateRow> = B::load(
             conn,
-            &format!("SELECT version, phase, mode, epoch, owner, owner_until FROM {} WHERE id = 1", self.state),
+            &format!(
+                "SELECT version, phase, mode, epoch, owner, owner_until FROM {} WHERE id = 1",
+                self.state
+            ),
             &[],
         )?;
         let row = rows
             .into_iter()
             .next()
             .ok_or_else(|| self.corrupt(&self.state, "the table exists but has no row"))?;
-        let version = Version::from_i64(row.version)
-            .ok_or_else(|| self.corrupt(&self.state, format!("version {} is not a positive version number", row.version)))?;
-        let phase = StatePhase::parse(&row.phase)
-            .ok_or_else(|| self.corrupt(&self.state, format!("phase {:?} is not stable, expanded or switched", row.phase)))?;
-        let mode = Mode::parse(&row.mode)
-            .ok_or_else(|| self.corrupt(&self.state, format!("mode {:?} is not steady or deploying", row.mode)))?;
+        let version = Version::from_i64(row.version).ok_or_else(|| {
+            self.corrupt(
+                &self.state,
+                format!("version {} is not a positive version number", row.version),
+            )
+        })?;
+        let phase = StatePhase::parse(&row.phase).ok_or_else(|| {
+            self.corrupt(
+                &self.state,
+                format!("phase {:?} is not stable, expanded or switched", row.phase),
+            )
+        })?;
+        let mode = Mode::parse(&row.mode).ok_or_else(|| {
+            self.corrupt(
+                &self.state,
+                format!("mode {:?} is not steady or deploying", row.mode),
+            )
+        })?;
         let upgrader = match (row.owner, row.owner_until) {
             (Some(owner), Some(until)) if until > now => Some(owner),
             _ => None,
@@ -397,15 +429,25 @@ impl Meta {
                 owner: Some(holder),
                 owner_until: Some(until),
             }) => Ok(Some((holder, until))),
-            _ => Err(self.corrupt(&self.state, "the row vanished while taking the upgrade lease")),
+            _ => Err(self.corrupt(
+                &self.state,
+                "the row vanished while taking the upgrade lease",
+            )),
         }
     }
 
     /// Gives the upgrade lease up if `owner` still holds it.
-    pub(crate) fn release_lease<B: Backend>(&self, conn: &mut B::Connection, owner: &str) -> Result<()> {
+    pub(crate) fn release_lease<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        owner: &str,
+    ) -> Result<()> {
         B::execute(
             conn,
-            &format!("UPDATE {} SET owner = NULL, owner_until = NULL WHERE id = 1 AND owner = $1", self.state),
+            &format!(
+                "UPDATE {} SET owner = NULL, owner_until = NULL WHERE id = 1 AND owner = $1",
+                self.state
+            ),
             &[Bind::Text(owner)],
         )?;
         Ok(())
@@ -472,7 +514,10 @@ impl Meta {
     }
 
     /// Every history row, oldest first.
-    pub(crate) fn history<B: Backend>(&self, conn: &mut B::Connection) -> Result<Vec<HistoryEntry>> {
+    pub(crate) fn history<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+    ) -> Result<Vec<HistoryEntry>> {
         let rows: Vec<HistoryRow> = B::load(
             conn,
             &format!(
@@ -485,7 +530,10 @@ impl Meta {
         rows.into_iter()
             .map(|r| {
                 let version = Version::from_i64(r.version).ok_or_else(|| {
-                    self.corrupt(&self.history, format!("version {} is not a positive version number", r.version))
+                    self.corrupt(
+                        &self.history,
+                        format!("version {} is not a positive version number", r.version),
+                    )
                 })?;
                 Ok(HistoryEntry {
                     version,
@@ -516,7 +564,16 @@ mod tests {
         for ok in ["tandem_", "a", "app1_meta_", "_x"] {
             assert!(Prefix::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1x", "x; DROP TABLE y", "Tandem_", "a-b", "a.b", "ä", &"x".repeat(41)] {
+        for bad in [
+            "",
+            "1x",
+            "x; DROP TABLE y",
+            "Tandem_",
+            "a-b",
+            "a.b",
+            "ä",
+            &"x".repeat(41),
+        ] {
             let err = Prefix::new(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidPrefix { .. }), "{bad}");
             assert!(err.to_string().contains("plain identifier"));
@@ -525,7 +582,11 @@ mod tests {
 
     #[test]
     fn state_texts_round_trip() {
-        for p in [StatePhase::Stable, StatePhase::Expanded, StatePhase::Switched] {
+        for p in [
+            StatePhase::Stable,
+            StatePhase::Expanded,
+            StatePhase::Switched,
+        ] {
             assert_eq!(StatePhase::parse(p.as_str()), Some(p));
         }
         for m in [Mode::Steady, Mode::Deploying] {

@@ -113,7 +113,9 @@ pub struct Upgrader<'t, B: Backend> {
 
 impl<B: Backend> fmt::Debug for Upgrader<'_, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upgrader").field("owner", &self.owner).finish_non_exhaustive()
+        f.debug_struct("Upgrader")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -230,7 +232,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             context: "upgrade_to",
         })?;
         if target > latest {
-            return Err(Error::UnknownVersion { version: target, latest });
+            return Err(Error::UnknownVersion {
+                version: target,
+                latest,
+            });
         }
         self.with_lease(|conn| {
             let mut reports = Vec::new();
@@ -259,9 +264,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     fn with_lease<T>(&self, f: impl FnOnce(&mut B::Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.db.connection()?;
         self.acquire_lease(&mut *conn)?;
-        let result = self.db.verify_checksums(&mut *conn).and_then(|()| f(&mut *conn));
+        let result = self
+            .db
+            .verify_checksums(&mut *conn)
+            .and_then(|()| f(&mut *conn));
         if !matches!(result, Err(Error::InjectedCrash { .. })) {
-            if let Err(e) = self.db.inner.meta.release_lease::<B>(&mut *conn, &self.owner) {
+            if let Err(e) = self
+                .db
+                .inner
+                .meta
+                .release_lease::<B>(&mut *conn, &self.owner)
+            {
                 tracing::warn!(error = %e, "could not release the upgrade lease; it expires by itself");
             }
         }
@@ -274,7 +287,12 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         loop {
             let now = meta::now_ms();
             let until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
-            let holder = B::write_transaction(conn, |c| self.db.inner.meta.try_lease::<B>(c, &self.owner, now, until))?;
+            let holder = self.db.write_transaction(conn, |c| {
+                self.db
+                    .inner
+                    .meta
+                    .try_lease::<B>(c, &self.owner, now, until)
+            })?;
             match holder {
                 None => {
                     self.last_renewal.set(Some(Instant::now()));
@@ -296,11 +314,19 @@ impl<'t, B: Backend> Upgrader<'t, B> {
 
     /// Renews the lease when a third of it has passed (during long phases).
     fn renew_lease(&self, conn: &mut B::Connection) -> Result<()> {
-        let due = self.last_renewal.get().is_none_or(|t| t.elapsed() >= self.lease / 3);
+        let due = self
+            .last_renewal
+            .get()
+            .is_none_or(|t| t.elapsed() >= self.lease / 3);
         if due {
             let now = meta::now_ms();
             let until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
-            let holder = B::write_transaction(conn, |c| self.db.inner.meta.try_lease::<B>(c, &self.owner, now, until))?;
+            let holder = self.db.write_transaction(conn, |c| {
+                self.db
+                    .inner
+                    .meta
+                    .try_lease::<B>(c, &self.owner, now, until)
+            })?;
             if let Some((holder, until)) = holder {
                 return Err(Error::UpgraderBusy {
                     holder,
@@ -344,7 +370,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let now_state = self.db.inner.meta.read_state::<B>(conn, meta::now_ms())?;
         if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
             return Err(Error::UpgraderBusy {
-                holder: now_state.upgrader.unwrap_or_else(|| "nobody (our lease expired)".to_owned()),
+                holder: now_state
+                    .upgrader
+                    .unwrap_or_else(|| "nobody (our lease expired)".to_owned()),
                 expires_in_ms: 0,
             });
         }
@@ -363,7 +391,12 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         Ok(())
     }
 
-    fn out_of_order(attempted: Phase, version: Version, state: &State, hint: &'static str) -> Error {
+    fn out_of_order(
+        attempted: Phase,
+        version: Version,
+        state: &State,
+        hint: &'static str,
+    ) -> Error {
         Error::PhaseOutOfOrder {
             attempted,
             version,
@@ -374,9 +407,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     }
 
     /// Journals a failed phase in its own transaction (the phase's own rolled back).
-    fn journal_failure(&self, conn: &mut B::Connection, version: Version, phase: Phase, checksum: &str, started: i64, error: &Error) {
+    fn journal_failure(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+        checksum: &str,
+        started: i64,
+        error: &Error,
+    ) {
         let detail = error.to_string();
-        let result = B::write_transaction(conn, |c| {
+        let result = self.db.write_transaction(conn, |c| {
             self.db.inner.meta.record::<B>(
                 c,
                 version,
@@ -402,7 +443,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let latest = self.db.catalog().latest();
         let target = state.version.next().filter(|t| *t <= latest);
         let target = match (state.phase, target) {
-            (StatePhase::Expanded, Some(target)) => return Ok(PhaseReport::done(target, Phase::Expand)),
+            (StatePhase::Expanded, Some(target)) => {
+                return Ok(PhaseReport::done(target, Phase::Expand))
+            }
             (StatePhase::Switched, _) => {
                 return Err(Self::out_of_order(
                     Phase::Expand,
@@ -421,17 +464,21 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         };
         let mut report = PhaseReport::new(target, Phase::Expand);
         let checksum = self.db.phase_checksum(target, Phase::Expand);
-        let sql = self.db.catalog().phase(target, Phase::Expand, B::NAME).map(|s| s.text.to_owned()).unwrap_or_default();
+        let sql = self
+            .db
+            .catalog()
+            .phase(target, Phase::Expand, B::NAME)
+            .map(|s| s.text.to_owned())
+            .unwrap_or_default();
         let meta = &self.db.inner.meta;
 
-        let resumed = meta
-            .history::<B>(conn)?
-            .iter()
-            .any(|h| h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == meta::RUNNING);
+        let resumed = meta.history::<B>(conn)?.iter().any(|h| {
+            h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == meta::RUNNING
+        });
         if !resumed {
             self.step("expand: before SQL")?;
             let now = meta::now_ms();
-            let applied = B::write_transaction(conn, |c| -> Result<()> {
+            let applied = self.db.write_transaction(conn, |c| -> Result<()> {
                 self.recheck(c, &state)?;
                 c.batch_execute(&sql).map_err(|source| Error::PhaseFailed {
                     version: target,
@@ -439,7 +486,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                     source,
                 })?;
                 self.step("expand: SQL run, before commit")?;
-                meta.record::<B>(c, target, Phase::Expand.as_str(), &checksum, now, None, meta::RUNNING, &self.owner, None)
+                meta.record::<B>(
+                    c,
+                    target,
+                    Phase::Expand.as_str(),
+                    &checksum,
+                    now,
+                    None,
+                    meta::RUNNING,
+                    &self.owner,
+                    None,
+                )
             });
             if let Err(e @ Error::PhaseFailed { .. }) = &applied {
                 self.journal_failure(conn, target, Phase::Expand, &checksum, now, e);
@@ -451,16 +508,25 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             tracing::info!(version = %target, "resuming expand: SQL already applied");
         }
 
-        for step in self.db.inner.steps.iter().filter(|s| s.version == target.get()) {
+        for step in self
+            .db
+            .inner
+            .steps
+            .iter()
+            .filter(|s| s.version == target.get())
+        {
             loop {
                 self.renew_lease(conn)?;
                 self.step("expand: before backfill batch")?;
-                let changed = B::write_transaction(conn, |c| (step.batch)(c)).map_err(|source| Error::StepFailed {
-                    version: target,
-                    step: step.name.clone(),
-                    batches: report.batches,
-                    source,
-                })?;
+                let changed = self
+                    .db
+                    .write_transaction(conn, |c| (step.batch)(c))
+                    .map_err(|source| Error::StepFailed {
+                        version: target,
+                        step: step.name.clone(),
+                        batches: report.batches,
+                        source,
+                    })?;
                 if changed == 0 {
                     break;
                 }
@@ -469,10 +535,16 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
 
         self.step("expand: before finishing")?;
-        B::write_transaction(conn, |c| -> Result<()> {
+        self.db.write_transaction(conn, |c| -> Result<()> {
             let now = meta::now_ms();
             self.recheck(c, &state)?;
-            meta.transition::<B>(c, (state.version, StatePhase::Stable), (state.version, StatePhase::Expanded), &self.owner, now)?;
+            meta.transition::<B>(
+                c,
+                (state.version, StatePhase::Stable),
+                (state.version, StatePhase::Expanded),
+                &self.owner,
+                now,
+            )?;
             meta.finish_running::<B>(c, target, Phase::Expand, now)?;
             self.step("expand: finished, before commit")
         })?;
@@ -486,9 +558,13 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let state = self.read_state(conn)?;
         // (from, to): the state before and after, and the version whose files run.
         let (owner_version, to) = match (phase, state.phase) {
-            (Phase::Switch, StatePhase::Switched) => return Ok(PhaseReport::done(state.version, phase)),
+            (Phase::Switch, StatePhase::Switched) => {
+                return Ok(PhaseReport::done(state.version, phase))
+            }
             (Phase::Switch, StatePhase::Expanded) => {
-                let Some(target) = state.version.next() else { return unreachable_state() };
+                let Some(target) = state.version.next() else {
+                    return unreachable_state();
+                };
                 (target, (target, StatePhase::Switched))
             }
             (Phase::Switch, _) => {
@@ -500,7 +576,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 ))
             }
             (_, StatePhase::Switched) => {
-                let Some(previous) = state.version.previous() else { return unreachable_state() };
+                let Some(previous) = state.version.previous() else {
+                    return unreachable_state();
+                };
                 (state.version, (previous, StatePhase::Expanded))
             }
             (_, StatePhase::Expanded) => {
@@ -508,7 +586,12 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 if self.already_switched_back(conn, version)? {
                     return Ok(PhaseReport::done(version, phase));
                 }
-                return Err(Self::out_of_order(phase, version, &state, "switch back is possible only between switch and contract"));
+                return Err(Self::out_of_order(
+                    phase,
+                    version,
+                    &state,
+                    "switch back is possible only between switch and contract",
+                ));
             }
             (_, _) => {
                 return Err(Self::out_of_order(
@@ -521,10 +604,16 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         };
         let catalog = self.db.catalog();
         if phase == Phase::SwitchBack
-            && catalog.phase(owner_version, Phase::Switch, B::NAME).is_some()
-            && catalog.phase(owner_version, Phase::SwitchBack, B::NAME).is_none()
+            && catalog
+                .phase(owner_version, Phase::Switch, B::NAME)
+                .is_some()
+            && catalog
+                .phase(owner_version, Phase::SwitchBack, B::NAME)
+                .is_none()
         {
-            return Err(Error::NoSwitchBack { version: owner_version });
+            return Err(Error::NoSwitchBack {
+                version: owner_version,
+            });
         }
         // This instance must still be able to serve after the switch.
         let served = self.db.served_versions();
@@ -541,7 +630,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
 
         let checksum = self.db.phase_checksum(owner_version, phase);
-        let sql = catalog.phase(owner_version, phase, B::NAME).map(|s| s.text.to_owned());
+        let sql = catalog
+            .phase(owner_version, phase, B::NAME)
+            .map(|s| s.text.to_owned());
         let meta = &self.db.inner.meta;
         let policy = self.db.inner.writer;
         let mut report = PhaseReport::new(owner_version, phase);
@@ -550,17 +641,22 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             report.attempts += 1;
             self.renew_lease(conn)?;
             self.step("switch: before write lock")?;
-            let guard = self.db.inner.lock.write(&policy).map_err(|g| Error::LockTimeout {
-                version: to.0,
-                live: state.version,
-                attempts: g.attempts,
-                waited: g.waited,
-            })?;
+            let guard = self
+                .db
+                .inner
+                .lock
+                .write(&policy)
+                .map_err(|g| Error::LockTimeout {
+                    version: to.0,
+                    live: state.version,
+                    attempts: g.attempts,
+                    waited: g.waited,
+                })?;
             report.writer_wait += guard.waited;
             report.escalated |= guard.escalated;
             let held_from = Instant::now();
             let now = meta::now_ms();
-            let result = B::write_transaction(conn, |c| -> Result<()> {
+            let result = self.db.write_transaction(conn, |c| -> Result<()> {
                 self.recheck(c, &state)?;
                 if let Some(sql) = &sql {
                     c.batch_execute(sql).map_err(|source| Error::PhaseFailed {
@@ -571,7 +667,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 }
                 self.step("switch: SQL run, before commit")?;
                 meta.transition::<B>(c, (state.version, state.phase), to, &self.owner, now)?;
-                meta.record::<B>(c, owner_version, phase.as_str(), &checksum, now, Some(meta::now_ms()), meta::APPLIED, &self.owner, None)
+                meta.record::<B>(
+                    c,
+                    owner_version,
+                    phase.as_str(),
+                    &checksum,
+                    now,
+                    Some(meta::now_ms()),
+                    meta::APPLIED,
+                    &self.owner,
+                    None,
+                )
             });
             match result {
                 Ok(()) => {
@@ -594,7 +700,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                     // connection), adopt what the database says, under the lock.
                     if !matches!(e, Error::InjectedCrash { .. }) {
                         if let Ok(actual) = self.db.state() {
-                            self.db.inner.live.store(actual.version.get(), Ordering::Release);
+                            self.db
+                                .inner
+                                .live
+                                .store(actual.version.get(), Ordering::Release);
                         }
                     }
                     drop(guard);
@@ -616,10 +725,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
 
     fn already_switched_back(&self, conn: &mut B::Connection, version: Version) -> Result<bool> {
         let history = self.db.inner.meta.history::<B>(conn)?;
-        let last = history
-            .iter()
-            .rev()
-            .find(|h| h.version == version && h.outcome == meta::APPLIED && (h.phase == "switch" || h.phase == "switch_back"));
+        let last = history.iter().rev().find(|h| {
+            h.version == version
+                && h.outcome == meta::APPLIED
+                && (h.phase == "switch" || h.phase == "switch_back")
+        });
         Ok(last.is_some_and(|h| h.phase == "switch_back"))
     }
 
@@ -640,11 +750,15 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
         let version = state.version;
         let checksum = self.db.phase_checksum(version, Phase::Contract);
-        let sql = self.db.catalog().phase(version, Phase::Contract, B::NAME).map(|s| s.text.to_owned());
+        let sql = self
+            .db
+            .catalog()
+            .phase(version, Phase::Contract, B::NAME)
+            .map(|s| s.text.to_owned());
         let meta = &self.db.inner.meta;
         self.step("contract: before SQL")?;
         let now = meta::now_ms();
-        let result = B::write_transaction(conn, |c| -> Result<()> {
+        let result = self.db.write_transaction(conn, |c| -> Result<()> {
             self.recheck(c, &state)?;
             if let Some(sql) = &sql {
                 c.batch_execute(sql).map_err(|source| Error::PhaseFailed {
@@ -654,8 +768,24 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 })?;
             }
             self.step("contract: SQL run, before commit")?;
-            meta.transition::<B>(c, (version, StatePhase::Switched), (version, StatePhase::Stable), &self.owner, now)?;
-            meta.record::<B>(c, version, Phase::Contract.as_str(), &checksum, now, Some(meta::now_ms()), meta::APPLIED, &self.owner, None)
+            meta.transition::<B>(
+                c,
+                (version, StatePhase::Switched),
+                (version, StatePhase::Stable),
+                &self.owner,
+                now,
+            )?;
+            meta.record::<B>(
+                c,
+                version,
+                Phase::Contract.as_str(),
+                &checksum,
+                now,
+                Some(meta::now_ms()),
+                meta::APPLIED,
+                &self.owner,
+                None,
+            )
         });
         if let Err(e @ Error::PhaseFailed { .. }) = &result {
             self.journal_failure(conn, version, Phase::Contract, &checksum, now, e);

@@ -38,7 +38,9 @@ pub trait MetaRow:
 }
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 impl<T> MetaRow for T where
-    T: diesel::QueryableByName<diesel::sqlite::Sqlite> + diesel::QueryableByName<diesel::pg::Pg> + 'static
+    T: diesel::QueryableByName<diesel::sqlite::Sqlite>
+        + diesel::QueryableByName<diesel::pg::Pg>
+        + 'static
 {
 }
 
@@ -82,6 +84,12 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// Backend name, as used in catalog overrides (`expand.sqlite.sql`).
     const NAME: &'static str;
 
+    /// Whether write transactions of one process queue on an in-process
+    /// gate before reaching the database. SQLite allows one writer at a time
+    /// and its busy handler sleeps 1 to 100 ms between retries, unfairly; a
+    /// fair in-process queue hands the write lock over in microseconds.
+    const QUEUE_WRITERS: bool;
+
     /// Runs one statement of tandem's metadata SQL with `binds` (`$1`, `$2`, …).
     ///
     /// # Errors
@@ -94,7 +102,11 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// The database error.
-    fn load<T: MetaRow>(conn: &mut Self::Connection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<Vec<T>>;
+    fn load<T: MetaRow>(
+        conn: &mut Self::Connection,
+        sql: &str,
+        binds: &[Bind<'_>],
+    ) -> QueryResult<Vec<T>>;
 
     /// Runs `f` in a transaction that holds the database's write side from
     /// its first statement (SQLite `BEGIN IMMEDIATE`), so read-then-write
@@ -165,8 +177,10 @@ pub(crate) use bound_query;
 pub(crate) fn message_is_transient(error: &diesel::result::Error, needles: &[&str]) -> bool {
     match error {
         diesel::result::Error::DatabaseError(kind, info) => {
-            matches!(kind, diesel::result::DatabaseErrorKind::SerializationFailure)
-                || needles.iter().any(|n| info.message().contains(n))
+            matches!(
+                kind,
+                diesel::result::DatabaseErrorKind::SerializationFailure
+            ) || needles.iter().any(|n| info.message().contains(n))
         }
         _ => false,
     }

@@ -15,12 +15,17 @@ impl super::sealed::Sealed for Postgres {}
 impl Backend for Postgres {
     type Connection = PgConnection;
     const NAME: &'static str = "postgres";
+    const QUEUE_WRITERS: bool = false;
 
     fn execute(conn: &mut PgConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
         bound_query!(diesel::pg::Pg, sql, binds).execute(conn)
     }
 
-    fn load<T: MetaRow>(conn: &mut PgConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<Vec<T>> {
+    fn load<T: MetaRow>(
+        conn: &mut PgConnection,
+        sql: &str,
+        binds: &[Bind<'_>],
+    ) -> QueryResult<Vec<T>> {
         bound_query!(diesel::pg::Pg, sql, binds).load::<T>(conn)
     }
 
@@ -35,7 +40,12 @@ impl Backend for Postgres {
     fn is_transient(error: &diesel::result::Error) -> bool {
         message_is_transient(
             error,
-            &["lock timeout", "deadlock detected", "could not obtain lock", "could not serialize"],
+            &[
+                "lock timeout",
+                "deadlock detected",
+                "could not obtain lock",
+                "could not serialize",
+            ],
         )
     }
 

@@ -45,12 +45,17 @@ fn is_in_memory(url: &str) -> bool {
 impl Backend for Sqlite {
     type Connection = SqliteConnection;
     const NAME: &'static str = "sqlite";
+    const QUEUE_WRITERS: bool = true;
 
     fn execute(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
         bound_query!(diesel::sqlite::Sqlite, sql, binds).execute(conn)
     }
 
-    fn load<T: MetaRow>(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<Vec<T>> {
+    fn load<T: MetaRow>(
+        conn: &mut SqliteConnection,
+        sql: &str,
+        binds: &[Bind<'_>],
+    ) -> QueryResult<Vec<T>> {
         bound_query!(diesel::sqlite::Sqlite, sql, binds).load::<T>(conn)
     }
 
@@ -63,7 +68,10 @@ impl Backend for Sqlite {
     }
 
     fn is_transient(error: &diesel::result::Error) -> bool {
-        message_is_transient(error, &["database is locked", "database table is locked", "busy"])
+        message_is_transient(
+            error,
+            &["database is locked", "database table is locked", "busy"],
+        )
     }
 
     fn table_exists_sql() -> &'static str {
