@@ -1,0 +1,153 @@
+//! Dispatch: each call runs the binding of the live version; units of work
+//! span repositories with one version; bad versions fail before any query.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{accounts, db_version, open_demo, temp_db, Accounts};
+use diesel::prelude::*;
+use tandem::{Catalog, Error, Repository, Session, Sqlite, Tandem, Version};
+
+/// A second repository whose table did not change between versions 1 and 2:
+/// one binding serves both.
+trait Names: Send + Sync {
+    fn rename(&self, conn: &mut SqliteConnection, id: i64, name: &str) -> tandem::Result<()>;
+    fn name(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>>;
+}
+struct NamesAnyVersion;
+diesel::table! { accounts (id) { id -> BigInt, name -> Text, } }
+impl Names for NamesAnyVersion {
+    fn rename(&self, conn: &mut SqliteConnection, id: i64, name: &str) -> tandem::Result<()> {
+        diesel::update(accounts::table.find(id)).set(accounts::name.eq(name)).execute(conn)?;
+        Ok(())
+    }
+    fn name(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
+        Ok(accounts::table.find(id).select(accounts::name).first(conn).optional()?)
+    }
+}
+
+fn names() -> Repository<dyn Names> {
+    Repository::<dyn Names>::builder("names").bindings(1..=2, Arc::new(NamesAnyVersion)).build().unwrap()
+}
+
+#[test]
+fn each_call_runs_the_live_versions_binding() {
+    let (_dir, url) = temp_db();
+    let db = open_demo(&url);
+    let repo = accounts();
+    let which = |db: &Tandem<Sqlite>| db.call(&repo, |r, s| Ok::<_, Error>((r.version(), s.version().get(), db_version(s.conn())))).unwrap();
+    assert_eq!(which(&db), (1, 1, 1));
+    let id = db.call(&repo, |r, s| r.create(s.conn(), "ada", "ada@x")).unwrap();
+    db.upgrader().expand().unwrap();
+    assert_eq!(which(&db), (1, 1, 1), "expand does not change the live version");
+    db.upgrader().switch().unwrap();
+    assert_eq!(which(&db), (2, 2, 2));
+    // Data written through v1 before the switch reads the same through v2.
+    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), id)).unwrap().as_deref(), Some("ada@x"));
+}
+
+#[test]
+fn a_unit_of_work_spans_repositories_with_one_version_and_rolls_back_as_one() {
+    let db = open_demo(":memory:");
+    let (acc, nam) = (accounts(), names());
+    let id = db
+        .unit_of_work(|s| -> tandem::Result<i64> {
+            let id = s.repo(&acc)?.create(s.conn(), "grace", "grace@x")?;
+            s.repo(&nam)?.rename(s.conn(), id, "Grace Hopper")?;
+            Ok(id)
+        })
+        .unwrap();
+    assert_eq!(db.call(&nam, |r, s| r.name(s.conn(), id)).unwrap().as_deref(), Some("Grace Hopper"));
+
+    // A failing unit of work leaves nothing behind.
+    let err = db
+        .unit_of_work(|s| -> tandem::Result<()> {
+            let id = s.repo(&acc)?.create(s.conn(), "ghost", "ghost@x")?;
+            s.repo(&nam)?.rename(s.conn(), id, "still a ghost")?;
+            Err(Error::InvalidVersion { value: 0, context: "deliberate failure" })
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidVersion { .. }));
+    let count: i64 = db.call(&nam, |_, s| Ok::<_, Error>(accounts::table.count().get_result(s.conn())?)).unwrap();
+    assert_eq!(count, 1, "the failed unit of work was rolled back");
+}
+
+#[test]
+fn version_gate_follows_the_calls_version() {
+    let db = open_demo(":memory:");
+    let gate = |s: &mut Session<'_, Sqlite>| (s.at_least(2), s.version());
+    let (on, v) = db.unit_of_work(|s| Ok::<_, Error>(gate(s))).unwrap();
+    assert!(!on);
+    assert_eq!(v.get(), 1);
+    db.upgrader().upgrade_to(2).unwrap();
+    let (on, v) = db.unit_of_work(|s| Ok::<_, Error>(gate(s))).unwrap();
+    assert!(on);
+    assert_eq!(v.get(), 2);
+}
+
+#[test]
+fn missing_bindings_fail_before_any_query() {
+    let db = open_demo(":memory:");
+    db.upgrader().upgrade_to(2).unwrap();
+    let only_v1 = Repository::<dyn Accounts>::builder("old accounts").binding(1, Arc::new(common::AccountsV1)).build().unwrap();
+    let mut ran = false;
+    let err = db
+        .call(&only_v1, |_, _| {
+            ran = true;
+            Ok::<_, Error>(())
+        })
+        .unwrap_err();
+    assert!(!ran);
+    match &err {
+        Error::NoBinding { repository, live, first, last } => {
+            assert_eq!((repository.as_str(), live.get(), first.get(), last.get()), ("old accounts", 2, 1, 1));
+        }
+        other => panic!("expected NoBinding, got {other:?}"),
+    }
+    assert!(err.to_string().contains("register a binding for version 2"), "{err}");
+}
+
+#[test]
+fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
+    let (_dir, url) = temp_db();
+    drop(open_demo(&url)); // database at version 1
+    let newer_only = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap()).serves(2..=2).open().unwrap();
+    let mut ran = false;
+    let err = newer_only
+        .unit_of_work(|_| {
+            ran = true;
+            Ok::<_, Error>(())
+        })
+        .unwrap_err();
+    assert!(!ran);
+    assert!(
+        matches!(err, Error::VersionNotServed { live, first, last } if (live.get(), first.get(), last.get()) == (1, 2, 2)),
+        "{err:?}"
+    );
+    // Upgrading makes it servable, at once.
+    newer_only.upgrader().upgrade_to(2).unwrap();
+    newer_only.unit_of_work(|s| Ok::<_, Error>(assert_eq!(s.version().get(), 2))).unwrap();
+}
+
+#[test]
+fn serving_beyond_the_catalog_is_refused() {
+    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap()).serves(1..=3).open().unwrap_err();
+    assert!(matches!(err, Error::ServedBeyondCatalog { .. }), "{err:?}");
+    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap()).serves(0..=1).open().unwrap_err();
+    assert!(matches!(err, Error::InvalidVersion { value: 0, .. }), "{err:?}");
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tandem<Sqlite>>();
+    check::<Repository<dyn Accounts>>();
+    check::<Error>();
+    check::<Catalog>();
+    check::<Version>();
+    check::<tandem::State>();
+    check::<tandem::HistoryEntry>();
+    check::<tandem::PhaseReport>();
+    check::<tandem::WriterPolicy>();
+}
