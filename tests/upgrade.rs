@@ -1,0 +1,317 @@
+//! The upgrader's phases: order, idempotence, multi-hop, switch back,
+//! checksum drift, and SQL errors that roll back and change nothing.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{accounts, catalog, columns, open_demo, raw, tables, temp_db, THREE_VERSIONS};
+use tandem::{Catalog, Error, Phase, Sqlite, StatePhase, Tandem};
+
+fn open(url: &str, cat: Catalog, serves: std::ops::RangeInclusive<u32>) -> Tandem<Sqlite> {
+    Tandem::<Sqlite>::builder(url, cat).serves(serves).open().unwrap()
+}
+
+fn phases(db: &Tandem<Sqlite>) -> Vec<(u32, String, String)> {
+    db.history().unwrap().into_iter().map(|h| (h.version.get(), h.phase, h.outcome)).collect()
+}
+
+fn row(v: u32, phase: &str, outcome: &str) -> (u32, String, String) {
+    (v, phase.to_owned(), outcome.to_owned())
+}
+
+#[test]
+fn upgrade_to_walks_every_hop_from_an_old_database() {
+    let (_c, cat) = catalog(THREE_VERSIONS);
+    let (_d, url) = temp_db();
+    let db = open(&url, cat, 1..=3);
+    let reports = db.upgrader().upgrade_to(3).unwrap();
+    let done: Vec<_> = reports.iter().map(|r| (r.version.get(), r.phase)).collect();
+    assert_eq!(
+        done,
+        vec![(2, Phase::Expand), (2, Phase::Switch), (2, Phase::Contract), (3, Phase::Expand), (3, Phase::Switch), (3, Phase::Contract)]
+    );
+    let state = db.state().unwrap();
+    assert_eq!((state.version.get(), state.phase, state.upgrader), (3, StatePhase::Stable, None));
+    assert_eq!(db.live_version().get(), 3);
+    assert_eq!(
+        phases(&db),
+        vec![
+            row(1, "expand", "applied"),
+            row(2, "expand", "applied"),
+            row(2, "switch", "applied"),
+            row(2, "contract", "applied"),
+            row(3, "expand", "applied"),
+            row(3, "switch", "applied"),
+            row(3, "contract", "applied"),
+        ]
+    );
+    let mut conn = raw(&url);
+    let t = tables(&mut conn);
+    assert!(t.contains(&"tags".to_owned()) && !t.contains(&"switched_to_2".to_owned()), "{t:?}");
+    assert!(columns(&mut conn, "items").contains(&"label".to_owned()));
+    // Nothing left to do: running again is a no-op.
+    assert!(db.upgrader().upgrade_to(3).unwrap().is_empty());
+    assert_eq!(db.history().unwrap().len(), 7);
+}
+
+#[test]
+fn each_phase_is_idempotent() {
+    let (_c, cat) = catalog(THREE_VERSIONS);
+    let db = open(":memory:", cat, 1..=2);
+    let up = db.upgrader();
+    assert!(!up.expand().unwrap().already_done);
+    assert!(up.expand().unwrap().already_done);
+    assert!(!up.switch().unwrap().already_done);
+    assert!(up.switch().unwrap().already_done);
+    assert!(!up.contract().unwrap().already_done);
+    assert!(up.contract().unwrap().already_done);
+    assert_eq!(db.history().unwrap().len(), 4);
+}
+
+#[test]
+fn phases_out_of_order_are_refused_and_change_nothing() {
+    let (_c, cat) = catalog(THREE_VERSIONS);
+    let db = open(":memory:", cat, 1..=3);
+    let up = db.upgrader();
+    let before = db.state().unwrap();
+
+    let err = up.switch().unwrap_err();
+    assert!(matches!(err, Error::PhaseOutOfOrder { attempted: Phase::Switch, .. }), "{err:?}");
+    assert!(err.to_string().contains("run expand first"), "{err}");
+    up.expand().unwrap();
+    let expanded = db.state().unwrap();
+
+    // Contract before switch.
+    let err = up.contract().unwrap_err();
+    assert!(
+        matches!(&err, Error::PhaseOutOfOrder { attempted: Phase::Contract, version, live, state: "expanded", .. } if version.get() == 2 && live.get() == 1),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("switch first"), "{err}");
+    assert_eq!(db.state().unwrap(), expanded);
+
+    up.switch().unwrap();
+    // At most two versions: version 3 cannot be expanded before 2 is contracted.
+    let err = up.expand().unwrap_err();
+    assert!(matches!(err, Error::PhaseOutOfOrder { attempted: Phase::Expand, .. }), "{err:?}");
+    assert!(err.to_string().contains("at most two versions"), "{err}");
+
+    // Roll forward only.
+    up.contract().unwrap();
+    let err = up.upgrade_to(1).unwrap_err();
+    assert!(matches!(err, Error::NotRollForward { .. }), "{err:?}");
+    let err = up.upgrade_to(9).unwrap_err();
+    assert!(matches!(err, Error::UnknownVersion { version, .. } if version.get() == 9), "{err:?}");
+    // Switch back after contract is no longer possible.
+    let err = up.switch_back().unwrap_err();
+    assert!(matches!(err, Error::PhaseOutOfOrder { attempted: Phase::SwitchBack, .. }), "{err:?}");
+    assert_ne!(before.epoch, db.state().unwrap().epoch);
+}
+
+#[test]
+fn switch_back_runs_switch_back_sql_and_restores_the_old_binding() {
+    let (_c, cat) = catalog(THREE_VERSIONS);
+    let (_d, url) = temp_db();
+    let db = open(&url, cat, 1..=2);
+    let up = db.upgrader();
+    up.expand().unwrap();
+    up.switch().unwrap();
+    assert!(tables(&mut raw(&url)).contains(&"switched_to_2".to_owned()));
+    let report = up.switch_back().unwrap();
+    assert_eq!((report.version.get(), report.phase), (2, Phase::SwitchBack));
+    let state = db.state().unwrap();
+    assert_eq!((state.version.get(), state.phase), (1, StatePhase::Expanded));
+    assert_eq!(db.live_version().get(), 1);
+    assert!(!tables(&mut raw(&url)).contains(&"switched_to_2".to_owned()));
+    assert!(up.switch_back().unwrap().already_done);
+    // And forward again.
+    up.switch().unwrap();
+    assert_eq!(db.live_version().get(), 2);
+    let h = phases(&db);
+    assert_eq!(&h[2..], &[row(2, "switch", "applied"), row(2, "switch_back", "applied"), row(2, "switch", "applied")]);
+}
+
+#[test]
+fn switch_back_without_switch_back_sql_is_refused() {
+    let files: Vec<(&str, &str)> = THREE_VERSIONS.iter().copied().filter(|(p, _)| !p.ends_with("switch_back.sql")).collect();
+    let (_c, cat) = catalog(&files);
+    let db = open(":memory:", cat, 1..=2);
+    db.upgrader().expand().unwrap();
+    db.upgrader().switch().unwrap();
+    let err = db.upgrader().switch_back().unwrap_err();
+    assert!(matches!(err, Error::NoSwitchBack { version } if version.get() == 2), "{err:?}");
+    assert_eq!(db.live_version().get(), 2);
+}
+
+#[test]
+fn demo_switch_back_window_keeps_writes_of_both_bindings() {
+    let db = open_demo(":memory:");
+    let repo = accounts();
+    let up = db.upgrader();
+    let old = db.call(&repo, |r, s| r.create(s.conn(), "old", "old@x")).unwrap();
+    up.expand().unwrap();
+    up.switch().unwrap();
+    let new = db.unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "new", "new@x")).unwrap();
+    db.unit_of_work(|s| s.repo(&repo)?.set_email(s.conn(), old, "old2@x")).unwrap();
+    up.switch_back().unwrap();
+    // The v1 binding sees what v2 wrote (sync triggers), and vice versa after.
+    assert_eq!(db.call(&repo, |r, s| Ok::<_, Error>((r.version(), r.email(s.conn(), new)?))).unwrap(), (1, Some("new@x".into())));
+    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), old)).unwrap().as_deref(), Some("old2@x"));
+    db.call(&repo, |r, s| r.set_email(s.conn(), new, "new2@x")).unwrap();
+    up.switch().unwrap();
+    up.contract().unwrap();
+    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), new)).unwrap().as_deref(), Some("new2@x"));
+    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), old)).unwrap().as_deref(), Some("old2@x"));
+}
+
+#[test]
+fn a_switch_that_would_strand_this_binary_is_refused() {
+    let (_c, cat) = catalog(THREE_VERSIONS);
+    let db = open(":memory:", cat, 1..=1);
+    db.upgrader().expand().unwrap();
+    let err = db.upgrader().switch().unwrap_err();
+    assert!(matches!(&err, Error::SwitchRefused { version, instances } if version.get() == 2 && instances.len() == 1), "{err:?}");
+    assert!(err.to_string().contains("this instance"), "{err}");
+    assert_eq!(db.state().unwrap().version.get(), 1);
+}
+
+#[test]
+fn checksum_drift_is_refused_naming_version_and_phase() {
+    let (cat_dir, cat) = catalog(THREE_VERSIONS);
+    let (_d, url) = temp_db();
+    let db = open(&url, cat, 1..=2);
+    db.upgrader().expand().unwrap();
+    db.upgrader().switch().unwrap();
+    drop(db);
+
+    // Someone edits an applied file.
+    std::fs::write(cat_dir.path().join("0002_labels/expand.sql"), "ALTER TABLE items ADD COLUMN label TEXT; -- edited").unwrap();
+    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap()).serves(1..=2).open().unwrap_err();
+    match &err {
+        Error::ChecksumDrift { version, phase, recorded, current } => {
+            assert_eq!((version.get(), *phase), (2, Phase::Expand));
+            assert_ne!(recorded, current);
+        }
+        other => panic!("expected ChecksumDrift, got {other:?}"),
+    }
+    assert!(err.to_string().contains("new version"), "{err}");
+
+    // Restored, then a contract file appears for the live version: allowed (not applied yet).
+    std::fs::write(cat_dir.path().join("0002_labels/expand.sql"), "ALTER TABLE items ADD COLUMN label TEXT;").unwrap();
+    std::fs::write(cat_dir.path().join("0002_labels/contract.sql"), "SELECT 1;").unwrap();
+    let db = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap()).serves(1..=2).open().unwrap();
+    db.upgrader().contract().unwrap();
+    drop(db);
+    // But removing the applied switch.sql is drift too.
+    std::fs::remove_file(cat_dir.path().join("0002_labels/switch.sql")).unwrap();
+    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap()).serves(1..=2).open().unwrap_err();
+    assert!(matches!(err, Error::ChecksumDrift { phase: Phase::Switch, .. }), "{err:?}");
+}
+
+#[test]
+fn sql_errors_roll_the_phase_back_and_are_journaled() {
+    let broken = [
+        ("0001_items/expand.sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"),
+        ("0002_labels/expand.sql", "CREATE TABLE half_done (x INTEGER); ALTER TABLE no_such_table ADD COLUMN y TEXT;"),
+    ];
+    let (_c, cat) = catalog(&broken);
+    let (_d, url) = temp_db();
+    let db = open(&url, cat, 1..=2);
+    let before = db.state().unwrap();
+    let err = db.upgrader().expand().unwrap_err();
+    match &err {
+        Error::PhaseFailed { version, phase, source } => {
+            assert_eq!((version.get(), *phase), (2, Phase::Expand));
+            assert!(source.to_string().contains("no_such_table"), "{source}");
+        }
+        other => panic!("expected PhaseFailed, got {other:?}"),
+    }
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    assert_eq!(db.state().unwrap(), before, "state row unchanged");
+    assert!(!tables(&mut raw(&url)).contains(&"half_done".to_owned()), "the first statement was rolled back too");
+    let h = db.history().unwrap();
+    let failed = h.last().unwrap();
+    assert_eq!((failed.version.get(), failed.phase.as_str(), failed.outcome.as_str()), (2, "expand", "failed"));
+    assert!(failed.detail.as_deref().unwrap_or("").contains("no_such_table"));
+    drop(db);
+
+    // Fixed SQL: the same command finishes the job.
+    let (_c2, fixed) = catalog(&[broken[0], ("0002_labels/expand.sql", "CREATE TABLE half_done (x INTEGER);")]);
+    let db = open(&url, fixed, 1..=2);
+    db.upgrader().upgrade_to(2).unwrap();
+    assert_eq!(db.state().unwrap().version.get(), 2);
+}
+
+#[test]
+fn switch_and_contract_sql_errors_leave_the_version_where_it_was() {
+    let files = [
+        ("0001_items/expand.sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"),
+        ("0002_labels/expand.sql", "ALTER TABLE items ADD COLUMN label TEXT;"),
+        ("0002_labels/switch.sql", "CREATE TABLE sw (x INTEGER); INSERT INTO nowhere VALUES (1);"),
+    ];
+    let (_c, cat) = catalog(&files);
+    let (_d, url) = temp_db();
+    let db = open(&url, cat, 1..=2);
+    db.upgrader().expand().unwrap();
+    let err = db.upgrader().switch().unwrap_err();
+    assert!(matches!(err, Error::PhaseFailed { phase: Phase::Switch, .. }), "{err:?}");
+    assert_eq!(db.live_version().get(), 1);
+    let s = db.state().unwrap();
+    assert_eq!((s.version.get(), s.phase), (1, StatePhase::Expanded));
+    assert!(!tables(&mut raw(&url)).contains(&"sw".to_owned()));
+    drop(db);
+
+    let files = [files[0], files[1], ("0002_labels/contract.sql", "DROP TABLE does_not_exist;")];
+    let (_c, cat) = catalog(&files);
+    let db = open(&url, cat, 1..=2);
+    db.upgrader().switch().unwrap();
+    let err = db.upgrader().contract().unwrap_err();
+    assert!(matches!(err, Error::PhaseFailed { phase: Phase::Contract, .. }), "{err:?}");
+    let s = db.state().unwrap();
+    assert_eq!((s.version.get(), s.phase), (2, StatePhase::Switched));
+}
+
+#[test]
+fn a_failed_backfill_resumes_where_it_stopped() {
+    let (_d, url) = temp_db();
+    let fail_once = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let build = |fail: Arc<AtomicBool>, calls: Arc<std::sync::atomic::AtomicUsize>| {
+        Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+            .backfill(2, "copy emails", move |conn| {
+                // The second batch fails once (a transient problem, say).
+                if calls.fetch_add(1, Ordering::SeqCst) == 1 && fail.swap(false, Ordering::SeqCst) {
+                    return Err(diesel::result::Error::RollbackTransaction);
+                }
+                tandem::demo::backfill_emails(conn)
+            })
+            .open()
+            .unwrap()
+    };
+    let db = build(fail_once.clone(), calls.clone());
+    let repo = accounts();
+    db.unit_of_work(|s| -> tandem::Result<()> {
+        let r = s.repo(&repo)?;
+        for i in 0..2500 {
+            r.create(s.conn(), &format!("n{i}"), &format!("e{i}@x"))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    // The triggers are not there yet, so v1 rows have no account_emails row.
+    let err = db.upgrader().expand().unwrap_err();
+    assert!(matches!(&err, Error::StepFailed { step, batches: 1, .. } if step == "copy emails"), "{err:?}");
+    let h = db.history().unwrap();
+    assert_eq!(h.last().map(|h| h.outcome.as_str()), Some("running"), "SQL applied, steps pending");
+    assert_eq!(db.state().unwrap().phase, StatePhase::Stable);
+    let report = db.upgrader().expand().unwrap();
+    assert_eq!(report.batches, 2, "resumed: the remaining 1500 rows in two batches");
+    assert_eq!(db.state().unwrap().phase, StatePhase::Expanded);
+    db.upgrader().upgrade_to(2).unwrap();
+    for id in [1_i64, 1000, 2500] {
+        let email = db.call(&repo, |r, s| r.email(s.conn(), id)).unwrap();
+        assert_eq!(email, Some(format!("e{}@x", id - 1)));
+    }
+}
