@@ -13,7 +13,8 @@ fn v(n: u32) -> Version {
 #[test]
 fn embedded_catalog_equals_the_folder() {
     let embedded = tandem::demo::catalog().unwrap();
-    let loaded = Catalog::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema_versions")).unwrap();
+    let loaded =
+        Catalog::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema_versions")).unwrap();
     assert_eq!(embedded.latest(), v(2));
     assert_eq!(loaded.latest(), embedded.latest());
     for version in loaded.versions() {
@@ -40,9 +41,18 @@ fn per_backend_files_win_over_generic_ones() {
         ("0002_b/contract.sqlite.sql", "sqlite only"),
     ]);
     let c = Catalog::from_dir(dir.path()).unwrap();
-    assert_eq!(c.phase(v(2), Phase::Expand, "sqlite").unwrap().text, "generic");
-    assert_eq!(c.phase(v(2), Phase::Expand, "postgres").unwrap().text, "postgres only");
-    assert_eq!(c.phase(v(2), Phase::Contract, "sqlite").unwrap().text, "sqlite only");
+    assert_eq!(
+        c.phase(v(2), Phase::Expand, "sqlite").unwrap().text,
+        "generic"
+    );
+    assert_eq!(
+        c.phase(v(2), Phase::Expand, "postgres").unwrap().text,
+        "postgres only"
+    );
+    assert_eq!(
+        c.phase(v(2), Phase::Contract, "sqlite").unwrap().text,
+        "sqlite only"
+    );
     assert!(c.phase(v(2), Phase::Contract, "postgres").is_none());
     // SHA-256 of the text, stable across loads.
     let again = Catalog::from_dir(dir.path()).unwrap();
@@ -58,22 +68,81 @@ fn malformed_catalogs_are_typed_errors_naming_the_file() {
     let base = ("0001_init/expand.sql", "CREATE TABLE a (id INTEGER);");
     type Check = fn(&CatalogError) -> bool;
     let cases: Vec<(&str, Vec<(&str, &str)>, &str, Check)> = vec![
-        ("gap", vec![base, ("0003_c/expand.sql", "x")], "0003_c", |e| matches!(e, CatalogError::Gap { expected: 2, found: 3, .. })),
-        ("duplicate", vec![base, ("0001_again/expand.sql", "x")], "0001_", |e| matches!(e, CatalogError::Duplicate { version: 1, .. })),
-        ("missing expand", vec![base, ("0002_b/contract.sql", "x")], "0002_b", |e| matches!(e, CatalogError::MissingExpand { .. })),
-        ("empty file", vec![base, ("0002_b/expand.sql", "\n  \n")], "0002_b/expand.sql", |e| matches!(e, CatalogError::Empty { .. })),
-        ("unknown file", vec![base, ("0001_init/expand.txt", "x")], "expand.txt", |e| matches!(e, CatalogError::UnknownFile { .. })),
-        ("bad folder", vec![base, ("two_b/expand.sql", "x")], "two_b", |e| matches!(e, CatalogError::BadFolderName { .. })),
-        ("stray file", vec![base, ("notes.sql", "x")], "notes.sql", |e| matches!(e, CatalogError::UnknownFile { .. })),
-        ("version 1 contract", vec![base, ("0001_init/contract.sql", "x")], "contract.sql", |e| matches!(e, CatalogError::FirstVersionPhase { .. })),
-        ("starts at 2", vec![("0002_b/expand.sql", "x")], "0002_b", |e| matches!(e, CatalogError::Gap { expected: 1, .. })),
-        ("nothing", vec![("README.md", "x")], "", |e| matches!(e, CatalogError::NoVersions { .. })),
+        (
+            "gap",
+            vec![base, ("0003_c/expand.sql", "x")],
+            "0003_c",
+            |e| {
+                matches!(
+                    e,
+                    CatalogError::Gap {
+                        expected: 2,
+                        found: 3,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "duplicate",
+            vec![base, ("0001_again/expand.sql", "x")],
+            "0001_",
+            |e| matches!(e, CatalogError::Duplicate { version: 1, .. }),
+        ),
+        (
+            "missing expand",
+            vec![base, ("0002_b/contract.sql", "x")],
+            "0002_b",
+            |e| matches!(e, CatalogError::MissingExpand { .. }),
+        ),
+        (
+            "empty file",
+            vec![base, ("0002_b/expand.sql", "\n  \n")],
+            "0002_b/expand.sql",
+            |e| matches!(e, CatalogError::Empty { .. }),
+        ),
+        (
+            "unknown file",
+            vec![base, ("0001_init/expand.txt", "x")],
+            "expand.txt",
+            |e| matches!(e, CatalogError::UnknownFile { .. }),
+        ),
+        (
+            "bad folder",
+            vec![base, ("two_b/expand.sql", "x")],
+            "two_b",
+            |e| matches!(e, CatalogError::BadFolderName { .. }),
+        ),
+        (
+            "stray file",
+            vec![base, ("notes.sql", "x")],
+            "notes.sql",
+            |e| matches!(e, CatalogError::UnknownFile { .. }),
+        ),
+        (
+            "version 1 contract",
+            vec![base, ("0001_init/contract.sql", "x")],
+            "contract.sql",
+            |e| matches!(e, CatalogError::FirstVersionPhase { .. }),
+        ),
+        (
+            "starts at 2",
+            vec![("0002_b/expand.sql", "x")],
+            "0002_b",
+            |e| matches!(e, CatalogError::Gap { expected: 1, .. }),
+        ),
+        ("nothing", vec![("README.md", "x")], "", |e| {
+            matches!(e, CatalogError::NoVersions { .. })
+        }),
     ];
     for (name, files, must_name, check) in cases {
         let dir = write_catalog(&files);
         let err = Catalog::from_dir(dir.path()).expect_err(name);
         assert!(check(&err), "{name}: unexpected {err:?}");
-        assert!(err.to_string().contains(must_name), "{name}: {err} does not name {must_name}");
+        assert!(
+            err.to_string().contains(must_name),
+            "{name}: {err} does not name {must_name}"
+        );
     }
 
     // Not UTF-8.
@@ -94,10 +163,16 @@ fn malformed_catalogs_are_typed_errors_naming_the_file() {
 fn build_helper_refuses_malformed_folders_and_writes_includes() {
     let bad = write_catalog(&[("0001_a/expand.sql", ""), ("0003_c/expand.sql", "x")]);
     let err = tandem::build::embed_catalog(bad.path()).unwrap_err();
-    assert!(matches!(err, CatalogError::Empty { .. } | CatalogError::Gap { .. }), "{err:?}");
+    assert!(
+        matches!(err, CatalogError::Empty { .. } | CatalogError::Gap { .. }),
+        "{err:?}"
+    );
 
     // A valid folder: the generated source includes every file by absolute path.
-    let good = write_catalog(&[("0001_a/expand.sql", "CREATE TABLE a (id INTEGER);"), ("README.md", "notes")]);
+    let good = write_catalog(&[
+        ("0001_a/expand.sql", "CREATE TABLE a (id INTEGER);"),
+        ("README.md", "notes"),
+    ]);
     let source = tandem::embed::generate("schema_versions", good.path()).unwrap();
     assert!(source.contains("\"0001_a/expand.sql\""), "{source}");
     assert!(source.contains("include_bytes!"), "{source}");

@@ -22,14 +22,22 @@ struct Seen {
 
 fn hammer(db: Tandem<Sqlite>, stop: Arc<AtomicBool>, start: Arc<Barrier>, n: usize) -> Seen {
     let repo = accounts();
-    let mut seen = Seen { calls: Vec::new(), acknowledged: BTreeMap::new(), errors: Vec::new() };
+    let mut seen = Seen {
+        calls: Vec::new(),
+        acknowledged: BTreeMap::new(),
+        errors: Vec::new(),
+    };
     start.wait();
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let email = format!("t{n}-{i}@x");
         let result = if i % 3 == 0 && !seen.acknowledged.is_empty() {
-            let id = *seen.acknowledged.keys().nth((i as usize) % seen.acknowledged.len()).unwrap();
+            let id = *seen
+                .acknowledged
+                .keys()
+                .nth((i as usize) % seen.acknowledged.len())
+                .unwrap();
             db.call(&repo, |r, s| {
                 let before = db_version(s.conn());
                 r.email(s.conn(), id)?;
@@ -88,16 +96,27 @@ fn many_threads_through_a_switch(url: &str, threads: usize) {
     let mut acknowledged = BTreeMap::new();
     for h in handles {
         let seen = h.join().unwrap();
-        assert!(seen.errors.is_empty(), "calls failed: {:?}", &seen.errors[..seen.errors.len().min(3)]);
+        assert!(
+            seen.errors.is_empty(),
+            "calls failed: {:?}",
+            &seen.errors[..seen.errors.len().min(3)]
+        );
         // Per thread, versions never go backwards.
         let versions: Vec<u32> = seen.calls.iter().map(|c| c.0).collect();
-        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "a thread went from v2 back to v1");
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "a thread went from v2 back to v1"
+        );
         all.extend(seen.calls);
         acknowledged.extend(seen.acknowledged);
     }
     // Invariant 1: every call ran the binding of the live version, start to end.
     for (binding, before, after) in &all {
-        assert_eq!((i64::from(*binding), i64::from(*binding)), (*before, *after), "a call ran a binding other than the live version");
+        assert_eq!(
+            (i64::from(*binding), i64::from(*binding)),
+            (*before, *after),
+            "a call ran a binding other than the live version"
+        );
     }
     let v1 = all.iter().filter(|c| c.0 == 1).count();
     let v2 = all.iter().filter(|c| c.0 == 2).count();
@@ -106,7 +125,11 @@ fn many_threads_through_a_switch(url: &str, threads: usize) {
     let repo = accounts();
     let mut lost = 0;
     for (id, email) in &acknowledged {
-        let got = db.call(&repo, |r, s| Ok::<_, Error>((r.version(), r.email(s.conn(), *id)?))).unwrap();
+        let got = db
+            .call(&repo, |r, s| {
+                Ok::<_, Error>((r.version(), r.email(s.conn(), *id)?))
+            })
+            .unwrap();
         assert_eq!(got.0, 2);
         if got.1.as_deref() != Some(email.as_str()) {
             lost += 1;
@@ -162,14 +185,35 @@ fn a_unit_of_work_in_flight_finishes_on_its_version_before_the_switch() {
     db.upgrader().switch().unwrap();
     let switched_at = Instant::now();
     let (version, first, last, finished) = uow.join().unwrap().unwrap();
-    assert_eq!((version, first, last), (1, 1, 1), "the unit of work ran wholly on version 1");
-    assert!(finished <= switched_at, "the switch waited for the unit of work in flight");
+    assert_eq!(
+        (version, first, last),
+        (1, 1, 1),
+        "the unit of work ran wholly on version 1"
+    );
+    assert!(
+        finished <= switched_at,
+        "the switch waited for the unit of work in flight"
+    );
     // (On SQLite the upgrader queues behind the unit of work's write
     // transaction already when taking its lease, before the schema lock.)
-    assert!(switched_at - switch_started >= Duration::from_millis(100), "the switch did not wait");
+    assert!(
+        switched_at - switch_started >= Duration::from_millis(100),
+        "the switch did not wait"
+    );
     // The write it made is there, through v2.
-    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), 1)).unwrap().as_deref(), Some("long2@x"));
-    db.unit_of_work(|s| Ok::<_, Error>(assert_eq!((s.version().get(), db_version(s.conn())), (2, 2)))).unwrap();
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), 1))
+            .unwrap()
+            .as_deref(),
+        Some("long2@x")
+    );
+    db.unit_of_work(|s| {
+        Ok::<_, Error>(assert_eq!(
+            (s.version().get(), db_version(s.conn())),
+            (2, 2)
+        ))
+    })
+    .unwrap();
 }
 
 #[test]
@@ -196,7 +240,12 @@ fn calls_arriving_during_the_switch_wait_and_run_with_the_new_version() {
     let mut versions = Vec::new();
     let deadline = Instant::now() + Duration::from_millis(400);
     while Instant::now() < deadline {
-        versions.push(db.call(&accounts(), |r, s| Ok::<_, Error>((r.version(), db_version(s.conn())))).unwrap());
+        versions.push(
+            db.call(&accounts(), |r, s| {
+                Ok::<_, Error>((r.version(), db_version(s.conn())))
+            })
+            .unwrap(),
+        );
         thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(blocker.join().unwrap().unwrap(), 1);
@@ -211,7 +260,11 @@ fn calls_arriving_during_the_switch_wait_and_run_with_the_new_version() {
 fn a_switch_that_cannot_get_the_lock_gives_up_cleanly() {
     let (_dir, url) = temp_db();
     let db = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
-        .writer_policy(WriterPolicy { patience: Duration::from_millis(10), escalation: Duration::from_millis(5), attempts: 3 })
+        .writer_policy(WriterPolicy {
+            patience: Duration::from_millis(10),
+            escalation: Duration::from_millis(5),
+            attempts: 3,
+        })
         .open()
         .unwrap();
     db.upgrader().expand().unwrap();
@@ -229,15 +282,27 @@ fn a_switch_that_cannot_get_the_lock_gives_up_cleanly() {
     entered_rx.recv().unwrap();
     let err = db.upgrader().switch().unwrap_err();
     match &err {
-        Error::LockTimeout { version, live, attempts, .. } => assert_eq!((version.get(), live.get(), *attempts), (2, 1, 3)),
+        Error::LockTimeout {
+            version,
+            live,
+            attempts,
+            ..
+        } => assert_eq!((version.get(), live.get(), *attempts), (2, 1, 3)),
         other => panic!("expected LockTimeout, got {other:?}"),
     }
     assert!(err.to_string().contains("still at version 1"), "{err}");
     // Calls go on meanwhile, with version 1.
-    assert_eq!(db.call(&accounts(), |r, _| Ok::<_, Error>(r.version())).unwrap(), 1);
+    assert_eq!(
+        db.call(&accounts(), |r, _| Ok::<_, Error>(r.version()))
+            .unwrap(),
+        1
+    );
     assert_eq!(long.join().unwrap().unwrap(), 1);
     let s = db.state().unwrap();
-    assert_eq!((s.version.get(), s.phase, s.upgrader), (1, tandem::StatePhase::Expanded, None));
+    assert_eq!(
+        (s.version.get(), s.phase, s.upgrader),
+        (1, tandem::StatePhase::Expanded, None)
+    );
     // Once the load is gone the same command succeeds.
     db.upgrader().switch().unwrap();
     assert_eq!(db.live_version().get(), 2);

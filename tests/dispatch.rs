@@ -19,16 +19,25 @@ struct NamesAnyVersion;
 diesel::table! { accounts (id) { id -> BigInt, name -> Text, } }
 impl Names for NamesAnyVersion {
     fn rename(&self, conn: &mut SqliteConnection, id: i64, name: &str) -> tandem::Result<()> {
-        diesel::update(accounts::table.find(id)).set(accounts::name.eq(name)).execute(conn)?;
+        diesel::update(accounts::table.find(id))
+            .set(accounts::name.eq(name))
+            .execute(conn)?;
         Ok(())
     }
     fn name(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
-        Ok(accounts::table.find(id).select(accounts::name).first(conn).optional()?)
+        Ok(accounts::table
+            .find(id)
+            .select(accounts::name)
+            .first(conn)
+            .optional()?)
     }
 }
 
 fn names() -> Repository<dyn Names> {
-    Repository::<dyn Names>::builder("names").bindings(1..=2, Arc::new(NamesAnyVersion)).build().unwrap()
+    Repository::<dyn Names>::builder("names")
+        .bindings(1..=2, Arc::new(NamesAnyVersion))
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -36,15 +45,31 @@ fn each_call_runs_the_live_versions_binding() {
     let (_dir, url) = temp_db();
     let db = open_demo(&url);
     let repo = accounts();
-    let which = |db: &Tandem<Sqlite>| db.call(&repo, |r, s| Ok::<_, Error>((r.version(), s.version().get(), db_version(s.conn())))).unwrap();
+    let which = |db: &Tandem<Sqlite>| {
+        db.call(&repo, |r, s| {
+            Ok::<_, Error>((r.version(), s.version().get(), db_version(s.conn())))
+        })
+        .unwrap()
+    };
     assert_eq!(which(&db), (1, 1, 1));
-    let id = db.call(&repo, |r, s| r.create(s.conn(), "ada", "ada@x")).unwrap();
+    let id = db
+        .call(&repo, |r, s| r.create(s.conn(), "ada", "ada@x"))
+        .unwrap();
     db.upgrader().expand().unwrap();
-    assert_eq!(which(&db), (1, 1, 1), "expand does not change the live version");
+    assert_eq!(
+        which(&db),
+        (1, 1, 1),
+        "expand does not change the live version"
+    );
     db.upgrader().switch().unwrap();
     assert_eq!(which(&db), (2, 2, 2));
     // Data written through v1 before the switch reads the same through v2.
-    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), id)).unwrap().as_deref(), Some("ada@x"));
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), id))
+            .unwrap()
+            .as_deref(),
+        Some("ada@x")
+    );
 }
 
 #[test]
@@ -58,18 +83,30 @@ fn a_unit_of_work_spans_repositories_with_one_version_and_rolls_back_as_one() {
             Ok(id)
         })
         .unwrap();
-    assert_eq!(db.call(&nam, |r, s| r.name(s.conn(), id)).unwrap().as_deref(), Some("Grace Hopper"));
+    assert_eq!(
+        db.call(&nam, |r, s| r.name(s.conn(), id))
+            .unwrap()
+            .as_deref(),
+        Some("Grace Hopper")
+    );
 
     // A failing unit of work leaves nothing behind.
     let err = db
         .unit_of_work(|s| -> tandem::Result<()> {
             let id = s.repo(&acc)?.create(s.conn(), "ghost", "ghost@x")?;
             s.repo(&nam)?.rename(s.conn(), id, "still a ghost")?;
-            Err(Error::InvalidVersion { value: 0, context: "deliberate failure" })
+            Err(Error::InvalidVersion {
+                value: 0,
+                context: "deliberate failure",
+            })
         })
         .unwrap_err();
     assert!(matches!(err, Error::InvalidVersion { .. }));
-    let count: i64 = db.call(&nam, |_, s| Ok::<_, Error>(accounts::table.count().get_result(s.conn())?)).unwrap();
+    let count: i64 = db
+        .call(&nam, |_, s| {
+            Ok::<_, Error>(accounts::table.count().get_result(s.conn())?)
+        })
+        .unwrap();
     assert_eq!(count, 1, "the failed unit of work was rolled back");
 }
 
@@ -90,7 +127,10 @@ fn version_gate_follows_the_calls_version() {
 fn missing_bindings_fail_before_any_query() {
     let db = open_demo(":memory:");
     db.upgrader().upgrade_to(2).unwrap();
-    let only_v1 = Repository::<dyn Accounts>::builder("old accounts").binding(1, Arc::new(common::AccountsV1)).build().unwrap();
+    let only_v1 = Repository::<dyn Accounts>::builder("old accounts")
+        .binding(1, Arc::new(common::AccountsV1))
+        .build()
+        .unwrap();
     let mut ran = false;
     let err = db
         .call(&only_v1, |_, _| {
@@ -100,19 +140,33 @@ fn missing_bindings_fail_before_any_query() {
         .unwrap_err();
     assert!(!ran);
     match &err {
-        Error::NoBinding { repository, live, first, last } => {
-            assert_eq!((repository.as_str(), live.get(), first.get(), last.get()), ("old accounts", 2, 1, 1));
+        Error::NoBinding {
+            repository,
+            live,
+            first,
+            last,
+        } => {
+            assert_eq!(
+                (repository.as_str(), live.get(), first.get(), last.get()),
+                ("old accounts", 2, 1, 1)
+            );
         }
         other => panic!("expected NoBinding, got {other:?}"),
     }
-    assert!(err.to_string().contains("register a binding for version 2"), "{err}");
+    assert!(
+        err.to_string().contains("register a binding for version 2"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
     let (_dir, url) = temp_db();
     drop(open_demo(&url)); // database at version 1
-    let newer_only = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap()).serves(2..=2).open().unwrap();
+    let newer_only = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+        .serves(2..=2)
+        .open()
+        .unwrap();
     let mut ran = false;
     let err = newer_only
         .unit_of_work(|_| {
@@ -127,15 +181,26 @@ fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
     );
     // Upgrading makes it servable, at once.
     newer_only.upgrader().upgrade_to(2).unwrap();
-    newer_only.unit_of_work(|s| Ok::<_, Error>(assert_eq!(s.version().get(), 2))).unwrap();
+    newer_only
+        .unit_of_work(|s| Ok::<_, Error>(assert_eq!(s.version().get(), 2)))
+        .unwrap();
 }
 
 #[test]
 fn serving_beyond_the_catalog_is_refused() {
-    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap()).serves(1..=3).open().unwrap_err();
+    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap())
+        .serves(1..=3)
+        .open()
+        .unwrap_err();
     assert!(matches!(err, Error::ServedBeyondCatalog { .. }), "{err:?}");
-    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap()).serves(0..=1).open().unwrap_err();
-    assert!(matches!(err, Error::InvalidVersion { value: 0, .. }), "{err:?}");
+    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap())
+        .serves(0..=1)
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidVersion { value: 0, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -19,8 +19,21 @@ fn first_use_creates_metadata_and_installs_version_1() {
     assert_eq!(state.upgrader, None);
     let history = db.history().unwrap();
     assert_eq!(history.len(), 1);
-    assert_eq!((history[0].version.get(), history[0].phase.as_str(), history[0].outcome.as_str()), (1, "expand", "applied"));
-    assert_eq!(history[0].checksum, db.catalog().phase(history[0].version, tandem::Phase::Expand, "sqlite").unwrap().checksum);
+    assert_eq!(
+        (
+            history[0].version.get(),
+            history[0].phase.as_str(),
+            history[0].outcome.as_str()
+        ),
+        (1, "expand", "applied")
+    );
+    assert_eq!(
+        history[0].checksum,
+        db.catalog()
+            .phase(history[0].version, tandem::Phase::Expand, "sqlite")
+            .unwrap()
+            .checksum
+    );
     let mut conn = raw(&url);
     let t = tables(&mut conn);
     for table in ["accounts", "tandem_state", "tandem_history", "tandem_fleet"] {
@@ -36,15 +49,25 @@ fn first_use_creates_metadata_and_installs_version_1() {
 fn in_memory_databases_work() {
     let db = open_demo(":memory:");
     let repo = accounts();
-    let id = db.call(&repo, |r, s| r.create(s.conn(), "a", "a@x")).unwrap();
-    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), id)).unwrap().as_deref(), Some("a@x"));
+    let id = db
+        .call(&repo, |r, s| r.create(s.conn(), "a", "a@x"))
+        .unwrap();
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), id))
+            .unwrap()
+            .as_deref(),
+        Some("a@x")
+    );
 }
 
 #[test]
 fn custom_prefix_keeps_separate_metadata() {
     let (_dir, cat) = catalog(THREE_VERSIONS);
     let (_db_dir, url) = temp_db();
-    let a = Tandem::<Sqlite>::builder(&url, cat.clone()).prefix("app_meta_").open().unwrap();
+    let a = Tandem::<Sqlite>::builder(&url, cat.clone())
+        .prefix("app_meta_")
+        .open()
+        .unwrap();
     assert_eq!(a.state().unwrap().version.get(), 1);
     let mut conn = raw(&url);
     let t = tables(&mut conn);
@@ -52,7 +75,10 @@ fn custom_prefix_keeps_separate_metadata() {
     assert!(!t.contains(&"tandem_state".to_owned()), "{t:?}");
     // The default prefix finds no metadata in a database with tables: it refuses to guess.
     let err = Tandem::<Sqlite>::builder(&url, cat).open().unwrap_err();
-    assert!(matches!(err, Error::NotAdopted { tables: 4, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::NotAdopted { tables: 4, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -60,11 +86,20 @@ fn invalid_prefix_is_refused_before_touching_the_database() {
     let (_dir, cat) = catalog(THREE_VERSIONS);
     let (_db_dir, url) = temp_db();
     for prefix in ["x; DROP TABLE y", "", "9lives_", "Upper_", "a b"] {
-        let err = Tandem::<Sqlite>::builder(&url, cat.clone()).prefix(prefix).open().unwrap_err();
-        assert!(matches!(&err, Error::InvalidPrefix { prefix: p, .. } if p == prefix), "{prefix}: {err:?}");
+        let err = Tandem::<Sqlite>::builder(&url, cat.clone())
+            .prefix(prefix)
+            .open()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidPrefix { prefix: p, .. } if p == prefix),
+            "{prefix}: {err:?}"
+        );
         assert!(err.to_string().contains("plain identifier"), "{err}");
     }
-    assert!(!std::path::Path::new(&url).exists(), "no database file may be created");
+    assert!(
+        !std::path::Path::new(&url).exists(),
+        "no database file may be created"
+    );
 }
 
 #[test]
@@ -77,22 +112,45 @@ fn existing_schema_is_adopted_only_by_baseline() {
              INSERT INTO items (name) VALUES ('kept');",
         )
         .unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, cat.clone()).open().unwrap_err();
-    assert!(matches!(err, Error::NotAdopted { tables: 1, .. }), "{err:?}");
+    let err = Tandem::<Sqlite>::builder(&url, cat.clone())
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotAdopted { tables: 1, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("baseline"), "{err}");
-    assert!(!tables(&mut raw(&url)).contains(&"tandem_state".to_owned()), "refusal created metadata");
+    assert!(
+        !tables(&mut raw(&url)).contains(&"tandem_state".to_owned()),
+        "refusal created metadata"
+    );
 
-    let db = Tandem::<Sqlite>::builder(&url, cat.clone()).baseline(2).open().unwrap();
+    let db = Tandem::<Sqlite>::builder(&url, cat.clone())
+        .baseline(2)
+        .open()
+        .unwrap();
     assert_eq!(db.live_version().get(), 2);
     let history = db.history().unwrap();
-    assert_eq!((history[0].version.get(), history[0].phase.as_str()), (2, "baseline"));
+    assert_eq!(
+        (history[0].version.get(), history[0].phase.as_str()),
+        (2, "baseline")
+    );
     drop(db);
     // The same baseline again is harmless; another one is refused.
-    Tandem::<Sqlite>::builder(&url, cat.clone()).baseline(2).open().unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, cat.clone()).baseline(1).open().unwrap_err();
+    Tandem::<Sqlite>::builder(&url, cat.clone())
+        .baseline(2)
+        .open()
+        .unwrap();
+    let err = Tandem::<Sqlite>::builder(&url, cat.clone())
+        .baseline(1)
+        .open()
+        .unwrap_err();
     assert!(matches!(err, Error::BaselineMismatch { .. }), "{err:?}");
     // A baseline beyond the catalog is refused.
-    let err = Tandem::<Sqlite>::builder(&url, cat).baseline(9).open().unwrap_err();
+    let err = Tandem::<Sqlite>::builder(&url, cat)
+        .baseline(9)
+        .open()
+        .unwrap_err();
     assert!(matches!(err, Error::UnknownVersion { .. }), "{err:?}");
     // The adopted data is untouched.
     assert!(columns(&mut raw(&url), "items").contains(&"label".to_owned()));
@@ -110,7 +168,9 @@ fn damaged_metadata_is_refused_and_left_alone() {
         let (_dir, url) = temp_db();
         drop(open_demo(&url));
         raw(&url).batch_execute(tamper).unwrap();
-        let err = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap()).open().unwrap_err();
+        let err = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+            .open()
+            .unwrap_err();
         match &err {
             Error::MetadataCorrupt { table, detail: d } => {
                 assert_eq!(table, "tandem_state");
@@ -128,7 +188,9 @@ fn future_version_fails_calls_before_any_query_and_refuses_upgrades() {
     let db = open_demo(&url);
     drop(db);
     // A newer binary moved the database to version 7 (unknown to this catalog).
-    raw(&url).batch_execute("UPDATE tandem_state SET version = 7").unwrap();
+    raw(&url)
+        .batch_execute("UPDATE tandem_state SET version = 7")
+        .unwrap();
     let db = open_demo(&url);
     assert_eq!(db.live_version().get(), 7);
     let mut ran = false;
@@ -139,9 +201,15 @@ fn future_version_fails_calls_before_any_query_and_refuses_upgrades() {
         })
         .unwrap_err();
     assert!(!ran, "the closure must not run");
-    assert!(matches!(err, Error::VersionNotServed { live, .. } if live.get() == 7), "{err:?}");
+    assert!(
+        matches!(err, Error::VersionNotServed { live, .. } if live.get() == 7),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("retry shortly"), "{err}");
     let err = db.upgrader().expand().unwrap_err();
-    assert!(matches!(err, Error::UnknownVersion { version, .. } if version.get() == 7), "{err:?}");
+    assert!(
+        matches!(err, Error::UnknownVersion { version, .. } if version.get() == 7),
+        "{err:?}"
+    );
     assert_eq!(db.state().unwrap().version.get(), 7, "nothing changed");
 }

@@ -10,11 +10,18 @@ use common::{accounts, catalog, columns, open_demo, raw, tables, temp_db, THREE_
 use tandem::{Catalog, Error, Phase, Sqlite, StatePhase, Tandem};
 
 fn open(url: &str, cat: Catalog, serves: std::ops::RangeInclusive<u32>) -> Tandem<Sqlite> {
-    Tandem::<Sqlite>::builder(url, cat).serves(serves).open().unwrap()
+    Tandem::<Sqlite>::builder(url, cat)
+        .serves(serves)
+        .open()
+        .unwrap()
 }
 
 fn phases(db: &Tandem<Sqlite>) -> Vec<(u32, String, String)> {
-    db.history().unwrap().into_iter().map(|h| (h.version.get(), h.phase, h.outcome)).collect()
+    db.history()
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.version.get(), h.phase, h.outcome))
+        .collect()
 }
 
 fn row(v: u32, phase: &str, outcome: &str) -> (u32, String, String) {
@@ -30,10 +37,20 @@ fn upgrade_to_walks_every_hop_from_an_old_database() {
     let done: Vec<_> = reports.iter().map(|r| (r.version.get(), r.phase)).collect();
     assert_eq!(
         done,
-        vec![(2, Phase::Expand), (2, Phase::Switch), (2, Phase::Contract), (3, Phase::Expand), (3, Phase::Switch), (3, Phase::Contract)]
+        vec![
+            (2, Phase::Expand),
+            (2, Phase::Switch),
+            (2, Phase::Contract),
+            (3, Phase::Expand),
+            (3, Phase::Switch),
+            (3, Phase::Contract)
+        ]
     );
     let state = db.state().unwrap();
-    assert_eq!((state.version.get(), state.phase, state.upgrader), (3, StatePhase::Stable, None));
+    assert_eq!(
+        (state.version.get(), state.phase, state.upgrader),
+        (3, StatePhase::Stable, None)
+    );
     assert_eq!(db.live_version().get(), 3);
     assert_eq!(
         phases(&db),
@@ -49,7 +66,10 @@ fn upgrade_to_walks_every_hop_from_an_old_database() {
     );
     let mut conn = raw(&url);
     let t = tables(&mut conn);
-    assert!(t.contains(&"tags".to_owned()) && !t.contains(&"switched_to_2".to_owned()), "{t:?}");
+    assert!(
+        t.contains(&"tags".to_owned()) && !t.contains(&"switched_to_2".to_owned()),
+        "{t:?}"
+    );
     assert!(columns(&mut conn, "items").contains(&"label".to_owned()));
     // Nothing left to do: running again is a no-op.
     assert!(db.upgrader().upgrade_to(3).unwrap().is_empty());
@@ -78,7 +98,16 @@ fn phases_out_of_order_are_refused_and_change_nothing() {
     let before = db.state().unwrap();
 
     let err = up.switch().unwrap_err();
-    assert!(matches!(err, Error::PhaseOutOfOrder { attempted: Phase::Switch, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::PhaseOutOfOrder {
+                attempted: Phase::Switch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("run expand first"), "{err}");
     up.expand().unwrap();
     let expanded = db.state().unwrap();
@@ -95,7 +124,16 @@ fn phases_out_of_order_are_refused_and_change_nothing() {
     up.switch().unwrap();
     // At most two versions: version 3 cannot be expanded before 2 is contracted.
     let err = up.expand().unwrap_err();
-    assert!(matches!(err, Error::PhaseOutOfOrder { attempted: Phase::Expand, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::PhaseOutOfOrder {
+                attempted: Phase::Expand,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("at most two versions"), "{err}");
 
     // Roll forward only.
@@ -103,10 +141,22 @@ fn phases_out_of_order_are_refused_and_change_nothing() {
     let err = up.upgrade_to(1).unwrap_err();
     assert!(matches!(err, Error::NotRollForward { .. }), "{err:?}");
     let err = up.upgrade_to(9).unwrap_err();
-    assert!(matches!(err, Error::UnknownVersion { version, .. } if version.get() == 9), "{err:?}");
+    assert!(
+        matches!(err, Error::UnknownVersion { version, .. } if version.get() == 9),
+        "{err:?}"
+    );
     // Switch back after contract is no longer possible.
     let err = up.switch_back().unwrap_err();
-    assert!(matches!(err, Error::PhaseOutOfOrder { attempted: Phase::SwitchBack, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::PhaseOutOfOrder {
+                attempted: Phase::SwitchBack,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_ne!(before.epoch, db.state().unwrap().epoch);
 }
 
@@ -122,7 +172,10 @@ fn switch_back_runs_switch_back_sql_and_restores_the_old_binding() {
     let report = up.switch_back().unwrap();
     assert_eq!((report.version.get(), report.phase), (2, Phase::SwitchBack));
     let state = db.state().unwrap();
-    assert_eq!((state.version.get(), state.phase), (1, StatePhase::Expanded));
+    assert_eq!(
+        (state.version.get(), state.phase),
+        (1, StatePhase::Expanded)
+    );
     assert_eq!(db.live_version().get(), 1);
     assert!(!tables(&mut raw(&url)).contains(&"switched_to_2".to_owned()));
     assert!(up.switch_back().unwrap().already_done);
@@ -130,18 +183,32 @@ fn switch_back_runs_switch_back_sql_and_restores_the_old_binding() {
     up.switch().unwrap();
     assert_eq!(db.live_version().get(), 2);
     let h = phases(&db);
-    assert_eq!(&h[2..], &[row(2, "switch", "applied"), row(2, "switch_back", "applied"), row(2, "switch", "applied")]);
+    assert_eq!(
+        &h[2..],
+        &[
+            row(2, "switch", "applied"),
+            row(2, "switch_back", "applied"),
+            row(2, "switch", "applied")
+        ]
+    );
 }
 
 #[test]
 fn switch_back_without_switch_back_sql_is_refused() {
-    let files: Vec<(&str, &str)> = THREE_VERSIONS.iter().copied().filter(|(p, _)| !p.ends_with("switch_back.sql")).collect();
+    let files: Vec<(&str, &str)> = THREE_VERSIONS
+        .iter()
+        .copied()
+        .filter(|(p, _)| !p.ends_with("switch_back.sql"))
+        .collect();
     let (_c, cat) = catalog(&files);
     let db = open(":memory:", cat, 1..=2);
     db.upgrader().expand().unwrap();
     db.upgrader().switch().unwrap();
     let err = db.upgrader().switch_back().unwrap_err();
-    assert!(matches!(err, Error::NoSwitchBack { version } if version.get() == 2), "{err:?}");
+    assert!(
+        matches!(err, Error::NoSwitchBack { version } if version.get() == 2),
+        "{err:?}"
+    );
     assert_eq!(db.live_version().get(), 2);
 }
 
@@ -150,20 +217,48 @@ fn demo_switch_back_window_keeps_writes_of_both_bindings() {
     let db = open_demo(":memory:");
     let repo = accounts();
     let up = db.upgrader();
-    let old = db.call(&repo, |r, s| r.create(s.conn(), "old", "old@x")).unwrap();
+    let old = db
+        .call(&repo, |r, s| r.create(s.conn(), "old", "old@x"))
+        .unwrap();
     up.expand().unwrap();
     up.switch().unwrap();
-    let new = db.unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "new", "new@x")).unwrap();
-    db.unit_of_work(|s| s.repo(&repo)?.set_email(s.conn(), old, "old2@x")).unwrap();
+    let new = db
+        .unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "new", "new@x"))
+        .unwrap();
+    db.unit_of_work(|s| s.repo(&repo)?.set_email(s.conn(), old, "old2@x"))
+        .unwrap();
     up.switch_back().unwrap();
     // The v1 binding sees what v2 wrote (sync triggers), and vice versa after.
-    assert_eq!(db.call(&repo, |r, s| Ok::<_, Error>((r.version(), r.email(s.conn(), new)?))).unwrap(), (1, Some("new@x".into())));
-    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), old)).unwrap().as_deref(), Some("old2@x"));
-    db.call(&repo, |r, s| r.set_email(s.conn(), new, "new2@x")).unwrap();
+    assert_eq!(
+        db.call(&repo, |r, s| Ok::<_, Error>((
+            r.version(),
+            r.email(s.conn(), new)?
+        )))
+        .unwrap(),
+        (1, Some("new@x".into()))
+    );
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), old))
+            .unwrap()
+            .as_deref(),
+        Some("old2@x")
+    );
+    db.call(&repo, |r, s| r.set_email(s.conn(), new, "new2@x"))
+        .unwrap();
     up.switch().unwrap();
     up.contract().unwrap();
-    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), new)).unwrap().as_deref(), Some("new2@x"));
-    assert_eq!(db.call(&repo, |r, s| r.email(s.conn(), old)).unwrap().as_deref(), Some("old2@x"));
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), new))
+            .unwrap()
+            .as_deref(),
+        Some("new2@x")
+    );
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), old))
+            .unwrap()
+            .as_deref(),
+        Some("old2@x")
+    );
 }
 
 #[test]
@@ -172,7 +267,10 @@ fn a_switch_that_would_strand_this_binary_is_refused() {
     let db = open(":memory:", cat, 1..=1);
     db.upgrader().expand().unwrap();
     let err = db.upgrader().switch().unwrap_err();
-    assert!(matches!(&err, Error::SwitchRefused { version, instances } if version.get() == 2 && instances.len() == 1), "{err:?}");
+    assert!(
+        matches!(&err, Error::SwitchRefused { version, instances } if version.get() == 2 && instances.len() == 1),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("this instance"), "{err}");
     assert_eq!(db.state().unwrap().version.get(), 1);
 }
@@ -187,10 +285,22 @@ fn checksum_drift_is_refused_naming_version_and_phase() {
     drop(db);
 
     // Someone edits an applied file.
-    std::fs::write(cat_dir.path().join("0002_labels/expand.sql"), "ALTER TABLE items ADD COLUMN label TEXT; -- edited").unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap()).serves(1..=2).open().unwrap_err();
+    std::fs::write(
+        cat_dir.path().join("0002_labels/expand.sql"),
+        "ALTER TABLE items ADD COLUMN label TEXT; -- edited",
+    )
+    .unwrap();
+    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
+        .serves(1..=2)
+        .open()
+        .unwrap_err();
     match &err {
-        Error::ChecksumDrift { version, phase, recorded, current } => {
+        Error::ChecksumDrift {
+            version,
+            phase,
+            recorded,
+            current,
+        } => {
             assert_eq!((version.get(), *phase), (2, Phase::Expand));
             assert_ne!(recorded, current);
         }
@@ -199,22 +309,47 @@ fn checksum_drift_is_refused_naming_version_and_phase() {
     assert!(err.to_string().contains("new version"), "{err}");
 
     // Restored, then a contract file appears for the live version: allowed (not applied yet).
-    std::fs::write(cat_dir.path().join("0002_labels/expand.sql"), "ALTER TABLE items ADD COLUMN label TEXT;").unwrap();
+    std::fs::write(
+        cat_dir.path().join("0002_labels/expand.sql"),
+        "ALTER TABLE items ADD COLUMN label TEXT;",
+    )
+    .unwrap();
     std::fs::write(cat_dir.path().join("0002_labels/contract.sql"), "SELECT 1;").unwrap();
-    let db = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap()).serves(1..=2).open().unwrap();
+    let db = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
+        .serves(1..=2)
+        .open()
+        .unwrap();
     db.upgrader().contract().unwrap();
     drop(db);
     // But removing the applied switch.sql is drift too.
     std::fs::remove_file(cat_dir.path().join("0002_labels/switch.sql")).unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap()).serves(1..=2).open().unwrap_err();
-    assert!(matches!(err, Error::ChecksumDrift { phase: Phase::Switch, .. }), "{err:?}");
+    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
+        .serves(1..=2)
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ChecksumDrift {
+                phase: Phase::Switch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn sql_errors_roll_the_phase_back_and_are_journaled() {
     let broken = [
-        ("0001_items/expand.sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"),
-        ("0002_labels/expand.sql", "CREATE TABLE half_done (x INTEGER); ALTER TABLE no_such_table ADD COLUMN y TEXT;"),
+        (
+            "0001_items/expand.sql",
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);",
+        ),
+        (
+            "0002_labels/expand.sql",
+            "CREATE TABLE half_done (x INTEGER); ALTER TABLE no_such_table ADD COLUMN y TEXT;",
+        ),
     ];
     let (_c, cat) = catalog(&broken);
     let (_d, url) = temp_db();
@@ -222,7 +357,11 @@ fn sql_errors_roll_the_phase_back_and_are_journaled() {
     let before = db.state().unwrap();
     let err = db.upgrader().expand().unwrap_err();
     match &err {
-        Error::PhaseFailed { version, phase, source } => {
+        Error::PhaseFailed {
+            version,
+            phase,
+            source,
+        } => {
             assert_eq!((version.get(), *phase), (2, Phase::Expand));
             assert!(source.to_string().contains("no_such_table"), "{source}");
         }
@@ -230,15 +369,35 @@ fn sql_errors_roll_the_phase_back_and_are_journaled() {
     }
     assert!(err.to_string().contains("rolled back"), "{err}");
     assert_eq!(db.state().unwrap(), before, "state row unchanged");
-    assert!(!tables(&mut raw(&url)).contains(&"half_done".to_owned()), "the first statement was rolled back too");
+    assert!(
+        !tables(&mut raw(&url)).contains(&"half_done".to_owned()),
+        "the first statement was rolled back too"
+    );
     let h = db.history().unwrap();
     let failed = h.last().unwrap();
-    assert_eq!((failed.version.get(), failed.phase.as_str(), failed.outcome.as_str()), (2, "expand", "failed"));
-    assert!(failed.detail.as_deref().unwrap_or("").contains("no_such_table"));
+    assert_eq!(
+        (
+            failed.version.get(),
+            failed.phase.as_str(),
+            failed.outcome.as_str()
+        ),
+        (2, "expand", "failed")
+    );
+    assert!(failed
+        .detail
+        .as_deref()
+        .unwrap_or("")
+        .contains("no_such_table"));
     drop(db);
 
     // Fixed SQL: the same command finishes the job.
-    let (_c2, fixed) = catalog(&[broken[0], ("0002_labels/expand.sql", "CREATE TABLE half_done (x INTEGER);")]);
+    let (_c2, fixed) = catalog(&[
+        broken[0],
+        (
+            "0002_labels/expand.sql",
+            "CREATE TABLE half_done (x INTEGER);",
+        ),
+    ]);
     let db = open(&url, fixed, 1..=2);
     db.upgrader().upgrade_to(2).unwrap();
     assert_eq!(db.state().unwrap().version.get(), 2);
@@ -247,28 +406,59 @@ fn sql_errors_roll_the_phase_back_and_are_journaled() {
 #[test]
 fn switch_and_contract_sql_errors_leave_the_version_where_it_was() {
     let files = [
-        ("0001_items/expand.sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"),
-        ("0002_labels/expand.sql", "ALTER TABLE items ADD COLUMN label TEXT;"),
-        ("0002_labels/switch.sql", "CREATE TABLE sw (x INTEGER); INSERT INTO nowhere VALUES (1);"),
+        (
+            "0001_items/expand.sql",
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);",
+        ),
+        (
+            "0002_labels/expand.sql",
+            "ALTER TABLE items ADD COLUMN label TEXT;",
+        ),
+        (
+            "0002_labels/switch.sql",
+            "CREATE TABLE sw (x INTEGER); INSERT INTO nowhere VALUES (1);",
+        ),
     ];
     let (_c, cat) = catalog(&files);
     let (_d, url) = temp_db();
     let db = open(&url, cat, 1..=2);
     db.upgrader().expand().unwrap();
     let err = db.upgrader().switch().unwrap_err();
-    assert!(matches!(err, Error::PhaseFailed { phase: Phase::Switch, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::PhaseFailed {
+                phase: Phase::Switch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(db.live_version().get(), 1);
     let s = db.state().unwrap();
     assert_eq!((s.version.get(), s.phase), (1, StatePhase::Expanded));
     assert!(!tables(&mut raw(&url)).contains(&"sw".to_owned()));
     drop(db);
 
-    let files = [files[0], files[1], ("0002_labels/contract.sql", "DROP TABLE does_not_exist;")];
+    let files = [
+        files[0],
+        files[1],
+        ("0002_labels/contract.sql", "DROP TABLE does_not_exist;"),
+    ];
     let (_c, cat) = catalog(&files);
     let db = open(&url, cat, 1..=2);
     db.upgrader().switch().unwrap();
     let err = db.upgrader().contract().unwrap_err();
-    assert!(matches!(err, Error::PhaseFailed { phase: Phase::Contract, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::PhaseFailed {
+                phase: Phase::Contract,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let s = db.state().unwrap();
     assert_eq!((s.version.get(), s.phase), (2, StatePhase::Switched));
 }
@@ -302,12 +492,22 @@ fn a_failed_backfill_resumes_where_it_stopped() {
     .unwrap();
     // The triggers are not there yet, so v1 rows have no account_emails row.
     let err = db.upgrader().expand().unwrap_err();
-    assert!(matches!(&err, Error::StepFailed { step, batches: 1, .. } if step == "copy emails"), "{err:?}");
+    assert!(
+        matches!(&err, Error::StepFailed { step, batches: 1, .. } if step == "copy emails"),
+        "{err:?}"
+    );
     let h = db.history().unwrap();
-    assert_eq!(h.last().map(|h| h.outcome.as_str()), Some("running"), "SQL applied, steps pending");
+    assert_eq!(
+        h.last().map(|h| h.outcome.as_str()),
+        Some("running"),
+        "SQL applied, steps pending"
+    );
     assert_eq!(db.state().unwrap().phase, StatePhase::Stable);
     let report = db.upgrader().expand().unwrap();
-    assert_eq!(report.batches, 2, "resumed: the remaining 1500 rows in two batches");
+    assert_eq!(
+        report.batches, 2,
+        "resumed: the remaining 1500 rows in two batches"
+    );
     assert_eq!(db.state().unwrap().phase, StatePhase::Expanded);
     db.upgrader().upgrade_to(2).unwrap();
     for id in [1_i64, 1000, 2500] {

@@ -41,11 +41,17 @@ impl Accounts for AccountsV1 {
     }
     fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
         use v1::accounts::dsl;
-        Ok(dsl::accounts.find(id).select(dsl::email).first(conn).optional()?)
+        Ok(dsl::accounts
+            .find(id)
+            .select(dsl::email)
+            .first(conn)
+            .optional()?)
     }
     fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()> {
         use v1::accounts::dsl;
-        diesel::update(dsl::accounts.find(id)).set(dsl::email.eq(email)).execute(conn)?;
+        diesel::update(dsl::accounts.find(id))
+            .set(dsl::email.eq(email))
+            .execute(conn)?;
         Ok(())
     }
 }
@@ -58,7 +64,10 @@ impl Accounts for AccountsV2 {
     fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64> {
         use v2::{account_emails as e, accounts as a};
         Ok(conn.transaction(|conn| {
-            let id: i64 = diesel::insert_into(a::table).values(a::name.eq(name)).returning(a::id).get_result(conn)?;
+            let id: i64 = diesel::insert_into(a::table)
+                .values(a::name.eq(name))
+                .returning(a::id)
+                .get_result(conn)?;
             diesel::insert_into(e::table)
                 .values((e::account_id.eq(id), e::email.eq(email)))
                 .execute(conn)?;
@@ -67,7 +76,11 @@ impl Accounts for AccountsV2 {
     }
     fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
         use v2::account_emails::dsl;
-        Ok(dsl::account_emails.find(id).select(dsl::email).first(conn).optional()?)
+        Ok(dsl::account_emails
+            .find(id)
+            .select(dsl::email)
+            .first(conn)
+            .optional()?)
     }
     fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()> {
         use v2::account_emails::dsl;
@@ -88,7 +101,10 @@ pub fn accounts() -> Repository<dyn Accounts> {
 
 /// The live version as the state row says, read on the call's own connection.
 pub fn db_version(conn: &mut SqliteConnection) -> i64 {
-    tandem_state::table.select(tandem_state::version).first(conn).expect("state row")
+    tandem_state::table
+        .select(tandem_state::version)
+        .first(conn)
+        .expect("state row")
 }
 
 /// The demo database with its backfill, on `url`.
@@ -126,11 +142,23 @@ pub fn write_files(root: &Path, files: &[(&str, &str)]) {
 /// A three-version catalog: v2 adds a column (switch creates a marker table,
 /// switch back drops it), v3 adds a table and contracts the v2 column away.
 pub const THREE_VERSIONS: &[(&str, &str)] = &[
-    ("0001_items/expand.sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"),
-    ("0002_labels/expand.sql", "ALTER TABLE items ADD COLUMN label TEXT;"),
-    ("0002_labels/switch.sql", "CREATE TABLE switched_to_2 (x INTEGER);"),
+    (
+        "0001_items/expand.sql",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);",
+    ),
+    (
+        "0002_labels/expand.sql",
+        "ALTER TABLE items ADD COLUMN label TEXT;",
+    ),
+    (
+        "0002_labels/switch.sql",
+        "CREATE TABLE switched_to_2 (x INTEGER);",
+    ),
     ("0002_labels/switch_back.sql", "DROP TABLE switched_to_2;"),
-    ("0003_tags/expand.sql", "CREATE TABLE tags (item_id INTEGER NOT NULL, tag TEXT NOT NULL);"),
+    (
+        "0003_tags/expand.sql",
+        "CREATE TABLE tags (item_id INTEGER NOT NULL, tag TEXT NOT NULL);",
+    ),
     ("0003_tags/contract.sql", "DROP TABLE switched_to_2;"),
 ];
 
@@ -174,6 +202,7 @@ pub fn columns(conn: &mut SqliteConnection, table: &str) -> Vec<String> {
 pub fn raw(url: &str) -> SqliteConnection {
     use diesel::connection::SimpleConnection;
     let mut conn = SqliteConnection::establish(url).expect("connect");
-    conn.batch_execute("PRAGMA busy_timeout = 5000;").expect("busy timeout");
+    conn.batch_execute("PRAGMA busy_timeout = 5000;")
+        .expect("busy timeout");
     conn
 }
