@@ -182,7 +182,10 @@ fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
     // Upgrading makes it servable, at once.
     newer_only.upgrader().upgrade_to(2).unwrap();
     newer_only
-        .unit_of_work(|s| Ok::<_, Error>(assert_eq!(s.version().get(), 2)))
+        .unit_of_work(|s| {
+            assert_eq!(s.version().get(), 2);
+            Ok::<_, Error>(())
+        })
         .unwrap();
 }
 
