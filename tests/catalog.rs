@@ -67,7 +67,8 @@ fn per_backend_files_win_over_generic_ones() {
 fn malformed_catalogs_are_typed_errors_naming_the_file() {
     let base = ("0001_init/expand.sql", "CREATE TABLE a (id INTEGER);");
     type Check = fn(&CatalogError) -> bool;
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, Check)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, Check);
+    let cases: Vec<Case<'_>> = vec![
         (
             "gap",
             vec![base, ("0003_c/expand.sql", "x")],
