@@ -1,1 +1,220 @@
-fn main() {}
+//! Steady-state cost of dispatch and the schema lock: the same SQLite point
+//! select and insert, raw diesel vs through tandem, on the same r2d2 pool
+//! settings (checkout without ping, the same pragmas), in the same run.
+//!
+//! ```text
+//! cargo bench --bench dispatch            # criterion, then the ratio pass
+//! cargo bench --bench dispatch -- --quick # a quick look
+//! ```
+//!
+//! After criterion's report, an interleaved pass alternates raw and tandem
+//! rounds (so drift on a shared machine hits both) and prints each median and
+//! the overhead ratio.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use tandem::{Repository, Sqlite, Tandem};
+
+diesel::table! { accounts (id) { id -> BigInt, name -> Text, email -> Text, } }
+
+trait Accounts: Send + Sync {
+    fn email(&self, conn: &mut SqliteConnection, id: i64) -> QueryResult<String>;
+    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> QueryResult<usize>;
+}
+struct V1;
+impl Accounts for V1 {
+    fn email(&self, conn: &mut SqliteConnection, id: i64) -> QueryResult<String> {
+        accounts::table.find(id).select(accounts::email).first(conn)
+    }
+    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> QueryResult<usize> {
+        diesel::insert_into(accounts::table)
+            .values((accounts::name.eq(name), accounts::email.eq(email)))
+            .execute(conn)
+    }
+}
+
+/// The pragmas tandem's SQLite backend sets, for the raw pool.
+#[derive(Debug)]
+struct Pragmas;
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    raw: Pool<ConnectionManager<SqliteConnection>>,
+    db: Tandem<Sqlite>,
+    repo: Repository<dyn Accounts>,
+}
+
+const ROWS: i64 = 10_000;
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("bench.db").to_string_lossy().into_owned();
+    let db = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+        .serves(1..=1)
+        .pool_size(4)
+        .open()
+        .unwrap();
+    let repo = Repository::<dyn Accounts>::builder("accounts")
+        .binding(1, Arc::new(V1))
+        .build()
+        .unwrap();
+    db.unit_of_work(|s| -> tandem::Result<()> {
+        for i in 0..ROWS {
+            s.repo(&repo)?
+                .create(s.conn(), &format!("n{i}"), &format!("e{i}@x"))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let raw = Pool::builder()
+        .max_size(4)
+        .min_idle(Some(1))
+        .test_on_check_out(false)
+        .connection_customizer(Box::new(Pragmas))
+        .build(ConnectionManager::<SqliteConnection>::new(&url))
+        .unwrap();
+    Setup {
+        _dir: dir,
+        raw,
+        db,
+        repo,
+    }
+}
+
+fn raw_select(s: &Setup, id: i64) -> String {
+    let mut conn = s.raw.get().unwrap();
+    accounts::table
+        .find(id)
+        .select(accounts::email)
+        .first(&mut conn)
+        .unwrap()
+}
+
+fn tandem_select(s: &Setup, id: i64) -> String {
+    s.db.call(&s.repo, |r, sess| {
+        Ok::<_, tandem::Error>(r.email(sess.conn(), id)?)
+    })
+    .unwrap()
+}
+
+fn raw_insert(s: &Setup) -> usize {
+    let mut conn = s.raw.get().unwrap();
+    diesel::insert_into(accounts::table)
+        .values((accounts::name.eq("bench"), accounts::email.eq("bench@x")))
+        .execute(&mut conn)
+        .unwrap()
+}
+
+fn tandem_insert(s: &Setup) -> usize {
+    s.db.call(&s.repo, |r, sess| {
+        Ok::<_, tandem::Error>(r.create(sess.conn(), "bench", "bench@x")?)
+    })
+    .unwrap()
+}
+
+fn criterion_benches(c: &mut Criterion, s: &Setup) {
+    let mut g = c.benchmark_group("sqlite_point_select");
+    g.throughput(Throughput::Elements(1));
+    let mut id = 0;
+    g.bench_function("raw_diesel", |b| {
+        b.iter(|| {
+            id = id % ROWS + 1;
+            black_box(raw_select(s, id))
+        })
+    });
+    g.bench_function("tandem", |b| {
+        b.iter(|| {
+            id = id % ROWS + 1;
+            black_box(tandem_select(s, id))
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("sqlite_insert");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw_diesel", |b| b.iter(|| black_box(raw_insert(s))));
+    g.bench_function("tandem", |b| b.iter(|| black_box(tandem_insert(s))));
+    g.finish();
+}
+
+/// Median time per operation of `rounds` rounds of `per_round` operations,
+/// raw and tandem alternating round by round.
+fn interleaved(
+    rounds: usize,
+    per_round: usize,
+    mut raw: impl FnMut(usize),
+    mut tandem: impl FnMut(usize),
+) -> (Duration, Duration) {
+    let mut r = Vec::with_capacity(rounds);
+    let mut t = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let start = Instant::now();
+        for i in 0..per_round {
+            raw(round * per_round + i);
+        }
+        r.push(start.elapsed() / per_round as u32);
+        let start = Instant::now();
+        for i in 0..per_round {
+            tandem(round * per_round + i);
+        }
+        t.push(start.elapsed() / per_round as u32);
+    }
+    r.sort();
+    t.sort();
+    (r[rounds / 2], t[rounds / 2])
+}
+
+fn report(name: &str, (raw, tandem): (Duration, Duration)) {
+    let ratio = tandem.as_secs_f64() / raw.as_secs_f64();
+    println!(
+        "ratio {name:<20} raw {:>8.3} µs  tandem {:>8.3} µs  tandem/raw {ratio:.4} ({:+.2} %)",
+        raw.as_secs_f64() * 1e6,
+        tandem.as_secs_f64() * 1e6,
+        (ratio - 1.0) * 100.0
+    );
+}
+
+fn main() {
+    let s = setup();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let mut c = Criterion::default().configure_from_args();
+    criterion_benches(&mut c, &s);
+    c.final_summary();
+
+    let (rounds, per) = if quick { (21, 2_000) } else { (101, 5_000) };
+    println!(
+        "\ninterleaved pass: {rounds} rounds, median per operation (same pool settings, same run)"
+    );
+    report(
+        "sqlite_point_select",
+        interleaved(
+            rounds,
+            per,
+            |i| drop(black_box(raw_select(&s, (i as i64) % ROWS + 1))),
+            |i| drop(black_box(tandem_select(&s, (i as i64) % ROWS + 1))),
+        ),
+    );
+    let (rounds, per) = if quick { (11, 200) } else { (31, 500) };
+    report(
+        "sqlite_insert",
+        interleaved(
+            rounds,
+            per,
+            |_| drop(black_box(raw_insert(&s))),
+            |_| drop(black_box(tandem_insert(&s))),
+        ),
+    );
+}

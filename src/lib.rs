@@ -190,6 +190,11 @@ pub use meta::{HistoryEntry, Mode, Prefix, State, StatePhase};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use upgrade::{PhaseReport, Upgrader};
 
+// The README's examples compile and run as doctests.
+#[cfg(all(doctest, feature = "sqlite"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Expands to the `&'static EmbeddedCatalog` written by
 /// [`build::embed_catalog`] in the application's build script.
 ///
