@@ -213,8 +213,12 @@ fn main() {
         interleaved(
             rounds,
             per,
-            |_| drop(black_box(raw_insert(&s))),
-            |_| drop(black_box(tandem_insert(&s))),
+            |_| {
+                black_box(raw_insert(&s));
+            },
+            |_| {
+                black_box(tandem_insert(&s));
+            },
         ),
     );
 }

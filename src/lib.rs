@@ -143,6 +143,8 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+// `include_catalog!` names `::tandem`, which must resolve inside this crate too.
+#[cfg(feature = "sqlite")]
 extern crate self as tandem;
 
 pub mod build;

@@ -48,10 +48,12 @@ impl Version {
 
     /// Reads a version stored as a database integer; `None` if it is not a
     /// positive 32-bit number (a corrupted metadata row).
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn from_i64(n: i64) -> Option<Version> {
         u32::try_from(n).ok().and_then(Version::new)
     }
 
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn as_i64(self) -> i64 {
         i64::from(self.get())
     }
