@@ -406,6 +406,31 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
     }
 
+    /// Appends the history row of a phase that is `applied` (finished now)
+    /// or `running`, inside the phase's transaction.
+    fn journal(
+        &self,
+        c: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+        checksum: &str,
+        started: i64,
+        outcome: &str,
+    ) -> Result<()> {
+        let finished = (outcome != meta::RUNNING).then(meta::now_ms);
+        self.db.inner.meta.record::<B>(
+            c,
+            version,
+            phase.as_str(),
+            checksum,
+            started,
+            finished,
+            outcome,
+            &self.owner,
+            None,
+        )
+    }
+
     /// Journals a failed phase in its own transaction (the phase's own rolled back).
     fn journal_failure(
         &self,
@@ -480,23 +505,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             let now = meta::now_ms();
             let applied = self.db.write_transaction(conn, |c| -> Result<()> {
                 self.recheck(c, &state)?;
-                c.batch_execute(&sql).map_err(|source| Error::PhaseFailed {
-                    version: target,
-                    phase: Phase::Expand,
-                    source,
-                })?;
+                run_sql(c, &sql, target, Phase::Expand)?;
                 self.step("expand: SQL run, before commit")?;
-                meta.record::<B>(
-                    c,
-                    target,
-                    Phase::Expand.as_str(),
-                    &checksum,
-                    now,
-                    None,
-                    meta::RUNNING,
-                    &self.owner,
-                    None,
-                )
+                self.journal(c, target, Phase::Expand, &checksum, now, meta::RUNNING)
             });
             if let Err(e @ Error::PhaseFailed { .. }) = &applied {
                 self.journal_failure(conn, target, Phase::Expand, &checksum, now, e);
@@ -659,25 +670,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             let result = self.db.write_transaction(conn, |c| -> Result<()> {
                 self.recheck(c, &state)?;
                 if let Some(sql) = &sql {
-                    c.batch_execute(sql).map_err(|source| Error::PhaseFailed {
-                        version: owner_version,
-                        phase,
-                        source,
-                    })?;
+                    run_sql(c, sql, owner_version, phase)?;
                 }
                 self.step("switch: SQL run, before commit")?;
                 meta.transition::<B>(c, (state.version, state.phase), to, &self.owner, now)?;
-                meta.record::<B>(
-                    c,
-                    owner_version,
-                    phase.as_str(),
-                    &checksum,
-                    now,
-                    Some(meta::now_ms()),
-                    meta::APPLIED,
-                    &self.owner,
-                    None,
-                )
+                self.journal(c, owner_version, phase, &checksum, now, meta::APPLIED)
             });
             match result {
                 Ok(()) => {
@@ -775,17 +772,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 &self.owner,
                 now,
             )?;
-            meta.record::<B>(
-                c,
-                version,
-                Phase::Contract.as_str(),
-                &checksum,
-                now,
-                Some(meta::now_ms()),
-                meta::APPLIED,
-                &self.owner,
-                None,
-            )
+            self.journal(c, version, Phase::Contract, &checksum, now, meta::APPLIED)
         });
         if let Err(e @ Error::PhaseFailed { .. }) = &result {
             self.journal_failure(conn, version, Phase::Contract, &checksum, now, e);
@@ -797,6 +784,21 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         tracing::info!(%version, duration = ?report.duration, "contract done");
         Ok(report)
     }
+}
+
+/// Runs a phase's SQL; a database error becomes [`Error::PhaseFailed`].
+fn run_sql<C: SimpleConnection>(
+    conn: &mut C,
+    sql: &str,
+    version: Version,
+    phase: Phase,
+) -> Result<()> {
+    conn.batch_execute(sql)
+        .map_err(|source| Error::PhaseFailed {
+            version,
+            phase,
+            source,
+        })
 }
 
 /// For states the match arms above have ruled out.
