@@ -2,7 +2,8 @@
 //! whose `email` column moves into its own `account_emails` table in
 //! version 2 (the catalog in tandem's `schema_versions/`).
 
-use diesel::{QueryResult, RunQueryDsl, SqliteConnection};
+use diesel::query_dsl::methods::ExecuteDsl;
+use diesel::{Connection, QueryResult};
 
 use crate::catalog::Catalog;
 use crate::error::CatalogError;
@@ -26,12 +27,17 @@ pub fn catalog() -> Result<Catalog, CatalogError> {
 /// # Errors
 ///
 /// The database error.
-pub fn backfill_emails(conn: &mut SqliteConnection) -> QueryResult<usize> {
-    diesel::sql_query(
+/// Works on every backend (the SQL is portable).
+pub fn backfill_emails<C>(conn: &mut C) -> QueryResult<usize>
+where
+    C: Connection,
+    diesel::query_builder::SqlQuery: ExecuteDsl<C>,
+{
+    let query = diesel::sql_query(
         "INSERT INTO account_emails (account_id, email) \
          SELECT a.id, a.email FROM accounts a \
          WHERE a.email <> '' AND NOT EXISTS (SELECT 1 FROM account_emails e WHERE e.account_id = a.id) \
          ORDER BY a.id LIMIT 1000",
-    )
-    .execute(conn)
+    );
+    ExecuteDsl::execute(query, conn)
 }

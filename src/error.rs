@@ -289,6 +289,28 @@ pub enum Error {
         source: diesel::result::Error,
     },
 
+    /// A phase kept meeting lock conflicts with application traffic and gave
+    /// up after its retry budget; it rolled back each time, the database is
+    /// unchanged.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[error(
+        "{phase} of version {version} gave up after {attempts} attempt(s) that each waited too long \
+         for a table lock ({source}); the database is unchanged; rerun when load is lower, raise \
+         `lock_timeout` or `WriterPolicy::attempts`, or make the phase lock tables in the order \
+         the application's writers do"
+    )]
+    PhaseContended {
+        /// The version.
+        version: Version,
+        /// The phase.
+        phase: Phase,
+        /// Attempts made.
+        attempts: u32,
+        /// The last lock error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
     /// A Rust step (for example a batched backfill) failed. Batches already
     /// committed stay; rerunning resumes.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -64,6 +64,7 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) instance: String,
     pub(crate) steps: Vec<Step<B>>,
     pub(crate) writer: WriterPolicy,
+    pub(crate) lock_timeout: Duration,
     pub(crate) target: String,
 }
 
@@ -77,6 +78,7 @@ pub struct Builder<B: Backend> {
     settings: PoolSettings,
     steps: Vec<Step<B>>,
     writer: WriterPolicy,
+    lock_timeout: Duration,
     label: String,
 }
 
@@ -138,6 +140,15 @@ impl<B: Backend> Builder<B> {
     /// [`WriterPolicy::default`].
     pub fn writer_policy(mut self, policy: WriterPolicy) -> Self {
         self.writer = policy;
+        self
+    }
+
+    /// How long a phase statement may wait for a table lock before the
+    /// phase rolls back and retries (PostgreSQL `lock_timeout`; up to
+    /// `WriterPolicy::attempts` times, with backoff and jitter). Keep it well
+    /// under PostgreSQL's `deadlock_timeout` (1 s). Defaults to 100 ms.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
         self
     }
 
@@ -248,6 +259,7 @@ impl<B: Backend> Builder<B> {
             instance,
             steps: self.steps,
             writer: self.writer,
+            lock_timeout: self.lock_timeout,
             target,
         };
         let db = Tandem {
@@ -361,6 +373,7 @@ impl<B: Backend> Tandem<B> {
             },
             steps: Vec::new(),
             writer: WriterPolicy::default(),
+            lock_timeout: Duration::from_millis(100),
             label: std::env::args()
                 .next()
                 .and_then(|a| a.rsplit('/').next().map(str::to_owned))
@@ -414,6 +427,14 @@ impl<B: Backend> Tandem<B> {
         let _read = self.inner.lock.read();
         let version = self.served_live()?;
         self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)))
+    }
+
+    /// Sets the phase lock timeout inside the current transaction.
+    pub(crate) fn ddl_preamble(&self, conn: &mut B::Connection) -> Result<()> {
+        if let Some(sql) = B::lock_timeout_sql(self.inner.lock_timeout) {
+            B::execute(conn, &sql, &[])?;
+        }
+        Ok(())
     }
 
     /// A write transaction behind this process's write gate (where the

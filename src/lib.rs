@@ -144,7 +144,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 // `include_catalog!` names `::tandem`, which must resolve inside this crate too.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 extern crate self as tandem;
 
 pub mod build;
@@ -156,7 +156,7 @@ mod version;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod backend;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod demo;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod dispatch;

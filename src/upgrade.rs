@@ -406,6 +406,50 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
     }
 
+    /// A phase transaction: under a short `lock_timeout` where the backend
+    /// has one, and retried with backoff and jitter while it hits lock
+    /// conflicts. A phase thus gives way to application calls instead of
+    /// making them queue behind it, and gives up its locks long before
+    /// PostgreSQL's deadlock detector could pick a call as the victim.
+    fn phase_tx(
+        &self,
+        conn: &mut B::Connection,
+        body: impl Fn(&mut B::Connection) -> Result<()>,
+    ) -> Result<()> {
+        let attempts = self.db.inner.writer.attempts.max(1);
+        let mut backoff = Duration::from_millis(5);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.db.write_transaction(conn, |c| {
+                self.db.ddl_preamble(c)?;
+                body(c)
+            });
+            match result {
+                Err(Error::PhaseFailed { ref source, .. })
+                    if B::is_transient(source) && attempt < attempts =>
+                {
+                    tracing::debug!(attempt, error = %source, "phase hit a lock conflict; retrying");
+                    thread::sleep(backoff + jitter(backoff));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(Error::PhaseFailed {
+                    version,
+                    phase,
+                    source,
+                }) if B::is_transient(&source) => {
+                    return Err(Error::PhaseContended {
+                        version,
+                        phase,
+                        attempts,
+                        source,
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Appends the history row of a phase that is `applied` (finished now)
     /// or `running`, inside the phase's transaction.
     fn journal(
@@ -503,13 +547,13 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         if !resumed {
             self.step("expand: before SQL")?;
             let now = meta::now_ms();
-            let applied = self.db.write_transaction(conn, |c| -> Result<()> {
+            let applied = self.phase_tx(conn, |c| {
                 self.recheck(c, &state)?;
                 run_sql(c, &sql, target, Phase::Expand)?;
                 self.step("expand: SQL run, before commit")?;
                 self.journal(c, target, Phase::Expand, &checksum, now, meta::RUNNING)
             });
-            if let Err(e @ Error::PhaseFailed { .. }) = &applied {
+            if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &applied {
                 self.journal_failure(conn, target, Phase::Expand, &checksum, now, e);
             }
             applied?;
@@ -668,6 +712,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             let held_from = Instant::now();
             let now = meta::now_ms();
             let result = self.db.write_transaction(conn, |c| -> Result<()> {
+                self.db.ddl_preamble(c)?;
                 self.recheck(c, &state)?;
                 if let Some(sql) = &sql {
                     run_sql(c, sql, owner_version, phase)?;
@@ -691,6 +736,21 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                     tracing::debug!(attempt = report.attempts, error = %source, "switch hit a lock conflict; retrying");
                     thread::sleep(backoff + jitter(backoff));
                     backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(Error::PhaseFailed {
+                    version,
+                    phase,
+                    source,
+                }) if B::is_transient(&source) => {
+                    drop(guard);
+                    let e = Error::PhaseContended {
+                        version,
+                        phase,
+                        attempts: report.attempts,
+                        source,
+                    };
+                    self.journal_failure(conn, owner_version, phase, &checksum, now, &e);
+                    return Err(e);
                 }
                 Err(e) => {
                     // If the commit reached the database before the error (a lost
@@ -755,14 +815,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let meta = &self.db.inner.meta;
         self.step("contract: before SQL")?;
         let now = meta::now_ms();
-        let result = self.db.write_transaction(conn, |c| -> Result<()> {
+        let result = self.phase_tx(conn, |c| {
             self.recheck(c, &state)?;
             if let Some(sql) = &sql {
-                c.batch_execute(sql).map_err(|source| Error::PhaseFailed {
-                    version,
-                    phase: Phase::Contract,
-                    source,
-                })?;
+                run_sql(c, sql, version, Phase::Contract)?;
             }
             self.step("contract: SQL run, before commit")?;
             meta.transition::<B>(
@@ -774,7 +830,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             )?;
             self.journal(c, version, Phase::Contract, &checksum, now, meta::APPLIED)
         });
-        if let Err(e @ Error::PhaseFailed { .. }) = &result {
+        if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &result {
             self.journal_failure(conn, version, Phase::Contract, &checksum, now, e);
         }
         result?;

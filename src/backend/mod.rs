@@ -120,6 +120,11 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
         F: FnOnce(&mut Self::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>;
 
+    /// SQL that bounds, for the rest of the current transaction, how long a
+    /// statement waits for a lock; `None` where waits are bounded otherwise
+    /// (SQLite's `busy_timeout`).
+    fn lock_timeout_sql(timeout: Duration) -> Option<String>;
+
     /// Whether an error is a passing lock conflict worth retrying
     /// (SQLite busy, PostgreSQL lock timeout or deadlock).
     fn is_transient(error: &diesel::result::Error) -> bool;

@@ -1,5 +1,7 @@
 //! PostgreSQL: dialect and primitives.
 
+use std::time::Duration;
+
 use diesel::r2d2::{ConnectionManager, CustomizeConnection};
 use diesel::result::QueryResult;
 use diesel::{Connection, PgConnection, RunQueryDsl};
@@ -35,6 +37,13 @@ impl Backend for Postgres {
         E: From<diesel::result::Error>,
     {
         conn.transaction(f)
+    }
+
+    fn lock_timeout_sql(timeout: Duration) -> Option<String> {
+        Some(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            timeout.as_millis().max(1)
+        ))
     }
 
     fn is_transient(error: &diesel::result::Error) -> bool {

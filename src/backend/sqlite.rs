@@ -67,6 +67,10 @@ impl Backend for Sqlite {
         conn.immediate_transaction(f)
     }
 
+    fn lock_timeout_sql(_timeout: Duration) -> Option<String> {
+        None
+    }
+
     fn is_transient(error: &diesel::result::Error) -> bool {
         message_is_transient(
             error,

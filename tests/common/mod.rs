@@ -10,6 +10,9 @@ use diesel::prelude::*;
 use tandem::{Catalog, Repository, Sqlite, Tandem};
 use tempfile::TempDir;
 
+#[cfg(feature = "postgres")]
+pub mod pg;
+
 pub mod v1 {
     diesel::table! { accounts (id) { id -> BigInt, name -> Text, email -> Text, } }
 }

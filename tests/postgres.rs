@@ -1,0 +1,300 @@
+//! The core on a real PostgreSQL server: open, dispatch, the upgrade phases,
+//! threads through a switch, and bad input.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use common::pg::PgDb;
+use diesel::prelude::*;
+use tandem::{Error, Postgres, Repository, StatePhase, Tandem};
+
+mod v1 {
+    diesel::table! { accounts (id) { id -> BigInt, name -> Text, email -> Text, } }
+}
+mod v2 {
+    diesel::table! { accounts (id) { id -> BigInt, name -> Text, } }
+    diesel::table! { account_emails (account_id) { account_id -> BigInt, email -> Text, } }
+}
+diesel::table! { tandem_state (id) { id -> BigInt, version -> BigInt, } }
+
+pub trait Accounts: Send + Sync {
+    fn version(&self) -> u32;
+    fn create(&self, conn: &mut PgConnection, name: &str, email: &str) -> tandem::Result<i64>;
+    fn email(&self, conn: &mut PgConnection, id: i64) -> tandem::Result<Option<String>>;
+    fn set_email(&self, conn: &mut PgConnection, id: i64, email: &str) -> tandem::Result<()>;
+}
+
+struct AccountsV1;
+impl Accounts for AccountsV1 {
+    fn version(&self) -> u32 {
+        1
+    }
+    fn create(&self, conn: &mut PgConnection, name: &str, email: &str) -> tandem::Result<i64> {
+        use v1::accounts::dsl;
+        Ok(diesel::insert_into(dsl::accounts)
+            .values((dsl::name.eq(name), dsl::email.eq(email)))
+            .returning(dsl::id)
+            .get_result(conn)?)
+    }
+    fn email(&self, conn: &mut PgConnection, id: i64) -> tandem::Result<Option<String>> {
+        use v1::accounts::dsl;
+        Ok(dsl::accounts
+            .find(id)
+            .select(dsl::email)
+            .first(conn)
+            .optional()?)
+    }
+    fn set_email(&self, conn: &mut PgConnection, id: i64, email: &str) -> tandem::Result<()> {
+        use v1::accounts::dsl;
+        diesel::update(dsl::accounts.find(id))
+            .set(dsl::email.eq(email))
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
+struct AccountsV2;
+impl Accounts for AccountsV2 {
+    fn version(&self) -> u32 {
+        2
+    }
+    fn create(&self, conn: &mut PgConnection, name: &str, email: &str) -> tandem::Result<i64> {
+        use v2::{account_emails as e, accounts as a};
+        Ok(conn.transaction(|conn| {
+            let id: i64 = diesel::insert_into(a::table)
+                .values(a::name.eq(name))
+                .returning(a::id)
+                .get_result(conn)?;
+            diesel::insert_into(e::table)
+                .values((e::account_id.eq(id), e::email.eq(email)))
+                .execute(conn)?;
+            QueryResult::Ok(id)
+        })?)
+    }
+    fn email(&self, conn: &mut PgConnection, id: i64) -> tandem::Result<Option<String>> {
+        use v2::account_emails::dsl;
+        Ok(dsl::account_emails
+            .find(id)
+            .select(dsl::email)
+            .first(conn)
+            .optional()?)
+    }
+    fn set_email(&self, conn: &mut PgConnection, id: i64, email: &str) -> tandem::Result<()> {
+        use v2::account_emails::dsl;
+        diesel::insert_into(dsl::account_emails)
+            .values((dsl::account_id.eq(id), dsl::email.eq(email)))
+            .on_conflict(dsl::account_id)
+            .do_update()
+            .set(dsl::email.eq(email))
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
+fn accounts() -> Repository<dyn Accounts> {
+    Repository::<dyn Accounts>::builder("accounts")
+        .binding(1, Arc::new(AccountsV1))
+        .binding(2, Arc::new(AccountsV2))
+        .build()
+        .unwrap()
+}
+
+fn db_version(conn: &mut PgConnection) -> i64 {
+    tandem_state::table
+        .select(tandem_state::version)
+        .first(conn)
+        .unwrap()
+}
+
+fn open(pg: &PgDb) -> Tandem<Postgres> {
+    Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+        .serves(1..=2)
+        .pool_size(12)
+        .backfill(2, "copy emails", tandem::demo::backfill_emails)
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn upgrade_cycle_with_backfill_and_switch_back() {
+    let Some(pg) = PgDb::new("upgrade_cycle_with_backfill_and_switch_back") else {
+        return;
+    };
+    let db = open(&pg);
+    let repo = accounts();
+    let ids: Vec<i64> = db
+        .unit_of_work(|s| -> tandem::Result<Vec<i64>> {
+            let r = s.repo(&repo)?;
+            (0..2500)
+                .map(|i| r.create(s.conn(), &format!("n{i}"), &format!("e{i}@x")))
+                .collect()
+        })
+        .unwrap();
+    let up = db.upgrader();
+    let expand = up.expand().unwrap();
+    assert_eq!(expand.batches, 3);
+    up.switch().unwrap();
+    assert_eq!(
+        db.call(&repo, |r, s| Ok::<_, Error>((
+            r.version(),
+            db_version(s.conn())
+        )))
+        .unwrap(),
+        (2, 2)
+    );
+    let new = db
+        .unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "new", "new@x"))
+        .unwrap();
+    up.switch_back().unwrap();
+    // The v1 binding reads what v2 wrote (sync triggers).
+    assert_eq!(
+        db.call(&repo, |r, s| Ok::<_, Error>((
+            r.version(),
+            r.email(s.conn(), new)?
+        )))
+        .unwrap(),
+        (1, Some("new@x".to_owned()))
+    );
+    db.call(&repo, |r, s| r.set_email(s.conn(), ids[0], "changed@x"))
+        .unwrap();
+    up.switch().unwrap();
+    up.contract().unwrap();
+    let state = db.state().unwrap();
+    assert_eq!((state.version.get(), state.phase), (2, StatePhase::Stable));
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), ids[0]))
+            .unwrap()
+            .as_deref(),
+        Some("changed@x")
+    );
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), ids[2499]))
+            .unwrap()
+            .as_deref(),
+        Some("e2499@x")
+    );
+    let history: Vec<String> = db
+        .history()
+        .unwrap()
+        .into_iter()
+        .map(|h| format!("{}:{}:{}", h.version, h.phase, h.outcome))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "1:expand:applied",
+            "2:expand:applied",
+            "2:switch:applied",
+            "2:switch_back:applied",
+            "2:switch:applied",
+            "2:contract:applied"
+        ]
+    );
+}
+
+#[test]
+fn threads_through_a_switch_lose_nothing() {
+    let Some(pg) = PgDb::new("threads_through_a_switch_lose_nothing") else {
+        return;
+    };
+    let db = open(&pg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(9));
+    let workers: Vec<_> = (0..8)
+        .map(|n| {
+            let (db, stop, start) = (db.clone(), stop.clone(), start.clone());
+            thread::spawn(move || {
+                let repo = accounts();
+                let mut acknowledged = BTreeMap::new();
+                let mut calls = Vec::new();
+                start.wait();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let email = format!("t{n}-{i}@x");
+                    let r = db.unit_of_work(|s| {
+                        let before = db_version(s.conn());
+                        let r = s.repo(&repo)?;
+                        let id = r.create(s.conn(), "t", &email)?;
+                        Ok::<_, Error>((r.version(), before, db_version(s.conn()), id))
+                    });
+                    let (v, before, after, id) = r.unwrap();
+                    calls.push((v, before, after));
+                    acknowledged.insert(id, email);
+                }
+                (calls, acknowledged)
+            })
+        })
+        .collect();
+    start.wait();
+    thread::sleep(Duration::from_millis(200));
+    db.upgrader().upgrade_to(2).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let repo = accounts();
+    let mut versions = std::collections::BTreeSet::new();
+    for w in workers {
+        let (calls, acknowledged) = w.join().unwrap();
+        for (v, before, after) in calls {
+            assert_eq!(
+                (i64::from(v), i64::from(v)),
+                (before, after),
+                "a call ran a binding other than the live version"
+            );
+            versions.insert(v);
+        }
+        for (id, email) in acknowledged {
+            assert_eq!(
+                db.call(&repo, |r, s| r.email(s.conn(), id)).unwrap(),
+                Some(email)
+            );
+        }
+    }
+    assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 2]);
+}
+
+#[test]
+fn bad_input_on_postgres() {
+    let Some(pg) = PgDb::new("bad_input_on_postgres") else {
+        return;
+    };
+    // Invalid prefix: refused before any table is created.
+    let err = Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+        .prefix("x; DROP TABLE y")
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidPrefix { .. }), "{err:?}");
+    let db = open(&pg);
+    // Contract before switch.
+    db.upgrader().expand().unwrap();
+    let err = db.upgrader().contract().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PhaseOutOfOrder {
+                attempted: tandem::Phase::Contract,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(db.state().unwrap().phase, StatePhase::Expanded);
+
+    // Unreachable server: a clear error without the password.
+    let url = "postgres://someone:sup3rsecret@127.0.0.1:1/nowhere";
+    let err = Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
+        .connection_timeout(Duration::from_millis(300))
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("sup3rsecret"), "password leaked: {shown}");
+        assert!(shown.contains("someone:***@127.0.0.1:1"), "{shown}");
+    }
+}
