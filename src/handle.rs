@@ -3,9 +3,9 @@
 
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
@@ -14,7 +14,7 @@ use crate::catalog::{sha256_hex, Catalog};
 use crate::dispatch::{Repository, Session};
 use crate::error::{redact, Error, Result};
 use crate::lock::{SchemaLock, WriterPolicy};
-use crate::meta::{self, HistoryEntry, Meta, Prefix, State};
+use crate::meta::{self, HistoryEntry, Instance, Meta, Prefix, State};
 use crate::upgrade::{Step, Upgrader};
 use crate::version::{Phase, Version};
 
@@ -66,6 +66,40 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) writer: WriterPolicy,
     pub(crate) lock_timeout: Duration,
     pub(crate) target: String,
+    /// Whether calls may take the steady path (see `fleet`).
+    pub(crate) steady: AtomicBool,
+    /// This instance's fleet row as registered.
+    pub(crate) me: Instance,
+    pub(crate) poll_interval: Duration,
+    pub(crate) lease: Duration,
+    /// When the lease, last renewed, stops counting as fresh.
+    pub(crate) lease_deadline: parking_lot::Mutex<Option<Instant>>,
+    pub(crate) fleet_paused: AtomicBool,
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) poller: parking_lot::Mutex<Option<std::thread::Thread>>,
+    /// The database schema lock's advisory key.
+    pub(crate) lock_key: i64,
+}
+
+impl<B: Backend> Drop for Inner<B> {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        if let Some(poller) = self.poller.lock().take() {
+            poller.unpark();
+        }
+        // Leave the fleet cleanly; if the database is unreachable the row
+        // expires with its lease.
+        match self.pool.get_timeout(Duration::from_secs(2)) {
+            Ok(mut conn) => {
+                if let Err(e) = self.meta.deregister::<B>(&mut conn, &self.me.id) {
+                    tracing::warn!(error = %e, "could not leave the fleet table; the row expires with its lease");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not leave the fleet table; the row expires with its lease")
+            }
+        }
+    }
 }
 
 /// Configures and opens a [`Tandem`]. Made by [`Tandem::builder`].
@@ -80,6 +114,8 @@ pub struct Builder<B: Backend> {
     writer: WriterPolicy,
     lock_timeout: Duration,
     label: String,
+    poll_interval: Duration,
+    lease: Option<Duration>,
 }
 
 impl<B: Backend> fmt::Debug for Builder<B> {
@@ -149,6 +185,24 @@ impl<B: Backend> Builder<B> {
     /// under PostgreSQL's `deadlock_timeout` (1 s). Defaults to 100 ms.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
+        self
+    }
+
+    /// How often the background poller reads the state row and renews this
+    /// instance's lease. Defaults to 200 ms. The fleet acknowledges a change
+    /// of mode within about one interval.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(5));
+        self
+    }
+
+    /// How long this instance's fleet lease lasts unless renewed: an
+    /// instance that cannot renew it (database unreachable, process paused)
+    /// leaves the steady path by itself after three quarters of it, and an
+    /// upgrader waits at most this long for a dead instance. Defaults to ten
+    /// poll intervals.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
         self
     }
 
@@ -243,10 +297,26 @@ impl<B: Backend> Builder<B> {
             message: redact(&e.to_string()),
         })?;
 
-        let instance = instance_id(&self.label);
+        let (instance, host) = instance_id(&self.label);
         let meta = Meta::new(&prefix);
         let mut conn = pool.get().map_err(|e| pool_error(&e))?;
         let live = initialize::<B>(&mut *conn, &meta, &self.catalog, baseline, &instance)?;
+        drop(conn);
+        let lease = self
+            .lease
+            .unwrap_or(self.poll_interval * 10)
+            .max(self.poll_interval * 2);
+        let me = Instance {
+            id: instance.clone(),
+            host,
+            pid: i64::from(std::process::id()),
+            label: self.label.clone(),
+            first,
+            last,
+            observed_epoch: 0,
+            lease_until_ms: 0,
+        };
+        let lock_key = meta.lock_keys().0;
         let inner = Inner {
             pool,
             meta,
@@ -261,11 +331,22 @@ impl<B: Backend> Builder<B> {
             writer: self.writer,
             lock_timeout: self.lock_timeout,
             target,
+            steady: AtomicBool::new(false),
+            me,
+            poll_interval: self.poll_interval,
+            lease,
+            lease_deadline: parking_lot::Mutex::new(None),
+            fleet_paused: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            poller: parking_lot::Mutex::new(None),
+            lock_key,
         };
         let db = Tandem {
             inner: Arc::new(inner),
         };
-        db.verify_checksums(&mut *conn)?;
+        db.verify_checksums(&mut *db.connection()?)?;
+        db.join_fleet()?;
+        *db.inner.poller.lock() = Some(crate::fleet::spawn_poller(&db.inner)?);
         tracing::info!(database = %db.inner.target, live = %live, serves = ?(first, last), "tandem opened");
         Ok(db)
     }
@@ -374,6 +455,8 @@ impl<B: Backend> Tandem<B> {
             steps: Vec::new(),
             writer: WriterPolicy::default(),
             lock_timeout: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(200),
+            lease: None,
             label: std::env::args()
                 .next()
                 .and_then(|a| a.rsplit('/').next().map(str::to_owned))
@@ -399,10 +482,41 @@ impl<B: Backend> Tandem<B> {
         E: From<Error>,
     {
         let mut conn = self.connection()?;
-        let _read = self.inner.lock.read();
-        let version = self.served_live()?;
-        let binding = repository.get(version)?;
-        f(binding, &mut Session::new(&mut *conn, version))
+        let read = self.inner.lock.read();
+        if self.inner.steady.load(Ordering::Acquire) {
+            let version = self.served_live()?;
+            let binding = repository.get(version)?;
+            return f(binding, &mut Session::new(&mut *conn, version));
+        }
+        drop(read);
+        self.call_locking(&mut *conn, repository, f)
+    }
+
+    /// The locking path of [`call`](Tandem::call): the call runs in its own
+    /// transaction, which takes the database's shared schema lock and reads
+    /// the live version first.
+    #[cold]
+    fn call_locking<R, T, E, F>(
+        &self,
+        conn: &mut B::Connection,
+        repository: &Repository<R>,
+        f: F,
+    ) -> Result<T, E>
+    where
+        R: ?Sized,
+        F: FnOnce(&R, &mut Session<'_, B>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let result: Result<T, Locked<E>> = self.write_transaction(conn, |c| {
+            let version = self.enter_shared(c).map_err(Locked::Tandem)?;
+            let binding = repository.get(version).map_err(Locked::Tandem)?;
+            f(binding, &mut Session::new(c, version)).map_err(Locked::App)
+        });
+        result.map_err(|e| match e {
+            Locked::App(e) => e,
+            Locked::Tandem(e) => E::from(e),
+            Locked::Db(e) => E::from(Error::Query(e)),
+        })
     }
 
     /// Runs a unit of work: several repository calls in one write
@@ -424,17 +538,16 @@ impl<B: Backend> Tandem<B> {
         E: From<Error> + From<diesel::result::Error>,
     {
         let mut conn = self.connection()?;
-        let _read = self.inner.lock.read();
-        let version = self.served_live()?;
-        self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)))
-    }
-
-    /// Sets the phase lock timeout inside the current transaction.
-    pub(crate) fn ddl_preamble(&self, conn: &mut B::Connection) -> Result<()> {
-        if let Some(sql) = B::lock_timeout_sql(self.inner.lock_timeout) {
-            B::execute(conn, &sql, &[])?;
+        let read = self.inner.lock.read();
+        if self.inner.steady.load(Ordering::Acquire) {
+            let version = self.served_live()?;
+            return self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
         }
-        Ok(())
+        drop(read);
+        self.write_transaction(&mut conn, |c| {
+            let version = self.enter_shared(c)?;
+            f(&mut Session::new(c, version))
+        })
     }
 
     /// A write transaction behind this process's write gate (where the
@@ -446,6 +559,33 @@ impl<B: Backend> Tandem<B> {
     {
         let _gate = B::QUEUE_WRITERS.then(|| self.inner.write_gate.lock());
         B::write_transaction(conn, f)
+    }
+
+    /// Sets the phase lock timeout inside the current transaction.
+    pub(crate) fn ddl_preamble(&self, conn: &mut B::Connection) -> Result<()> {
+        if let Some(sql) = B::lock_timeout_sql(self.inner.lock_timeout) {
+            B::execute(conn, &sql, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Locking path: the database's shared schema lock and the live version,
+    /// inside the current transaction. Its duration counts as lock wait.
+    fn enter_shared(&self, conn: &mut B::Connection) -> Result<Version> {
+        let inner = &self.inner;
+        let start = Instant::now();
+        let raw = B::enter_shared(
+            conn,
+            inner.meta.prefix(),
+            inner.meta.state_table(),
+            inner.lock_key,
+        )?;
+        inner.lock.record_wait(start.elapsed());
+        let live = u32::try_from(raw).unwrap_or(0);
+        match Version::new(live) {
+            Some(v) if v >= inner.first && v <= inner.last => Ok(v),
+            _ => Err(self.not_served(live)),
+        }
     }
 
     #[inline]
@@ -523,33 +663,15 @@ impl<B: Backend> Tandem<B> {
         self.inner.meta.history::<B>(&mut *conn)
     }
 
-    /// Rereads the live version from the database (after another process
-    /// changed it) and adopts it under the schema write lock.
+    /// Reads the state row now and adopts it (as the background poller does
+    /// every poll interval), renewing this instance's lease.
     ///
     /// # Errors
     ///
-    /// [`Error::LockTimeout`] if the write lock cannot be had, or a database error.
+    /// [`Error::LockTimeout`] if steady calls in flight did not drain in
+    /// time, or a database error.
     pub fn refresh(&self) -> Result<State> {
-        let mut conn = self.connection()?;
-        let live = self.live_version();
-        let _write = self
-            .inner
-            .lock
-            .write(&self.inner.writer)
-            .map_err(|g| Error::LockTimeout {
-                version: live,
-                live,
-                attempts: g.attempts,
-                waited: g.waited,
-            })?;
-        let state = self
-            .inner
-            .meta
-            .read_state::<B>(&mut *conn, meta::now_ms())?;
-        self.inner
-            .live
-            .store(state.version.get(), Ordering::Release);
-        Ok(state)
+        self.poll_once()
     }
 
     /// The upgrader, which runs expand, switch and contract through this
@@ -608,14 +730,28 @@ impl<B: Backend> Tandem<B> {
     }
 }
 
+/// The error of a locking-path call: the application's, tandem's, or the
+/// transaction's own.
+enum Locked<E> {
+    App(E),
+    Tandem(Error),
+    Db(diesel::result::Error),
+}
+
+impl<E> From<diesel::result::Error> for Locked<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        Locked::Db(e)
+    }
+}
+
 pub(crate) fn pool_error(e: &r2d2::Error) -> Error {
     Error::Pool {
         message: redact(&e.to_string()),
     }
 }
 
-/// `host:pid:label:nonce`, unique per handle.
-fn instance_id(label: &str) -> String {
+/// (`host:pid:label:nonce`, host), unique per handle.
+fn instance_id(label: &str) -> (String, String) {
     use std::hash::{BuildHasher, Hasher};
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -630,5 +766,8 @@ fn instance_id(label: &str) -> String {
             .map_or(0, |d| d.as_nanos()),
     );
     let nonce = hasher.finish() & 0xffff_ffff;
-    format!("{host}:{}:{label}:{nonce:08x}", std::process::id())
+    (
+        format!("{host}:{}:{label}:{nonce:08x}", std::process::id()),
+        host,
+    )
 }

@@ -161,6 +161,8 @@ pub mod demo;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod dispatch;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod fleet;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod handle;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod lock;
@@ -188,7 +190,7 @@ pub use handle::{Builder, Conn, Tandem};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use lock::WriterPolicy;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use meta::{HistoryEntry, Mode, Prefix, State, StatePhase};
+pub use meta::{HistoryEntry, Instance, Mode, Prefix, State, StatePhase};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use upgrade::{PhaseReport, Upgrader};
 

@@ -144,6 +144,12 @@ impl SchemaLock {
         })
     }
 
+    /// Records a wait for the database side of the lock (locking path).
+    pub(crate) fn record_wait(&self, waited: Duration) {
+        let waited = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.max_read_wait_ns.fetch_max(waited, Ordering::Relaxed);
+    }
+
     /// The longest any reader waited for the read side, since the last reset.
     pub(crate) fn max_read_wait(&self) -> Duration {
         Duration::from_nanos(self.max_read_wait_ns.load(Ordering::Relaxed))

@@ -173,6 +173,63 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
 }
 
+/// One live instance, as its fleet row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Instance {
+    /// The instance id (host:pid:label:nonce).
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: i64,
+    /// The label given with `Builder::label`.
+    pub label: String,
+    /// The oldest version its binary serves.
+    pub first: Version,
+    /// The newest version its binary serves.
+    pub last: Version,
+    /// The last state epoch it acknowledged.
+    pub observed_epoch: i64,
+    /// When its lease expires (ms since the Unix epoch), unless renewed.
+    pub lease_until_ms: i64,
+}
+
+impl Instance {
+    /// Whether its binary has bindings for `version`.
+    pub fn serves(&self, version: Version) -> bool {
+        self.first <= version && version <= self.last
+    }
+
+    /// `label (host, pid 123, serves 1..=2)`, for error messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, pid {}, serves {}..={})",
+            self.label, self.host, self.pid, self.first, self.last
+        )
+    }
+}
+
+#[derive(QueryableByName)]
+struct FleetRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    host: String,
+    #[diesel(sql_type = BigInt)]
+    pid: i64,
+    #[diesel(sql_type = Text)]
+    label: String,
+    #[diesel(sql_type = BigInt)]
+    min_version: i64,
+    #[diesel(sql_type = BigInt)]
+    max_version: i64,
+    #[diesel(sql_type = BigInt)]
+    observed_epoch: i64,
+    #[diesel(sql_type = BigInt)]
+    lease_until: i64,
+}
+
 #[derive(QueryableByName)]
 pub(crate) struct CountRow {
     #[diesel(sql_type = BigInt)]
@@ -239,6 +296,7 @@ pub(crate) const BASELINE: &str = "baseline";
 /// The metadata tables of one prefix, and the SQL that reads and writes them.
 #[derive(Debug, Clone)]
 pub(crate) struct Meta {
+    prefix: String,
     state: String,
     history: String,
     fleet: String,
@@ -247,6 +305,7 @@ pub(crate) struct Meta {
 impl Meta {
     pub(crate) fn new(prefix: &Prefix) -> Meta {
         Meta {
+            prefix: prefix.as_str().to_owned(),
             state: format!("{prefix}state"),
             history: format!("{prefix}history"),
             fleet: format!("{prefix}fleet"),
@@ -255,6 +314,28 @@ impl Meta {
 
     pub(crate) fn state_table(&self) -> &str {
         &self.state
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The advisory lock keys of this prefix: (schema lock, upgrader lock).
+    /// FNV-1a of a fixed text and the prefix, so two prefixes in one
+    /// database never share a key.
+    pub(crate) fn lock_keys(&self) -> (i64, i64) {
+        let fnv = |text: &str| {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in text.bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            i64::from_ne_bytes(hash.to_ne_bytes())
+        };
+        (
+            fnv(&format!("tandem schema lock {}", self.prefix)),
+            fnv(&format!("tandem upgrader {}", self.prefix)),
+        )
     }
 
     fn corrupt(&self, table: &str, detail: impl Into<String>) -> Error {
@@ -306,7 +387,10 @@ impl Meta {
                 self.fleet
             ),
         ];
-        for sql in &statements {
+        for sql in statements
+            .iter()
+            .chain(&B::metadata_extras(&self.prefix, &self.state))
+        {
             B::execute(conn, sql, &[])?;
         }
         B::execute(
@@ -549,9 +633,139 @@ impl Meta {
             .collect()
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn fleet_table(&self) -> &str {
-        &self.fleet
+    /// Inserts or replaces this instance's fleet row.
+    pub(crate) fn register<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        me: &Instance,
+        now: i64,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!("DELETE FROM {} WHERE id = $1", self.fleet),
+            &[Bind::Text(&me.id)],
+        )?;
+        B::execute(
+            conn,
+            &format!(
+                "INSERT INTO {} (id, host, pid, label, min_version, max_version, observed_epoch, lease_until, started_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                self.fleet
+            ),
+            &[
+                Bind::Text(&me.id),
+                Bind::Text(&me.host),
+                Bind::I64(me.pid),
+                Bind::Text(&me.label),
+                Bind::I64(me.first.as_i64()),
+                Bind::I64(me.last.as_i64()),
+                Bind::I64(me.observed_epoch),
+                Bind::I64(me.lease_until_ms),
+                Bind::I64(now),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Renews this instance's lease and records the epoch it acted on.
+    /// Returns false if the row is gone (expired and removed).
+    pub(crate) fn renew<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+        epoch: i64,
+        until: i64,
+    ) -> Result<bool> {
+        let n = B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET observed_epoch = $1, lease_until = $2 WHERE id = $3",
+                self.fleet
+            ),
+            &[Bind::I64(epoch), Bind::I64(until), Bind::Text(id)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Removes this instance's fleet row (clean shutdown).
+    pub(crate) fn deregister<B: Backend>(&self, conn: &mut B::Connection, id: &str) -> Result<()> {
+        B::execute(
+            conn,
+            &format!("DELETE FROM {} WHERE id = $1", self.fleet),
+            &[Bind::Text(id)],
+        )?;
+        Ok(())
+    }
+
+    /// Instances whose lease has not expired at `now`. Expired rows are
+    /// removed on the way (a dead instance leaves with its lease).
+    pub(crate) fn live_instances<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        now: i64,
+    ) -> Result<Vec<Instance>> {
+        B::execute(
+            conn,
+            &format!("DELETE FROM {} WHERE lease_until <= $1", self.fleet),
+            &[Bind::I64(now)],
+        )?;
+        let rows: Vec<FleetRow> = B::load(
+            conn,
+            &format!(
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until \
+                 FROM {} WHERE lease_until > $1 ORDER BY id",
+                self.fleet
+            ),
+            &[Bind::I64(now)],
+        )?;
+        rows.into_iter()
+            .map(|r| {
+                let bad = |v: i64| {
+                    self.corrupt(
+                        &self.fleet,
+                        format!(
+                            "instance {}: version {v} is not a positive version number",
+                            r.id
+                        ),
+                    )
+                };
+                let first = Version::from_i64(r.min_version).ok_or_else(|| bad(r.min_version))?;
+                let last = Version::from_i64(r.max_version).ok_or_else(|| bad(r.max_version))?;
+                Ok(Instance {
+                    id: r.id,
+                    host: r.host,
+                    pid: r.pid,
+                    label: r.label,
+                    first,
+                    last,
+                    observed_epoch: r.observed_epoch,
+                    lease_until_ms: r.lease_until,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the mode (bumping the epoch); requires the upgrade lease.
+    /// Returns the new epoch.
+    pub(crate) fn set_mode<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        mode: Mode,
+        owner: &str,
+        now: i64,
+    ) -> Result<i64> {
+        let n = B::execute(
+            conn,
+            &format!("UPDATE {} SET mode = $1, epoch = epoch + 1, updated_at = $2 WHERE id = 1 AND owner = $3", self.state),
+            &[Bind::Text(mode.as_str()), Bind::I64(now), Bind::Text(owner)],
+        )?;
+        if n != 1 {
+            return Err(Error::UpgraderBusy {
+                holder: "another upgrader (our lease expired)".to_owned(),
+                expires_in_ms: 0,
+            });
+        }
+        Ok(self.read_state::<B>(conn, now)?.epoch)
     }
 }
 

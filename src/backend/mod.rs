@@ -120,6 +120,47 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
         F: FnOnce(&mut Self::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>;
 
+    /// Statements run once when the metadata tables are created, after them
+    /// (PostgreSQL: the function that takes the shared schema lock and reads
+    /// the version in one round trip).
+    fn metadata_extras(prefix: &str, state_table: &str) -> Vec<String>;
+
+    /// Inside a call's transaction on the locking path: takes the shared
+    /// side of the database schema lock `key` and returns the live version as
+    /// stored, read after the lock was granted. One round trip.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    fn enter_shared(
+        conn: &mut Self::Connection,
+        prefix: &str,
+        state_table: &str,
+        key: i64,
+    ) -> QueryResult<i64>;
+
+    /// Inside the switch's transaction: takes the exclusive side of the
+    /// database schema lock `key` if it is free, without queueing (queued
+    /// exclusive requests would stall every new reader behind them).
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    fn try_enter_exclusive(conn: &mut Self::Connection, key: i64) -> QueryResult<bool>;
+
+    /// Inside the switch's transaction: queues for the exclusive side for at
+    /// most `timeout` (the bounded escalation); on timeout the transaction
+    /// is aborted with a lock-timeout error and the readers behind it run.
+    ///
+    /// # Errors
+    ///
+    /// A lock-timeout error, or another database error.
+    fn enter_exclusive_within(
+        conn: &mut Self::Connection,
+        key: i64,
+        timeout: Duration,
+    ) -> QueryResult<()>;
+
     /// SQL that bounds, for the rest of the current transaction, how long a
     /// statement waits for a lock; `None` where waits are bounded otherwise
     /// (SQLite's `busy_timeout`).

@@ -39,6 +39,62 @@ impl Backend for Postgres {
         conn.transaction(f)
     }
 
+    fn metadata_extras(prefix: &str, state_table: &str) -> Vec<String> {
+        // Lock, then read in a second statement of a VOLATILE function: it
+        // takes a fresh snapshot after the lock is granted. (Lock and read in
+        // one plain statement would read the snapshot taken before the wait.)
+        vec![format!(
+            "CREATE OR REPLACE FUNCTION {prefix}enter(k BIGINT) RETURNS BIGINT LANGUAGE plpgsql VOLATILE AS $$ \
+             BEGIN PERFORM pg_advisory_xact_lock_shared(k); \
+             RETURN (SELECT version FROM {state_table} WHERE id = 1); END $$"
+        )]
+    }
+
+    /// `pg_advisory_xact_lock_shared`, released at commit: no session state
+    /// is left on the pooled connection (works behind a transaction pooler).
+    /// <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS>
+    fn enter_shared(
+        conn: &mut PgConnection,
+        prefix: &str,
+        _state_table: &str,
+        key: i64,
+    ) -> QueryResult<i64> {
+        let rows: Vec<crate::meta::CountRow> = Self::load(
+            conn,
+            &format!("SELECT {prefix}enter($1) AS n"),
+            &[Bind::I64(key)],
+        )?;
+        rows.first()
+            .map(|r| r.n)
+            .ok_or(diesel::result::Error::NotFound)
+    }
+
+    fn try_enter_exclusive(conn: &mut PgConnection, key: i64) -> QueryResult<bool> {
+        let rows: Vec<crate::meta::CountRow> = Self::load(
+            conn,
+            "SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END::BIGINT AS n",
+            &[Bind::I64(key)],
+        )?;
+        Ok(rows.first().is_some_and(|r| r.n == 1))
+    }
+
+    fn enter_exclusive_within(
+        conn: &mut PgConnection,
+        key: i64,
+        timeout: Duration,
+    ) -> QueryResult<()> {
+        Self::execute(
+            conn,
+            &format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                timeout.as_millis().max(1)
+            ),
+            &[],
+        )?;
+        Self::execute(conn, "SELECT pg_advisory_xact_lock($1)", &[Bind::I64(key)])?;
+        Ok(())
+    }
+
     fn lock_timeout_sql(timeout: Duration) -> Option<String> {
         Some(format!(
             "SET LOCAL lock_timeout = '{}ms'",

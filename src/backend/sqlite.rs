@@ -67,6 +67,43 @@ impl Backend for Sqlite {
         conn.immediate_transaction(f)
     }
 
+    fn metadata_extras(_prefix: &str, _state_table: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The call's transaction began with `BEGIN IMMEDIATE`: holding SQLite's
+    /// write lock excludes the switch, and the version read now stays true
+    /// until commit.
+    fn enter_shared(
+        conn: &mut SqliteConnection,
+        _prefix: &str,
+        state_table: &str,
+        _key: i64,
+    ) -> QueryResult<i64> {
+        let rows: Vec<crate::meta::CountRow> = Self::load(
+            conn,
+            &format!("SELECT version AS n FROM {state_table} WHERE id = 1"),
+            &[],
+        )?;
+        rows.first()
+            .map(|r| r.n)
+            .ok_or(diesel::result::Error::NotFound)
+    }
+
+    /// The switch's transaction began with `BEGIN IMMEDIATE`: it already
+    /// holds SQLite's only write lock.
+    fn try_enter_exclusive(_conn: &mut SqliteConnection, _key: i64) -> QueryResult<bool> {
+        Ok(true)
+    }
+
+    fn enter_exclusive_within(
+        _conn: &mut SqliteConnection,
+        _key: i64,
+        _timeout: Duration,
+    ) -> QueryResult<()> {
+        Ok(())
+    }
+
     fn lock_timeout_sql(_timeout: Duration) -> Option<String> {
         None
     }

@@ -1,0 +1,202 @@
+//! The fleet: every handle is an instance with a row in the fleet table and
+//! a lease, renewed by a light background poller that also reads the state
+//! row and adopts it.
+//!
+//! ## Steady and deploying
+//!
+//! An instance takes the steady path (an atomic load and the in-process read
+//! lock) only while it has adopted a *steady* state row and holds a fresh
+//! lease. Otherwise — deploying mode, a stale lease (database unreachable,
+//! process paused), or just started — calls take the locking path: inside
+//! the call's own transaction they take the database's shared schema lock and
+//! read the live version.
+//!
+//! Adopting a state row that changes the local mode or version happens under
+//! the in-process *write* lock, so steady calls in flight drain first; only
+//! then does the poller acknowledge the row's epoch in the fleet table. The
+//! upgrader waits for those acknowledgements (or for a lease to expire)
+//! before it switches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::handle::{Inner, Tandem};
+use crate::meta::{self, Instance, Mode, State};
+
+impl<B: Backend> Tandem<B> {
+    /// Registers this instance and adopts the state row (at open).
+    pub(crate) fn join_fleet(&self) -> Result<()> {
+        let inner = &self.inner;
+        let now = meta::now_ms();
+        let mut conn = self.connection()?;
+        let state = inner.meta.read_state::<B>(&mut conn, now)?;
+        let mut me = inner.me.clone();
+        me.observed_epoch = state.epoch;
+        me.lease_until_ms = now + millis(inner.lease);
+        let tick = Instant::now();
+        self.write_transaction(&mut conn, |c| inner.meta.register::<B>(c, &me, now))?;
+        drop(conn);
+        // Registered: the lease is fresh, so a steady state can be adopted at once.
+        self.set_lease_deadline(tick);
+        self.adopt(&state)
+    }
+
+    /// One poller tick: read the state row, adopt it, renew the lease with
+    /// the epoch acted on.
+    pub(crate) fn poll_once(&self) -> Result<State> {
+        let inner = &self.inner;
+        let tick = Instant::now();
+        let state = {
+            let mut conn = self.connection()?;
+            inner.meta.read_state::<B>(&mut conn, meta::now_ms())?
+        };
+        // No connection is held while waiting for the in-process write lock.
+        self.adopt(&state)?;
+        let mut conn = self.connection()?;
+        let now = meta::now_ms();
+        let until = now + millis(inner.lease);
+        let renewed = self.write_transaction(&mut conn, |c| {
+            inner.meta.renew::<B>(c, &inner.me.id, state.epoch, until)
+        })?;
+        if !renewed {
+            // Our row expired and was removed while we could not renew: join again.
+            tracing::warn!(instance = %inner.me.id, "fleet row was gone (lease expired); registering again");
+            let mut me = inner.me.clone();
+            me.observed_epoch = state.epoch;
+            me.lease_until_ms = until;
+            self.write_transaction(&mut conn, |c| inner.meta.register::<B>(c, &me, now))?;
+        }
+        self.set_lease_deadline(tick);
+        Ok(state)
+    }
+
+    /// Makes the local mode and cached version match `state`, draining steady
+    /// calls in flight (in-process write lock) when either changes.
+    fn adopt(&self, state: &State) -> Result<()> {
+        let inner = &self.inner;
+        let want_steady = state.mode == Mode::Steady && self.lease_fresh();
+        let same = inner.steady.load(Ordering::Acquire) == want_steady
+            && inner.live.load(Ordering::Acquire) == state.version.get();
+        if same {
+            return Ok(());
+        }
+        let live = self.live_version();
+        let _drained = inner
+            .lock
+            .write(&inner.writer)
+            .map_err(|g| Error::LockTimeout {
+                version: state.version,
+                live,
+                attempts: g.attempts,
+                waited: g.waited,
+            })?;
+        inner.live.store(state.version.get(), Ordering::Release);
+        inner.steady.store(want_steady, Ordering::Release);
+        tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
+        Ok(())
+    }
+
+    fn set_lease_deadline(&self, renewed_at: Instant) {
+        // A quarter of the lease is kept as margin against clock and scheduling slack.
+        let deadline = renewed_at + self.inner.lease - self.inner.lease / 4;
+        *self.inner.lease_deadline.lock() = Some(deadline);
+    }
+
+    fn lease_fresh(&self) -> bool {
+        self.inner
+            .lease_deadline
+            .lock()
+            .is_some_and(|d| Instant::now() < d)
+    }
+
+    /// Leaves the steady path if the lease went stale.
+    pub(crate) fn check_lease(&self) {
+        if !self.lease_fresh() && self.inner.steady.swap(false, Ordering::AcqRel) {
+            tracing::warn!(instance = %self.inner.me.id, "lease not renewed in time: calls take the locking path");
+        }
+    }
+
+    /// Live instances (expired ones are removed on the way).
+    ///
+    /// # Errors
+    ///
+    /// A database error, or [`Error::MetadataCorrupt`] for a fleet row with
+    /// an impossible version.
+    pub fn instances(&self) -> Result<Vec<Instance>> {
+        let mut conn = self.connection()?;
+        let now = meta::now_ms();
+        self.write_transaction(&mut conn, |c| self.inner.meta.live_instances::<B>(c, now))
+    }
+
+    /// Waits until every live instance other than this one has acknowledged
+    /// `epoch`, or until `timeout`; returns those that have not.
+    pub(crate) fn await_fleet(
+        &self,
+        conn: &mut B::Connection,
+        epoch: i64,
+        timeout: Duration,
+    ) -> Result<Vec<Instance>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = meta::now_ms();
+            let behind: Vec<Instance> = self
+                .write_transaction(conn, |c| self.inner.meta.live_instances::<B>(c, now))?
+                .into_iter()
+                .filter(|i| i.id != self.inner.me.id && i.observed_epoch < epoch)
+                .collect();
+            if behind.is_empty() || Instant::now() >= deadline {
+                return Ok(behind);
+            }
+            thread::sleep((self.inner.poll_interval / 4).max(Duration::from_millis(1)));
+        }
+    }
+
+    /// Whether calls of this instance currently take the steady path.
+    pub fn steady(&self) -> bool {
+        self.inner.steady.load(Ordering::Acquire)
+    }
+
+    /// Test hook: stop (or resume) renewing the lease, as a paused process or
+    /// an unreachable database would.
+    #[doc(hidden)]
+    pub fn pause_fleet(&self, paused: bool) {
+        self.inner.fleet_paused.store(paused, Ordering::Release);
+    }
+}
+
+/// Starts the poller of `inner`. It holds only a weak reference, so dropping
+/// the last handle stops it.
+pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::Thread> {
+    let weak: Weak<Inner<B>> = Arc::downgrade(inner);
+    let shutdown: Arc<AtomicBool> = Arc::clone(&inner.shutdown);
+    let interval = inner.poll_interval;
+    let handle = thread::Builder::new()
+        .name("tandem-poller".to_owned())
+        .spawn(move || loop {
+            thread::park_timeout(interval);
+            if shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            let db = Tandem { inner };
+            if !db.inner.fleet_paused.load(Ordering::Acquire) {
+                if let Err(e) = db.poll_once() {
+                    tracing::warn!(error = %e, "fleet poll failed");
+                }
+            }
+            db.check_lease();
+        })
+        .map_err(|e| Error::Connect {
+            target: inner.target.clone(),
+            message: format!("cannot start the fleet poller thread: {e}"),
+        })?;
+    Ok(handle.thread().clone())
+}
+
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
