@@ -272,6 +272,27 @@ pub enum Error {
         instances: Vec<String>,
     },
 
+    /// Live instances did not acknowledge a state change in time, so the
+    /// phase did not run (the database is unchanged).
+    #[error(
+        "{phase} of version {version} did not run: these live instances have not acknowledged state \
+         epoch {epoch} within {waited:?}: {}; they may still be using the previous version; wait for \
+         them (a stuck call, a paused process) or stop them, then rerun",
+        instances.join(", ")
+    )]
+    FleetNotAcknowledged {
+        /// The phase that did not run.
+        phase: Phase,
+        /// Its version.
+        version: Version,
+        /// The epoch they had to acknowledge.
+        epoch: i64,
+        /// How long the upgrader waited.
+        waited: Duration,
+        /// The instances behind (label, host, pid, served versions).
+        instances: Vec<String>,
+    },
+
     /// A phase's SQL failed; its transaction rolled back and the state row is
     /// unchanged.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -31,7 +31,8 @@ use diesel::connection::SimpleConnection;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::handle::Tandem;
-use crate::meta::{self, State, StatePhase};
+use crate::lock::WriterPolicy;
+use crate::meta::{self, Instance, Mode, State, StatePhase};
 use crate::version::{Phase, Version};
 
 /// A Rust step of a version's expand phase (see [`Builder::backfill`](crate::Builder::backfill)).
@@ -670,17 +671,32 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 version: owner_version,
             });
         }
-        // This instance must still be able to serve after the switch.
+        // Invariant 3: every live instance must be able to serve the version
+        // switched to (this one included).
+        let me = self.db.instance_id().to_owned();
+        let instances = self.db.write_transaction(conn, |c| {
+            self.db.inner.meta.live_instances::<B>(c, meta::now_ms())
+        })?;
         let served = self.db.served_versions();
+        let mut lacking: Vec<String> = instances
+            .iter()
+            .filter(|i| i.id != me && !i.serves(to.0))
+            .map(Instance::describe)
+            .collect();
         if served.contains(&state.version) && !served.contains(&to.0) {
-            return Err(Error::SwitchRefused {
-                version: to.0,
-                instances: vec![format!(
-                    "{} (this instance; serves {}..={})",
-                    self.db.instance_id(),
+            lacking.insert(
+                0,
+                format!(
+                    "{me} (this instance, serves {}..={})",
                     served.start(),
                     served.end()
-                )],
+                ),
+            );
+        }
+        if !lacking.is_empty() {
+            return Err(Error::SwitchRefused {
+                version: to.0,
+                instances: lacking,
             });
         }
 
@@ -691,43 +707,90 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let meta = &self.db.inner.meta;
         let policy = self.db.inner.writer;
         let mut report = PhaseReport::new(owner_version, phase);
+        // With other live instances, the fleet moves to the locking path first.
+        let mut deploying = state.mode == Mode::Deploying;
+        if deploying {
+            self.await_acknowledged(conn, state.epoch, owner_version, phase)?;
+        } else if instances.iter().any(|i| i.id != me) {
+            self.enter_deploying(conn, owner_version, phase)?;
+            deploying = true;
+        }
         let mut backoff = Duration::from_millis(5);
         loop {
             report.attempts += 1;
             self.renew_lease(conn)?;
             self.step("switch: before write lock")?;
-            let guard = self
-                .db
-                .inner
-                .lock
-                .write(&policy)
-                .map_err(|g| Error::LockTimeout {
-                    version: to.0,
-                    live: state.version,
-                    attempts: g.attempts,
-                    waited: g.waited,
-                })?;
-            report.writer_wait += guard.waited;
-            report.escalated |= guard.escalated;
+            // Alone, this process's steady calls are the only readers: drain
+            // them in-process. In deploying mode every call takes the database
+            // lock instead. (Calls take the in-process lock before the
+            // database's, and so does this: no lock-order inversion.)
+            let guard = if deploying {
+                None
+            } else {
+                let guard = self
+                    .db
+                    .inner
+                    .lock
+                    .write(&policy)
+                    .map_err(|g| Error::LockTimeout {
+                        version: to.0,
+                        live: state.version,
+                        attempts: g.attempts,
+                        waited: g.waited,
+                    })?;
+                report.writer_wait += guard.waited;
+                report.escalated |= guard.escalated;
+                Some(guard)
+            };
             let held_from = Instant::now();
             let now = meta::now_ms();
-            let result = self.db.write_transaction(conn, |c| -> Result<()> {
-                self.db.ddl_preamble(c)?;
-                self.recheck(c, &state)?;
-                if let Some(sql) = &sql {
-                    run_sql(c, sql, owner_version, phase)?;
-                }
-                self.step("switch: SQL run, before commit")?;
-                meta.transition::<B>(c, (state.version, state.phase), to, &self.owner, now)?;
-                self.journal(c, owner_version, phase, &checksum, now, meta::APPLIED)
-            });
+            let result = self
+                .db
+                .write_transaction(conn, |c| -> Result<(bool, Duration, bool)> {
+                    let (db_wait, db_escalated) =
+                        self.enter_exclusive(c, &policy, to.0, state.version)?;
+                    self.db.ddl_preamble(c)?;
+                    self.recheck(c, &state)?;
+                    if !deploying && meta.live_instances::<B>(c, now)?.iter().any(|i| i.id != me) {
+                        // An instance joined since we looked: go through deploying mode.
+                        return Ok((false, db_wait, db_escalated));
+                    }
+                    if let Some(sql) = &sql {
+                        run_sql(c, sql, owner_version, phase)?;
+                    }
+                    self.step("switch: SQL run, before commit")?;
+                    meta.transition::<B>(c, (state.version, state.phase), to, &self.owner, now)?;
+                    self.journal(c, owner_version, phase, &checksum, now, meta::APPLIED)?;
+                    Ok((true, db_wait, db_escalated))
+                });
             match result {
-                Ok(()) => {
+                Ok((true, db_wait, db_escalated)) => {
                     // Still under the write lock: calls after this see the new version.
                     self.db.inner.live.store(to.0.get(), Ordering::Release);
+                    report.writer_wait += db_wait;
+                    report.escalated |= db_escalated;
                     report.held = held_from.elapsed();
                     drop(guard);
                     break;
+                }
+                Ok((false, _, _)) => {
+                    drop(guard);
+                    self.enter_deploying(conn, owner_version, phase)?;
+                    deploying = true;
+                }
+                Err(Error::LockTimeout { .. }) if report.attempts < policy.attempts.max(1) => {
+                    drop(guard);
+                    thread::sleep(backoff + jitter(backoff));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(Error::LockTimeout { version, live, .. }) => {
+                    drop(guard);
+                    return Err(Error::LockTimeout {
+                        version,
+                        live,
+                        attempts: report.attempts,
+                        waited: started.elapsed(),
+                    });
                 }
                 Err(Error::PhaseFailed { source, .. })
                     if B::is_transient(&source) && report.attempts < policy.attempts.max(1) =>
@@ -772,12 +835,125 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             }
         }
         self.step("switch: committed")?;
+        if deploying {
+            // Let the fleet see the new version (they are on the locking path,
+            // so lagging is safe), then return everyone to the steady path.
+            let epoch = self.read_state(conn)?.epoch;
+            let behind = self.db.await_fleet(conn, epoch, self.fleet_timeout())?;
+            if !behind.is_empty() {
+                tracing::warn!(behind = behind.len(), "some instances have not seen the switch yet; they stay on the locking path until they do");
+            }
+            self.leave_deploying(conn)?;
+        }
         report.duration = started.elapsed();
         tracing::info!(
             from = %state.version, to = %to.0, writer_wait = ?report.writer_wait, held = ?report.held,
-            escalated = report.escalated, "{phase} done"
+            escalated = report.escalated, deploying, "{phase} done"
         );
         Ok(report)
+    }
+
+    /// How long the upgrader waits for the fleet to acknowledge a change: a
+    /// live instance acknowledges within a poll interval or two, and a dead
+    /// one drops out when its lease expires.
+    fn fleet_timeout(&self) -> Duration {
+        self.db.inner.lease + self.db.inner.poll_interval * 4
+    }
+
+    /// Sets deploying mode, moves this instance to the locking path, and waits
+    /// for every other live instance to acknowledge (having drained its steady
+    /// calls). If they do not, returns to steady mode and fails.
+    fn enter_deploying(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+    ) -> Result<()> {
+        let epoch = self.db.write_transaction(conn, |c| {
+            self.db
+                .inner
+                .meta
+                .set_mode::<B>(c, Mode::Deploying, &self.owner, meta::now_ms())
+        })?;
+        tracing::info!(
+            epoch,
+            "deploying mode: waiting for the fleet to move to the locking path"
+        );
+        self.db.refresh()?;
+        self.step("switch: deploying, before fleet acknowledgement")?;
+        self.await_acknowledged(conn, epoch, version, phase)
+    }
+
+    fn await_acknowledged(
+        &self,
+        conn: &mut B::Connection,
+        epoch: i64,
+        version: Version,
+        phase: Phase,
+    ) -> Result<()> {
+        let waited = Instant::now();
+        let behind = self.db.await_fleet(conn, epoch, self.fleet_timeout())?;
+        if behind.is_empty() {
+            return Ok(());
+        }
+        self.leave_deploying(conn)?;
+        Err(Error::FleetNotAcknowledged {
+            phase,
+            version,
+            epoch,
+            waited: waited.elapsed(),
+            instances: behind.iter().map(Instance::describe).collect(),
+        })
+    }
+
+    /// Returns to steady mode and adopts it locally.
+    fn leave_deploying(&self, conn: &mut B::Connection) -> Result<()> {
+        self.db.write_transaction(conn, |c| {
+            self.db
+                .inner
+                .meta
+                .set_mode::<B>(c, Mode::Steady, &self.owner, meta::now_ms())
+        })?;
+        self.db.refresh()?;
+        Ok(())
+    }
+
+    /// Inside the switch's transaction: the database's exclusive schema lock.
+    /// Polls without queueing for `patience` (queued exclusive requests
+    /// would stall new readers), then queues for at most `escalation`.
+    /// Returns the wait and whether it escalated.
+    fn enter_exclusive(
+        &self,
+        c: &mut B::Connection,
+        policy: &WriterPolicy,
+        version: Version,
+        live: Version,
+    ) -> Result<(Duration, bool)> {
+        let key = self.db.inner.lock_key;
+        let start = Instant::now();
+        let polite_until = start + policy.patience;
+        let mut backoff = Duration::from_micros(50);
+        loop {
+            if B::try_enter_exclusive(c, key)? {
+                return Ok((start.elapsed(), false));
+            }
+            let now = Instant::now();
+            if now >= polite_until {
+                break;
+            }
+            thread::sleep(backoff.min(polite_until - now));
+            backoff = (backoff * 2).min(Duration::from_millis(2));
+        }
+        match B::enter_exclusive_within(c, key, policy.escalation) {
+            Ok(()) => Ok((start.elapsed(), true)),
+            Err(e) if B::is_transient(&e) => Err(Error::LockTimeout {
+                version,
+                live,
+                attempts: 1,
+                waited: start.elapsed(),
+            }),
+            Err(e) => Err(Error::Query(e)),
+        }
     }
 
     fn already_switched_back(&self, conn: &mut B::Connection, version: Version) -> Result<bool> {
@@ -813,6 +989,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             .phase(version, Phase::Contract, B::NAME)
             .map(|s| s.text.to_owned());
         let meta = &self.db.inner.meta;
+        // Invariant 3: no live instance may still use the previous version:
+        // each must have acknowledged the switched state.
+        self.await_acknowledged(conn, state.epoch, version, Phase::Contract)?;
         self.step("contract: before SQL")?;
         let now = meta::now_ms();
         let result = self.phase_tx(conn, |c| {
