@@ -42,40 +42,59 @@ impl<B: Backend> Tandem<B> {
         drop(conn);
         // Registered: the lease is fresh, so a steady state can be adopted at once.
         self.set_lease_deadline(tick);
-        self.adopt(&state)
+        let mut adopted = inner.adopted_epoch.lock();
+        self.adopt(&state)?;
+        *adopted = state.epoch;
+        Ok(())
     }
 
-    /// One poller tick: read the state row, adopt it, renew the lease with
-    /// the epoch acted on.
+    /// One poller tick: read the state row and renew the lease; adopt the
+    /// row (draining steady calls if the mode or version changes); then
+    /// acknowledge its epoch. The lease is renewed before the drain so that
+    /// a slow drain never makes a live instance look dead: the upgrader
+    /// waits for it instead.
     pub(crate) fn poll_once(&self) -> Result<State> {
         let inner = &self.inner;
+        let mut adopted = inner.adopted_epoch.lock();
         let tick = Instant::now();
         let state = {
             let mut conn = self.connection()?;
-            inner.meta.read_state::<B>(&mut conn, meta::now_ms())?
+            let now = meta::now_ms();
+            let until = now + millis(inner.lease);
+            let (state, renewed) = self.write_transaction(&mut conn, |c| -> Result<_> {
+                let state = inner.meta.read_state::<B>(c, now)?;
+                let renewed = inner.meta.renew::<B>(c, &inner.me.id, until)?;
+                Ok((state, renewed))
+            })?;
+            if !renewed && !inner.shutdown.load(Ordering::Acquire) {
+                // Our row expired and was removed while we could not renew:
+                // join again, acknowledging nothing yet.
+                tracing::warn!(instance = %inner.me.id, "fleet row was gone (lease expired); registering again");
+                let mut me = inner.me.clone();
+                me.observed_epoch = 0;
+                me.lease_until_ms = until;
+                self.write_transaction(&mut conn, |c| inner.meta.register::<B>(c, &me, now))?;
+            }
+            state
         };
+        self.set_lease_deadline(tick);
+        if state.epoch < *adopted {
+            return Ok(state);
+        }
         // No connection is held while waiting for the in-process write lock.
         self.adopt(&state)?;
+        *adopted = state.epoch;
         let mut conn = self.connection()?;
-        let now = meta::now_ms();
-        let until = now + millis(inner.lease);
-        let renewed = self.write_transaction(&mut conn, |c| {
-            inner.meta.renew::<B>(c, &inner.me.id, state.epoch, until)
+        self.write_transaction(&mut conn, |c| {
+            inner.meta.acknowledge::<B>(c, &inner.me.id, state.epoch)
         })?;
-        if !renewed {
-            // Our row expired and was removed while we could not renew: join again.
-            tracing::warn!(instance = %inner.me.id, "fleet row was gone (lease expired); registering again");
-            let mut me = inner.me.clone();
-            me.observed_epoch = state.epoch;
-            me.lease_until_ms = until;
-            self.write_transaction(&mut conn, |c| inner.meta.register::<B>(c, &me, now))?;
-        }
-        self.set_lease_deadline(tick);
         Ok(state)
     }
 
     /// Makes the local mode and cached version match `state`, draining steady
-    /// calls in flight (in-process write lock) when either changes.
+    /// calls in flight (in-process write lock) when either changes. The
+    /// drain's budget stays under a quarter of the lease, so the poller keeps
+    /// renewing while calls are slow.
     fn adopt(&self, state: &State) -> Result<()> {
         let inner = &self.inner;
         let want_steady = state.mode == Mode::Steady && self.lease_fresh();
@@ -85,15 +104,18 @@ impl<B: Backend> Tandem<B> {
             return Ok(());
         }
         let live = self.live_version();
-        let _drained = inner
-            .lock
-            .write(&inner.writer)
-            .map_err(|g| Error::LockTimeout {
-                version: state.version,
-                live,
-                attempts: g.attempts,
-                waited: g.waited,
-            })?;
+        let mut policy = inner.writer;
+        let round = (policy.patience + policy.escalation).max(Duration::from_millis(1));
+        let rounds = ((inner.lease / 4).as_nanos() / round.as_nanos()).max(1);
+        policy.attempts = policy
+            .attempts
+            .min(u32::try_from(rounds).unwrap_or(u32::MAX));
+        let _drained = inner.lock.write(&policy).map_err(|g| Error::LockTimeout {
+            version: state.version,
+            live,
+            attempts: g.attempts,
+            waited: g.waited,
+        })?;
         inner.live.store(state.version.get(), Ordering::Release);
         inner.steady.store(want_steady, Ordering::Release);
         tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
@@ -129,7 +151,11 @@ impl<B: Backend> Tandem<B> {
     pub fn instances(&self) -> Result<Vec<Instance>> {
         let mut conn = self.connection()?;
         let now = meta::now_ms();
-        self.write_transaction(&mut conn, |c| self.inner.meta.live_instances::<B>(c, now))
+        self.write_transaction(&mut conn, |c| {
+            self.inner
+                .meta
+                .live_instances::<B>(c, self.fleet_cutoff(now))
+        })
     }
 
     /// Waits until every live instance other than this one has acknowledged
@@ -144,7 +170,11 @@ impl<B: Backend> Tandem<B> {
         loop {
             let now = meta::now_ms();
             let behind: Vec<Instance> = self
-                .write_transaction(conn, |c| self.inner.meta.live_instances::<B>(c, now))?
+                .write_transaction(conn, |c| {
+                    self.inner
+                        .meta
+                        .live_instances::<B>(c, self.fleet_cutoff(now))
+                })?
                 .into_iter()
                 .filter(|i| i.id != self.inner.me.id && i.observed_epoch < epoch)
                 .collect();
@@ -153,6 +183,15 @@ impl<B: Backend> Tandem<B> {
             }
             thread::sleep((self.inner.poll_interval / 4).max(Duration::from_millis(1)));
         }
+    }
+
+    /// An instance counts as gone only once its lease has been expired for a
+    /// further lease: it left the steady path by itself at three quarters of
+    /// its lease, and the rest gives calls it had in flight (which may be
+    /// waiting on the database) time to finish. All instances of a fleet
+    /// should use the same lease.
+    pub(crate) fn fleet_cutoff(&self, now: i64) -> i64 {
+        now - millis(self.inner.lease)
     }
 
     /// Whether calls of this instance currently take the steady path.
@@ -182,7 +221,9 @@ pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::
                 return;
             }
             let Some(inner) = weak.upgrade() else { return };
-            let db = Tandem { inner };
+            let db = Tandem::internal(inner);
+            // First: after a pause, stop trusting a stale lease before anything else.
+            db.check_lease();
             if !db.inner.fleet_paused.load(Ordering::Acquire) {
                 if let Err(e) = db.poll_once() {
                     tracing::warn!(error = %e, "fleet poll failed");
@@ -193,6 +234,31 @@ pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::
         .map_err(|e| Error::Connect {
             target: inner.target.clone(),
             message: format!("cannot start the fleet poller thread: {e}"),
+        })?;
+    Ok(handle.thread().clone())
+}
+
+/// Starts the lease watchdog of `inner`: a thread that does no I/O, so a
+/// poller stuck in a slow database call (SQLite's busy handler, a network
+/// stall) cannot keep the steady path open past the lease. It drops the
+/// steady flag as soon as the local lease deadline passes.
+pub(crate) fn spawn_watchdog<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::Thread> {
+    let weak: Weak<Inner<B>> = Arc::downgrade(inner);
+    let shutdown: Arc<AtomicBool> = Arc::clone(&inner.shutdown);
+    let tick = (inner.lease / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let handle = thread::Builder::new()
+        .name("tandem-lease".to_owned())
+        .spawn(move || loop {
+            thread::park_timeout(tick);
+            if shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            Tandem::internal(inner).check_lease();
+        })
+        .map_err(|e| Error::Connect {
+            target: inner.target.clone(),
+            message: format!("cannot start the lease watchdog thread: {e}"),
         })?;
     Ok(handle.thread().clone())
 }

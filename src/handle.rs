@@ -27,12 +27,15 @@ pub type Conn<B> = PooledConnection<ConnectionManager<<B as Backend>::Connection
 /// See the [crate documentation](crate) for a tour.
 pub struct Tandem<B: Backend> {
     pub(crate) inner: Arc<Inner<B>>,
+    /// `None` in the handles tandem's own threads make.
+    life: Option<Arc<Lifetime<B>>>,
 }
 
 impl<B: Backend> Clone for Tandem<B> {
     fn clone(&self) -> Self {
         Tandem {
             inner: Arc::clone(&self.inner),
+            life: self.life.clone(),
         }
     }
 }
@@ -75,20 +78,40 @@ pub(crate) struct Inner<B: Backend> {
     /// When the lease, last renewed, stops counting as fresh.
     pub(crate) lease_deadline: parking_lot::Mutex<Option<Instant>>,
     pub(crate) fleet_paused: AtomicBool,
+    /// Serialises fleet ticks of this instance (the poller and `refresh`)
+    /// and holds the last epoch adopted: an older state row is never
+    /// adopted after a newer one.
+    pub(crate) adopted_epoch: parking_lot::Mutex<i64>,
     pub(crate) shutdown: Arc<AtomicBool>,
-    pub(crate) poller: parking_lot::Mutex<Option<std::thread::Thread>>,
+    /// The poller and lease watchdog threads, to wake them at shutdown.
+    pub(crate) poller: parking_lot::Mutex<Vec<std::thread::Thread>>,
     /// The database schema lock's advisory key.
     pub(crate) lock_key: i64,
 }
 
-impl<B: Backend> Drop for Inner<B> {
+/// Shared by the application's handles only, never by tandem's background
+/// threads: when the last handle drops, the instance leaves the fleet at once.
+pub(crate) struct Lifetime<B: Backend> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> Drop for Lifetime<B> {
     fn drop(&mut self) {
+        self.inner.leave_fleet();
+    }
+}
+
+impl<B: Backend> Inner<B> {
+    /// Stops the background threads and removes this instance's fleet row
+    /// (clean shutdown). If the database is unreachable the row expires with
+    /// its lease.
+    fn leave_fleet(&self) {
         self.shutdown.store(true, Ordering::Release);
-        if let Some(poller) = self.poller.lock().take() {
-            poller.unpark();
+        for thread in self.poller.lock().drain(..) {
+            thread.unpark();
         }
-        // Leave the fleet cleanly; if the database is unreachable the row
-        // expires with its lease.
+        // Wait for a fleet tick in progress, so it cannot renew after this.
+        let _ticks = self.adopted_epoch.lock();
         match self.pool.get_timeout(Duration::from_secs(2)) {
             Ok(mut conn) => {
                 if let Err(e) = self.meta.deregister::<B>(&mut conn, &self.me.id) {
@@ -337,16 +360,25 @@ impl<B: Backend> Builder<B> {
             lease,
             lease_deadline: parking_lot::Mutex::new(None),
             fleet_paused: AtomicBool::new(false),
+            adopted_epoch: parking_lot::Mutex::new(i64::MIN),
             shutdown: Arc::new(AtomicBool::new(false)),
-            poller: parking_lot::Mutex::new(None),
+            poller: parking_lot::Mutex::new(Vec::new()),
             lock_key,
         };
+        let inner = Arc::new(inner);
         let db = Tandem {
-            inner: Arc::new(inner),
+            life: Some(Arc::new(Lifetime {
+                inner: Arc::clone(&inner),
+            })),
+            inner,
         };
         db.verify_checksums(&mut *db.connection()?)?;
         db.join_fleet()?;
-        *db.inner.poller.lock() = Some(crate::fleet::spawn_poller(&db.inner)?);
+        let threads = vec![
+            crate::fleet::spawn_poller(&db.inner)?,
+            crate::fleet::spawn_watchdog(&db.inner)?,
+        ];
+        *db.inner.poller.lock() = threads;
         tracing::info!(database = %db.inner.target, live = %live, serves = ?(first, last), "tandem opened");
         Ok(db)
     }
@@ -436,6 +468,12 @@ fn initialize<B: Backend>(
 use diesel::connection::SimpleConnection as _;
 
 impl<B: Backend> Tandem<B> {
+    /// A handle for tandem's background threads: it does not keep the
+    /// instance in the fleet.
+    pub(crate) fn internal(inner: Arc<Inner<B>>) -> Self {
+        Tandem { inner, life: None }
+    }
+
     /// Starts configuring a handle on the database at `url` (SQLite: a file
     /// path or `:memory:`; PostgreSQL: a `postgres://` URL) with `catalog`.
     pub fn builder(url: &str, catalog: Catalog) -> Builder<B> {

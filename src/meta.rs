@@ -667,24 +667,38 @@ impl Meta {
         Ok(())
     }
 
-    /// Renews this instance's lease and records the epoch it acted on.
-    /// Returns false if the row is gone (expired and removed).
+    /// Renews this instance's lease. Returns false if the row is gone
+    /// (expired and removed).
     pub(crate) fn renew<B: Backend>(
         &self,
         conn: &mut B::Connection,
         id: &str,
-        epoch: i64,
         until: i64,
     ) -> Result<bool> {
         let n = B::execute(
             conn,
-            &format!(
-                "UPDATE {} SET observed_epoch = $1, lease_until = $2 WHERE id = $3",
-                self.fleet
-            ),
-            &[Bind::I64(epoch), Bind::I64(until), Bind::Text(id)],
+            &format!("UPDATE {} SET lease_until = $1 WHERE id = $2", self.fleet),
+            &[Bind::I64(until), Bind::Text(id)],
         )?;
         Ok(n == 1)
+    }
+
+    /// Acknowledges the state epoch this instance has acted on.
+    pub(crate) fn acknowledge<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+        epoch: i64,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET observed_epoch = $1 WHERE id = $2 AND observed_epoch < $1",
+                self.fleet
+            ),
+            &[Bind::I64(epoch), Bind::Text(id)],
+        )?;
+        Ok(())
     }
 
     /// Removes this instance's fleet row (clean shutdown).
@@ -697,17 +711,18 @@ impl Meta {
         Ok(())
     }
 
-    /// Instances whose lease has not expired at `now`. Expired rows are
-    /// removed on the way (a dead instance leaves with its lease).
+    /// Instances whose lease had not expired at `cutoff` (a time in the past,
+    /// to leave a grace). Rows expired before it are removed on the way: a
+    /// dead instance leaves with its lease.
     pub(crate) fn live_instances<B: Backend>(
         &self,
         conn: &mut B::Connection,
-        now: i64,
+        cutoff: i64,
     ) -> Result<Vec<Instance>> {
         B::execute(
             conn,
             &format!("DELETE FROM {} WHERE lease_until <= $1", self.fleet),
-            &[Bind::I64(now)],
+            &[Bind::I64(cutoff)],
         )?;
         let rows: Vec<FleetRow> = B::load(
             conn,
@@ -716,7 +731,7 @@ impl Meta {
                  FROM {} WHERE lease_until > $1 ORDER BY id",
                 self.fleet
             ),
-            &[Bind::I64(now)],
+            &[Bind::I64(cutoff)],
         )?;
         rows.into_iter()
             .map(|r| {

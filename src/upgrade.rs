@@ -66,6 +66,9 @@ pub struct PhaseReport {
     pub escalated: bool,
     /// For switch and switch back: attempts (retries after lock conflicts).
     pub attempts: u32,
+    /// For switch and switch back with other live instances: how long the
+    /// fleet took to acknowledge deploying mode.
+    pub fleet_ack: Option<Duration>,
 }
 
 impl PhaseReport {
@@ -80,6 +83,7 @@ impl PhaseReport {
             held: Duration::ZERO,
             escalated: false,
             attempts: 0,
+            fleet_ack: None,
         }
     }
 
@@ -675,7 +679,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         // switched to (this one included).
         let me = self.db.instance_id().to_owned();
         let instances = self.db.write_transaction(conn, |c| {
-            self.db.inner.meta.live_instances::<B>(c, meta::now_ms())
+            self.db
+                .inner
+                .meta
+                .live_instances::<B>(c, self.db.fleet_cutoff(meta::now_ms()))
         })?;
         let served = self.db.served_versions();
         let mut lacking: Vec<String> = instances
@@ -712,7 +719,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         if deploying {
             self.await_acknowledged(conn, state.epoch, owner_version, phase)?;
         } else if instances.iter().any(|i| i.id != me) {
-            self.enter_deploying(conn, owner_version, phase)?;
+            report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
             deploying = true;
         }
         let mut backoff = Duration::from_millis(5);
@@ -751,7 +758,12 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         self.enter_exclusive(c, &policy, to.0, state.version)?;
                     self.db.ddl_preamble(c)?;
                     self.recheck(c, &state)?;
-                    if !deploying && meta.live_instances::<B>(c, now)?.iter().any(|i| i.id != me) {
+                    if !deploying
+                        && meta
+                            .live_instances::<B>(c, self.db.fleet_cutoff(now))?
+                            .iter()
+                            .any(|i| i.id != me)
+                    {
                         // An instance joined since we looked: go through deploying mode.
                         return Ok((false, db_wait, db_escalated));
                     }
@@ -775,7 +787,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 }
                 Ok((false, _, _)) => {
                     drop(guard);
-                    self.enter_deploying(conn, owner_version, phase)?;
+                    report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
                     deploying = true;
                 }
                 Err(Error::LockTimeout { .. }) if report.attempts < policy.attempts.max(1) => {
@@ -854,10 +866,14 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     }
 
     /// How long the upgrader waits for the fleet to acknowledge a change: a
-    /// live instance acknowledges within a poll interval or two, and a dead
-    /// one drops out when its lease expires.
+    /// live instance acknowledges within a poll interval or two once its
+    /// steady calls have drained (which may take the writer policy's whole
+    /// budget under load), and a dead one drops out a lease after its lease
+    /// expired (see `Tandem::fleet_cutoff`).
     fn fleet_timeout(&self) -> Duration {
-        self.db.inner.lease + self.db.inner.poll_interval * 4
+        let w = &self.db.inner.writer;
+        let drain = (w.patience + w.escalation) * w.attempts.max(1);
+        (self.db.inner.lease * 2).max(drain) + self.db.inner.poll_interval * 4
     }
 
     /// Sets deploying mode, moves this instance to the locking path, and waits
@@ -868,7 +884,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         conn: &mut B::Connection,
         version: Version,
         phase: Phase,
-    ) -> Result<()> {
+    ) -> Result<Duration> {
         let epoch = self.db.write_transaction(conn, |c| {
             self.db
                 .inner
@@ -879,9 +895,35 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             epoch,
             "deploying mode: waiting for the fleet to move to the locking path"
         );
-        self.db.refresh()?;
+        let asked = Instant::now();
+        // This instance leaves the steady path first (drained, not just flagged).
+        let deadline = asked + self.fleet_timeout();
+        loop {
+            match self.db.refresh() {
+                Ok(_) if !self.db.steady() => break,
+                Ok(_) | Err(Error::LockTimeout { .. }) if Instant::now() < deadline => {}
+                Ok(_) => {
+                    self.leave_deploying(conn)?;
+                    return Err(Error::FleetNotAcknowledged {
+                        phase,
+                        version,
+                        epoch,
+                        waited: asked.elapsed(),
+                        instances: vec![format!(
+                            "{} (this instance: its calls did not drain)",
+                            self.db.instance_id()
+                        )],
+                    });
+                }
+                Err(e) => {
+                    self.leave_deploying(conn)?;
+                    return Err(e);
+                }
+            }
+        }
         self.step("switch: deploying, before fleet acknowledgement")?;
-        self.await_acknowledged(conn, epoch, version, phase)
+        self.await_acknowledged(conn, epoch, version, phase)?;
+        Ok(asked.elapsed())
     }
 
     fn await_acknowledged(
@@ -914,7 +956,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 .meta
                 .set_mode::<B>(c, Mode::Steady, &self.owner, meta::now_ms())
         })?;
-        self.db.refresh()?;
+        // If calls are slow to drain the poller adopts steady mode later; the
+        // locking path is safe meanwhile.
+        if let Err(e) = self.db.refresh() {
+            tracing::debug!(error = %e, "steady mode set; this instance adopts it on its next poll");
+        }
         Ok(())
     }
 

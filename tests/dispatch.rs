@@ -127,7 +127,7 @@ fn version_gate_follows_the_calls_version() {
 fn missing_bindings_fail_before_any_query() {
     let db = open_demo(":memory:");
     db.upgrader().upgrade_to(2).unwrap();
-    let only_v1 = Repository::<dyn Accounts>::builder("old accounts")
+    let only_v1 = Repository::<Accounts>::builder("old accounts")
         .binding(1, Arc::new(common::AccountsV1))
         .build()
         .unwrap();
@@ -210,7 +210,7 @@ fn serving_beyond_the_catalog_is_refused() {
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Tandem<Sqlite>>();
-    check::<Repository<dyn Accounts>>();
+    check::<Repository<Accounts>>();
     check::<Error>();
     check::<Catalog>();
     check::<Version>();

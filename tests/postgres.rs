@@ -14,103 +14,17 @@ use common::pg::PgDb;
 use diesel::prelude::*;
 use tandem::{Error, Postgres, Repository, StatePhase, Tandem};
 
-mod v1 {
-    diesel::table! { accounts (id) { id -> BigInt, name -> Text, email -> Text, } }
-}
-mod v2 {
-    diesel::table! { accounts (id) { id -> BigInt, name -> Text, } }
-    diesel::table! { account_emails (account_id) { account_id -> BigInt, email -> Text, } }
-}
-diesel::table! { tandem_state (id) { id -> BigInt, version -> BigInt, } }
+use common::{accounts_on, AccountsOn};
 
-pub trait Accounts: Send + Sync {
-    fn version(&self) -> u32;
-    fn create(&self, conn: &mut PgConnection, name: &str, email: &str) -> tandem::Result<i64>;
-    fn email(&self, conn: &mut PgConnection, id: i64) -> tandem::Result<Option<String>>;
-    fn set_email(&self, conn: &mut PgConnection, id: i64, email: &str) -> tandem::Result<()>;
-}
-
-struct AccountsV1;
-impl Accounts for AccountsV1 {
-    fn version(&self) -> u32 {
-        1
-    }
-    fn create(&self, conn: &mut PgConnection, name: &str, email: &str) -> tandem::Result<i64> {
-        use v1::accounts::dsl;
-        Ok(diesel::insert_into(dsl::accounts)
-            .values((dsl::name.eq(name), dsl::email.eq(email)))
-            .returning(dsl::id)
-            .get_result(conn)?)
-    }
-    fn email(&self, conn: &mut PgConnection, id: i64) -> tandem::Result<Option<String>> {
-        use v1::accounts::dsl;
-        Ok(dsl::accounts
-            .find(id)
-            .select(dsl::email)
-            .first(conn)
-            .optional()?)
-    }
-    fn set_email(&self, conn: &mut PgConnection, id: i64, email: &str) -> tandem::Result<()> {
-        use v1::accounts::dsl;
-        diesel::update(dsl::accounts.find(id))
-            .set(dsl::email.eq(email))
-            .execute(conn)?;
-        Ok(())
-    }
-}
-
-struct AccountsV2;
-impl Accounts for AccountsV2 {
-    fn version(&self) -> u32 {
-        2
-    }
-    fn create(&self, conn: &mut PgConnection, name: &str, email: &str) -> tandem::Result<i64> {
-        use v2::{account_emails as e, accounts as a};
-        Ok(conn.transaction(|conn| {
-            let id: i64 = diesel::insert_into(a::table)
-                .values(a::name.eq(name))
-                .returning(a::id)
-                .get_result(conn)?;
-            diesel::insert_into(e::table)
-                .values((e::account_id.eq(id), e::email.eq(email)))
-                .execute(conn)?;
-            QueryResult::Ok(id)
-        })?)
-    }
-    fn email(&self, conn: &mut PgConnection, id: i64) -> tandem::Result<Option<String>> {
-        use v2::account_emails::dsl;
-        Ok(dsl::account_emails
-            .find(id)
-            .select(dsl::email)
-            .first(conn)
-            .optional()?)
-    }
-    fn set_email(&self, conn: &mut PgConnection, id: i64, email: &str) -> tandem::Result<()> {
-        use v2::account_emails::dsl;
-        diesel::insert_into(dsl::account_emails)
-            .values((dsl::account_id.eq(id), dsl::email.eq(email)))
-            .on_conflict(dsl::account_id)
-            .do_update()
-            .set(dsl::email.eq(email))
-            .execute(conn)?;
-        Ok(())
-    }
-}
-
-fn accounts() -> Repository<dyn Accounts> {
-    Repository::<dyn Accounts>::builder("accounts")
-        .binding(1, Arc::new(AccountsV1))
-        .binding(2, Arc::new(AccountsV2))
-        .build()
-        .unwrap()
+fn accounts() -> Repository<dyn AccountsOn<PgConnection>> {
+    accounts_on::<PgConnection>()
 }
 
 fn db_version(conn: &mut PgConnection) -> i64 {
-    tandem_state::table
-        .select(tandem_state::version)
-        .first(conn)
-        .unwrap()
+    AccountsOnPg::db_version(&common::AccountsV1, conn)
 }
+
+use common::AccountsOn as AccountsOnPg;
 
 fn open(pg: &PgDb) -> Tandem<Postgres> {
     Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())

@@ -4,17 +4,26 @@ CREATE TABLE account_emails (
     email TEXT NOT NULL
 );
 
+-- The triggers update, then insert what is missing, rather than use
+-- INSERT OR REPLACE: SQLite lets the conflict clause of the statement that
+-- fired a trigger override the one inside it, so an application's upsert
+-- would turn a REPLACE in here into an ABORT.
+
 -- Version 1 code writes accounts.email: mirror it into account_emails.
 CREATE TRIGGER accounts_email_insert AFTER INSERT ON accounts
 WHEN NEW.email <> ''
 BEGIN
-    INSERT OR REPLACE INTO account_emails (account_id, email) VALUES (NEW.id, NEW.email);
+    UPDATE account_emails SET email = NEW.email WHERE account_id = NEW.id AND email IS NOT NEW.email;
+    INSERT INTO account_emails (account_id, email)
+        SELECT NEW.id, NEW.email WHERE NOT EXISTS (SELECT 1 FROM account_emails WHERE account_id = NEW.id);
 END;
 
 CREATE TRIGGER accounts_email_update AFTER UPDATE OF email ON accounts
 WHEN NEW.email IS NOT OLD.email
 BEGIN
-    INSERT OR REPLACE INTO account_emails (account_id, email) VALUES (NEW.id, NEW.email);
+    UPDATE account_emails SET email = NEW.email WHERE account_id = NEW.id AND email IS NOT NEW.email;
+    INSERT INTO account_emails (account_id, email)
+        SELECT NEW.id, NEW.email WHERE NOT EXISTS (SELECT 1 FROM account_emails WHERE account_id = NEW.id);
 END;
 
 -- Version 2 code writes account_emails: mirror it back while version 1 code

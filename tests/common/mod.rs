@@ -22,84 +22,124 @@ pub mod v2 {
 }
 diesel::table! { tandem_state (id) { id -> BigInt, version -> BigInt, } }
 
-/// The demo repository trait; `version()` says which binding ran.
-pub trait Accounts: Send + Sync {
+/// The demo repository trait over a connection type `C`; `version()` says
+/// which binding ran.
+pub trait AccountsOn<C>: Send + Sync {
     fn version(&self) -> u32;
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64>;
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>>;
-    fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()>;
+    fn create(&self, conn: &mut C, name: &str, email: &str) -> tandem::Result<i64>;
+    fn email(&self, conn: &mut C, id: i64) -> tandem::Result<Option<String>>;
+    fn set_email(&self, conn: &mut C, id: i64, email: &str) -> tandem::Result<()>;
+    /// The version the state row says, read on this connection.
+    fn db_version(&self, conn: &mut C) -> i64;
 }
+
+/// The SQLite form, used by most tests.
+pub type Accounts = dyn AccountsOn<SqliteConnection>;
 
 pub struct AccountsV1;
-impl Accounts for AccountsV1 {
-    fn version(&self) -> u32 {
-        1
-    }
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64> {
-        use v1::accounts::dsl;
-        Ok(diesel::insert_into(dsl::accounts)
-            .values((dsl::name.eq(name), dsl::email.eq(email)))
-            .returning(dsl::id)
-            .get_result(conn)?)
-    }
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
-        use v1::accounts::dsl;
-        Ok(dsl::accounts
-            .find(id)
-            .select(dsl::email)
-            .first(conn)
-            .optional()?)
-    }
-    fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()> {
-        use v1::accounts::dsl;
-        diesel::update(dsl::accounts.find(id))
-            .set(dsl::email.eq(email))
-            .execute(conn)?;
-        Ok(())
-    }
-}
-
 pub struct AccountsV2;
-impl Accounts for AccountsV2 {
-    fn version(&self) -> u32 {
-        2
-    }
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64> {
-        use v2::{account_emails as e, accounts as a};
-        Ok(conn.transaction(|conn| {
-            let id: i64 = diesel::insert_into(a::table)
-                .values(a::name.eq(name))
-                .returning(a::id)
-                .get_result(conn)?;
-            diesel::insert_into(e::table)
-                .values((e::account_id.eq(id), e::email.eq(email)))
-                .execute(conn)?;
-            QueryResult::Ok(id)
-        })?)
-    }
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
-        use v2::account_emails::dsl;
-        Ok(dsl::account_emails
-            .find(id)
-            .select(dsl::email)
-            .first(conn)
-            .optional()?)
-    }
-    fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()> {
-        use v2::account_emails::dsl;
-        diesel::replace_into(dsl::account_emails)
-            .values((dsl::account_id.eq(id), dsl::email.eq(email)))
-            .execute(conn)?;
-        Ok(())
-    }
+
+/// One body for every backend: the diesel DSL used here is portable.
+macro_rules! demo_bindings {
+    ($conn:ty) => {
+        impl AccountsOn<$conn> for AccountsV1 {
+            fn version(&self) -> u32 {
+                1
+            }
+            fn create(&self, conn: &mut $conn, name: &str, email: &str) -> tandem::Result<i64> {
+                use v1::accounts::dsl;
+                Ok(diesel::insert_into(dsl::accounts)
+                    .values((dsl::name.eq(name), dsl::email.eq(email)))
+                    .returning(dsl::id)
+                    .get_result(conn)?)
+            }
+            fn email(&self, conn: &mut $conn, id: i64) -> tandem::Result<Option<String>> {
+                use v1::accounts::dsl;
+                Ok(dsl::accounts
+                    .find(id)
+                    .select(dsl::email)
+                    .first(conn)
+                    .optional()?)
+            }
+            fn set_email(&self, conn: &mut $conn, id: i64, email: &str) -> tandem::Result<()> {
+                use v1::accounts::dsl;
+                diesel::update(dsl::accounts.find(id))
+                    .set(dsl::email.eq(email))
+                    .execute(conn)?;
+                Ok(())
+            }
+            fn db_version(&self, conn: &mut $conn) -> i64 {
+                tandem_state::table
+                    .select(tandem_state::version)
+                    .first(conn)
+                    .expect("state row")
+            }
+        }
+
+        impl AccountsOn<$conn> for AccountsV2 {
+            fn version(&self) -> u32 {
+                2
+            }
+            fn create(&self, conn: &mut $conn, name: &str, email: &str) -> tandem::Result<i64> {
+                use v2::{account_emails as e, accounts as a};
+                Ok(conn.transaction(|conn| {
+                    let id: i64 = diesel::insert_into(a::table)
+                        .values(a::name.eq(name))
+                        .returning(a::id)
+                        .get_result(conn)?;
+                    diesel::insert_into(e::table)
+                        .values((e::account_id.eq(id), e::email.eq(email)))
+                        .execute(conn)?;
+                    QueryResult::Ok(id)
+                })?)
+            }
+            fn email(&self, conn: &mut $conn, id: i64) -> tandem::Result<Option<String>> {
+                use v2::account_emails::dsl;
+                Ok(dsl::account_emails
+                    .find(id)
+                    .select(dsl::email)
+                    .first(conn)
+                    .optional()?)
+            }
+            fn set_email(&self, conn: &mut $conn, id: i64, email: &str) -> tandem::Result<()> {
+                use v2::account_emails::dsl;
+                diesel::insert_into(dsl::account_emails)
+                    .values((dsl::account_id.eq(id), dsl::email.eq(email)))
+                    .on_conflict(dsl::account_id)
+                    .do_update()
+                    .set(dsl::email.eq(email))
+                    .execute(conn)?;
+                Ok(())
+            }
+            fn db_version(&self, conn: &mut $conn) -> i64 {
+                tandem_state::table
+                    .select(tandem_state::version)
+                    .first(conn)
+                    .expect("state row")
+            }
+        }
+    };
 }
 
-pub fn accounts() -> Repository<dyn Accounts> {
-    Repository::<dyn Accounts>::builder("accounts")
+demo_bindings!(SqliteConnection);
+#[cfg(feature = "postgres")]
+demo_bindings!(diesel::PgConnection);
+
+/// The demo repository on connection type `C`.
+pub fn accounts_on<C: 'static>() -> Repository<dyn AccountsOn<C>>
+where
+    AccountsV1: AccountsOn<C>,
+    AccountsV2: AccountsOn<C>,
+{
+    Repository::<dyn AccountsOn<C>>::builder("accounts")
         .binding(1, Arc::new(AccountsV1))
         .binding(2, Arc::new(AccountsV2))
         .build()
         .expect("contiguous bindings")
+}
+
+pub fn accounts() -> Repository<Accounts> {
+    accounts_on::<SqliteConnection>()
 }
 
 /// The live version as the state row says, read on the call's own connection.

@@ -1,0 +1,315 @@
+//! The fleet protocol, on SQLite (one file) and PostgreSQL: instances
+//! register and leave, the switch is refused while an instance lacks the new
+//! version, deploying mode is acknowledged, a stale lease falls back to the
+//! locking path, contract waits for every instance, and calls through a
+//! fleet switch all run with the live version.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{accounts_on, AccountsOn};
+use tandem::{Backend, Error, Mode, StatePhase, Tandem};
+
+/// What one caller thread saw: (binding, state version at start, at end)
+/// per call; acknowledged writes; errors.
+type Seen = (Vec<(u32, i64, i64)>, BTreeMap<i64, String>, Vec<String>);
+
+/// Runs `threads` callers on `db` until `stop`; each call records (binding
+/// version, state version at start, at end); writes are acknowledged.
+fn callers<B: Backend>(
+    db: &Tandem<B>,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+    start: &Arc<Barrier>,
+) -> Vec<thread::JoinHandle<Seen>>
+where
+    common::AccountsV1: AccountsOn<B::Connection>,
+    common::AccountsV2: AccountsOn<B::Connection>,
+{
+    (0..threads)
+        .map(|n| {
+            let (db, stop, start) = (db.clone(), stop.clone(), start.clone());
+            thread::spawn(move || {
+                let repo = accounts_on::<B::Connection>();
+                let (mut calls, mut acked, mut errors) = (Vec::new(), BTreeMap::new(), Vec::new());
+                start.wait();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let email = format!("{}-{n}-{i}@x", db.instance_id().len());
+                    let result = if i % 2 == 0 {
+                        db.unit_of_work(|s| {
+                            let r = s.repo(&repo)?;
+                            let before = r.db_version(s.conn());
+                            let id = r.create(s.conn(), "f", &email)?;
+                            Ok::<_, Error>((r.version(), before, r.db_version(s.conn()), Some(id)))
+                        })
+                    } else {
+                        db.call(&repo, |r, s| {
+                            let before = r.db_version(s.conn());
+                            if let Some((id, _)) = acked.iter().next() {
+                                r.email(s.conn(), *id)?;
+                            }
+                            Ok::<_, Error>((r.version(), before, r.db_version(s.conn()), None))
+                        })
+                    };
+                    match result {
+                        Ok((v, before, after, id)) => {
+                            calls.push((v, before, after));
+                            if let Some(id) = id {
+                                acked.insert(id, email);
+                            }
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                    thread::sleep(Duration::from_micros(200));
+                }
+                (calls, acked, errors)
+            })
+        })
+        .collect()
+}
+
+macro_rules! fleet_suite {
+    ($name:ident, $backend:ty, $setup:expr) => {
+        mod $name {
+            use super::*;
+
+            type B = $backend;
+
+            /// Opens the demo on `url` as an instance serving `serves`, with a short poll.
+            fn instance(url: &str, label: &str, serves: std::ops::RangeInclusive<u32>, poll_ms: u64) -> Tandem<B> {
+                Tandem::<B>::builder(url, tandem::demo::catalog().unwrap())
+                    .serves(serves)
+                    .label(label)
+                    .pool_size(10)
+                    .poll_interval(Duration::from_millis(poll_ms))
+                    .backfill(2, "copy emails", tandem::demo::backfill_emails)
+                    .open()
+                    .unwrap()
+            }
+
+            #[test]
+            fn instances_register_renew_and_leave() {
+                let Some((_guard, url)) = $setup("instances_register_renew_and_leave") else { return };
+                let a = instance(&url, "alpha", 1..=2, 50);
+                let b = instance(&url, "beta", 1..=1, 50);
+                let live = a.instances().unwrap();
+                let labels: Vec<_> = live.iter().map(|i| (i.label.as_str(), i.first.get(), i.last.get())).collect();
+                assert!(labels.contains(&("alpha", 1, 2)) && labels.contains(&("beta", 1, 1)), "{labels:?}");
+                let beta = live.iter().find(|i| i.label == "beta").unwrap();
+                assert_eq!(beta.pid, i64::from(std::process::id()));
+                let first_lease = beta.lease_until_ms;
+                thread::sleep(Duration::from_millis(200));
+                let renewed = a.instances().unwrap().into_iter().find(|i| i.label == "beta").unwrap();
+                assert!(renewed.lease_until_ms > first_lease, "the poller renews the lease");
+                assert!(a.steady() && b.steady());
+                drop(b);
+                let left: Vec<_> = a.instances().unwrap().into_iter().map(|i| i.label).collect();
+                assert_eq!(left, vec!["alpha".to_owned()], "a clean shutdown leaves the table");
+            }
+
+            #[test]
+            fn switch_is_refused_while_an_old_instance_lives_then_proceeds() {
+                let Some((_guard, url)) = $setup("switch_is_refused_while_an_old_instance_lives") else { return };
+                let new = instance(&url, "new", 1..=2, 50);
+                let old = instance(&url, "old-binary", 1..=1, 50);
+                let other_new = instance(&url, "new-2", 1..=2, 50);
+                new.upgrader().expand().unwrap();
+                let err = new.upgrader().switch().unwrap_err();
+                match &err {
+                    Error::SwitchRefused { version, instances } => {
+                        assert_eq!(version.get(), 2);
+                        assert_eq!(instances.len(), 1, "{instances:?}");
+                        assert!(instances[0].contains("old-binary") && instances[0].contains("serves 1..=1"), "{instances:?}");
+                        assert!(instances[0].contains(&format!("pid {}", std::process::id())), "{instances:?}");
+                    }
+                    other => panic!("expected SwitchRefused, got {other:?}"),
+                }
+                let s = new.state().unwrap();
+                assert_eq!((s.version.get(), s.phase, s.mode), (1, StatePhase::Expanded, Mode::Steady));
+                drop(old);
+                let report = new.upgrader().switch().unwrap();
+                let ack = report.fleet_ack.expect("went through deploying mode");
+                eprintln!("fleet acknowledged deploying mode in {ack:?} (poll interval 50 ms)");
+                assert_eq!(new.state().unwrap().mode, Mode::Steady);
+                // The other instance adopts the new version within a poll or two.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while other_new.live_version().get() != 2 || !other_new.steady() {
+                    assert!(Instant::now() < deadline, "the other instance never adopted version 2");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                new.upgrader().contract().unwrap();
+            }
+
+            #[test]
+            fn a_stale_lease_takes_the_locking_path() {
+                let Some((_guard, url)) = $setup("a_stale_lease_takes_the_locking_path") else { return };
+                let db = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    .poll_interval(Duration::from_millis(20))
+                    .lease(Duration::from_millis(200))
+                    .open()
+                    .unwrap();
+                let repo = accounts_on::<<B as Backend>::Connection>();
+                assert!(db.steady());
+                db.pause_fleet(true); // as if the database were unreachable
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while db.steady() {
+                    assert!(Instant::now() < deadline, "an expired lease must leave the steady path");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                // Calls still work, on the locking path, with the live version.
+                let (binding, live) = db.call(&repo, |r, s| Ok::<_, Error>((r.version(), r.db_version(s.conn())))).unwrap();
+                assert_eq!(i64::from(binding), live);
+                db.pause_fleet(false);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !db.steady() {
+                    assert!(Instant::now() < deadline, "a renewed lease returns to the steady path");
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+
+            #[test]
+            fn a_stuck_instance_blocks_the_switch_with_a_typed_error() {
+                let Some((_guard, url)) = $setup("a_stuck_instance_blocks_the_switch") else { return };
+                let upgrader_side = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    .poll_interval(Duration::from_millis(20))
+                    .lease(Duration::from_millis(100))
+                    .label("upgrader")
+                    .open()
+                    .unwrap();
+                let stuck = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    .poll_interval(Duration::from_millis(20))
+                    .lease(Duration::from_secs(60))
+                    .label("stuck")
+                    .open()
+                    .unwrap();
+                stuck.refresh().unwrap(); // a fresh 60 s lease
+                stuck.pause_fleet(true); // alive (lease valid) but no longer acknowledging
+                upgrader_side.upgrader().expand().unwrap();
+                let err = upgrader_side.upgrader().switch().unwrap_err();
+                match &err {
+                    Error::FleetNotAcknowledged { phase, instances, .. } => {
+                        assert_eq!(*phase, tandem::Phase::Switch);
+                        assert!(instances.iter().any(|i| i.contains("stuck")), "{instances:?}");
+                    }
+                    other => panic!("expected FleetNotAcknowledged, got {other:?}"),
+                }
+                let s = upgrader_side.state().unwrap();
+                assert_eq!((s.version.get(), s.mode), (1, Mode::Steady), "unchanged, and back to steady");
+                stuck.pause_fleet(false);
+                stuck.refresh().unwrap();
+                upgrader_side.upgrader().switch().unwrap();
+                assert_eq!(upgrader_side.state().unwrap().version.get(), 2);
+            }
+
+            #[test]
+            fn contract_waits_for_every_instance_and_bad_fleet_rows_are_refused() {
+                let Some((_guard, url)) = $setup("contract_waits_for_every_instance") else { return };
+                let db = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    .poll_interval(Duration::from_millis(20))
+                    .lease(Duration::from_millis(100))
+                    .open()
+                    .unwrap();
+                db.upgrader().expand().unwrap();
+                db.upgrader().switch().unwrap();
+                // An instance that never saw the switch (observed epoch 0) and is still leased.
+                let far = 4_102_444_800_000_i64; // 2100-01-01
+                let mut conn = db.connection().unwrap();
+                let insert = |conn: &mut <B as Backend>::Connection, id: &str, min: i64| {
+                    diesel::sql_query(format!(
+                        "INSERT INTO tandem_fleet (id, host, pid, label, min_version, max_version, observed_epoch, lease_until, started_at) \
+                         VALUES ('{id}', 'elsewhere', 4242, 'laggard', {min}, 2, 0, {far}, 0)"
+                    ))
+                    .execute(conn)
+                    .unwrap();
+                };
+                use diesel::RunQueryDsl;
+                insert(&mut conn, "laggard-1", 1);
+                let err = db.upgrader().contract().unwrap_err();
+                match &err {
+                    Error::FleetNotAcknowledged { phase, instances, .. } => {
+                        assert_eq!(*phase, tandem::Phase::Contract);
+                        assert!(instances[0].contains("laggard") && instances[0].contains("pid 4242"), "{instances:?}");
+                    }
+                    other => panic!("expected FleetNotAcknowledged, got {other:?}"),
+                }
+                assert_eq!(db.state().unwrap().phase, StatePhase::Switched, "contract did not run");
+                diesel::sql_query("DELETE FROM tandem_fleet WHERE id = 'laggard-1'").execute(&mut conn).unwrap();
+                // A fleet row with an impossible version is a typed error, not a guess.
+                insert(&mut conn, "corrupt-1", 0);
+                let err = db.instances().unwrap_err();
+                assert!(matches!(&err, Error::MetadataCorrupt { table, .. } if table == "tandem_fleet"), "{err:?}");
+                let err = db.upgrader().contract().unwrap_err();
+                assert!(matches!(&err, Error::MetadataCorrupt { .. }), "{err:?}");
+                diesel::sql_query("DELETE FROM tandem_fleet WHERE id = 'corrupt-1'").execute(&mut conn).unwrap();
+                db.upgrader().contract().unwrap();
+            }
+
+            #[test]
+            fn calls_through_a_fleet_switch_run_with_the_live_version() {
+                let Some((_guard, url)) = $setup("calls_through_a_fleet_switch") else { return };
+                let instances: Vec<Tandem<B>> = (0..3).map(|i| instance(&url, &format!("i{i}"), 1..=2, 50)).collect();
+                let stop = Arc::new(AtomicBool::new(false));
+                let start = Arc::new(Barrier::new(3 * 4 + 1));
+                let handles: Vec<_> = instances.iter().flat_map(|db| callers(db, 4, &stop, &start)).collect();
+                start.wait();
+                thread::sleep(Duration::from_millis(150));
+                instances[0].reset_max_lock_wait();
+                let up = instances[0].upgrader();
+                up.expand().unwrap();
+                let switch = up.switch().unwrap();
+                thread::sleep(Duration::from_millis(200));
+                up.contract().unwrap();
+                thread::sleep(Duration::from_millis(100));
+                stop.store(true, Ordering::Relaxed);
+                let (mut calls, mut acked) = (Vec::new(), BTreeMap::new());
+                for h in handles {
+                    let (c, a, errors) = h.join().unwrap();
+                    assert!(errors.is_empty(), "calls failed: {:?}", &errors[..errors.len().min(3)]);
+                    calls.extend(c);
+                    acked.extend(a);
+                }
+                for (binding, before, after) in &calls {
+                    assert_eq!((i64::from(*binding), i64::from(*binding)), (*before, *after), "a call ran a binding other than the live version");
+                }
+                let versions: std::collections::BTreeSet<u32> = calls.iter().map(|c| c.0).collect();
+                assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 2], "at most two versions, both served");
+                let repo = accounts_on::<<B as Backend>::Connection>();
+                for (id, email) in &acked {
+                    assert_eq!(instances[1].call(&repo, |r, s| r.email(s.conn(), *id)).unwrap().as_ref(), Some(email), "lost write {id}");
+                }
+                eprintln!(
+                    "{} calls, {} acknowledged writes; fleet ack {:?}, writer wait {:?}, switch held {:?}, longest lock wait on instance 0: {:?}",
+                    calls.len(),
+                    acked.len(),
+                    switch.fleet_ack,
+                    switch.writer_wait,
+                    switch.held,
+                    instances[0].max_lock_wait()
+                );
+            }
+        }
+    };
+}
+
+fn sqlite_setup(_test: &str) -> Option<(tempfile::TempDir, String)> {
+    Some(common::temp_db())
+}
+
+fleet_suite!(sqlite, tandem::Sqlite, sqlite_setup);
+
+#[cfg(feature = "postgres")]
+fn pg_setup(test: &str) -> Option<(common::pg::PgDb, String)> {
+    let db = common::pg::PgDb::new(test)?;
+    let url = db.url.clone();
+    Some((db, url))
+}
+
+#[cfg(feature = "postgres")]
+fleet_suite!(postgres, tandem::Postgres, pg_setup);
