@@ -781,7 +781,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                     self.db.inner.live.store(to.0.get(), Ordering::Release);
                     report.writer_wait += db_wait;
                     report.escalated |= db_escalated;
-                    report.held = held_from.elapsed();
+                    report.held = held_from.elapsed().saturating_sub(db_wait);
                     drop(guard);
                     break;
                 }
