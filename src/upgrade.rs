@@ -268,20 +268,46 @@ impl<'t, B: Backend> Upgrader<'t, B> {
 
     fn with_lease<T>(&self, f: impl FnOnce(&mut B::Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.db.connection()?;
-        self.acquire_lease(&mut *conn)?;
+        self.acquire_lease(&mut conn)?;
         let result = self
             .db
-            .verify_checksums(&mut *conn)
-            .and_then(|()| f(&mut *conn));
-        if !matches!(result, Err(Error::InjectedCrash { .. })) {
-            if let Err(e) = self
-                .db
-                .inner
-                .meta
-                .release_lease::<B>(&mut *conn, &self.owner)
-            {
-                tracing::warn!(error = %e, "could not release the upgrade lease; it expires by itself");
+            .verify_checksums(&mut conn)
+            .and_then(|()| f(&mut conn));
+        if matches!(result, Err(Error::InjectedCrash { .. })) {
+            return result; // a "crashed" upgrader leaves everything as a dead process would
+        }
+        // After a failure the connection may be the broken part: clean up on
+        // a fresh one (returning this one to the pool first).
+        if result.is_err() {
+            drop(conn);
+            conn = match self.db.connection() {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot clean up after the failed command; the upgrade lease expires by itself");
+                    return result;
+                }
+            };
+        }
+        // Whatever happened, the fleet does not stay in deploying mode (a
+        // failed switch, or one an earlier upgrader crashed in).
+        let deploying = self
+            .db
+            .inner
+            .meta
+            .read_state::<B>(&mut conn, meta::now_ms())
+            .map(|s| s.mode == Mode::Deploying);
+        if deploying.unwrap_or(false) {
+            if let Err(e) = self.leave_deploying(&mut conn) {
+                tracing::warn!(error = %e, "could not return the fleet to steady mode; the next upgrader command will");
             }
+        }
+        if let Err(e) = self
+            .db
+            .inner
+            .meta
+            .release_lease::<B>(&mut conn, &self.owner)
+        {
+            tracing::warn!(error = %e, "could not release the upgrade lease; it expires by itself");
         }
         result
     }

@@ -28,6 +28,7 @@ fn spawn(test: &str, role: &str, url: &str, dir: &Path) -> Child {
         .env("TANDEM_MP_ROLE", role)
         .env("TANDEM_MP_URL", url)
         .env("TANDEM_MP_DIR", dir)
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()
 }

@@ -1,214 +1,295 @@
 //! The core on a real PostgreSQL server: open, dispatch, the upgrade phases,
 //! threads through a switch, and bad input.
-#![cfg(feature = "postgres")]
 
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn postgres_tests_need_the_postgres_feature() {
+    eprintln!(
+        "SKIPPED: the PostgreSQL tests (tests/postgres.rs and the postgres suites of fleet.rs and \
+         multiprocess.rs) are built only with `--features postgres`; scripts/test runs them"
+    );
+}
+
+#[cfg(feature = "postgres")]
 mod common;
+#[cfg(feature = "postgres")]
+mod pg {
+    use super::common;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
-use std::thread;
-use std::time::Duration;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::thread;
+    use std::time::Duration;
 
-use common::pg::PgDb;
-use diesel::prelude::*;
-use tandem::{Error, Postgres, Repository, StatePhase, Tandem};
+    use common::pg::PgDb;
+    use diesel::prelude::*;
+    use tandem::{Error, Postgres, Repository, StatePhase, Tandem};
 
-use common::{accounts_on, AccountsOn};
+    use common::{accounts_on, AccountsOn};
 
-fn accounts() -> Repository<dyn AccountsOn<PgConnection>> {
-    accounts_on::<PgConnection>()
-}
+    fn accounts() -> Repository<dyn AccountsOn<PgConnection>> {
+        accounts_on::<PgConnection>()
+    }
 
-fn db_version(conn: &mut PgConnection) -> i64 {
-    AccountsOnPg::db_version(&common::AccountsV1, conn)
-}
+    fn db_version(conn: &mut PgConnection) -> i64 {
+        AccountsOnPg::db_version(&common::AccountsV1, conn)
+    }
 
-use common::AccountsOn as AccountsOnPg;
+    use common::AccountsOn as AccountsOnPg;
 
-fn open(pg: &PgDb) -> Tandem<Postgres> {
-    Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
-        .serves(1..=2)
-        .pool_size(12)
-        .backfill(2, "copy emails", tandem::demo::backfill_emails)
-        .open()
-        .unwrap()
-}
-
-#[test]
-fn upgrade_cycle_with_backfill_and_switch_back() {
-    let Some(pg) = PgDb::new("upgrade_cycle_with_backfill_and_switch_back") else {
-        return;
-    };
-    let db = open(&pg);
-    let repo = accounts();
-    let ids: Vec<i64> = db
-        .unit_of_work(|s| -> tandem::Result<Vec<i64>> {
-            let r = s.repo(&repo)?;
-            (0..2500)
-                .map(|i| r.create(s.conn(), &format!("n{i}"), &format!("e{i}@x")))
-                .collect()
-        })
-        .unwrap();
-    let up = db.upgrader();
-    let expand = up.expand().unwrap();
-    assert_eq!(expand.batches, 3);
-    up.switch().unwrap();
-    assert_eq!(
-        db.call(&repo, |r, s| Ok::<_, Error>((
-            r.version(),
-            db_version(s.conn())
-        )))
-        .unwrap(),
-        (2, 2)
-    );
-    let new = db
-        .unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "new", "new@x"))
-        .unwrap();
-    up.switch_back().unwrap();
-    // The v1 binding reads what v2 wrote (sync triggers).
-    assert_eq!(
-        db.call(&repo, |r, s| Ok::<_, Error>((
-            r.version(),
-            r.email(s.conn(), new)?
-        )))
-        .unwrap(),
-        (1, Some("new@x".to_owned()))
-    );
-    db.call(&repo, |r, s| r.set_email(s.conn(), ids[0], "changed@x"))
-        .unwrap();
-    up.switch().unwrap();
-    up.contract().unwrap();
-    let state = db.state().unwrap();
-    assert_eq!((state.version.get(), state.phase), (2, StatePhase::Stable));
-    assert_eq!(
-        db.call(&repo, |r, s| r.email(s.conn(), ids[0]))
+    fn open(pg: &PgDb) -> Tandem<Postgres> {
+        Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+            .serves(1..=2)
+            .pool_size(12)
+            .backfill(2, "copy emails", tandem::demo::backfill_emails)
+            .open()
             .unwrap()
-            .as_deref(),
-        Some("changed@x")
-    );
-    assert_eq!(
-        db.call(&repo, |r, s| r.email(s.conn(), ids[2499]))
-            .unwrap()
-            .as_deref(),
-        Some("e2499@x")
-    );
-    let history: Vec<String> = db
-        .history()
-        .unwrap()
-        .into_iter()
-        .map(|h| format!("{}:{}:{}", h.version, h.phase, h.outcome))
-        .collect();
-    assert_eq!(
-        history,
-        [
-            "1:expand:applied",
-            "2:expand:applied",
-            "2:switch:applied",
-            "2:switch_back:applied",
-            "2:switch:applied",
-            "2:contract:applied"
-        ]
-    );
-}
+    }
 
-#[test]
-fn threads_through_a_switch_lose_nothing() {
-    let Some(pg) = PgDb::new("threads_through_a_switch_lose_nothing") else {
-        return;
-    };
-    let db = open(&pg);
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(Barrier::new(9));
-    let workers: Vec<_> = (0..8)
-        .map(|n| {
-            let (db, stop, start) = (db.clone(), stop.clone(), start.clone());
-            thread::spawn(move || {
-                let repo = accounts();
-                let mut acknowledged = BTreeMap::new();
-                let mut calls = Vec::new();
-                start.wait();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let email = format!("t{n}-{i}@x");
-                    let r = db.unit_of_work(|s| {
-                        let before = db_version(s.conn());
-                        let r = s.repo(&repo)?;
-                        let id = r.create(s.conn(), "t", &email)?;
-                        Ok::<_, Error>((r.version(), before, db_version(s.conn()), id))
-                    });
-                    let (v, before, after, id) = r.unwrap();
-                    calls.push((v, before, after));
-                    acknowledged.insert(id, email);
-                }
-                (calls, acknowledged)
+    #[test]
+    fn upgrade_cycle_with_backfill_and_switch_back() {
+        let Some(pg) = PgDb::new("upgrade_cycle_with_backfill_and_switch_back") else {
+            return;
+        };
+        let db = open(&pg);
+        let repo = accounts();
+        let ids: Vec<i64> = db
+            .unit_of_work(|s| -> tandem::Result<Vec<i64>> {
+                let r = s.repo(&repo)?;
+                (0..2500)
+                    .map(|i| r.create(s.conn(), &format!("n{i}"), &format!("e{i}@x")))
+                    .collect()
             })
-        })
-        .collect();
-    start.wait();
-    thread::sleep(Duration::from_millis(200));
-    db.upgrader().upgrade_to(2).unwrap();
-    thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let repo = accounts();
-    let mut versions = std::collections::BTreeSet::new();
-    for w in workers {
-        let (calls, acknowledged) = w.join().unwrap();
-        for (v, before, after) in calls {
-            assert_eq!(
-                (i64::from(v), i64::from(v)),
-                (before, after),
-                "a call ran a binding other than the live version"
-            );
-            versions.insert(v);
+            .unwrap();
+        let up = db.upgrader();
+        let expand = up.expand().unwrap();
+        assert_eq!(expand.batches, 3);
+        up.switch().unwrap();
+        assert_eq!(
+            db.call(&repo, |r, s| Ok::<_, Error>((
+                r.version(),
+                db_version(s.conn())
+            )))
+            .unwrap(),
+            (2, 2)
+        );
+        let new = db
+            .unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "new", "new@x"))
+            .unwrap();
+        up.switch_back().unwrap();
+        // The v1 binding reads what v2 wrote (sync triggers).
+        assert_eq!(
+            db.call(&repo, |r, s| Ok::<_, Error>((
+                r.version(),
+                r.email(s.conn(), new)?
+            )))
+            .unwrap(),
+            (1, Some("new@x".to_owned()))
+        );
+        db.call(&repo, |r, s| r.set_email(s.conn(), ids[0], "changed@x"))
+            .unwrap();
+        up.switch().unwrap();
+        up.contract().unwrap();
+        let state = db.state().unwrap();
+        assert_eq!((state.version.get(), state.phase), (2, StatePhase::Stable));
+        assert_eq!(
+            db.call(&repo, |r, s| r.email(s.conn(), ids[0]))
+                .unwrap()
+                .as_deref(),
+            Some("changed@x")
+        );
+        assert_eq!(
+            db.call(&repo, |r, s| r.email(s.conn(), ids[2499]))
+                .unwrap()
+                .as_deref(),
+            Some("e2499@x")
+        );
+        let history: Vec<String> = db
+            .history()
+            .unwrap()
+            .into_iter()
+            .map(|h| format!("{}:{}:{}", h.version, h.phase, h.outcome))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                "1:expand:applied",
+                "2:expand:applied",
+                "2:switch:applied",
+                "2:switch_back:applied",
+                "2:switch:applied",
+                "2:contract:applied"
+            ]
+        );
+    }
+
+    #[test]
+    fn threads_through_a_switch_lose_nothing() {
+        let Some(pg) = PgDb::new("threads_through_a_switch_lose_nothing") else {
+            return;
+        };
+        let db = open(&pg);
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Arc::new(Barrier::new(9));
+        let workers: Vec<_> = (0..8)
+            .map(|n| {
+                let (db, stop, start) = (db.clone(), stop.clone(), start.clone());
+                thread::spawn(move || {
+                    let repo = accounts();
+                    let mut acknowledged = BTreeMap::new();
+                    let mut calls = Vec::new();
+                    start.wait();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let email = format!("t{n}-{i}@x");
+                        let r = db.unit_of_work(|s| {
+                            let before = db_version(s.conn());
+                            let r = s.repo(&repo)?;
+                            let id = r.create(s.conn(), "t", &email)?;
+                            Ok::<_, Error>((r.version(), before, db_version(s.conn()), id))
+                        });
+                        let (v, before, after, id) = r.unwrap();
+                        calls.push((v, before, after));
+                        acknowledged.insert(id, email);
+                    }
+                    (calls, acknowledged)
+                })
+            })
+            .collect();
+        start.wait();
+        thread::sleep(Duration::from_millis(200));
+        db.upgrader().upgrade_to(2).unwrap();
+        thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        let repo = accounts();
+        let mut versions = std::collections::BTreeSet::new();
+        for w in workers {
+            let (calls, acknowledged) = w.join().unwrap();
+            for (v, before, after) in calls {
+                assert_eq!(
+                    (i64::from(v), i64::from(v)),
+                    (before, after),
+                    "a call ran a binding other than the live version"
+                );
+                versions.insert(v);
+            }
+            for (id, email) in acknowledged {
+                assert_eq!(
+                    db.call(&repo, |r, s| r.email(s.conn(), id)).unwrap(),
+                    Some(email)
+                );
+            }
         }
-        for (id, email) in acknowledged {
-            assert_eq!(
-                db.call(&repo, |r, s| r.email(s.conn(), id)).unwrap(),
-                Some(email)
-            );
+        assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn bad_input_on_postgres() {
+        let Some(pg) = PgDb::new("bad_input_on_postgres") else {
+            return;
+        };
+        // Invalid prefix: refused before any table is created.
+        let err = Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+            .prefix("x; DROP TABLE y")
+            .open()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidPrefix { .. }), "{err:?}");
+        let db = open(&pg);
+        // Contract before switch.
+        db.upgrader().expand().unwrap();
+        let err = db.upgrader().contract().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::PhaseOutOfOrder {
+                    attempted: tandem::Phase::Contract,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(db.state().unwrap().phase, StatePhase::Expanded);
+
+        // Unreachable server: a clear error without the password.
+        let url = "postgres://someone:sup3rsecret@127.0.0.1:1/nowhere";
+        let err = Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
+            .connection_timeout(Duration::from_millis(300))
+            .open()
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("sup3rsecret"), "password leaked: {shown}");
+            assert!(shown.contains("someone:***@127.0.0.1:1"), "{shown}");
         }
     }
-    assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 2]);
 }
 
-#[test]
-fn bad_input_on_postgres() {
-    let Some(pg) = PgDb::new("bad_input_on_postgres") else {
-        return;
-    };
-    // Invalid prefix: refused before any table is created.
-    let err = Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
-        .prefix("x; DROP TABLE y")
-        .open()
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidPrefix { .. }), "{err:?}");
-    let db = open(&pg);
-    // Contract before switch.
-    db.upgrader().expand().unwrap();
-    let err = db.upgrader().contract().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PhaseOutOfOrder {
-                attempted: tandem::Phase::Contract,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(db.state().unwrap().phase, StatePhase::Expanded);
+#[cfg(feature = "postgres")]
+mod lost_connection {
+    use super::common::{self, pg::PgDb};
+    use tandem::{Error, Postgres, StatePhase, Tandem};
 
-    // Unreachable server: a clear error without the password.
-    let url = "postgres://someone:sup3rsecret@127.0.0.1:1/nowhere";
-    let err = Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
-        .connection_timeout(Duration::from_millis(300))
-        .open()
-        .unwrap_err();
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
-    for shown in [err.to_string(), format!("{err:?}")] {
-        assert!(!shown.contains("sup3rsecret"), "password leaked: {shown}");
-        assert!(shown.contains("someone:***@127.0.0.1:1"), "{shown}");
+    /// The upgrader's connection dies in the middle of the switch's
+    /// transaction: the database stays wholly at the old version, and the
+    /// same command run again (here with the intended switch.sql) finishes.
+    #[test]
+    fn connection_lost_during_the_switch() {
+        let Some(pg) = PgDb::new("connection_lost_during_the_switch") else {
+            return;
+        };
+        let files = |switch: &'static str| {
+            vec![
+                (
+                    "0001_items/expand.sql",
+                    "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);",
+                ),
+                (
+                    "0002_labels/expand.sql",
+                    "ALTER TABLE items ADD COLUMN label TEXT;",
+                ),
+                ("0002_labels/switch.sql", switch),
+            ]
+        };
+        let killer =
+            "CREATE TABLE half_switched (x INT); SELECT pg_terminate_backend(pg_backend_pid());";
+        let (_d, cat) = common::catalog(&files(killer));
+        let db = Tandem::<Postgres>::builder(&pg.url, cat)
+            .serves(1..=2)
+            .open()
+            .unwrap();
+        db.upgrader().expand().unwrap();
+        let err = db.upgrader().switch().unwrap_err();
+        assert!(
+            matches!(err, Error::PhaseFailed { .. } | Error::Query(_)),
+            "{err:?}"
+        );
+        let s = db.state().unwrap();
+        assert_eq!(
+            (s.version.get(), s.phase),
+            (1, StatePhase::Expanded),
+            "never between versions"
+        );
+        assert_eq!(db.live_version().get(), 1);
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let half: N = diesel::sql_query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'half_switched'")
+            .get_result(&mut pg.conn())
+            .unwrap();
+        assert_eq!(half.n, 0, "the switch's statements rolled back with it");
+        drop(db);
+        let (_d2, fixed) = common::catalog(&files("CREATE TABLE switched (x INT);"));
+        let db = Tandem::<Postgres>::builder(&pg.url, fixed)
+            .serves(1..=2)
+            .open()
+            .unwrap();
+        // The lease of the dead attempt's upgrader was released (it failed cleanly).
+        db.upgrader().upgrade_to(2).unwrap();
+        assert_eq!(db.state().unwrap().version.get(), 2);
     }
 }
