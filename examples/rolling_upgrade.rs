@@ -1,4 +1,4 @@
-//! A rolling upgrade under load, on a temporary SQLite file (WAL).
+//! A rolling upgrade under load.
 //!
 //! Worker threads create accounts, read and update emails through the
 //! `Accounts` repository while the upgrader moves the schema from version 1
@@ -7,20 +7,26 @@
 //! acknowledged write is read back through the version 2 binding.
 //!
 //! ```text
-//! cargo run --example rolling_upgrade [-- --threads 16 --seed-accounts 5000 --phase-ms 400]
+//! cargo run --example rolling_upgrade                       # one process, SQLite file (WAL)
+//! cargo run --all-features --example rolling_upgrade -- \
+//!     --database-url postgres://user@localhost/db --instances 3   # 3 instance processes
 //! ```
 //!
-//! The last line is a summary a script can check:
+//! With `--instances N` the example starts N copies of itself as instance
+//! processes (each with `--threads` workers) and acts as the upgrader. The
+//! last line is a summary a script can check:
 //! `summary: calls=… errors=… lost_writes=… versions_served=1,2 max_pause_ms=…`
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use tandem::{PhaseReport, Repository, Sqlite, Tandem};
+use tandem::{Backend, PhaseReport, Repository, Tandem};
 
 /// Version 1: the email lives in `accounts`.
 mod v1 {
@@ -35,134 +41,239 @@ mod v2 {
 
 diesel::table! { tandem_state (id) { id -> BigInt, version -> BigInt, } }
 
-/// The application's repository: one implementation per schema version.
-trait Accounts: Send + Sync {
+/// The application's repository, over the connection type `C` of a backend:
+/// one implementation per schema version.
+trait Accounts<C>: Send + Sync {
     /// The schema version this binding was written for.
     fn version(&self) -> u32;
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64>;
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>>;
-    fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()>;
+    fn create(&self, conn: &mut C, name: &str, email: &str) -> tandem::Result<i64>;
+    fn email(&self, conn: &mut C, id: i64) -> tandem::Result<Option<String>>;
+    fn set_email(&self, conn: &mut C, id: i64, email: &str) -> tandem::Result<()>;
+    /// The live version as the state row says (for the demo's own check).
+    fn live(&self, conn: &mut C) -> tandem::Result<i64>;
 }
 
 struct AccountsV1;
-
-impl Accounts for AccountsV1 {
-    fn version(&self) -> u32 {
-        1
-    }
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64> {
-        use v1::accounts::dsl;
-        Ok(diesel::insert_into(dsl::accounts)
-            .values((dsl::name.eq(name), dsl::email.eq(email)))
-            .returning(dsl::id)
-            .get_result(conn)?)
-    }
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
-        use v1::accounts::dsl;
-        Ok(dsl::accounts
-            .find(id)
-            .select(dsl::email)
-            .first(conn)
-            .optional()?)
-    }
-    fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()> {
-        use v1::accounts::dsl;
-        diesel::update(dsl::accounts.find(id))
-            .set(dsl::email.eq(email))
-            .execute(conn)?;
-        Ok(())
-    }
-}
-
 struct AccountsV2;
 
-impl Accounts for AccountsV2 {
-    fn version(&self) -> u32 {
-        2
-    }
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> tandem::Result<i64> {
-        use v2::{account_emails as e, accounts as a};
-        // Two inserts, atomic: a savepoint inside the caller's unit of work.
-        Ok(conn.transaction(|conn| {
-            let id: i64 = diesel::insert_into(a::table)
-                .values(a::name.eq(name))
-                .returning(a::id)
-                .get_result(conn)?;
-            diesel::insert_into(e::table)
-                .values((e::account_id.eq(id), e::email.eq(email)))
-                .execute(conn)?;
-            QueryResult::Ok(id)
-        })?)
-    }
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
-        use v2::account_emails::dsl;
-        Ok(dsl::account_emails
-            .find(id)
-            .select(dsl::email)
-            .first(conn)
-            .optional()?)
-    }
-    fn set_email(&self, conn: &mut SqliteConnection, id: i64, email: &str) -> tandem::Result<()> {
-        use v2::account_emails::dsl;
-        diesel::replace_into(dsl::account_emails)
-            .values((dsl::account_id.eq(id), dsl::email.eq(email)))
-            .execute(conn)?;
-        Ok(())
-    }
+/// The bindings, written once: the diesel DSL used here works on SQLite and
+/// PostgreSQL alike.
+macro_rules! bindings {
+    ($conn:ty) => {
+        impl Accounts<$conn> for AccountsV1 {
+            fn version(&self) -> u32 {
+                1
+            }
+            fn create(&self, conn: &mut $conn, name: &str, email: &str) -> tandem::Result<i64> {
+                use v1::accounts::dsl;
+                Ok(diesel::insert_into(dsl::accounts)
+                    .values((dsl::name.eq(name), dsl::email.eq(email)))
+                    .returning(dsl::id)
+                    .get_result(conn)?)
+            }
+            fn email(&self, conn: &mut $conn, id: i64) -> tandem::Result<Option<String>> {
+                use v1::accounts::dsl;
+                Ok(dsl::accounts
+                    .find(id)
+                    .select(dsl::email)
+                    .first(conn)
+                    .optional()?)
+            }
+            fn set_email(&self, conn: &mut $conn, id: i64, email: &str) -> tandem::Result<()> {
+                use v1::accounts::dsl;
+                diesel::update(dsl::accounts.find(id))
+                    .set(dsl::email.eq(email))
+                    .execute(conn)?;
+                Ok(())
+            }
+            fn live(&self, conn: &mut $conn) -> tandem::Result<i64> {
+                Ok(tandem_state::table
+                    .select(tandem_state::version)
+                    .first(conn)?)
+            }
+        }
+
+        impl Accounts<$conn> for AccountsV2 {
+            fn version(&self) -> u32 {
+                2
+            }
+            fn create(&self, conn: &mut $conn, name: &str, email: &str) -> tandem::Result<i64> {
+                use v2::{account_emails as e, accounts as a};
+                // Two inserts, atomic: a savepoint inside the caller's unit of work.
+                Ok(conn.transaction(|conn| {
+                    let id: i64 = diesel::insert_into(a::table)
+                        .values(a::name.eq(name))
+                        .returning(a::id)
+                        .get_result(conn)?;
+                    diesel::insert_into(e::table)
+                        .values((e::account_id.eq(id), e::email.eq(email)))
+                        .execute(conn)?;
+                    QueryResult::Ok(id)
+                })?)
+            }
+            fn email(&self, conn: &mut $conn, id: i64) -> tandem::Result<Option<String>> {
+                use v2::account_emails::dsl;
+                Ok(dsl::account_emails
+                    .find(id)
+                    .select(dsl::email)
+                    .first(conn)
+                    .optional()?)
+            }
+            fn set_email(&self, conn: &mut $conn, id: i64, email: &str) -> tandem::Result<()> {
+                use v2::{account_emails as e, accounts as a};
+                // Touch the parent row first: every writer then locks accounts
+                // before account_emails (the reverse-sync trigger updates
+                // accounts), so the contract's DDL can take both tables
+                // without a lock-order cycle.
+                diesel::update(a::table.find(id))
+                    .set(a::id.eq(id))
+                    .execute(conn)?;
+                diesel::insert_into(e::table)
+                    .values((e::account_id.eq(id), e::email.eq(email)))
+                    .on_conflict(e::account_id)
+                    .do_update()
+                    .set(e::email.eq(email))
+                    .execute(conn)?;
+                Ok(())
+            }
+            fn live(&self, conn: &mut $conn) -> tandem::Result<i64> {
+                Ok(tandem_state::table
+                    .select(tandem_state::version)
+                    .first(conn)?)
+            }
+        }
+    };
 }
 
+bindings!(diesel::SqliteConnection);
+#[cfg(feature = "postgres")]
+bindings!(diesel::PgConnection);
+
+type Backfill<B> = fn(&mut <B as Backend>::Connection) -> QueryResult<usize>;
+
+#[derive(Clone)]
 struct Options {
+    database_url: Option<String>,
+    instances: usize,
     threads: usize,
     seed_accounts: usize,
     phase: Duration,
+    /// Internal: run as instance process number N, coordinating through DIR.
+    role: Option<(usize, PathBuf)>,
 }
+
+const USAGE: &str = "usage: rolling_upgrade [--database-url URL] [--instances N] [--threads N] \
+                     [--seed-accounts N] [--phase-ms MS]";
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
-        threads: 16,
+        database_url: None,
+        instances: 1,
+        threads: 0,
         seed_accounts: 5000,
         phase: Duration::from_millis(400),
+        role: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let mut value = || it.next().cloned().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
-            "--threads" => o.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
-            "--seed-accounts" => {
-                o.seed_accounts = value()?
-                    .parse()
-                    .map_err(|e| format!("--seed-accounts: {e}"))?
+            "--database-url" => o.database_url = Some(value()?),
+            "--instances" => o.instances = number(value()?)?.max(1),
+            "--threads" => o.threads = number(value()?)?,
+            "--seed-accounts" => o.seed_accounts = number(value()?)?,
+            "--phase-ms" => o.phase = Duration::from_millis(number(value()?)? as u64),
+            "--instance" => {
+                let n = number(value()?)?;
+                o.role = Some((n, PathBuf::from(value()?)));
             }
-            "--phase-ms" => {
-                o.phase =
-                    Duration::from_millis(value()?.parse().map_err(|e| format!("--phase-ms: {e}"))?)
-            }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: rolling_upgrade [--threads N] [--seed-accounts N] [--phase-ms MS]"
-                        .into(),
-                )
-            }
-            other => return Err(format!("unknown argument {other}; try --help")),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}; {USAGE}")),
         }
+    }
+    if o.threads == 0 {
+        o.threads = if o.instances > 1 { 8 } else { 16 };
     }
     Ok(o)
 }
 
-/// What one worker saw.
+/// What worker threads saw.
 #[derive(Default)]
-struct WorkerLog {
+struct Log {
     calls: u64,
     errors: Vec<String>,
-    /// The last email acknowledged for each account this worker owns.
+    /// The last email acknowledged for each account the workers own.
     acknowledged: BTreeMap<i64, String>,
     /// Calls per binding version.
     by_version: BTreeMap<u32, u64>,
-    /// Calls whose binding's version differed from the state row's version
-    /// read inside the same call.
+    /// Calls whose binding's version differed from the state row's, read
+    /// at the start and the end of the same call.
     mismatches: u64,
     slowest: Duration,
+    max_pause: Duration,
+}
+
+impl Log {
+    fn merge(&mut self, other: Log) {
+        self.calls += other.calls;
+        self.errors.extend(other.errors);
+        self.acknowledged.extend(other.acknowledged);
+        for (v, n) in other.by_version {
+            *self.by_version.entry(v).or_default() += n;
+        }
+        self.mismatches += other.mismatches;
+        self.slowest = self.slowest.max(other.slowest);
+        self.max_pause = self.max_pause.max(other.max_pause);
+    }
+
+    /// One line per record, for instance processes to hand to the upgrader.
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut out = format!(
+            "S {} {} {} {}\n",
+            self.calls,
+            self.mismatches,
+            self.slowest.as_nanos(),
+            self.max_pause.as_nanos()
+        );
+        for (v, n) in &self.by_version {
+            out.push_str(&format!("V {v} {n}\n"));
+        }
+        for (id, email) in &self.acknowledged {
+            out.push_str(&format!("A {id} {email}\n"));
+        }
+        for e in &self.errors {
+            out.push_str(&format!("E {}\n", e.replace('\n', " ")));
+        }
+        std::fs::write(path, out)
+    }
+
+    fn read(path: &Path) -> Result<Log, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut log = Log::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.splitn(5, ' ').collect();
+            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            match f.first() {
+                Some(&"S") => {
+                    log.calls = n(1);
+                    log.mismatches = n(2);
+                    log.slowest = Duration::from_nanos(n(3));
+                    log.max_pause = Duration::from_nanos(n(4));
+                }
+                Some(&"V") => {
+                    log.by_version.insert(n(1) as u32, n(2));
+                }
+                Some(&"A") => {
+                    log.acknowledged
+                        .insert(n(1) as i64, f.get(2).unwrap_or(&"").to_string());
+                }
+                _ => log.errors.push(line.trim_start_matches("E ").to_owned()),
+            }
+        }
+        Ok(log)
+    }
 }
 
 /// xorshift: enough randomness to mix operations, no dependency.
@@ -173,62 +284,58 @@ fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
-fn worker(
-    db: Tandem<Sqlite>,
-    accounts: Arc<Repository<dyn Accounts>>,
+fn worker<B: Backend>(
+    db: Tandem<B>,
+    accounts: Arc<Repository<dyn Accounts<B::Connection>>>,
     stop: Arc<AtomicBool>,
-    n: usize,
-) -> WorkerLog {
-    let mut log = WorkerLog::default();
-    let mut rng = 0x9E37_79B9_7F4A_7C15_u64 ^ (n as u64 + 1);
+    tag: String,
+) -> Log {
+    let mut log = Log::default();
+    let mut rng = 0x9E37_79B9_7F4A_7C15_u64
+        ^ tag
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     let mut owned: Vec<i64> = Vec::new();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let roll = next_random(&mut rng) % 10;
-        seq += 1;
-        let t0 = Instant::now();
-        // Invariant 1: the binding's version is the live version for the whole
-        // call; read the state row at the start and the end of each call.
-        let live = |s: &mut tandem::Session<'_, Sqlite>| -> tandem::Result<i64> {
-            Ok(tandem_state::table
-                .select(tandem_state::version)
-                .first(s.conn())?)
-        };
         let pick = next_random(&mut rng) as usize;
+        seq += 1;
+        let started = Instant::now();
+        // Each call checks invariant 1: its binding's version is the live
+        // version at its start and its end.
         let result = if roll <= 3 || owned.is_empty() {
-            // Writes go through a unit of work: one transaction, queued fairly.
+            // Writes go through a unit of work: one transaction (on SQLite
+            // queued fairly in-process).
+            let email = format!("{tag}-{seq}@example.com");
             db.unit_of_work(|s| {
-                let before = live(s)?;
                 let repo = s.repo(&accounts)?;
-                let email = format!("w{n}-{seq}@example.com");
-                let id = repo.create(s.conn(), &format!("worker {n} #{seq}"), &email)?;
-                let matched = before == live(s)? && before == i64::from(repo.version());
+                let before = repo.live(s.conn())?;
+                let id = repo.create(s.conn(), &format!("{tag} #{seq}"), &email)?;
+                let matched = before == repo.live(s.conn())? && before == i64::from(repo.version());
                 Ok::<_, tandem::Error>((repo.version(), matched, Some((id, email))))
             })
         } else if roll <= 7 {
             let id = owned[pick % owned.len()];
             db.call(&accounts, |repo, s| {
-                let before = live(s)?;
+                let before = repo.live(s.conn())?;
                 repo.email(s.conn(), id)?;
-                let matched = before == live(s)? && before == i64::from(repo.version());
+                let matched = before == repo.live(s.conn())? && before == i64::from(repo.version());
                 Ok::<_, tandem::Error>((repo.version(), matched, None))
             })
         } else {
             let id = owned[pick % owned.len()];
+            let email = format!("{tag}-{seq}-updated@example.com");
             db.unit_of_work(|s| {
-                let before = live(s)?;
                 let repo = s.repo(&accounts)?;
-                let email = format!("w{n}-{seq}-updated@example.com");
+                let before = repo.live(s.conn())?;
                 repo.set_email(s.conn(), id, &email)?;
-                let matched = before == live(s)? && before == i64::from(repo.version());
+                let matched = before == repo.live(s.conn())? && before == i64::from(repo.version());
                 Ok::<_, tandem::Error>((repo.version(), matched, Some((id, email))))
             })
         };
         log.calls += 1;
-        let took = t0.elapsed();
-        if took > log.slowest {
-            log.slowest = took;
-        }
+        log.slowest = log.slowest.max(started.elapsed());
         match result {
             Ok((version, matched, outcome)) => {
                 *log.by_version.entry(version).or_default() += 1;
@@ -246,13 +353,75 @@ fn worker(
     log
 }
 
+fn open<B: Backend>(
+    url: &str,
+    label: &str,
+    pool: usize,
+    backfill: Backfill<B>,
+) -> Result<Tandem<B>, Box<dyn std::error::Error>> {
+    Ok(Tandem::<B>::builder(url, tandem::demo::catalog()?)
+        .serves(1..=2)
+        .pool_size(u32::try_from(pool)? + 2)
+        .backfill(2, "copy emails into account_emails", backfill)
+        .label(label)
+        .open()?)
+}
+
+fn repository<B: Backend>() -> Result<Arc<Repository<dyn Accounts<B::Connection>>>, tandem::Error>
+where
+    AccountsV1: Accounts<B::Connection>,
+    AccountsV2: Accounts<B::Connection>,
+{
+    Ok(Arc::new(
+        Repository::<dyn Accounts<B::Connection>>::builder("accounts")
+            .binding(1, Arc::new(AccountsV1))
+            .binding(2, Arc::new(AccountsV2))
+            .build()?,
+    ))
+}
+
+/// Runs `threads` workers on `db` until `until` returns.
+fn serve<B: Backend>(
+    db: &Tandem<B>,
+    threads: usize,
+    tag: &str,
+    until: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<Log, Box<dyn std::error::Error>>
+where
+    AccountsV1: Accounts<B::Connection>,
+    AccountsV2: Accounts<B::Connection>,
+{
+    let accounts = repository::<B>()?;
+    db.reset_max_lock_wait();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..threads)
+        .map(|n| {
+            let (db, accounts, stop) = (db.clone(), Arc::clone(&accounts), Arc::clone(&stop));
+            let tag = format!("{tag}w{n}");
+            thread::spawn(move || worker(db, accounts, stop, tag))
+        })
+        .collect();
+    let outcome = until();
+    stop.store(true, Ordering::Relaxed);
+    let mut log = Log::default();
+    for w in workers {
+        log.merge(w.join().map_err(|_| "a worker thread panicked")?);
+    }
+    log.max_pause = db.max_lock_wait();
+    outcome.map(|()| log)
+}
+
 fn report_phase(label: &str, r: &PhaseReport) {
     let lock = if matches!(r.phase, tandem::Phase::Switch | tandem::Phase::SwitchBack) {
         format!(
-            ", writer waited {:.2} ms, held the lock {:.2} ms{}",
+            ", writer waited {:.2} ms, held the lock {:.2} ms{}{}",
             r.writer_wait.as_secs_f64() * 1e3,
             r.held.as_secs_f64() * 1e3,
-            if r.escalated { " (escalated)" } else { "" }
+            if r.escalated { " (escalated)" } else { "" },
+            r.fleet_ack.map_or(String::new(), |d| format!(
+                ", fleet acknowledged deploying mode in {:.1} ms",
+                d.as_secs_f64() * 1e3
+            ))
         )
     } else {
         String::new()
@@ -269,28 +438,53 @@ fn report_phase(label: &str, r: &PhaseReport) {
     );
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let o = options()?;
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("rolling.db");
-    let url = path.to_string_lossy().into_owned();
+fn wait_for(path: &Path, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {}", path.display()));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
 
-    let db = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog()?)
-        .serves(1..=2)
-        .pool_size(u32::try_from(o.threads)? + 2)
-        .backfill(
-            2,
-            "copy emails into account_emails",
-            tandem::demo::backfill_emails,
-        )
-        .label("rolling_upgrade")
-        .open()?;
-    let accounts: Arc<Repository<dyn Accounts>> = Arc::new(
-        Repository::<dyn Accounts>::builder("accounts")
-            .binding(1, Arc::new(AccountsV1))
-            .binding(2, Arc::new(AccountsV2))
-            .build()?,
-    );
+/// An instance process (`--instance N DIR`): serve until DIR/stop exists.
+fn instance<B: Backend>(
+    o: &Options,
+    url: &str,
+    n: usize,
+    dir: &Path,
+    backfill: Backfill<B>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    AccountsV1: Accounts<B::Connection>,
+    AccountsV2: Accounts<B::Connection>,
+{
+    let db = open::<B>(url, &format!("instance-{n}"), o.threads, backfill)?;
+    let log = serve(&db, o.threads, &format!("i{n}"), || {
+        std::fs::write(dir.join(format!("ready-{n}")), "")?;
+        wait_for(&dir.join("stop"), Duration::from_secs(600))?;
+        Ok(())
+    })?;
+    log.write(&dir.join(format!("log-{n}")))?;
+    Ok(())
+}
+
+fn run<B: Backend>(
+    o: &Options,
+    url: &str,
+    backfill: Backfill<B>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    AccountsV1: Accounts<B::Connection>,
+    AccountsV2: Accounts<B::Connection>,
+{
+    if let Some((n, dir)) = &o.role {
+        return instance::<B>(o, url, *n, dir, backfill);
+    }
+    let db = open::<B>(url, "upgrader", o.threads, backfill)?;
+    let accounts = repository::<B>()?;
 
     // Data written before the upgrade, which the backfill must carry over.
     let mut seeded = BTreeMap::new();
@@ -303,50 +497,74 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(())
     })?;
-
     println!(
-        "tandem rolling upgrade: {} threads on {} (SQLite WAL), {} seeded accounts",
-        o.threads, url, o.seed_accounts
+        "tandem rolling upgrade on {} ({}): {} instance process(es) x {} threads, {} seeded accounts",
+        tandem::redact(url),
+        B::NAME,
+        o.instances,
+        o.threads,
+        o.seed_accounts
     );
-    db.reset_max_lock_wait();
-    let stop = Arc::new(AtomicBool::new(false));
+
     let started = Instant::now();
-    let workers: Vec<_> = (0..o.threads)
-        .map(|n| {
-            let (db, accounts, stop) = (db.clone(), Arc::clone(&accounts), Arc::clone(&stop));
-            thread::spawn(move || worker(db, accounts, stop, n))
-        })
-        .collect();
-
-    let upgrader = db.upgrader();
     let mut reports = Vec::new();
-    thread::sleep(o.phase);
-    reports.push(("expand", upgrader.expand()?));
-    thread::sleep(o.phase);
-    reports.push(("switch", upgrader.switch()?));
-    thread::sleep(o.phase);
-    reports.push(("contract", upgrader.contract()?));
-    thread::sleep(o.phase);
-    stop.store(true, Ordering::Relaxed);
-
-    let mut total = WorkerLog::default();
-    let mut errors = Vec::new();
-    for w in workers {
-        let log = w.join().map_err(|_| "a worker thread panicked")?;
-        total.calls += log.calls;
-        total.mismatches += log.mismatches;
-        total.slowest = total.slowest.max(log.slowest);
-        errors.extend(log.errors);
-        for (v, n) in log.by_version {
-            *total.by_version.entry(v).or_default() += n;
+    let upgrade =
+        |reports: &mut Vec<(&'static str, PhaseReport)>| -> Result<(), Box<dyn std::error::Error>> {
+            let upgrader = db.upgrader();
+            thread::sleep(o.phase);
+            reports.push(("expand", upgrader.expand()?));
+            thread::sleep(o.phase);
+            reports.push(("switch", upgrader.switch()?));
+            thread::sleep(o.phase);
+            reports.push(("contract", upgrader.contract()?));
+            thread::sleep(o.phase);
+            Ok(())
+        };
+    let total = if o.instances == 1 {
+        serve(&db, o.threads, "w", || upgrade(&mut reports))?
+    } else {
+        let dir = tempfile::tempdir()?;
+        let exe = std::env::current_exe()?;
+        let mut children: Vec<Child> = Vec::new();
+        for n in 0..o.instances {
+            children.push(
+                Command::new(&exe)
+                    .args([
+                        "--database-url",
+                        url,
+                        "--threads",
+                        &o.threads.to_string(),
+                        "--instance",
+                        &n.to_string(),
+                    ])
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
         }
-        total.acknowledged.extend(log.acknowledged);
-    }
+        for n in 0..o.instances {
+            wait_for(
+                &dir.path().join(format!("ready-{n}")),
+                Duration::from_secs(60),
+            )?;
+        }
+        let upgraded = upgrade(&mut reports);
+        std::fs::write(dir.path().join("stop"), "")?;
+        let mut total = Log::default();
+        for (n, mut child) in children.into_iter().enumerate() {
+            if !child.wait()?.success() {
+                total.errors.push(format!("instance process {n} failed"));
+                continue;
+            }
+            total.merge(Log::read(&dir.path().join(format!("log-{n}")))?);
+        }
+        upgraded?;
+        total
+    };
     let elapsed = started.elapsed();
-    let max_pause = db.max_lock_wait();
 
     // Every acknowledged write, read back through the version 2 binding.
-    let v2 = AccountsV2;
+    let v2: &dyn Accounts<B::Connection> = &AccountsV2;
     let mut conn = db.connection()?;
     let mut lost = 0u64;
     for (id, email) in seeded.iter().chain(total.acknowledged.iter()) {
@@ -375,7 +593,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lost,
         total.mismatches
     );
-    for e in errors.iter().take(5) {
+    for e in total.errors.iter().take(5) {
         println!("error: {e}");
     }
     println!("live version: {}; history:", db.live_version());
@@ -391,7 +609,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "summary: calls={} errors={} lost_writes={} versions_served={} max_pause_ms={:.3}",
         total.calls,
-        errors.len() as u64 + total.mismatches,
+        total.errors.len() as u64 + total.mismatches,
         lost,
         total
             .by_version
@@ -399,11 +617,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        max_pause.as_secs_f64() * 1e3
+        total.max_pause.as_secs_f64() * 1e3
     );
-    let failed = !errors.is_empty() || lost > 0 || total.mismatches > 0;
-    if failed {
+    if !total.errors.is_empty() || lost > 0 || total.mismatches > 0 {
         return Err("the upgrade lost writes or failed calls".into());
     }
     Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let o = options()?;
+    match o.database_url.clone() {
+        Some(url) if url.starts_with("postgres") => {
+            #[cfg(feature = "postgres")]
+            return run::<tandem::Postgres>(&o, &url, tandem::demo::backfill_emails);
+            #[cfg(not(feature = "postgres"))]
+            return Err(format!(
+                "{} is a PostgreSQL URL: build with --features postgres (or --all-features)",
+                tandem::redact(&url)
+            )
+            .into());
+        }
+        Some(path) => run::<tandem::Sqlite>(&o, &path, tandem::demo::backfill_emails),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("rolling.db").to_string_lossy().into_owned();
+            run::<tandem::Sqlite>(&o, &path, tandem::demo::backfill_emails)
+        }
+    }
 }

@@ -102,12 +102,19 @@ macro_rules! demo_bindings {
                     .optional()?)
             }
             fn set_email(&self, conn: &mut $conn, id: i64, email: &str) -> tandem::Result<()> {
-                use v2::account_emails::dsl;
-                diesel::insert_into(dsl::account_emails)
-                    .values((dsl::account_id.eq(id), dsl::email.eq(email)))
-                    .on_conflict(dsl::account_id)
+                use v2::{account_emails as e, accounts as a};
+                // Touch the parent row first: every writer then locks accounts
+                // before account_emails (the reverse-sync trigger updates
+                // accounts), so the contract's DDL can take both tables
+                // without a lock-order cycle.
+                diesel::update(a::table.find(id))
+                    .set(a::id.eq(id))
+                    .execute(conn)?;
+                diesel::insert_into(e::table)
+                    .values((e::account_id.eq(id), e::email.eq(email)))
+                    .on_conflict(e::account_id)
                     .do_update()
-                    .set(dsl::email.eq(email))
+                    .set(e::email.eq(email))
                     .execute(conn)?;
                 Ok(())
             }
