@@ -150,31 +150,30 @@ fn criterion_benches(c: &mut Criterion, s: &Setup) {
     g.finish();
 }
 
-/// Median time per operation of `rounds` rounds of `per_round` operations,
-/// raw and tandem alternating round by round.
+/// Median time of one operation, raw and tandem alternating operation by
+/// operation (`rounds * per_round` of each), so both see the same machine
+/// state: on a shared VM, where the client and the server land decides a
+/// loopback round trip (26 or 100 µs) for seconds at a time.
 fn interleaved(
     rounds: usize,
     per_round: usize,
     mut raw: impl FnMut(usize),
     mut tandem: impl FnMut(usize),
 ) -> (Duration, Duration) {
-    let mut r = Vec::with_capacity(rounds);
-    let mut t = Vec::with_capacity(rounds);
-    for round in 0..rounds {
+    let n = rounds * per_round;
+    let mut r = Vec::with_capacity(n);
+    let mut t = Vec::with_capacity(n);
+    for i in 0..n {
         let start = Instant::now();
-        for i in 0..per_round {
-            raw(round * per_round + i);
-        }
-        r.push(start.elapsed() / per_round as u32);
+        raw(i);
+        r.push(start.elapsed());
         let start = Instant::now();
-        for i in 0..per_round {
-            tandem(round * per_round + i);
-        }
-        t.push(start.elapsed() / per_round as u32);
+        tandem(i);
+        t.push(start.elapsed());
     }
     r.sort();
     t.sort();
-    (r[rounds / 2], t[rounds / 2])
+    (r[n / 2], t[n / 2])
 }
 
 fn report(name: &str, (raw, tandem): (Duration, Duration)) {
@@ -185,6 +184,135 @@ fn report(name: &str, (raw, tandem): (Duration, Duration)) {
         tandem.as_secs_f64() * 1e6,
         (ratio - 1.0) * 100.0
     );
+}
+
+/// PostgreSQL, when `PG_DATABASE_URL` is set and the `postgres` feature is
+/// on: the steady path against raw diesel on the same pool settings, and the
+/// locking path (deploying mode, a stale lease) in round trips.
+#[cfg(feature = "postgres")]
+mod pg {
+    use super::*;
+    use diesel::PgConnection;
+    use tandem::Postgres;
+
+    trait PgAccounts: Send + Sync {
+        fn email(&self, conn: &mut PgConnection, id: i64) -> QueryResult<String>;
+    }
+    struct P1;
+    impl PgAccounts for P1 {
+        fn email(&self, conn: &mut PgConnection, id: i64) -> QueryResult<String> {
+            accounts::table.find(id).select(accounts::email).first(conn)
+        }
+    }
+
+    pub fn run(quick: bool) {
+        let Ok(server) = std::env::var("PG_DATABASE_URL") else {
+            println!("\nPostgreSQL: skipped (set PG_DATABASE_URL; scripts/test does)");
+            return;
+        };
+        let mut admin = PgConnection::establish(&server).unwrap();
+        let name = format!("tandem_bench_{}", std::process::id());
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .unwrap();
+        let url = match server.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => server.clone(),
+        };
+        {
+            let db = Tandem::<Postgres>::builder(&url, tandem::demo::catalog().unwrap())
+                .serves(1..=1)
+                // One connection: raw diesel and tandem then talk to the very
+                // same server process (placement on the VM's cores otherwise
+                // dominates a loopback round trip).
+                .pool_size(1)
+                .poll_interval(Duration::from_millis(50))
+                .lease(Duration::from_millis(500))
+                .open()
+                .unwrap();
+            let repo = Repository::<dyn PgAccounts>::builder("accounts")
+                .binding(1, Arc::new(P1))
+                .build()
+                .unwrap();
+            let mut conn = db.connection().unwrap();
+            diesel::sql_query(
+                "INSERT INTO accounts (name, email) SELECT 'n' || g, 'e' || g || '@x' FROM generate_series(1, 10000) g",
+            )
+            .execute(&mut conn)
+            .unwrap();
+            drop(conn);
+            // Raw diesel on tandem's own pool (no ping on checkout either way).
+            let raw_select = |i: usize| {
+                let mut c = db.connection().unwrap();
+                black_box(
+                    accounts::table
+                        .find((i as i64) % ROWS + 1)
+                        .select(accounts::email)
+                        .first::<String>(&mut c)
+                        .unwrap(),
+                );
+            };
+            let steady = |i: usize| {
+                black_box(
+                    db.call(&repo, |r, s| {
+                        Ok::<_, tandem::Error>(r.email(s.conn(), (i as i64) % ROWS + 1)?)
+                    })
+                    .unwrap(),
+                );
+            };
+            let (rounds, per) = if quick { (11, 200) } else { (41, 500) };
+            println!("\nPostgreSQL (loopback), interleaved, median per operation");
+            report(
+                "pg_point_select",
+                interleaved(rounds, per, raw_select, steady),
+            );
+            let uow = |i: usize| {
+                black_box(
+                    db.unit_of_work(|s| {
+                        Ok::<_, tandem::Error>(
+                            s.repo(&repo)?.email(s.conn(), (i as i64) % ROWS + 1)?,
+                        )
+                    })
+                    .unwrap(),
+                );
+            };
+            // Every figure below is interleaved with the same raw select, so
+            // each difference is taken within one scheduling regime.
+            let (r0, rt) = interleaved(rounds, per, raw_select, |_| {
+                let mut c = db.connection().unwrap();
+                diesel::sql_query("SELECT 1").execute(&mut c).unwrap();
+            });
+            let (r3, uow_steady) = interleaved(rounds, per, raw_select, uow);
+            // The locking path: a stale lease (as in deploying mode).
+            db.pause_fleet(true);
+            while db.steady() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let (r1, call_locking) = interleaved(rounds, per, raw_select, steady);
+            let (r2, uow_locking) = interleaved(rounds, per, raw_select, uow);
+            db.pause_fleet(false);
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            let rt_us = us(rt);
+            println!(
+                "locking path      round trip {:.1} µs (raw select {:.1} µs); call on the locking path {:.1} µs vs raw {:.1} µs = \
+                 +{:.2} round trips (counted: BEGIN, lock+version, COMMIT = 3); unit of work locking {:.1} µs vs steady {:.1} µs \
+                 (raw {:.1} / {:.1} µs) = +{:.2} round trips (counted: lock+version = 1)",
+                rt_us,
+                us(r0),
+                us(call_locking),
+                us(r1),
+                (us(call_locking) - us(r1)) / rt_us,
+                us(uow_locking),
+                us(uow_steady),
+                us(r2),
+                us(r3),
+                ((us(uow_locking) - us(r2)) - (us(uow_steady) - us(r3))) / rt_us,
+            );
+        }
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .unwrap();
+    }
 }
 
 fn main() {
@@ -221,4 +349,6 @@ fn main() {
             },
         ),
     );
+    #[cfg(feature = "postgres")]
+    pg::run(quick);
 }
