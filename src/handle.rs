@@ -87,6 +87,10 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) poller: parking_lot::Mutex<Vec<std::thread::Thread>>,
     /// The database schema lock's advisory key.
     pub(crate) lock_key: i64,
+    /// The upgrader lock's advisory key.
+    pub(crate) upgrader_key: i64,
+    /// The database URL as given (it may hold a password: never printed).
+    pub(crate) url: String,
 }
 
 /// Shared by the application's handles only, never by tandem's background
@@ -339,7 +343,7 @@ impl<B: Backend> Builder<B> {
             observed_epoch: 0,
             lease_until_ms: 0,
         };
-        let lock_key = meta.lock_keys().0;
+        let (lock_key, upgrader_key) = meta.lock_keys();
         let inner = Inner {
             pool,
             meta,
@@ -364,6 +368,8 @@ impl<B: Backend> Builder<B> {
             shutdown: Arc::new(AtomicBool::new(false)),
             poller: parking_lot::Mutex::new(Vec::new()),
             lock_key,
+            upgrader_key,
+            url: self.url.clone(),
         };
         let inner = Arc::new(inner);
         let db = Tandem {

@@ -268,6 +268,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
 
     fn with_lease<T>(&self, f: impl FnOnce(&mut B::Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.db.connection()?;
+        let _upgrader_lock = self.acquire_upgrader_lock(&mut conn)?;
         self.acquire_lease(&mut conn)?;
         let result = self
             .db
@@ -312,17 +313,49 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         result
     }
 
+    /// The backend's upgrader lock (PostgreSQL: a session advisory lock that
+    /// dies with the process), waiting up to `wait_for_lease` for it.
+    fn acquire_upgrader_lock(&self, conn: &mut B::Connection) -> Result<B::UpgraderLock> {
+        let deadline = Instant::now() + self.wait_for_lease;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if let Some(lock) =
+                B::try_upgrader_lock(&self.db.inner.url, self.db.inner.upgrader_key)?
+            {
+                return Ok(lock);
+            }
+            if Instant::now() >= deadline {
+                let state = self.db.inner.meta.read_state::<B>(conn, meta::now_ms())?;
+                return Err(Error::UpgraderBusy {
+                    holder: state.upgrader.unwrap_or_else(|| {
+                        "another upgrader (holding the upgrader lock)".to_owned()
+                    }),
+                    expires_in_ms: i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX),
+                });
+            }
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
     fn acquire_lease(&self, conn: &mut B::Connection) -> Result<()> {
         let deadline = Instant::now() + self.wait_for_lease;
         let mut backoff = Duration::from_millis(5);
         loop {
             let now = meta::now_ms();
             let until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
+            // Holding the backend's upgrader lock proves a leftover lease's
+            // holder dead (it would still hold the lock): take it over.
+            let expired_before = if B::UPGRADER_LOCK_PROVES_DEATH {
+                i64::MAX
+            } else {
+                now
+            };
             let holder = self.db.write_transaction(conn, |c| {
                 self.db
                     .inner
                     .meta
-                    .try_lease::<B>(c, &self.owner, now, until)
+                    .try_lease::<B>(c, &self.owner, expired_before, until)
             })?;
             match holder {
                 None => {

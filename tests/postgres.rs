@@ -293,3 +293,81 @@ mod lost_connection {
         assert_eq!(db.state().unwrap().version.get(), 2);
     }
 }
+
+#[cfg(feature = "postgres")]
+mod upgraders {
+    use std::time::{Duration, Instant};
+
+    use super::common::pg::PgDb;
+    use tandem::{Error, Postgres, StatePhase, Tandem};
+
+    fn open(pg: &PgDb, slow_backfill: bool) -> Tandem<Postgres> {
+        Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+            .backfill(2, "copy emails", move |conn| {
+                if slow_backfill {
+                    std::thread::sleep(Duration::from_millis(700));
+                }
+                tandem::demo::backfill_emails(conn)
+            })
+            .open()
+            .unwrap()
+    }
+
+    /// A crashed upgrader's advisory lock dies with it, and holding the lock
+    /// proves its leftover lease dead: the next upgrader proceeds at once.
+    #[test]
+    fn a_dead_upgraders_lease_is_taken_over_at_once() {
+        let Some(pg) = PgDb::new("a_dead_upgraders_lease_is_taken_over_at_once") else {
+            return;
+        };
+        let db = open(&pg, false);
+        let dead = db.upgrader().lease(Duration::from_secs(60)).crash_at(1);
+        assert!(matches!(dead.expand(), Err(Error::InjectedCrash { .. })));
+        assert_eq!(
+            db.state().unwrap().upgrader.as_deref(),
+            Some(dead.id()),
+            "its lease is left behind"
+        );
+        let started = Instant::now();
+        db.upgrader().upgrade_to(2).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not wait out the 60 s lease"
+        );
+        let s = db.state().unwrap();
+        assert_eq!(
+            (s.version.get(), s.phase, s.upgrader),
+            (2, StatePhase::Stable, None)
+        );
+    }
+
+    /// While an upgrader works (a slow backfill), a second one is refused and
+    /// told who holds it; with a wait it proceeds once the first is done.
+    #[test]
+    fn a_live_upgrader_excludes_a_second_one() {
+        let Some(pg) = PgDb::new("a_live_upgrader_excludes_a_second_one") else {
+            return;
+        };
+        let slow = open(&pg, true);
+        let other = open(&pg, false);
+        let worker = {
+            let slow = slow.clone();
+            std::thread::spawn(move || slow.upgrader().expand())
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let err = other.upgrader().expand().unwrap_err();
+        match &err {
+            Error::UpgraderBusy { holder, .. } => {
+                assert!(holder.starts_with(slow.instance_id()), "{holder}")
+            }
+            other => panic!("expected UpgraderBusy, got {other:?}"),
+        }
+        let report = other
+            .upgrader()
+            .wait_for_lease(Duration::from_secs(20))
+            .expand()
+            .unwrap();
+        assert!(report.already_done, "the first upgrader did it");
+        assert!(!worker.join().unwrap().unwrap().already_done);
+    }
+}
