@@ -175,6 +175,31 @@ macro_rules! fleet_suite {
             }
 
             #[test]
+            fn a_dead_instance_drops_out_and_the_switch_proceeds_without_it() {
+                let Some((_guard, url)) = $setup("a_dead_instance_drops_out") else { return };
+                let open = |label: &str| {
+                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                        .poll_interval(Duration::from_millis(20))
+                        .lease(Duration::from_millis(200))
+                        .label(label)
+                        .open()
+                        .unwrap()
+                };
+                let upgrader_side = open("survivor");
+                let dead = open("dead");
+                dead.pause_fleet(true); // stops renewing, as a killed process would
+                std::mem::forget(dead); // and never leaves the table cleanly
+                let started = Instant::now();
+                upgrader_side.upgrader().expand().unwrap();
+                let report = upgrader_side.upgrader().switch().unwrap();
+                // It waited for the dead one at most its lease plus one lease of grace.
+                assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+                assert_eq!(upgrader_side.state().unwrap().version.get(), 2, "{report:?}");
+                let labels: Vec<String> = upgrader_side.instances().unwrap().into_iter().map(|i| i.label).collect();
+                assert_eq!(labels, vec!["survivor".to_owned()], "the dead instance expired with its lease");
+            }
+
+            #[test]
             fn a_stuck_instance_blocks_the_switch_with_a_typed_error() {
                 let Some((_guard, url)) = $setup("a_stuck_instance_blocks_the_switch") else { return };
                 let upgrader_side = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
