@@ -481,7 +481,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         body: impl Fn(&mut B::Connection) -> Result<()>,
     ) -> Result<()> {
         let attempts = self.db.inner.writer.attempts.max(1);
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Backoff::default();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -494,8 +494,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                     if B::is_transient(source) && attempt < attempts =>
                 {
                     tracing::debug!(attempt, error = %source, "phase hit a lock conflict; retrying");
-                    thread::sleep(backoff + jitter(backoff));
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait();
                 }
                 Err(Error::PhaseFailed {
                     version,
@@ -781,7 +780,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
             deploying = true;
         }
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Backoff::default();
         loop {
             report.attempts += 1;
             self.renew_lease(conn)?;
@@ -851,8 +850,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 }
                 Err(Error::LockTimeout { .. }) if report.attempts < policy.attempts.max(1) => {
                     drop(guard);
-                    thread::sleep(backoff + jitter(backoff));
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait();
                 }
                 Err(Error::LockTimeout { version, live, .. }) => {
                     drop(guard);
@@ -868,8 +866,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 {
                     drop(guard);
                     tracing::debug!(attempt = report.attempts, error = %source, "switch hit a lock conflict; retrying");
-                    thread::sleep(backoff + jitter(backoff));
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait();
                 }
                 Err(Error::PhaseFailed {
                     version,
@@ -1148,6 +1145,22 @@ fn unreachable_state<T>() -> Result<T> {
         table: "state".to_owned(),
         detail: "version out of range".to_owned(),
     })
+}
+
+/// Exponential backoff with jitter between retries: 5 ms doubling to 500 ms.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(5))
+    }
+}
+
+impl Backoff {
+    fn wait(&mut self) {
+        thread::sleep(self.0 + jitter(self.0));
+        self.0 = (self.0 * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// Up to `base` of jitter, from the clock's low bits (no RNG needed for this).

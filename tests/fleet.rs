@@ -323,18 +323,12 @@ macro_rules! fleet_suite {
     };
 }
 
-fn sqlite_setup(_test: &str) -> Option<(tempfile::TempDir, String)> {
-    Some(common::temp_db())
-}
+use common::sqlite_setup;
 
 fleet_suite!(sqlite, tandem::Sqlite, sqlite_setup);
 
 #[cfg(feature = "postgres")]
-fn pg_setup(test: &str) -> Option<(common::pg::PgDb, String)> {
-    let db = common::pg::PgDb::new(test)?;
-    let url = db.url.clone();
-    Some((db, url))
-}
+use common::pg_setup;
 
 #[cfg(feature = "postgres")]
 fleet_suite!(postgres, tandem::Postgres, pg_setup);

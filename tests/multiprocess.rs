@@ -299,9 +299,7 @@ impl AfterCheck for tempfile::TempDir {
     fn after_check(&self) {}
 }
 
-fn sqlite_setup(_test: &str) -> Option<(tempfile::TempDir, String)> {
-    Some(common::temp_db())
-}
+use common::sqlite_setup;
 
 fleet_of_processes!(sqlite_fleet_of_processes, tandem::Sqlite, sqlite_setup);
 
@@ -327,11 +325,7 @@ impl AfterCheck for common::pg::PgDb {
 }
 
 #[cfg(feature = "postgres")]
-fn pg_setup(test: &str) -> Option<(common::pg::PgDb, String)> {
-    let db = common::pg::PgDb::new(test)?;
-    let url = db.url.clone();
-    Some((db, url))
-}
+use common::pg_setup;
 
 #[cfg(feature = "postgres")]
 fleet_of_processes!(postgres_fleet_of_processes, tandem::Postgres, pg_setup);

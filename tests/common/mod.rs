@@ -256,3 +256,17 @@ pub fn raw(url: &str) -> SqliteConnection {
         .expect("busy timeout");
     conn
 }
+
+/// Suite setup on SQLite: a temporary database file.
+pub fn sqlite_setup(_test: &str) -> Option<(TempDir, String)> {
+    Some(temp_db())
+}
+
+/// Suite setup on PostgreSQL: a fresh database, or `None` (said aloud) when
+/// no server is configured.
+#[cfg(feature = "postgres")]
+pub fn pg_setup(test: &str) -> Option<(pg::PgDb, String)> {
+    let db = pg::PgDb::new(test)?;
+    let url = db.url.clone();
+    Some((db, url))
+}
