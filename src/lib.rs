@@ -129,9 +129,26 @@
 //! load while bounding any call's wait. In steady state a call costs an atomic
 //! load and an uncontended read lock on top of the pooled connection.
 //!
+//! ## Fleets
+//!
+//! Every handle is an instance with a row and a lease in the fleet table,
+//! kept by a background poller ([`Builder::poll_interval`],
+//! [`Builder::lease`]). A call takes the steady path above only while its
+//! instance holds a fresh lease of a steady state; otherwise (deploying mode,
+//! stale lease) it takes the locking path: its own transaction takes the
+//! database's shared schema lock (PostgreSQL: a transaction-scoped advisory
+//! lock; SQLite: `BEGIN IMMEDIATE`) and reads the live version. With other
+//! live instances, the switch first moves the fleet to deploying mode and
+//! waits for every instance to acknowledge it (after draining its steady
+//! calls) or to drop out; it is refused while a live instance cannot serve
+//! the new version ([`Error::SwitchRefused`]), and contract waits for every
+//! instance to have seen the switch ([`Error::FleetNotAcknowledged`]).
+//!
 //! Upgraders exclude each other through a lease on the state row
-//! (compare-and-set inside a write transaction), across threads and
-//! processes; a crashed holder's lease expires.
+//! (compare-and-set inside a write transaction) and, on PostgreSQL, a session
+//! advisory try-lock that dies with the process; the loser gets
+//! [`Error::UpgraderBusy`] naming the holder, or waits
+//! ([`Upgrader::wait_for_lease`]).
 //!
 //! ## Backends
 //!
