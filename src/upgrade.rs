@@ -112,6 +112,7 @@ pub struct Upgrader<'t, B: Backend> {
     lease: Duration,
     wait_for_lease: Duration,
     crash_at: Option<usize>,
+    halt_at: Option<(usize, std::path::PathBuf)>,
     steps_taken: Cell<usize>,
     last_renewal: Cell<Option<Instant>>,
 }
@@ -136,6 +137,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             lease: Duration::from_secs(30),
             wait_for_lease: Duration::ZERO,
             crash_at: None,
+            halt_at: None,
             steps_taken: Cell::new(0),
             last_renewal: Cell::new(None),
         }
@@ -161,6 +163,15 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     #[doc(hidden)]
     pub fn crash_at(mut self, step: usize) -> Self {
         self.crash_at = Some(step);
+        self
+    }
+
+    /// Test hook: at step boundary `step`, create the file `marker` and stop
+    /// there for good, so that a test can SIGKILL the process at exactly that
+    /// point.
+    #[doc(hidden)]
+    pub fn halt_at(mut self, step: usize, marker: impl Into<std::path::PathBuf>) -> Self {
+        self.halt_at = Some((step, marker.into()));
         self
     }
 
@@ -406,6 +417,13 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     fn step(&self, at: &str) -> Result<()> {
         let n = self.steps_taken.get() + 1;
         self.steps_taken.set(n);
+        if let Some((_, marker)) = self.halt_at.as_ref().filter(|(k, _)| *k == n) {
+            tracing::warn!(step = n, at, "halting for the test to kill this process");
+            let _ = std::fs::write(marker, at);
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
         if self.crash_at == Some(n) {
             tracing::warn!(step = n, at, "injected crash");
             return Err(Error::InjectedCrash {
