@@ -33,10 +33,7 @@ fn child() -> Option<(usize, String, String)> {
 
 /// Calls on `db` until `stop`: (binding, state version at start, at end) and
 /// acknowledged writes.
-fn caller<B: Backend>(
-    db: Tandem<B>,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<(Vec<(u32, i64, i64)>, BTreeMap<i64, String>, Vec<String>)>
+fn caller<B: Backend>(db: Tandem<B>, stop: Arc<AtomicBool>) -> thread::JoinHandle<common::Seen>
 where
     common::AccountsV1: AccountsOn<B::Connection>,
     common::AccountsV2: AccountsOn<B::Connection>,

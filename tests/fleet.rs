@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use common::{accounts_on, AccountsOn};
 use tandem::{Backend, Error, Mode, StatePhase, Tandem};
 
-/// What one caller thread saw: (binding, state version at start, at end)
-/// per call; acknowledged writes; errors.
-type Seen = (Vec<(u32, i64, i64)>, BTreeMap<i64, String>, Vec<String>);
+use common::Seen;
 
 /// Runs `threads` callers on `db` until `stop`; each call records (binding
 /// version, state version at start, at end); writes are acknowledged.

@@ -270,3 +270,11 @@ pub fn pg_setup(test: &str) -> Option<(pg::PgDb, String)> {
     let url = db.url.clone();
     Some((db, url))
 }
+
+/// What a caller thread saw: (binding, state version at start, at end) per
+/// call; acknowledged writes (id, email); errors.
+pub type Seen = (
+    Vec<(u32, i64, i64)>,
+    std::collections::BTreeMap<i64, String>,
+    Vec<String>,
+);
