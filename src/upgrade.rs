@@ -508,25 +508,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 body(c)
             });
             match result {
-                Err(Error::PhaseFailed { ref source, .. })
-                    if B::is_transient(source) && attempt < attempts =>
-                {
-                    tracing::debug!(attempt, error = %source, "phase hit a lock conflict; retrying");
-                    backoff.wait();
-                }
-                Err(Error::PhaseFailed {
-                    version,
-                    phase,
-                    source,
-                }) if B::is_transient(&source) => {
-                    return Err(Error::PhaseContended {
-                        version,
-                        phase,
-                        attempts,
-                        source,
-                    })
-                }
-                other => return other,
+                Ok(()) => return Ok(()),
+                Err(e) => match lock_conflict::<B>(e, attempt, attempts) {
+                    Retry::Again => backoff.wait(),
+                    Retry::Stop(e) => return Err(e),
+                },
             }
         }
     }
@@ -879,45 +865,29 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         waited: started.elapsed(),
                     });
                 }
-                Err(Error::PhaseFailed { source, .. })
-                    if B::is_transient(&source) && report.attempts < policy.attempts.max(1) =>
-                {
-                    drop(guard);
-                    tracing::debug!(attempt = report.attempts, error = %source, "switch hit a lock conflict; retrying");
-                    backoff.wait();
-                }
-                Err(Error::PhaseFailed {
-                    version,
-                    phase,
-                    source,
-                }) if B::is_transient(&source) => {
-                    drop(guard);
-                    let e = Error::PhaseContended {
-                        version,
-                        phase,
-                        attempts: report.attempts,
-                        source,
-                    };
-                    self.journal_failure(conn, owner_version, phase, &checksum, now, &e);
-                    return Err(e);
-                }
-                Err(e) => {
-                    // If the commit reached the database before the error (a lost
-                    // connection), adopt what the database says, under the lock.
-                    if !matches!(e, Error::InjectedCrash { .. }) {
-                        if let Ok(actual) = self.db.state() {
-                            self.db
-                                .inner
-                                .live
-                                .store(actual.version.get(), Ordering::Release);
+                Err(e) => match lock_conflict::<B>(e, report.attempts, policy.attempts.max(1)) {
+                    Retry::Again => {
+                        drop(guard);
+                        backoff.wait();
+                    }
+                    Retry::Stop(e) => {
+                        // If the commit reached the database before the error (a lost
+                        // connection), adopt what the database says, under the lock.
+                        if !matches!(e, Error::InjectedCrash { .. }) {
+                            if let Ok(actual) = self.db.state() {
+                                self.db
+                                    .inner
+                                    .live
+                                    .store(actual.version.get(), Ordering::Release);
+                            }
                         }
+                        drop(guard);
+                        if matches!(e, Error::PhaseFailed { .. } | Error::PhaseContended { .. }) {
+                            self.journal_failure(conn, owner_version, phase, &checksum, now, &e);
+                        }
+                        return Err(e);
                     }
-                    drop(guard);
-                    if matches!(e, Error::PhaseFailed { .. }) {
-                        self.journal_failure(conn, owner_version, phase, &checksum, now, &e);
-                    }
-                    return Err(e);
-                }
+                },
             }
         }
         self.step("switch: committed")?;
@@ -1163,6 +1133,37 @@ fn unreachable_state<T>() -> Result<T> {
         table: "state".to_owned(),
         detail: "version out of range".to_owned(),
     })
+}
+
+/// What to do after a failed phase transaction.
+enum Retry {
+    /// A lock conflict with attempts left: back off and try again.
+    Again,
+    /// Give up with this error.
+    Stop(Error),
+}
+
+/// A phase's lock conflict (lock timeout, deadlock, busy) is retried while
+/// attempts are left and becomes [`Error::PhaseContended`] after the last;
+/// any other error stops at once.
+fn lock_conflict<B: Backend>(e: Error, attempt: u32, attempts: u32) -> Retry {
+    match e {
+        Error::PhaseFailed { ref source, .. } if B::is_transient(source) && attempt < attempts => {
+            tracing::debug!(attempt, error = %source, "phase hit a lock conflict; retrying");
+            Retry::Again
+        }
+        Error::PhaseFailed {
+            version,
+            phase,
+            source,
+        } if B::is_transient(&source) => Retry::Stop(Error::PhaseContended {
+            version,
+            phase,
+            attempts,
+            source,
+        }),
+        other => Retry::Stop(other),
+    }
 }
 
 /// Exponential backoff with jitter between retries: 5 ms doubling to 500 ms.
