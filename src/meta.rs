@@ -520,6 +520,26 @@ impl Meta {
         }
     }
 
+    /// The holder of an unexpired upgrade lease and its expiry, if any.
+    pub(crate) fn lease_holder<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        now: i64,
+    ) -> Result<Option<(String, i64)>> {
+        let rows: Vec<OwnerRow> = B::load(
+            conn,
+            &format!("SELECT owner, owner_until FROM {} WHERE id = 1", self.state),
+            &[],
+        )?;
+        Ok(rows.into_iter().next().and_then(|r| match r {
+            OwnerRow {
+                owner: Some(holder),
+                owner_until: Some(until),
+            } if until > now => Some((holder, until)),
+            _ => None,
+        }))
+    }
+
     /// Gives the upgrade lease up if `owner` still holds it.
     pub(crate) fn release_lease<B: Backend>(
         &self,

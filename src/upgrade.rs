@@ -325,9 +325,13 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     }
 
     /// The backend's upgrader lock (PostgreSQL: a session advisory lock that
-    /// dies with the process), waiting up to `wait_for_lease` for it.
+    /// dies with the process), waiting up to `wait_for_lease` for it. A
+    /// loser is told who holds it: the holder writes its lease right after
+    /// taking the lock, so past the deadline this keeps trying a little
+    /// longer until that lease is visible (or the lock is free).
     fn acquire_upgrader_lock(&self, conn: &mut B::Connection) -> Result<B::UpgraderLock> {
         let deadline = Instant::now() + self.wait_for_lease;
+        let naming_deadline = deadline + Duration::from_millis(500);
         let mut backoff = Duration::from_millis(5);
         loop {
             if let Some(lock) =
@@ -335,14 +339,27 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             {
                 return Ok(lock);
             }
-            if Instant::now() >= deadline {
-                let state = self.db.inner.meta.read_state::<B>(conn, meta::now_ms())?;
-                return Err(Error::UpgraderBusy {
-                    holder: state.upgrader.unwrap_or_else(|| {
-                        "another upgrader (holding the upgrader lock)".to_owned()
-                    }),
-                    expires_in_ms: i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX),
-                });
+            let now = Instant::now();
+            if now >= deadline {
+                let now_ms = meta::now_ms();
+                let holder = self.db.inner.meta.lease_holder::<B>(conn, now_ms)?;
+                match holder {
+                    Some((holder, until)) => {
+                        return Err(Error::UpgraderBusy {
+                            holder,
+                            expires_in_ms: (until - now_ms).max(0),
+                        })
+                    }
+                    None if now >= naming_deadline => {
+                        return Err(Error::UpgraderBusy {
+                            holder:
+                                "another upgrader (holding the upgrader lock; no lease written)"
+                                    .to_owned(),
+                            expires_in_ms: 0,
+                        })
+                    }
+                    None => backoff = Duration::from_millis(10),
+                }
             }
             thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_millis(200));
