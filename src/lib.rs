@@ -181,7 +181,7 @@ mod dispatch;
 mod fleet;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod handle;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", tandem_loom))]
 mod lock;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod meta;

@@ -14,12 +14,133 @@
 //! are thus delayed by at most `escalation` plus the switch itself; if the
 //! in-flight readers do not drain in time the writer backs off, the queued
 //! readers run at once, and it tries again.
+//!
+//! A call nested inside another call on the same thread takes the read side
+//! twice; if the writer escalates in between, the inner read queues behind
+//! the writer, which waits for the outer read. The escalation bound breaks
+//! that cycle: the writer backs off after `escalation` and the inner read
+//! proceeds. The loom model at the end of this file checks this, mutual
+//! exclusion and the escalation flag's reset over all interleavings
+//! (`RUSTFLAGS="--cfg tandem_loom" cargo test --no-default-features --lib loom`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use clock::Instant;
+use sync::AtomicBool;
+
+/// Time for the writer's polling: the real clock, or under the model checker
+/// a per-thread virtual clock that `sleep` advances (and yields), so the
+/// same deadline logic runs deterministically.
+#[cfg(not(tandem_loom))]
+mod clock {
+    pub(crate) use std::time::Instant;
+
+    pub(crate) fn sleep(d: std::time::Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+#[cfg(tandem_loom)]
+mod clock {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    loom::thread_local! {
+        static NOW: Cell<Duration> = Cell::new(Duration::ZERO);
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub(crate) struct Instant(Duration);
+
+    impl Instant {
+        pub(crate) fn now() -> Instant {
+            Instant(NOW.with(Cell::get))
+        }
+        pub(crate) fn elapsed(&self) -> Duration {
+            Instant::now().0.saturating_sub(self.0)
+        }
+    }
+
+    impl std::ops::Add<Duration> for Instant {
+        type Output = Instant;
+        fn add(self, d: Duration) -> Instant {
+            Instant(self.0 + d)
+        }
+    }
+
+    impl std::ops::Sub for Instant {
+        type Output = Duration;
+        fn sub(self, earlier: Instant) -> Duration {
+            self.0.saturating_sub(earlier.0)
+        }
+    }
+
+    /// Advances this thread's clock. No yield: the polling loop is bounded
+    /// by virtual time, and loom already branches at every lock operation.
+    pub(crate) fn sleep(d: Duration) {
+        NOW.with(|now| now.set(now.get() + d));
+    }
+}
+
+#[cfg(not(tandem_loom))]
+mod sync {
+    pub(crate) use std::sync::atomic::AtomicBool;
+}
+
+#[cfg(tandem_loom)]
+mod sync {
+    pub(crate) use loom::sync::atomic::AtomicBool;
+}
+
+/// The primitive under the schema lock: the five operations of parking_lot's
+/// `RwLock` that the protocol uses. The model checker swaps in a loom model
+/// with the same queueing rules.
+pub(crate) trait RawLock: Default {
+    /// Held read side.
+    type Read<'a>
+    where
+        Self: 'a;
+    /// Held write side.
+    type Write<'a>
+    where
+        Self: 'a;
+    /// A read that does not queue behind waiting writers, if free now.
+    fn try_read_recursive(&self) -> Option<Self::Read<'_>>;
+    /// A read that does not queue behind waiting writers.
+    fn read_recursive(&self) -> Self::Read<'_>;
+    /// A fair read: queues behind waiting writers.
+    fn read(&self) -> Self::Read<'_>;
+    /// The write side, if free now.
+    fn try_write(&self) -> Option<Self::Write<'_>>;
+    /// The write side, queueing (new fair readers wait behind) for up to `timeout`.
+    fn try_write_for(&self, timeout: Duration) -> Option<Self::Write<'_>>;
+}
+
+/// parking_lot's reader/writer lock.
+pub(crate) type Parking = parking_lot::RwLock<()>;
+
+impl RawLock for Parking {
+    type Read<'a> = parking_lot::RwLockReadGuard<'a, ()>;
+    type Write<'a> = parking_lot::RwLockWriteGuard<'a, ()>;
+    #[inline]
+    fn try_read_recursive(&self) -> Option<Self::Read<'_>> {
+        parking_lot::RwLock::try_read_recursive(self)
+    }
+    fn read_recursive(&self) -> Self::Read<'_> {
+        parking_lot::RwLock::read_recursive(self)
+    }
+    fn read(&self) -> Self::Read<'_> {
+        parking_lot::RwLock::read(self)
+    }
+    fn try_write(&self) -> Option<Self::Write<'_>> {
+        parking_lot::RwLock::try_write(self)
+    }
+    fn try_write_for(&self, timeout: Duration) -> Option<Self::Write<'_>> {
+        parking_lot::RwLock::try_write_for(self, timeout)
+    }
+}
 
 /// How the switch acquires the schema writer lock. Defaults suit calls of a
 /// few milliseconds or less.
@@ -46,29 +167,51 @@ impl Default for WriterPolicy {
 }
 
 /// Reader/writer schema lock with reader priority and bounded escalation.
-#[derive(Debug, Default)]
-pub(crate) struct SchemaLock {
-    rw: RwLock<()>,
+#[derive(Default)]
+pub(crate) struct SchemaLock<R: RawLock = Parking> {
+    rw: R,
     escalating: AtomicBool,
     max_read_wait_ns: AtomicU64,
 }
 
+impl<R: RawLock> fmt::Debug for SchemaLock<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SchemaLock")
+            .field("escalating", &self.escalating.load(Ordering::Relaxed))
+            .field("max_read_wait", &self.max_read_wait())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Held by a call from reading the live version until its last statement.
-#[derive(Debug)]
 #[must_use = "the schema read lock is released when the guard drops"]
-pub(crate) struct ReadGuard<'a> {
-    _guard: RwLockReadGuard<'a, ()>,
+pub(crate) struct ReadGuard<'a, R: RawLock + 'a = Parking> {
+    _guard: R::Read<'a>,
+}
+
+impl<R: RawLock> fmt::Debug for ReadGuard<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReadGuard")
+    }
 }
 
 /// Held by the switch. Releases in `Drop`.
-#[derive(Debug)]
 #[must_use = "the schema write lock is released when the guard drops"]
-pub(crate) struct WriteGuard<'a> {
-    _guard: RwLockWriteGuard<'a, ()>,
+pub(crate) struct WriteGuard<'a, R: RawLock + 'a = Parking> {
+    _guard: R::Write<'a>,
     /// Time from the first attempt until the lock was held.
     pub(crate) waited: Duration,
     /// Whether the writer had to escalate (delay new readers) to get it.
     pub(crate) escalated: bool,
+}
+
+impl<R: RawLock> fmt::Debug for WriteGuard<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteGuard")
+            .field("waited", &self.waited)
+            .field("escalated", &self.escalated)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The writer gave up; nobody holds anything.
@@ -78,11 +221,11 @@ pub(crate) struct WriterGaveUp {
     pub(crate) waited: Duration,
 }
 
-impl SchemaLock {
+impl<R: RawLock> SchemaLock<R> {
     /// Takes the read side. Never queues behind a waiting writer unless that
     /// writer is escalating.
     #[inline]
-    pub(crate) fn read(&self) -> ReadGuard<'_> {
+    pub(crate) fn read(&self) -> ReadGuard<'_, R> {
         if !self.escalating.load(Ordering::Acquire) {
             if let Some(guard) = self.rw.try_read_recursive() {
                 return ReadGuard { _guard: guard };
@@ -92,20 +235,19 @@ impl SchemaLock {
     }
 
     #[cold]
-    fn read_slow(&self) -> ReadGuard<'_> {
+    fn read_slow(&self) -> ReadGuard<'_, R> {
         let start = Instant::now();
         let guard = if self.escalating.load(Ordering::Acquire) {
             self.rw.read()
         } else {
             self.rw.read_recursive()
         };
-        let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.max_read_wait_ns.fetch_max(waited, Ordering::Relaxed);
+        self.record_wait(start.elapsed());
         ReadGuard { _guard: guard }
     }
 
     /// Takes the write side under `policy`.
-    pub(crate) fn write(&self, policy: &WriterPolicy) -> Result<WriteGuard<'_>, WriterGaveUp> {
+    pub(crate) fn write(&self, policy: &WriterPolicy) -> Result<WriteGuard<'_, R>, WriterGaveUp> {
         let start = Instant::now();
         for _attempt in 0..policy.attempts.max(1) {
             let polite_until = Instant::now() + policy.patience;
@@ -122,7 +264,7 @@ impl SchemaLock {
                 if now >= polite_until {
                     break;
                 }
-                thread::sleep(backoff.min(polite_until - now));
+                clock::sleep(backoff.min(polite_until - now));
                 backoff = (backoff * 2).min(Duration::from_millis(2));
             }
             self.escalating.store(true, Ordering::Release);
@@ -160,10 +302,12 @@ impl SchemaLock {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(tandem_loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::thread;
+    use std::time::Instant;
     use std::sync::{Arc, Barrier};
 
     fn policy(patience_ms: u64, escalation_ms: u64, attempts: u32) -> WriterPolicy {
@@ -176,7 +320,7 @@ mod tests {
 
     #[test]
     fn uncontended_write_is_immediate() {
-        let lock = SchemaLock::default();
+        let lock = SchemaLock::<Parking>::default();
         let w = lock.write(&WriterPolicy::default()).unwrap();
         assert!(!w.escalated);
         assert!(w.waited < Duration::from_millis(50));
@@ -184,7 +328,7 @@ mod tests {
 
     #[test]
     fn waiting_writer_does_not_block_new_readers_while_polite() {
-        let lock = Arc::new(SchemaLock::default());
+        let lock = Arc::new(SchemaLock::<Parking>::default());
         let held = lock.read();
         let writer = {
             let lock = Arc::clone(&lock);
@@ -213,7 +357,7 @@ mod tests {
     fn escalation_lands_the_writer_under_saturation_and_bounds_reader_waits() {
         // Eight threads keep the read side held back-to-back with overlap, so a
         // polite writer alone would starve.
-        let lock = Arc::new(SchemaLock::default());
+        let lock = Arc::new(SchemaLock::<Parking>::default());
         let stop = Arc::new(AtomicBool::new(false));
         let start = Arc::new(Barrier::new(9));
         let calls = Arc::new(AtomicUsize::new(0));
@@ -250,7 +394,7 @@ mod tests {
 
     #[test]
     fn writer_gives_up_cleanly_and_readers_continue() {
-        let lock = Arc::new(SchemaLock::default());
+        let lock = Arc::new(SchemaLock::<Parking>::default());
         let held = lock.read();
         let err = lock.write(&policy(5, 5, 3)).unwrap_err();
         assert_eq!(err.attempts, 3);
@@ -269,7 +413,7 @@ mod tests {
 
     #[test]
     fn readers_wait_for_a_held_writer_and_the_wait_is_recorded() {
-        let lock = Arc::new(SchemaLock::default());
+        let lock = Arc::new(SchemaLock::<Parking>::default());
         let w = lock.write(&WriterPolicy::default()).unwrap();
         let reader = {
             let lock = Arc::clone(&lock);
@@ -283,5 +427,184 @@ mod tests {
         assert!(lock.max_read_wait() >= Duration::from_millis(20));
         lock.reset_max_read_wait();
         assert_eq!(lock.max_read_wait(), Duration::ZERO);
+    }
+}
+
+/// The loom model of parking_lot's queueing rules and the checks of the
+/// protocol above: run with
+/// `RUSTFLAGS="--cfg tandem_loom" cargo test --no-default-features --lib loom`.
+#[cfg(all(test, tandem_loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::sync::{Arc, Condvar, Mutex};
+    use loom::thread;
+
+    /// parking_lot's rules: a recursive read ignores waiting writers; a fair
+    /// read waits behind them; a timed write queues (so fair readers wait)
+    /// and may give up at any point, which the model explores by giving up
+    /// after a bounded number of wake-ups.
+    #[derive(Default)]
+    struct Model {
+        state: Mutex<St>,
+        changed: Condvar,
+    }
+
+    #[derive(Default)]
+    struct St {
+        readers: usize,
+        writer: bool,
+        queued_writers: usize,
+    }
+
+    struct ModelRead<'a>(&'a Model);
+    struct ModelWrite<'a>(&'a Model);
+
+    impl Drop for ModelRead<'_> {
+        fn drop(&mut self) {
+            self.0.state.lock().unwrap().readers -= 1;
+            self.0.changed.notify_all();
+        }
+    }
+
+    impl Drop for ModelWrite<'_> {
+        fn drop(&mut self) {
+            self.0.state.lock().unwrap().writer = false;
+            self.0.changed.notify_all();
+        }
+    }
+
+    impl Model {
+        fn read_when(&self, blocked: impl Fn(&St) -> bool) -> ModelRead<'_> {
+            let mut st = self.state.lock().unwrap();
+            while blocked(&st) {
+                st = self.changed.wait(st).unwrap();
+            }
+            st.readers += 1;
+            ModelRead(self)
+        }
+    }
+
+    impl RawLock for Model {
+        type Read<'a> = ModelRead<'a>;
+        type Write<'a> = ModelWrite<'a>;
+        fn try_read_recursive(&self) -> Option<Self::Read<'_>> {
+            let mut st = self.state.lock().unwrap();
+            if st.writer {
+                return None;
+            }
+            st.readers += 1;
+            Some(ModelRead(self))
+        }
+        fn read_recursive(&self) -> Self::Read<'_> {
+            self.read_when(|st| st.writer)
+        }
+        fn read(&self) -> Self::Read<'_> {
+            self.read_when(|st| st.writer || st.queued_writers > 0)
+        }
+        fn try_write(&self) -> Option<Self::Write<'_>> {
+            let mut st = self.state.lock().unwrap();
+            if st.writer || st.readers > 0 {
+                return None;
+            }
+            st.writer = true;
+            Some(ModelWrite(self))
+        }
+        fn try_write_for(&self, _timeout: Duration) -> Option<Self::Write<'_>> {
+            let mut st = self.state.lock().unwrap();
+            st.queued_writers += 1;
+            for _ in 0..2 {
+                if !st.writer && st.readers == 0 {
+                    st.queued_writers -= 1;
+                    st.writer = true;
+                    return Some(ModelWrite(self));
+                }
+                drop(st);
+                thread::yield_now();
+                st = self.state.lock().unwrap();
+            }
+            st.queued_writers -= 1;
+            drop(st);
+            self.changed.notify_all(); // fair readers may go now
+            None
+        }
+    }
+
+    fn tight() -> WriterPolicy {
+        WriterPolicy {
+            patience: Duration::from_micros(100),
+            escalation: Duration::from_micros(100),
+            attempts: 2,
+        }
+    }
+
+    /// Readers and an escalating writer: never both inside, every thread
+    /// finishes (loom reports a deadlock otherwise), and the escalation
+    /// flag is down once the writer returns, whatever the outcome.
+    #[test]
+    fn readers_and_an_escalating_writer_exclude_and_finish() {
+        loom::model(|| {
+            let lock = Arc::new(SchemaLock::<Model>::default());
+            let inside = Arc::new(AtomicUsize::new(0));
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (lock, inside) = (lock.clone(), inside.clone());
+                    thread::spawn(move || {
+                        let _g = lock.read();
+                        inside.fetch_add(1, Ordering::SeqCst);
+                        thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            if let Ok(guard) = lock.write(&tight()) {
+                assert_eq!(inside.load(Ordering::SeqCst), 0, "a reader inside the writer");
+                drop(guard);
+            }
+            assert!(!lock.escalating.load(Ordering::SeqCst));
+            for r in readers {
+                r.join().unwrap();
+            }
+        });
+    }
+
+    /// A call that takes the read side again on the same thread (a nested
+    /// call) while the writer escalates: the inner fair read queues behind
+    /// the writer, which waits for the outer read; the bounded escalation
+    /// breaks the cycle and both finish.
+    #[test]
+    fn a_nested_read_during_escalation_cannot_deadlock() {
+        loom::model(|| {
+            let lock = Arc::new(SchemaLock::<Model>::default());
+            let reader = {
+                let lock = lock.clone();
+                thread::spawn(move || {
+                    let _outer = lock.read();
+                    let _inner = lock.read();
+                })
+            };
+            let _ = lock.write(&tight());
+            assert!(!lock.escalating.load(Ordering::SeqCst));
+            reader.join().unwrap();
+        });
+    }
+
+    /// A reader that holds on through every attempt: the writer gives up
+    /// with the attempts it made, and a new reader gets in at once.
+    #[test]
+    fn a_writer_that_gives_up_leaves_the_lock_free_for_readers() {
+        loom::model(|| {
+            let lock = Arc::new(SchemaLock::<Model>::default());
+            let held = lock.read();
+            let err = lock.write(&tight()).err();
+            assert_eq!(err.map(|e| e.attempts), Some(2));
+            let other = {
+                let lock = lock.clone();
+                thread::spawn(move || drop(lock.read()))
+            };
+            other.join().unwrap();
+            drop(held);
+            assert!(lock.write(&tight()).is_ok());
+        });
     }
 }
