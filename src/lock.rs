@@ -306,9 +306,9 @@ impl<R: RawLock> SchemaLock<R> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::{Arc, Barrier};
     use std::thread;
     use std::time::Instant;
-    use std::sync::{Arc, Barrier};
 
     fn policy(patience_ms: u64, escalation_ms: u64, attempts: u32) -> WriterPolicy {
         WriterPolicy {
@@ -558,7 +558,11 @@ mod loom_model {
                 })
                 .collect();
             if let Ok(guard) = lock.write(&tight()) {
-                assert_eq!(inside.load(Ordering::SeqCst), 0, "a reader inside the writer");
+                assert_eq!(
+                    inside.load(Ordering::SeqCst),
+                    0,
+                    "a reader inside the writer"
+                );
                 drop(guard);
             }
             assert!(!lock.escalating.load(Ordering::SeqCst));
