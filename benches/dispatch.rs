@@ -1,15 +1,21 @@
-//! Steady-state cost of dispatch and the schema lock: the same SQLite point
-//! select and insert, raw diesel vs through tandem, on the same r2d2 pool
-//! settings (checkout without ping, the same pragmas), in the same run.
+//! Steady-state cost of dispatch and the schema lock, raw diesel vs tandem
+//! on the same query and the same pool settings, in the same run: a point
+//! select, an insert, and a unit of work of three repository calls (select,
+//! insert, select) against the same raw transaction. On SQLite `:memory:`
+//! (raw diesel on tandem's own single connection), an SQLite WAL file (a raw
+//! r2d2 pool with the same pragmas) and PostgreSQL when `PG_DATABASE_URL` is
+//! set (raw diesel on tandem's own pool), plus the locking path (deploying
+//! mode) on PostgreSQL with its round trips counted.
 //!
 //! ```text
-//! cargo bench --bench dispatch            # criterion, then the ratio pass
-//! cargo bench --bench dispatch -- --quick # a quick look
+//! cargo bench --bench dispatch                        # SQLite
+//! PG_DATABASE_URL=postgres://… cargo bench --all-features --bench dispatch
+//! cargo bench --bench dispatch -- --quick             # a quick look
 //! ```
 //!
 //! After criterion's report, an interleaved pass alternates raw and tandem
-//! rounds (so drift on a shared machine hits both) and prints each median and
-//! the overhead ratio.
+//! operation by operation (so drift on a shared machine hits both) and
+//! prints each median and the overhead ratio.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -18,25 +24,47 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use tandem::{Repository, Sqlite, Tandem};
 
 diesel::table! { accounts (id) { id -> BigInt, name -> Text, email -> Text, } }
 
-trait Accounts: Send + Sync {
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> QueryResult<String>;
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> QueryResult<usize>;
+const ROWS: i64 = 10_000;
+
+/// The repository, over a backend's connection type `C`.
+trait Accounts<C>: Send + Sync {
+    fn email(&self, conn: &mut C, id: i64) -> QueryResult<String>;
+    fn create(&self, conn: &mut C, name: &str, email: &str) -> QueryResult<usize>;
 }
 struct V1;
-impl Accounts for V1 {
-    fn email(&self, conn: &mut SqliteConnection, id: i64) -> QueryResult<String> {
-        accounts::table.find(id).select(accounts::email).first(conn)
-    }
-    fn create(&self, conn: &mut SqliteConnection, name: &str, email: &str) -> QueryResult<usize> {
-        diesel::insert_into(accounts::table)
-            .values((accounts::name.eq(name), accounts::email.eq(email)))
-            .execute(conn)
-    }
+
+/// The statements, shared by the binding and the raw side.
+macro_rules! statements {
+    ($conn:ty) => {
+        impl Accounts<$conn> for V1 {
+            fn email(&self, conn: &mut $conn, id: i64) -> QueryResult<String> {
+                accounts::table.find(id).select(accounts::email).first(conn)
+            }
+            fn create(&self, conn: &mut $conn, name: &str, email: &str) -> QueryResult<usize> {
+                diesel::insert_into(accounts::table)
+                    .values((accounts::name.eq(name), accounts::email.eq(email)))
+                    .execute(conn)
+            }
+        }
+    };
+}
+statements!(SqliteConnection);
+#[cfg(feature = "postgres")]
+statements!(diesel::PgConnection);
+
+fn repo<C: 'static>() -> Repository<dyn Accounts<C>>
+where
+    V1: Accounts<C>,
+{
+    Repository::<dyn Accounts<C>>::builder("accounts")
+        .binding(1, Arc::new(V1))
+        .build()
+        .unwrap()
 }
 
 /// The pragmas tandem's SQLite backend sets, for the raw pool.
@@ -51,103 +79,132 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     }
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    raw: Pool<ConnectionManager<SqliteConnection>>,
-    db: Tandem<Sqlite>,
-    repo: Repository<dyn Accounts>,
+/// The three operations on one backend, raw and through tandem, in
+/// criterion and in the interleaved ratio pass. `$txn` opens the raw
+/// transaction the way tandem's unit of work does on that backend.
+macro_rules! suite {
+    ($name:ident, $backend:ty, $conn:ty, $txn:expr) => {
+        fn $name(
+            c: &mut Criterion,
+            label: &str,
+            db: &Tandem<$backend>,
+            raw: &dyn Fn() -> PooledConnection<ConnectionManager<$conn>>,
+            quick: bool,
+        ) {
+            let repo = repo::<$conn>();
+            let txn = $txn;
+            let raw_select = |i: usize| {
+                black_box(V1.email(&mut *raw(), (i as i64) % ROWS + 1).unwrap());
+            };
+            let tandem_select = |i: usize| {
+                black_box(
+                    db.call(&repo, |r, s| {
+                        Ok::<_, tandem::Error>(r.email(s.conn(), (i as i64) % ROWS + 1)?)
+                    })
+                    .unwrap(),
+                );
+            };
+            let raw_insert = |_: usize| {
+                black_box(V1.create(&mut *raw(), "bench", "bench@x").unwrap());
+            };
+            let tandem_insert = |_: usize| {
+                black_box(
+                    db.call(&repo, |r, s| {
+                        Ok::<_, tandem::Error>(r.create(s.conn(), "bench", "bench@x")?)
+                    })
+                    .unwrap(),
+                );
+            };
+            let raw_uow = |i: usize| {
+                let id = (i as i64) % ROWS + 1;
+                black_box(
+                    txn(&mut *raw(), &|c: &mut $conn| {
+                        let a = V1.email(c, id)?;
+                        V1.create(c, "bench", &a)?;
+                        V1.email(c, id % ROWS + 1)
+                    })
+                    .unwrap(),
+                );
+            };
+            let tandem_uow = |i: usize| {
+                let id = (i as i64) % ROWS + 1;
+                black_box(
+                    db.unit_of_work(|s| {
+                        let a = s.repo(&repo)?.email(s.conn(), id)?;
+                        s.repo(&repo)?.create(s.conn(), "bench", &a)?;
+                        Ok::<_, tandem::Error>(s.repo(&repo)?.email(s.conn(), id % ROWS + 1)?)
+                    })
+                    .unwrap(),
+                );
+            };
+            let ops: [(&str, &dyn Fn(usize), &dyn Fn(usize)); 3] = [
+                ("point_select", &raw_select, &tandem_select),
+                ("insert", &raw_insert, &tandem_insert),
+                ("unit_of_work_3_calls", &raw_uow, &tandem_uow),
+            ];
+            for (op, raw_op, tandem_op) in ops {
+                let mut g = c.benchmark_group(format!("{label}/{op}"));
+                g.throughput(Throughput::Elements(1));
+                let mut i = 0;
+                g.bench_function("raw_diesel", |b| {
+                    b.iter(|| {
+                        i += 1;
+                        raw_op(i)
+                    })
+                });
+                g.bench_function("tandem", |b| {
+                    b.iter(|| {
+                        i += 1;
+                        tandem_op(i)
+                    })
+                });
+                g.finish();
+            }
+            let (rounds, per) = if quick { (11, 200) } else { (41, 1000) };
+            println!(
+                "\n{label}: interleaved pass, {rounds}x{per} operations each, median per operation"
+            );
+            for (op, raw_op, tandem_op) in ops {
+                report(
+                    &format!("{label}/{op}"),
+                    interleaved(rounds, per, raw_op, tandem_op),
+                );
+            }
+        }
+    };
 }
 
-const ROWS: i64 = 10_000;
+suite!(
+    sqlite_suite,
+    Sqlite,
+    SqliteConnection,
+    |c: &mut SqliteConnection, f: &dyn Fn(&mut SqliteConnection) -> QueryResult<String>| c
+        .immediate_transaction(|c| f(c))
+);
 
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let url = dir.path().join("bench.db").to_string_lossy().into_owned();
-    let db = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+#[cfg(feature = "postgres")]
+suite!(
+    pg_suite,
+    tandem::Postgres,
+    diesel::PgConnection,
+    |c: &mut diesel::PgConnection, f: &dyn Fn(&mut diesel::PgConnection) -> QueryResult<String>| c
+        .transaction(|c| f(c))
+);
+
+/// A demo database at version 1 with `ROWS` accounts on `url`.
+fn sqlite_db(url: &str) -> Tandem<Sqlite> {
+    let db = Tandem::<Sqlite>::builder(url, tandem::demo::catalog().unwrap())
         .serves(1..=1)
         .pool_size(4)
         .open()
         .unwrap();
-    let repo = Repository::<dyn Accounts>::builder("accounts")
-        .binding(1, Arc::new(V1))
-        .build()
-        .unwrap();
-    db.unit_of_work(|s| -> tandem::Result<()> {
-        for i in 0..ROWS {
-            s.repo(&repo)?
-                .create(s.conn(), &format!("n{i}"), &format!("e{i}@x"))?;
-        }
-        Ok(())
-    })
+    diesel::sql_query(
+        "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 10000) \
+         INSERT INTO accounts (name, email) SELECT 'n' || i, 'e' || i || '@x' FROM g",
+    )
+    .execute(&mut db.connection().unwrap())
     .unwrap();
-    let raw = Pool::builder()
-        .max_size(4)
-        .min_idle(Some(1))
-        .test_on_check_out(false)
-        .connection_customizer(Box::new(Pragmas))
-        .build(ConnectionManager::<SqliteConnection>::new(&url))
-        .unwrap();
-    Setup {
-        _dir: dir,
-        raw,
-        db,
-        repo,
-    }
-}
-
-fn raw_select(s: &Setup, id: i64) -> String {
-    let mut conn = s.raw.get().unwrap();
-    accounts::table
-        .find(id)
-        .select(accounts::email)
-        .first(&mut conn)
-        .unwrap()
-}
-
-fn tandem_select(s: &Setup, id: i64) -> String {
-    s.db.call(&s.repo, |r, sess| {
-        Ok::<_, tandem::Error>(r.email(sess.conn(), id)?)
-    })
-    .unwrap()
-}
-
-fn raw_insert(s: &Setup) -> usize {
-    let mut conn = s.raw.get().unwrap();
-    diesel::insert_into(accounts::table)
-        .values((accounts::name.eq("bench"), accounts::email.eq("bench@x")))
-        .execute(&mut conn)
-        .unwrap()
-}
-
-fn tandem_insert(s: &Setup) -> usize {
-    s.db.call(&s.repo, |r, sess| {
-        Ok::<_, tandem::Error>(r.create(sess.conn(), "bench", "bench@x")?)
-    })
-    .unwrap()
-}
-
-fn criterion_benches(c: &mut Criterion, s: &Setup) {
-    let mut g = c.benchmark_group("sqlite_point_select");
-    g.throughput(Throughput::Elements(1));
-    let mut id = 0;
-    g.bench_function("raw_diesel", |b| {
-        b.iter(|| {
-            id = id % ROWS + 1;
-            black_box(raw_select(s, id))
-        })
-    });
-    g.bench_function("tandem", |b| {
-        b.iter(|| {
-            id = id % ROWS + 1;
-            black_box(tandem_select(s, id))
-        })
-    });
-    g.finish();
-    let mut g = c.benchmark_group("sqlite_insert");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("raw_diesel", |b| b.iter(|| black_box(raw_insert(s))));
-    g.bench_function("tandem", |b| b.iter(|| black_box(tandem_insert(s))));
-    g.finish();
+    db
 }
 
 /// Median time of one operation, raw and tandem alternating operation by
@@ -195,17 +252,7 @@ mod pg {
     use diesel::PgConnection;
     use tandem::Postgres;
 
-    trait PgAccounts: Send + Sync {
-        fn email(&self, conn: &mut PgConnection, id: i64) -> QueryResult<String>;
-    }
-    struct P1;
-    impl PgAccounts for P1 {
-        fn email(&self, conn: &mut PgConnection, id: i64) -> QueryResult<String> {
-            accounts::table.find(id).select(accounts::email).first(conn)
-        }
-    }
-
-    pub fn run(quick: bool) {
+    pub fn run(c: &mut Criterion, quick: bool) {
         let Ok(server) = std::env::var("PG_DATABASE_URL") else {
             println!("\nPostgreSQL: skipped (set PG_DATABASE_URL; scripts/test does)");
             return;
@@ -230,10 +277,7 @@ mod pg {
                 .lease(Duration::from_millis(500))
                 .open()
                 .unwrap();
-            let repo = Repository::<dyn PgAccounts>::builder("accounts")
-                .binding(1, Arc::new(P1))
-                .build()
-                .unwrap();
+            let repo = repo::<PgConnection>();
             let mut conn = db.connection().unwrap();
             diesel::sql_query(
                 "INSERT INTO accounts (name, email) SELECT 'n' || g, 'e' || g || '@x' FROM generate_series(1, 10000) g",
@@ -242,13 +286,10 @@ mod pg {
             .unwrap();
             drop(conn);
             // Raw diesel on tandem's own pool (no ping on checkout either way).
+            pg_suite(c, "postgres", &db, &|| db.connection().unwrap(), quick);
             let raw_select = |i: usize| {
-                let mut c = db.connection().unwrap();
                 black_box(
-                    accounts::table
-                        .find((i as i64) % ROWS + 1)
-                        .select(accounts::email)
-                        .first::<String>(&mut c)
+                    V1.email(&mut *db.connection().unwrap(), (i as i64) % ROWS + 1)
                         .unwrap(),
                 );
             };
@@ -261,11 +302,7 @@ mod pg {
                 );
             };
             let (rounds, per) = if quick { (11, 200) } else { (41, 500) };
-            println!("\nPostgreSQL (loopback), interleaved, median per operation");
-            report(
-                "pg_point_select",
-                interleaved(rounds, per, raw_select, steady),
-            );
+            println!("\npostgres locking path (deploying mode), interleaved with raw selects");
             let uow = |i: usize| {
                 black_box(
                     db.unit_of_work(|s| {
@@ -316,39 +353,37 @@ mod pg {
 }
 
 fn main() {
-    let s = setup();
     let quick = std::env::args().any(|a| a == "--quick");
     let mut c = Criterion::default().configure_from_args();
-    criterion_benches(&mut c, &s);
-    c.final_summary();
 
-    let (rounds, per) = if quick { (21, 2_000) } else { (101, 5_000) };
-    println!(
-        "\ninterleaved pass: {rounds} rounds, median per operation (same pool settings, same run)"
+    // SQLite :memory:: one connection, shared by raw diesel and tandem.
+    let mem = sqlite_db(":memory:");
+    sqlite_suite(
+        &mut c,
+        "sqlite_memory",
+        &mem,
+        &|| mem.connection().unwrap(),
+        quick,
     );
-    report(
-        "sqlite_point_select",
-        interleaved(
-            rounds,
-            per,
-            |i| drop(black_box(raw_select(&s, (i as i64) % ROWS + 1))),
-            |i| drop(black_box(tandem_select(&s, (i as i64) % ROWS + 1))),
-        ),
-    );
-    let (rounds, per) = if quick { (11, 200) } else { (31, 500) };
-    report(
-        "sqlite_insert",
-        interleaved(
-            rounds,
-            per,
-            |_| {
-                black_box(raw_insert(&s));
-            },
-            |_| {
-                black_box(tandem_insert(&s));
-            },
-        ),
-    );
+    drop(mem);
+
+    // SQLite WAL file: a raw r2d2 pool with tandem's pool settings and pragmas.
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("bench.db").to_string_lossy().into_owned();
+    let file = sqlite_db(&url);
+    let raw = Pool::builder()
+        .max_size(4)
+        .min_idle(Some(1))
+        .test_on_check_out(false)
+        .connection_customizer(Box::new(Pragmas))
+        .build(ConnectionManager::<SqliteConnection>::new(&url))
+        .unwrap();
+    sqlite_suite(&mut c, "sqlite_wal", &file, &|| raw.get().unwrap(), quick);
+    drop(file);
+
     #[cfg(feature = "postgres")]
-    pg::run(quick);
+    pg::run(&mut c, quick);
+    #[cfg(not(feature = "postgres"))]
+    println!("\nPostgreSQL: not built (cargo bench --all-features, with PG_DATABASE_URL set)");
+    c.final_summary();
 }
