@@ -35,7 +35,7 @@ use tandem::{Backend, PhaseReport, Repository, Tandem};
 
 #[path = "shared/accounts.rs"]
 mod accounts;
-use accounts::{Accounts, AccountsV1, AccountsV2};
+use accounts::{repository, Accounts, AccountsV1, AccountsV2};
 
 type Backfill<B> = fn(&mut <B as Backend>::Connection) -> QueryResult<usize>;
 type Repo<B> = Arc<Repository<dyn Accounts<<B as Backend>::Connection>>>;
@@ -215,19 +215,6 @@ fn open<B: Backend>(url: &str, pool: usize, backfill: Backfill<B>) -> Result<Tan
         .pool_size(u32::try_from(pool)? + 2)
         .backfill(2, "copy emails into account_emails", backfill)
         .open()?)
-}
-
-fn repository<B: Backend>() -> Result<Repo<B>, tandem::Error>
-where
-    AccountsV1: Accounts<B::Connection>,
-    AccountsV2: Accounts<B::Connection>,
-{
-    Ok(Arc::new(
-        Repository::<dyn Accounts<B::Connection>>::builder("accounts")
-            .binding(1, Arc::new(AccountsV1))
-            .binding(2, Arc::new(AccountsV2))
-            .build()?,
-    ))
 }
 
 fn seed<B: Backend>(db: &Tandem<B>, repo: &Repo<B>, n: i64) -> Result<(), Failure> {

@@ -30,7 +30,7 @@ use tandem::{Backend, PhaseReport, Repository, Tandem};
 
 #[path = "shared/accounts.rs"]
 mod accounts;
-use accounts::{Accounts, AccountsV1, AccountsV2};
+use accounts::{repository, Accounts, AccountsV1, AccountsV2};
 
 type Backfill<B> = fn(&mut <B as Backend>::Connection) -> QueryResult<usize>;
 
@@ -248,19 +248,6 @@ fn open<B: Backend>(
         .backfill(2, "copy emails into account_emails", backfill)
         .label(label)
         .open()?)
-}
-
-fn repository<B: Backend>() -> Result<Arc<Repository<dyn Accounts<B::Connection>>>, tandem::Error>
-where
-    AccountsV1: Accounts<B::Connection>,
-    AccountsV2: Accounts<B::Connection>,
-{
-    Ok(Arc::new(
-        Repository::<dyn Accounts<B::Connection>>::builder("accounts")
-            .binding(1, Arc::new(AccountsV1))
-            .binding(2, Arc::new(AccountsV2))
-            .build()?,
-    ))
 }
 
 /// Runs `threads` workers on `db` until `until` returns.

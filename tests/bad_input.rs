@@ -579,7 +579,12 @@ fn c18_password_never_shown<K: Kit>() {
         assert!(!format!("{db:?}").contains(secret));
         db.upgrader().upgrade_to(2).unwrap();
         K::exec(&url, "UPDATE tandem_state SET phase = 'halfway'");
-        let err = open::<K>(&url).upgrader().upgrade_to(2).unwrap_err();
+        // Whether opening or upgrading notices first, the error is typed.
+        let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+            .open()
+            .and_then(|db| db.upgrader().upgrade_to(2).map(|_| ()))
+            .unwrap_err();
+        assert!(matches!(err, Error::MetadataCorrupt { .. }), "{err:?}");
         for shown in [err.to_string(), format!("{err:?}")] {
             assert!(!shown.contains(secret), "password leaked: {shown}");
         }

@@ -2,7 +2,10 @@
 //! whose email moves from `accounts.email` (version 1) to the 1:N
 //! `account_emails` table (version 2), one binding per version.
 
+use std::sync::Arc;
+
 use diesel::prelude::*;
+use tandem::{Backend, Repository};
 
 /// Version 1: the email lives in `accounts`.
 pub mod v1 {
@@ -127,3 +130,18 @@ macro_rules! bindings {
 bindings!(diesel::SqliteConnection);
 #[cfg(feature = "postgres")]
 bindings!(diesel::PgConnection);
+
+/// The repository with both bindings, for backend `B`.
+pub fn repository<B: Backend>(
+) -> Result<Arc<Repository<dyn Accounts<B::Connection>>>, tandem::Error>
+where
+    AccountsV1: Accounts<B::Connection>,
+    AccountsV2: Accounts<B::Connection>,
+{
+    Ok(Arc::new(
+        Repository::<dyn Accounts<B::Connection>>::builder("accounts")
+            .binding(1, Arc::new(AccountsV1))
+            .binding(2, Arc::new(AccountsV2))
+            .build()?,
+    ))
+}
