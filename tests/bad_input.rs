@@ -164,15 +164,10 @@ fn fingerprint<K: Kit>(url: &str) -> String {
     out.join("\n")
 }
 
-/// The demo database with its backfill, on `url`.
-fn open<K: Kit>(url: &str) -> Tandem<K::B> {
-    K::open(url)
-}
-
 /// A demo database at version 1 with two accounts.
 fn seeded<K: Kit>() -> Option<(K::Guard, String)> {
     let (guard, url) = K::fresh()?;
-    let db = open::<K>(&url);
+    let db = K::open(&url);
     let repo = K::repo();
     for (n, e) in [("ada", "ada@x"), ("grace", "grace@x")] {
         db.unit_of_work(|s| s.repo(&repo)?.create(s.conn(), n, e))
@@ -234,7 +229,7 @@ fn c01_unknown_live_version<K: Kit>() {
         return;
     };
     K::exec(&url, "UPDATE tandem_state SET version = 9");
-    let db = open::<K>(&url);
+    let db = K::open(&url);
     unchanged::<K, _>(&url, || {
         let err = db
             .call(&K::repo(), |r, s| r.email(s.conn(), 1))
@@ -256,7 +251,7 @@ fn c02_live_version_newer_than_the_binary<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    open::<K>(&url).upgrader().upgrade_to(2).unwrap();
+    K::open(&url).upgrader().upgrade_to(2).unwrap();
     let old = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
         .serves(1..=1)
         .open()
@@ -498,7 +493,7 @@ fn c15_contract_before_switch<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = open::<K>(&url);
+    let db = K::open(&url);
     db.upgrader().expand().unwrap();
     unchanged::<K, _>(&url, || {
         let err = db.upgrader().contract().unwrap_err();
@@ -521,7 +516,7 @@ fn c16_switch_while_an_instance_lacks_the_version<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = open::<K>(&url);
+    let db = K::open(&url);
     let _old = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
         .serves(1..=1)
         .label("old-binary")
@@ -575,7 +570,7 @@ fn c18_password_never_shown<K: Kit>() {
     // A connection that works (where the backend takes passwords): a whole
     // upgrade, a failing phase and the handle's Debug, all logged at TRACE.
     if let Some((_d, url)) = K::fresh_with_password(secret) {
-        let db = open::<K>(&url);
+        let db = K::open(&url);
         assert!(!format!("{db:?}").contains(secret));
         db.upgrader().upgrade_to(2).unwrap();
         K::exec(&url, "UPDATE tandem_state SET phase = 'halfway'");
@@ -644,7 +639,7 @@ fn c21_fleet_row_with_an_impossible_version<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = open::<K>(&url);
+    let db = K::open(&url);
     K::exec(
         &url,
         "INSERT INTO tandem_fleet VALUES ('ghost', 'h', 1, 'ghost', 0, 2, 0, 4102444800000, 0)",
@@ -689,7 +684,7 @@ fn c23_roll_backward_and_unknown_targets<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = open::<K>(&url);
+    let db = K::open(&url);
     db.upgrader().upgrade_to(2).unwrap();
     unchanged::<K, _>(&url, || {
         let err = db.upgrader().upgrade_to(1).unwrap_err();

@@ -85,14 +85,7 @@ macro_rules! race_suite {
             };
             let db = open(&url, "checker");
             let repo = accounts_on::<<B as Backend>::Connection>();
-            db.unit_of_work(|s| -> tandem::Result<()> {
-                let r = s.repo(&repo)?;
-                for i in 0..SEEDED {
-                    r.create(s.conn(), "seed", &format!("s{i}@x"))?;
-                }
-                Ok(())
-            })
-            .unwrap();
+            common::seed(&db, SEEDED);
             let dir = tempfile::tempdir().unwrap();
             let go = dir.path().join("go");
             let children: Vec<_> = (0..RACERS)

@@ -112,14 +112,7 @@ macro_rules! crash_suite {
                 };
                 let db = open(&url, "server");
                 let repo = accounts_on::<<B as Backend>::Connection>();
-                db.unit_of_work(|s| -> tandem::Result<()> {
-                    let r = s.repo(&repo)?;
-                    for i in 0..SEEDED {
-                        r.create(s.conn(), "seed", &format!("s{i}@x"))?;
-                    }
-                    Ok(())
-                })
-                .unwrap();
+                common::seed(&db, SEEDED);
                 let stop = Arc::new(AtomicBool::new(false));
                 let calls = caller(db.clone(), stop.clone());
                 let dir = tempfile::tempdir().unwrap();

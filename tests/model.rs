@@ -89,9 +89,6 @@ impl Items for V2 {
     }
 }
 
-/// Version 2 adds `items.label`; version 3 adds a table.
-const CATALOG: &[(&str, &str)] = common::THREE_VERSIONS;
-
 fn repo(serves: &RangeInclusive<u32>) -> Repository<dyn Items> {
     let mut b = Repository::<dyn Items>::builder("items");
     for v in serves.clone() {
@@ -193,7 +190,8 @@ fn run_call(
 }
 
 fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let (_c, catalog) = common::catalog(CATALOG);
+    // Version 2 adds `items.label`; version 3 adds a table.
+    let (_c, catalog) = common::catalog(common::THREE_VERSIONS);
     let (_d, url) = common::temp_db();
     let open = |serves: RangeInclusive<u32>, label: &str| {
         Tandem::<Sqlite>::builder(&url, catalog.clone())

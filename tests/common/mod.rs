@@ -149,6 +149,24 @@ pub fn accounts() -> Repository<Accounts> {
     accounts_on::<SqliteConnection>()
 }
 
+/// Creates `n` accounts `seed` / `s{i}@x` (ids 1..=n on a fresh database)
+/// in one unit of work.
+pub fn seed<B: tandem::Backend>(db: &Tandem<B>, n: usize)
+where
+    AccountsV1: AccountsOn<B::Connection>,
+    AccountsV2: AccountsOn<B::Connection>,
+{
+    let repo = accounts_on::<B::Connection>();
+    db.unit_of_work(|s| -> tandem::Result<()> {
+        let r = s.repo(&repo)?;
+        for i in 0..n {
+            r.create(s.conn(), "seed", &format!("s{i}@x"))?;
+        }
+        Ok(())
+    })
+    .expect("seed accounts");
+}
+
 /// The live version as the state row says, read on the call's own connection.
 pub fn db_version(conn: &mut SqliteConnection) -> i64 {
     tandem_state::table
