@@ -112,8 +112,10 @@ where
     wait_for(&stop_file, Duration::from_secs(120));
     stop.store(true, Ordering::Relaxed);
     let log: String = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    // Leave the fleet table before the log says this instance is done: the
+    // upgrader switches as soon as it sees the old instance's log.
+    drop(db);
     std::fs::write(dir.join(format!("{role}.log")), log).unwrap();
-    drop(db); // leaves the fleet table
 }
 
 /// The upgrader process.
