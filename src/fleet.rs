@@ -15,9 +15,20 @@
 //! the in-process *write* lock, so steady calls in flight drain first; only
 //! then does the poller acknowledge the row's epoch in the fleet table. The
 //! upgrader waits for those acknowledgements (or for a lease to expire)
-//! before it switches.
+//! before it switches. When the lease watchdog leaves the steady path it
+//! cannot wait for calls in flight; the next adoption drains them before the
+//! poller acknowledges anything.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Calls take the steady path: the cached version under the in-process lock.
+pub(crate) const STEADY: u8 = 0;
+/// Calls take the locking path, and no steady call is in flight.
+pub(crate) const LOCKING: u8 = 1;
+/// Calls take the locking path, but steady calls that entered before the
+/// lease watchdog left the steady path may still be in flight: the next
+/// adoption drains them before anything is acknowledged.
+pub(crate) const UNDRAINED: u8 = 2;
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -97,8 +108,13 @@ impl<B: Backend> Tandem<B> {
     /// renewing while calls are slow.
     fn adopt(&self, state: &State) -> Result<()> {
         let inner = &self.inner;
-        let want_steady = state.mode == Mode::Steady && self.lease_fresh();
-        let same = inner.steady.load(Ordering::Acquire) == want_steady
+        let want = if state.mode == Mode::Steady && self.lease_fresh() {
+            STEADY
+        } else {
+            LOCKING
+        };
+        // UNDRAINED never equals `want`: steady calls may be in flight.
+        let same = inner.path.load(Ordering::Acquire) == want
             && inner.live.load(Ordering::Acquire) == state.version.get();
         if same {
             return Ok(());
@@ -116,8 +132,9 @@ impl<B: Backend> Tandem<B> {
             attempts: g.attempts,
             waited: g.waited,
         })?;
+        // Drained: no steady call is in flight while the guard is held.
         inner.live.store(state.version.get(), Ordering::Release);
-        inner.steady.store(want_steady, Ordering::Release);
+        inner.path.store(want, Ordering::Release);
         tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
         Ok(())
     }
@@ -135,9 +152,18 @@ impl<B: Backend> Tandem<B> {
             .is_some_and(|d| Instant::now() < d)
     }
 
-    /// Leaves the steady path if the lease went stale.
+    /// Leaves the steady path if the lease went stale. The watchdog must not
+    /// block, so this does not wait for steady calls in flight: it leaves the
+    /// instance [`UNDRAINED`], and the poller drains them before it
+    /// acknowledges anything (or the upgrader could switch under them).
     pub(crate) fn check_lease(&self) {
-        if !self.lease_fresh() && self.inner.steady.swap(false, Ordering::AcqRel) {
+        if !self.lease_fresh()
+            && self
+                .inner
+                .path
+                .compare_exchange(STEADY, UNDRAINED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
             tracing::warn!(instance = %self.inner.me.id, "lease not renewed in time: calls take the locking path");
         }
     }
@@ -196,7 +222,7 @@ impl<B: Backend> Tandem<B> {
 
     /// Whether calls of this instance currently take the steady path.
     pub fn steady(&self) -> bool {
-        self.inner.steady.load(Ordering::Acquire)
+        self.inner.path.load(Ordering::Acquire) == STEADY
     }
 
     /// Test hook: stop (or resume) renewing the lease, as a paused process or

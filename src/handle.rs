@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use crate::backend::{Backend, PoolSettings};
 use crate::catalog::{sha256_hex, Catalog};
 use crate::dispatch::{Repository, Session};
 use crate::error::{redact, Error, Result};
+use crate::fleet;
 use crate::lock::{SchemaLock, WriterPolicy};
 use crate::meta::{self, HistoryEntry, Instance, Meta, Prefix, State};
 use crate::upgrade::{Step, Upgrader};
@@ -57,8 +58,8 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) catalog: Catalog,
     pub(crate) first: Version,
     pub(crate) last: Version,
-    /// The live version as last read or switched by this process; only
-    /// changed under the schema write lock.
+    /// The live version as last read or switched by this process; changed
+    /// under the schema write lock, or while calls take the locking path.
     pub(crate) live: AtomicU32,
     pub(crate) lock: SchemaLock,
     /// Queues this process's write transactions (see `Backend::QUEUE_WRITERS`).
@@ -69,8 +70,10 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) writer: WriterPolicy,
     pub(crate) lock_timeout: Duration,
     pub(crate) target: String,
-    /// Whether calls may take the steady path (see `fleet`).
-    pub(crate) steady: AtomicBool,
+    /// Which path calls take: [`fleet::STEADY`], [`fleet::LOCKING`], or
+    /// [`fleet::UNDRAINED`] (locking, but steady calls may still be in
+    /// flight). See `fleet`.
+    pub(crate) path: AtomicU8,
     /// This instance's fleet row as registered.
     pub(crate) me: Instance,
     pub(crate) poll_interval: Duration,
@@ -358,7 +361,7 @@ impl<B: Backend> Builder<B> {
             writer: self.writer,
             lock_timeout: self.lock_timeout,
             target,
-            steady: AtomicBool::new(false),
+            path: AtomicU8::new(fleet::LOCKING),
             me,
             poll_interval: self.poll_interval,
             lease,
@@ -527,7 +530,7 @@ impl<B: Backend> Tandem<B> {
     {
         let mut conn = self.connection()?;
         let read = self.inner.lock.read();
-        if self.inner.steady.load(Ordering::Acquire) {
+        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY {
             let version = self.served_live()?;
             let binding = repository.get(version)?;
             return f(binding, &mut Session::new(&mut *conn, version));
@@ -583,7 +586,7 @@ impl<B: Backend> Tandem<B> {
     {
         let mut conn = self.connection()?;
         let read = self.inner.lock.read();
-        if self.inner.steady.load(Ordering::Acquire) {
+        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY {
             let version = self.served_live()?;
             return self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
         }

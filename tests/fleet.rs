@@ -172,6 +172,63 @@ macro_rules! fleet_suite {
                 }
             }
 
+            /// Regression (seen once in CI): the lease watchdog drops the steady
+            /// flag without draining; a steady call already in flight must still
+            /// hold back the instance's acknowledgement of deploying mode, or the
+            /// switch commits under it and it runs binding 1 on version 2.
+            #[test]
+            fn a_steady_call_in_flight_when_the_lease_goes_stale_holds_back_the_switch() {
+                let Some((_guard, url)) = $setup("a_steady_call_in_flight_when_the_lease") else { return };
+                let open = |label: &str| {
+                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                        .poll_interval(Duration::from_millis(20))
+                        .lease(Duration::from_millis(400))
+                        .label(label)
+                        .open()
+                        .unwrap()
+                };
+                let upgrader_side = open("upgrader");
+                let slow = open("slow");
+                assert!(slow.steady());
+                let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+                let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+                let caller = {
+                    let slow = slow.clone();
+                    thread::spawn(move || {
+                        let repo = accounts_on::<<B as Backend>::Connection>();
+                        slow.call(&repo, |r, s| {
+                            entered_tx.send(()).unwrap();
+                            release_rx.recv().unwrap();
+                            Ok::<_, Error>((r.version(), r.db_version(s.conn())))
+                        })
+                    })
+                };
+                entered_rx.recv().unwrap(); // on the steady path, binding 1
+                slow.pause_fleet(true);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while slow.steady() {
+                    assert!(Instant::now() < deadline, "the watchdog must drop the steady flag");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                slow.pause_fleet(false); // renews again, while the call is still in flight
+                upgrader_side.upgrader().expand().unwrap();
+                let switching = {
+                    let up = upgrader_side.clone();
+                    thread::spawn(move || up.upgrader().switch().map(|_| ()))
+                };
+                thread::sleep(Duration::from_millis(300));
+                assert_eq!(upgrader_side.state().unwrap().version.get(), 1, "the switch committed under a steady call in flight");
+                release_tx.send(()).unwrap();
+                let (binding, seen) = caller.join().unwrap().unwrap();
+                assert_eq!((i64::from(binding), seen), (1, 1), "the call saw the version it was dispatched for");
+                match switching.join().unwrap() {
+                    Ok(()) => assert_eq!(upgrader_side.state().unwrap().version.get(), 2),
+                    // Waiting longer than the fleet timeout is also safe: typed, nothing switched.
+                    Err(Error::FleetNotAcknowledged { .. }) => assert_eq!(upgrader_side.state().unwrap().version.get(), 1),
+                    Err(e) => panic!("unexpected switch error: {e:?}"),
+                }
+            }
+
             #[test]
             fn a_dead_instance_drops_out_and_the_switch_proceeds_without_it() {
                 let Some((_guard, url)) = $setup("a_dead_instance_drops_out") else { return };

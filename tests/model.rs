@@ -208,7 +208,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         serves: 1..=3,
     }];
     let log = Arc::new(Mutex::new(Log::default()));
-    let mut background = Vec::new();
+    let mut background: Vec<(String, thread::JoinHandle<()>)> = Vec::new();
     let mut seq = 0;
     // What this case exercised: steps done, refusals, crashes.
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
@@ -223,8 +223,17 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Stop(i) if !instances.is_empty() => {
-                let i = i % instances.len();
-                drop(instances.remove(i));
+                // A stopping process finishes its work in flight first (its
+                // handle lives, and stays in the fleet, until then).
+                let inst = instances.remove(i % instances.len());
+                let (mine, others) = background
+                    .drain(..)
+                    .partition::<Vec<_>, _>(|(id, _)| id == inst.db.instance_id());
+                background = others;
+                for (_, b) in mine {
+                    b.join().unwrap();
+                }
+                drop(inst);
             }
             Op::Call { instance, write } if !instances.is_empty() => {
                 let inst = &instances[instance % instances.len()];
@@ -271,13 +280,17 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             format!("b{seq}")
                         })
                         .collect();
-                    background.push(thread::spawn(move || {
-                        run_call(&db, &repo, &names, Duration::from_millis(5), &log)
-                    }));
+                    let id = db.instance_id().to_owned();
+                    background.push((
+                        id,
+                        thread::spawn(move || {
+                            run_call(&db, &repo, &names, Duration::from_millis(5), &log)
+                        }),
+                    ));
                 }
             }
             Op::Join => {
-                for b in background.drain(..) {
+                for (_, b) in background.drain(..) {
                     b.join().unwrap();
                 }
             }
@@ -374,7 +387,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             _ => {}
         }
     }
-    for b in background.drain(..) {
+    for (_, b) in background.drain(..) {
         b.join().unwrap();
     }
     // Finish the job (invariant 5's rerun) and read every write back.
