@@ -76,13 +76,35 @@ pub enum Error {
         repository: String,
     },
 
-    /// The live schema version is not one this binary serves. Calls fail with
-    /// this, before any query runs, until the database reaches a version the
-    /// binary has bindings for. A service maps it to 503 with `Retry-After`.
+    /// The database is behind this binary: its live schema version is older
+    /// than the oldest version the binary serves. Calls fail with this,
+    /// before any query runs, until an upgrade (for example
+    /// [`Upgrader::upgrade_to`](crate::Upgrader::upgrade_to), which walks
+    /// every hop) makes the live version servable; then they work again at
+    /// once. Transient: a service maps it to `503 Service Unavailable` with
+    /// `Retry-After`.
     #[error(
-        "the live schema version is {live}, but this binary serves versions {first}..={last}; if an \
-         upgrade is under way, retry shortly; otherwise deploy a binary with bindings for version \
-         {live}, or upgrade the database to a version this binary serves"
+        "the database is at schema version {live}, older than the versions this binary serves \
+         ({first}..={last}): an upgrade to {first} is needed; retry once it has run (`upgrade_to({first})` \
+         or later walks every version in between)"
+    )]
+    Upgrading {
+        /// The live version read from the metadata table.
+        live: Version,
+        /// The oldest version this binary serves.
+        first: Version,
+        /// The newest version this binary serves.
+        last: Version,
+    },
+
+    /// The database is ahead of this binary: its live schema version is newer
+    /// than any version the binary serves. Calls fail with this, before any
+    /// query runs. Retrying does not help; deploy a binary that serves the
+    /// live version (the data tier only rolls forward).
+    #[error(
+        "the live schema version is {live}, newer than the versions this binary serves \
+         ({first}..={last}); deploy a binary with bindings for version {live} (a database is never \
+         moved back past a contract)"
     )]
     VersionNotServed {
         /// The live version read from the metadata table.

@@ -518,8 +518,9 @@ impl<B: Backend> Tandem<B> {
     ///
     /// # Errors
     ///
-    /// [`Error::VersionNotServed`] or [`Error::NoBinding`] before any query
-    /// runs, [`Error::Pool`] when no connection is free in time, and
+    /// [`Error::Upgrading`] (database behind the binary),
+    /// [`Error::VersionNotServed`] (ahead) or [`Error::NoBinding`] before any
+    /// query runs, [`Error::Pool`] when no connection is free in time, and
     /// whatever `f` returns.
     #[inline]
     pub fn call<R, T, E, F>(&self, repository: &Repository<R>, f: F) -> Result<T, E>
@@ -646,12 +647,10 @@ impl<B: Backend> Tandem<B> {
 
     #[cold]
     fn not_served(&self, live: u32) -> Error {
+        let (first, last) = (self.inner.first, self.inner.last);
         match Version::new(live) {
-            Some(live) => Error::VersionNotServed {
-                live,
-                first: self.inner.first,
-                last: self.inner.last,
-            },
+            Some(live) if live < first => Error::Upgrading { live, first, last },
+            Some(live) => Error::VersionNotServed { live, first, last },
             None => Error::MetadataCorrupt {
                 table: self.inner.meta.state_table().to_owned(),
                 detail: "live version 0".to_owned(),

@@ -185,6 +185,8 @@ mod handle;
 mod lock;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod meta;
+#[cfg(all(feature = "testing", any(feature = "sqlite", feature = "postgres")))]
+pub mod testing;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod upgrade;
 

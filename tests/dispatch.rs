@@ -176,7 +176,7 @@ fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
         .unwrap_err();
     assert!(!ran);
     assert!(
-        matches!(err, Error::VersionNotServed { live, first, last } if (live.get(), first.get(), last.get()) == (1, 2, 2)),
+        matches!(err, Error::Upgrading { live, first, last } if (live.get(), first.get(), last.get()) == (1, 2, 2)),
         "{err:?}"
     );
     // Upgrading makes it servable, at once.
