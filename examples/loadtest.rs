@@ -623,24 +623,6 @@ fn plot(path: &str, outcomes: &[Outcome]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The URL of database `name` on the server of `url`.
-#[cfg(feature = "postgres")]
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 fn main() -> Result<(), Failure> {
     let o = options()?;
     let mut outcomes = Vec::new();
@@ -663,16 +645,12 @@ fn main() -> Result<(), Failure> {
     if let Some(url) = &o.database_url {
         #[cfg(feature = "postgres")]
         {
-            let mut admin = diesel::PgConnection::establish(url)
-                .map_err(|e| format!("{}: {e}", tandem::redact(url)))?;
             let mut created = Vec::new();
-            let mut pg_fresh = |name: &str| -> Result<String, Failure> {
-                let db = format!("tandem_load_{}_{name}", std::process::id());
-                diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                    .execute(&mut admin)?;
-                diesel::sql_query(format!("CREATE DATABASE {db}")).execute(&mut admin)?;
-                created.push(db.clone());
-                Ok(with_database(url, &db))
+            let mut pg_fresh = |_name: &str| -> Result<String, Failure> {
+                let db = tandem::testing::FreshDatabase::postgres(url)?;
+                let fresh_url = db.url().to_owned();
+                created.push(db); // dropped (and the database with it) at the end
+                Ok(fresh_url)
             };
             let outcome = run::<tandem::Postgres>(
                 "postgres",
@@ -680,11 +658,7 @@ fn main() -> Result<(), Failure> {
                 &mut pg_fresh,
                 tandem::demo::backfill_emails,
             );
-            let mut admin = diesel::PgConnection::establish(url)?;
-            for db in created {
-                diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                    .execute(&mut admin)?;
-            }
+            drop(created);
             outcomes.push(outcome?);
         }
         #[cfg(not(feature = "postgres"))]

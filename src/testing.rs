@@ -297,10 +297,7 @@ enum Cleanup {
         #[allow(dead_code)] tempfile::TempDir,
     ),
     #[cfg(feature = "postgres")]
-    Postgres {
-        server: String,
-        name: String,
-    },
+    Postgres { server: String, name: String },
 }
 
 /// A fresh, empty database, removed when dropped.
