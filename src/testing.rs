@@ -472,12 +472,12 @@ impl Kit<crate::Sqlite> {
     /// SQLite: a fresh database file in a temporary directory per state (the
     /// same pragmas and connection pool as production).
     pub fn sqlite(catalog: Catalog) -> Self {
-        Kit::with_fresh(catalog, FreshDatabase::sqlite_file)
+        Kit::withfresh(catalog, FreshDatabase::sqlite_file)
     }
 
     /// SQLite in memory: fastest; one connection per database.
     pub fn sqlite_in_memory(catalog: Catalog) -> Self {
-        Kit::with_fresh(catalog, || Ok(FreshDatabase::sqlite_in_memory()))
+        Kit::withfresh(catalog, || Ok(FreshDatabase::sqlite_in_memory()))
     }
 }
 
@@ -487,13 +487,13 @@ impl Kit<crate::Postgres> {
     /// (see [`FreshDatabase::postgres`]).
     pub fn postgres(server_url: &str, catalog: Catalog) -> Self {
         let server = server_url.to_owned();
-        Kit::with_fresh(catalog, move || FreshDatabase::postgres(&server))
+        Kit::withfresh(catalog, move || FreshDatabase::postgres(&server))
     }
 }
 
 impl<B: Backend> Kit<B> {
     /// A kit whose fresh databases come from `fresh`.
-    pub fn with_fresh(
+    pub fn withfresh(
         catalog: Catalog,
         fresh: impl Fn() -> Result<FreshDatabase, Error> + Send + Sync + 'static,
     ) -> Self {
@@ -550,7 +550,7 @@ impl<B: Backend> Kit<B> {
         let db = (self.configure)(builder).open().map_err(setup("open"))?;
         Ok(Staged {
             db,
-            _fresh: fresh,
+            fresh: fresh,
             at,
         })
     }
@@ -560,7 +560,7 @@ impl<B: Backend> Kit<B> {
 pub struct Staged<B: Backend> {
     // Fields drop in order: the handle before the database it points at.
     db: Tandem<B>,
-    _fresh: FreshDatabase,
+    fresh: FreshDatabase,
     at: At,
 }
 
@@ -576,6 +576,11 @@ impl<B: Backend> Staged<B> {
     /// The stage the database is at.
     pub fn at(&self) -> At {
         self.at
+    }
+
+    /// The database's URL, to open the application's own handles on it.
+    pub fn url(&self) -> &str {
+        self.fresh.url()
     }
 
     /// The kit's handle (serves every version; runs the upgrader).
