@@ -548,11 +548,7 @@ impl<B: Backend> Kit<B> {
             .serves(1..=self.catalog.latest().get())
             .label("tandem-kit");
         let db = (self.configure)(builder).open().map_err(setup("open"))?;
-        Ok(Staged {
-            db,
-            fresh: fresh,
-            at,
-        })
+        Ok(Staged { db, fresh, at })
     }
 }
 
