@@ -166,6 +166,7 @@ extern crate self as tandem;
 
 pub mod build;
 mod catalog;
+pub mod guide;
 #[doc(hidden)]
 pub mod embed;
 mod error;
