@@ -166,10 +166,10 @@ extern crate self as tandem;
 
 pub mod build;
 mod catalog;
-pub mod guide;
 #[doc(hidden)]
 pub mod embed;
 mod error;
+pub mod guide;
 mod version;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -629,7 +629,7 @@ fn c20_an_expired_lease_never_takes_the_steady_path<K: Kit>() {
     );
     let (binding, live) = db
         .call(&K::repo(), |r, s| {
-            Ok::<_, Error>((r.version(), r.db_version(s.conn())))
+            Ok::<_, Error>((r.version(), r.live(s.conn()).unwrap()))
         })
         .unwrap();
     assert_eq!(i64::from(binding), live);

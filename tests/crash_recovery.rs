@@ -47,9 +47,9 @@ where
             let email = format!("c{i}@x");
             match db.unit_of_work(|s| {
                 let r = s.repo(&repo)?;
-                let before = r.db_version(s.conn());
+                let before = r.live(s.conn()).unwrap();
                 let id = r.create(s.conn(), "c", &email)?;
-                Ok::<_, Error>((r.version(), before, r.db_version(s.conn()), id))
+                Ok::<_, Error>((r.version(), before, r.live(s.conn()).unwrap(), id))
             }) {
                 Ok((v, b, a, id)) => {
                     calls.push((v, b, a));

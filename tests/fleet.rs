@@ -43,17 +43,22 @@ where
                     let result = if i % 2 == 0 {
                         db.unit_of_work(|s| {
                             let r = s.repo(&repo)?;
-                            let before = r.db_version(s.conn());
+                            let before = r.live(s.conn()).unwrap();
                             let id = r.create(s.conn(), "f", &email)?;
-                            Ok::<_, Error>((r.version(), before, r.db_version(s.conn()), Some(id)))
+                            Ok::<_, Error>((
+                                r.version(),
+                                before,
+                                r.live(s.conn()).unwrap(),
+                                Some(id),
+                            ))
                         })
                     } else {
                         db.call(&repo, |r, s| {
-                            let before = r.db_version(s.conn());
+                            let before = r.live(s.conn()).unwrap();
                             if let Some((id, _)) = acked.iter().next() {
                                 r.email(s.conn(), *id)?;
                             }
-                            Ok::<_, Error>((r.version(), before, r.db_version(s.conn()), None))
+                            Ok::<_, Error>((r.version(), before, r.live(s.conn()).unwrap(), None))
                         })
                     };
                     match result {
@@ -162,7 +167,7 @@ macro_rules! fleet_suite {
                     thread::sleep(Duration::from_millis(10));
                 }
                 // Calls still work, on the locking path, with the live version.
-                let (binding, live) = db.call(&repo, |r, s| Ok::<_, Error>((r.version(), r.db_version(s.conn())))).unwrap();
+                let (binding, live) = db.call(&repo, |r, s| Ok::<_, Error>((r.version(), r.live(s.conn()).unwrap()))).unwrap();
                 assert_eq!(i64::from(binding), live);
                 db.pause_fleet(false);
                 let deadline = Instant::now() + Duration::from_secs(2);
@@ -199,7 +204,7 @@ macro_rules! fleet_suite {
                         slow.call(&repo, |r, s| {
                             entered_tx.send(()).unwrap();
                             release_rx.recv().unwrap();
-                            Ok::<_, Error>((r.version(), r.db_version(s.conn())))
+                            Ok::<_, Error>((r.version(), r.live(s.conn()).unwrap()))
                         })
                     })
                 };

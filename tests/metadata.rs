@@ -205,7 +205,11 @@ fn future_version_fails_calls_before_any_query_and_refuses_upgrades() {
         matches!(err, Error::VersionNotServed { live, .. } if live.get() == 7),
         "{err:?}"
     );
-    assert!(err.to_string().contains("retry shortly"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("deploy a binary with bindings for version 7"),
+        "{err}"
+    );
     let err = db.upgrader().expand().unwrap_err();
     assert!(
         matches!(err, Error::UnknownVersion { version, .. } if version.get() == 7),

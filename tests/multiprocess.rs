@@ -76,16 +76,21 @@ where
                     let result = if i % 3 != 0 || mine.is_empty() {
                         db.unit_of_work(|s| {
                             let r = s.repo(&repo)?;
-                            let before = r.db_version(s.conn());
+                            let before = r.live(s.conn()).unwrap();
                             let id = r.create(s.conn(), &role, &email)?;
-                            Ok::<_, Error>((r.version(), before, r.db_version(s.conn()), Some(id)))
+                            Ok::<_, Error>((
+                                r.version(),
+                                before,
+                                r.live(s.conn()).unwrap(),
+                                Some(id),
+                            ))
                         })
                     } else {
                         let id = mine[(i as usize) % mine.len()];
                         db.call(&repo, |r, s| {
-                            let before = r.db_version(s.conn());
+                            let before = r.live(s.conn()).unwrap();
                             r.email(s.conn(), id)?;
-                            Ok::<_, Error>((r.version(), before, r.db_version(s.conn()), None))
+                            Ok::<_, Error>((r.version(), before, r.live(s.conn()).unwrap(), None))
                         })
                     };
                     match result {

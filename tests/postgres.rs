@@ -33,7 +33,7 @@ mod pg {
     }
 
     fn db_version(conn: &mut PgConnection) -> i64 {
-        AccountsOnPg::db_version(&common::AccountsV1, conn)
+        AccountsOnPg::live(&common::AccountsV1, conn).expect("state row")
     }
 
     use common::AccountsOn as AccountsOnPg;

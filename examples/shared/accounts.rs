@@ -1,6 +1,7 @@
-//! The demo application's repository, shared by the examples: accounts
-//! whose email moves from `accounts.email` (version 1) to the 1:N
-//! `account_emails` table (version 2), one binding per version.
+//! The demo application's repository, shared by the examples and the tests:
+//! accounts whose email moves from `accounts.email` (version 1) to its own
+//! `account_emails` table keyed by account (version 2), one binding per
+//! version.
 
 use std::sync::Arc;
 

@@ -13,124 +13,14 @@ use tempfile::TempDir;
 #[cfg(feature = "postgres")]
 pub mod pg;
 
-pub mod v1 {
-    diesel::table! { accounts (id) { id -> BigInt, name -> Text, email -> Text, } }
-}
-pub mod v2 {
-    diesel::table! { accounts (id) { id -> BigInt, name -> Text, } }
-    diesel::table! { account_emails (account_id) { account_id -> BigInt, email -> Text, } }
-}
-diesel::table! { tandem_state (id) { id -> BigInt, version -> BigInt, } }
-
-/// The demo repository trait over a connection type `C`; `version()` says
-/// which binding ran.
-pub trait AccountsOn<C>: Send + Sync {
-    fn version(&self) -> u32;
-    fn create(&self, conn: &mut C, name: &str, email: &str) -> tandem::Result<i64>;
-    fn email(&self, conn: &mut C, id: i64) -> tandem::Result<Option<String>>;
-    fn set_email(&self, conn: &mut C, id: i64, email: &str) -> tandem::Result<()>;
-    /// The version the state row says, read on this connection.
-    fn db_version(&self, conn: &mut C) -> i64;
-}
+// The demo repository and its bindings are the examples' own.
+#[path = "../../examples/shared/accounts.rs"]
+mod shared;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use shared::{v1, v2, Accounts as AccountsOn, AccountsV1, AccountsV2};
 
 /// The SQLite form, used by most tests.
 pub type Accounts = dyn AccountsOn<SqliteConnection>;
-
-pub struct AccountsV1;
-pub struct AccountsV2;
-
-/// One body for every backend: the diesel DSL used here is portable.
-macro_rules! demo_bindings {
-    ($conn:ty) => {
-        impl AccountsOn<$conn> for AccountsV1 {
-            fn version(&self) -> u32 {
-                1
-            }
-            fn create(&self, conn: &mut $conn, name: &str, email: &str) -> tandem::Result<i64> {
-                use v1::accounts::dsl;
-                Ok(diesel::insert_into(dsl::accounts)
-                    .values((dsl::name.eq(name), dsl::email.eq(email)))
-                    .returning(dsl::id)
-                    .get_result(conn)?)
-            }
-            fn email(&self, conn: &mut $conn, id: i64) -> tandem::Result<Option<String>> {
-                use v1::accounts::dsl;
-                Ok(dsl::accounts
-                    .find(id)
-                    .select(dsl::email)
-                    .first(conn)
-                    .optional()?)
-            }
-            fn set_email(&self, conn: &mut $conn, id: i64, email: &str) -> tandem::Result<()> {
-                use v1::accounts::dsl;
-                diesel::update(dsl::accounts.find(id))
-                    .set(dsl::email.eq(email))
-                    .execute(conn)?;
-                Ok(())
-            }
-            fn db_version(&self, conn: &mut $conn) -> i64 {
-                tandem_state::table
-                    .select(tandem_state::version)
-                    .first(conn)
-                    .expect("state row")
-            }
-        }
-
-        impl AccountsOn<$conn> for AccountsV2 {
-            fn version(&self) -> u32 {
-                2
-            }
-            fn create(&self, conn: &mut $conn, name: &str, email: &str) -> tandem::Result<i64> {
-                use v2::{account_emails as e, accounts as a};
-                Ok(conn.transaction(|conn| {
-                    let id: i64 = diesel::insert_into(a::table)
-                        .values(a::name.eq(name))
-                        .returning(a::id)
-                        .get_result(conn)?;
-                    diesel::insert_into(e::table)
-                        .values((e::account_id.eq(id), e::email.eq(email)))
-                        .execute(conn)?;
-                    QueryResult::Ok(id)
-                })?)
-            }
-            fn email(&self, conn: &mut $conn, id: i64) -> tandem::Result<Option<String>> {
-                use v2::account_emails::dsl;
-                Ok(dsl::account_emails
-                    .find(id)
-                    .select(dsl::email)
-                    .first(conn)
-                    .optional()?)
-            }
-            fn set_email(&self, conn: &mut $conn, id: i64, email: &str) -> tandem::Result<()> {
-                use v2::{account_emails as e, accounts as a};
-                // Touch the parent row first: every writer then locks accounts
-                // before account_emails (the reverse-sync trigger updates
-                // accounts), so the contract's DDL can take both tables
-                // without a lock-order cycle.
-                diesel::update(a::table.find(id))
-                    .set(a::id.eq(id))
-                    .execute(conn)?;
-                diesel::insert_into(e::table)
-                    .values((e::account_id.eq(id), e::email.eq(email)))
-                    .on_conflict(e::account_id)
-                    .do_update()
-                    .set(e::email.eq(email))
-                    .execute(conn)?;
-                Ok(())
-            }
-            fn db_version(&self, conn: &mut $conn) -> i64 {
-                tandem_state::table
-                    .select(tandem_state::version)
-                    .first(conn)
-                    .expect("state row")
-            }
-        }
-    };
-}
-
-demo_bindings!(SqliteConnection);
-#[cfg(feature = "postgres")]
-demo_bindings!(diesel::PgConnection);
 
 /// The demo repository on connection type `C`.
 pub fn accounts_on<C: 'static>() -> Repository<dyn AccountsOn<C>>
@@ -169,10 +59,7 @@ where
 
 /// The live version as the state row says, read on the call's own connection.
 pub fn db_version(conn: &mut SqliteConnection) -> i64 {
-    tandem_state::table
-        .select(tandem_state::version)
-        .first(conn)
-        .expect("state row")
+    AccountsOn::live(&AccountsV1, conn).expect("state row")
 }
 
 /// The demo database with its backfill, on `url`.
