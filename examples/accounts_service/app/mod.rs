@@ -10,7 +10,8 @@ pub mod schema;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use diesel::query_dsl::methods::ExecuteDsl;
+use diesel::query_dsl::methods::{ExecuteDsl, LoadQuery};
+use diesel::RunQueryDsl;
 use diesel::{Connection, QueryResult};
 use tandem::{Backend, Builder, Catalog, Error, Repository, Session, Tandem};
 
@@ -33,7 +34,8 @@ pub fn catalog() -> Result<Catalog, tandem::CatalogError> {
 pub fn backfill_primary_emails<C>(c: &mut C) -> QueryResult<usize>
 where
     C: Connection,
-    diesel::query_builder::SqlQuery: ExecuteDsl<C>,
+    diesel::query_builder::SqlQuery:
+        ExecuteDsl<C> + for<'a> LoadQuery<'a, C, tandem::demo::Missing>,
 {
     const MISSING: &str = "FROM accounts a WHERE a.email <> '' AND NOT EXISTS \
          (SELECT 1 FROM account_emails e WHERE e.account_id = a.id AND e.is_primary)";
@@ -46,13 +48,11 @@ where
         return Ok(copied);
     }
     // Nothing copied: every candidate was filled concurrently, or none is left.
-    let left = ExecuteDsl::execute(
-        diesel::sql_query(format!(
-            "UPDATE accounts SET email = email WHERE id IN (SELECT a.id {MISSING} LIMIT 1)"
-        )),
+    let left: Vec<tandem::demo::Missing> = RunQueryDsl::load(
+        diesel::sql_query(format!("SELECT a.id {MISSING} LIMIT 1")),
         c,
     )?;
-    Ok(left)
+    Ok(left.len())
 }
 
 /// Version 3's backfill: touches up to 500 rows without name parts
