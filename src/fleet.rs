@@ -20,6 +20,14 @@
 //! poller acknowledges anything.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::handle::{Inner, Tandem};
+use crate::meta::{self, Instance, Mode, State};
 
 /// Calls take the steady path: the cached version under the in-process lock.
 pub(crate) const STEADY: u8 = 0;
@@ -29,14 +37,6 @@ pub(crate) const LOCKING: u8 = 1;
 /// lease watchdog left the steady path may still be in flight: the next
 /// adoption drains them before anything is acknowledged.
 pub(crate) const UNDRAINED: u8 = 2;
-use std::sync::{Arc, Weak};
-use std::thread;
-use std::time::{Duration, Instant};
-
-use crate::backend::Backend;
-use crate::error::{Error, Result};
-use crate::handle::{Inner, Tandem};
-use crate::meta::{self, Instance, Mode, State};
 
 impl<B: Backend> Tandem<B> {
     /// Registers this instance and adopts the state row (at open).
