@@ -15,6 +15,16 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// An account of versions 1 and 2, which keep one name.
+    pub fn from_name(id: i64, name: &str) -> Profile {
+        let (first_name, last_name) = split_name(name);
+        Profile {
+            id,
+            first_name,
+            last_name,
+        }
+    }
+
     /// The name as one string: the parts joined by a space (none when the
     /// last name is empty). Version 3's sync trigger joins them the same way.
     pub fn display_name(&self) -> String {
@@ -143,14 +153,7 @@ macro_rules! bindings {
                     .select(dsl::name)
                     .first(c)
                     .optional()?;
-                Ok(name.map(|n| {
-                    let (first_name, last_name) = split_name(&n);
-                    Profile {
-                        id,
-                        first_name,
-                        last_name,
-                    }
-                }))
+                Ok(name.map(|n| Profile::from_name(id, &n)))
             }
             fn rename(&self, c: &mut $conn, id: i64, first: &str, last: &str) -> QueryResult<()> {
                 use v1::accounts::dsl;
@@ -214,14 +217,7 @@ macro_rules! bindings {
                     .select(dsl::name)
                     .first(c)
                     .optional()?;
-                Ok(name.map(|n| {
-                    let (first_name, last_name) = split_name(&n);
-                    Profile {
-                        id,
-                        first_name,
-                        last_name,
-                    }
-                }))
+                Ok(name.map(|n| Profile::from_name(id, &n)))
             }
             fn rename(&self, c: &mut $conn, id: i64, first: &str, last: &str) -> QueryResult<()> {
                 use v2::accounts::dsl;
