@@ -796,6 +796,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         // With other live instances, the fleet moves to the locking path first.
         let mut deploying = state.mode == Mode::Deploying;
         if deploying {
+            // Resuming deploying mode a crashed upgrader set: this instance
+            // may still be steady (its poller has not adopted it yet).
+            self.leave_steady_path(conn, state.epoch, owner_version, phase)?;
             self.await_acknowledged(conn, state.epoch, owner_version, phase)?;
         } else if instances.iter().any(|i| i.id != me) {
             report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
@@ -957,11 +960,33 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             "deploying mode: waiting for the fleet to move to the locking path"
         );
         let asked = Instant::now();
-        // This instance leaves the steady path first (drained, not just flagged).
+        self.leave_steady_path(conn, epoch, version, phase)?;
+        self.step("switch: deploying, before fleet acknowledgement")?;
+        self.await_acknowledged(conn, epoch, version, phase)?;
+        Ok(asked.elapsed())
+    }
+
+    /// In deploying mode: moves this instance to the locking path, its
+    /// steady calls in flight drained (not just flagged). The fleet's
+    /// acknowledgements cover the *other* instances only, so an upgrader
+    /// must do this itself before it switches — also when it resumes
+    /// deploying mode that a crashed upgrader set, which its own poller may
+    /// not have adopted yet. If the calls do not drain in time, returns the
+    /// fleet to steady mode and fails.
+    fn leave_steady_path(
+        &self,
+        conn: &mut B::Connection,
+        epoch: i64,
+        version: Version,
+        phase: Phase,
+    ) -> Result<()> {
+        let asked = Instant::now();
         let deadline = asked + self.fleet_timeout();
         loop {
+            // A successful refresh adopted deploying mode (draining) or a
+            // later state; either way the path it left is the one to check.
             match self.db.refresh() {
-                Ok(_) if !self.db.steady() => break,
+                Ok(_) if !self.db.steady() => return Ok(()),
                 Ok(_) | Err(Error::LockTimeout { .. }) if Instant::now() < deadline => {}
                 Ok(_) => {
                     self.leave_deploying(conn)?;
@@ -982,9 +1007,6 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 }
             }
         }
-        self.step("switch: deploying, before fleet acknowledgement")?;
-        self.await_acknowledged(conn, epoch, version, phase)?;
-        Ok(asked.elapsed())
     }
 
     fn await_acknowledged(

@@ -234,6 +234,65 @@ macro_rules! fleet_suite {
                 }
             }
 
+            /// An upgrader that crashed after setting deploying mode leaves the
+            /// fleet there. An upgrader on another instance that resumes the
+            /// switch must drain its *own* steady calls first: the
+            /// acknowledgements it waits for are the other instances'. Here
+            /// the resuming instance's poller is paused (it would otherwise
+            /// adopt deploying mode by itself within a poll) while one of its
+            /// steady calls is in flight.
+            #[test]
+            fn an_upgrader_resuming_deploying_mode_drains_its_own_calls_first() {
+                let Some((_guard, url)) = $setup("an_upgrader_resuming_deploying") else { return };
+                let open = |label: &str| {
+                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                        .poll_interval(Duration::from_millis(20))
+                        .lease(Duration::from_secs(3))
+                        .label(label)
+                        .open()
+                        .unwrap()
+                };
+                let crashed = open("crashed");
+                let resumer = open("resumer");
+                crashed.upgrader().expand().unwrap();
+                let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+                let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+                let caller = {
+                    let resumer = resumer.clone();
+                    thread::spawn(move || {
+                        let repo = accounts_on::<<B as Backend>::Connection>();
+                        resumer.call(&repo, |r, s| {
+                            entered_tx.send(()).unwrap();
+                            release_rx.recv().unwrap();
+                            Ok::<_, Error>((r.version(), r.live(s.conn()).unwrap()))
+                        })
+                    })
+                };
+                entered_rx.recv().unwrap(); // on the steady path, binding 1
+                assert!(resumer.steady());
+                resumer.pause_fleet(true); // its lease (3 s) stays fresh through the test
+                // Step 1 of a switch run alone: deploying mode set, acknowledgements not awaited yet.
+                let crash = crashed.upgrader().lease(Duration::from_millis(200)).crash_at(1).switch();
+                assert!(matches!(crash, Err(Error::InjectedCrash { .. })), "{crash:?}");
+                assert_eq!(crashed.state().unwrap().mode, Mode::Deploying);
+                let switching = {
+                    let up = resumer.clone();
+                    thread::spawn(move || {
+                        up.upgrader().wait_for_lease(Duration::from_secs(5)).switch().map(|_| ())
+                    })
+                };
+                // Past the crashed upgrader's lease, with every other instance acknowledged.
+                thread::sleep(Duration::from_millis(700));
+                assert_eq!(resumer.state().unwrap().version.get(), 1, "the switch committed under a steady call in flight");
+                release_tx.send(()).unwrap();
+                let (binding, seen) = caller.join().unwrap().unwrap();
+                assert_eq!((i64::from(binding), seen), (1, 1), "the call saw the version it was dispatched for");
+                switching.join().unwrap().unwrap();
+                resumer.pause_fleet(false);
+                let state = resumer.state().unwrap();
+                assert_eq!((state.version.get(), state.mode), (2, Mode::Steady));
+            }
+
             #[test]
             fn a_dead_instance_drops_out_and_the_switch_proceeds_without_it() {
                 let Some((_guard, url)) = $setup("a_dead_instance_drops_out") else { return };
