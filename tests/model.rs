@@ -113,8 +113,14 @@ enum Op {
     /// Wait for the background work.
     Join,
     /// The next upgrader phase; `back` prefers a switch back when switched;
-    /// `crash` aborts it at that step boundary.
-    Upgrade { back: bool, crash: Option<usize> },
+    /// `crash` aborts it at that step boundary; `via` runs it through an
+    /// application instance (whose own calls may be in flight) instead of
+    /// the operator's handle.
+    Upgrade {
+        back: bool,
+        crash: Option<usize>,
+        via: Option<usize>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -124,8 +130,12 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..4usize, any::<bool>()).prop_map(|(instance, write)| Op::Call { instance, write }),
         2 => (0..4usize, 1..4u8).prop_map(|(instance, writes)| Op::Background { instance, writes }),
         1 => Just(Op::Join),
-        4 => (any::<bool>(), prop::option::weighted(0.3, 1..6usize))
-            .prop_map(|(back, crash)| Op::Upgrade { back, crash }),
+        4 => (
+            any::<bool>(),
+            prop::option::weighted(0.3, 1..6usize),
+            prop::option::weighted(0.5, 0..4usize)
+        )
+            .prop_map(|(back, crash, via)| Op::Upgrade { back, crash, via }),
     ]
 }
 
@@ -298,8 +308,15 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     b.join().unwrap();
                 }
             }
-            Op::Upgrade { back, crash } => {
-                let up = operator
+            Op::Upgrade { back, crash, via } => {
+                let upgrading = match via {
+                    Some(i) if !instances.is_empty() => &instances[i % instances.len()].db,
+                    _ => &operator,
+                };
+                if upgrading.instance_id() != operator.instance_id() {
+                    *tally.entry("via an app instance").or_default() += 1;
+                }
+                let up = upgrading
                     .upgrader()
                     .lease(Duration::from_millis(100))
                     .wait_for_lease(Duration::from_secs(5));
@@ -354,7 +371,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 .instances()
                                 .unwrap()
                                 .iter()
-                                .filter(|i| i.label != "operator")
+                                .filter(|i| i.id != upgrading.instance_id())
                             {
                                 prop_assert!(
                                     inst.observed_epoch >= state.epoch,
