@@ -28,6 +28,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::handle::{Inner, Tandem};
 use crate::meta::{self, Instance, Mode, State};
+use crate::version::Version;
 
 /// Calls take the steady path: the cached version under the in-process lock.
 pub(crate) const STEADY: u8 = 0;
@@ -133,10 +134,33 @@ impl<B: Backend> Tandem<B> {
             waited: g.waited,
         })?;
         // Drained: no steady call is in flight while the guard is held.
-        inner.live.store(state.version.get(), Ordering::Release);
-        inner.path.store(want, Ordering::Release);
-        tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
+        if self.cache_state(state.epoch, state.version, Some(want)) {
+            tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
+        } else {
+            tracing::debug!(
+                epoch = state.epoch,
+                "state row older than the cached one (a switch by this process): not adopted"
+            );
+        }
         Ok(())
+    }
+
+    /// Caches the live version (and the call path, if given) of the state
+    /// row with `epoch`, unless a newer row is cached already; returns
+    /// whether it did. Callers hold the in-process write lock, or calls take
+    /// the locking path.
+    pub(crate) fn cache_state(&self, epoch: i64, version: Version, path: Option<u8>) -> bool {
+        let inner = &self.inner;
+        let mut cached = inner.cached_epoch.lock();
+        if epoch < *cached {
+            return false;
+        }
+        *cached = epoch;
+        inner.live.store(version.get(), Ordering::Release);
+        if let Some(path) = path {
+            inner.path.store(path, Ordering::Release);
+        }
+        true
     }
 
     fn set_lease_deadline(&self, renewed_at: Instant) {
@@ -291,4 +315,43 @@ pub(crate) fn spawn_watchdog<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread
 
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{demo, Sqlite, Tandem};
+
+    /// A poller tick reads the state row, then adopts it. A switch that
+    /// commits in between (this instance alone: no deploying mode, so no
+    /// acknowledgement to wait for) must not be undone by adopting the row
+    /// read before it: the cached version would go back to N-1 and steady
+    /// calls would run the N-1 binding on version N (and fail after contract).
+    #[test]
+    fn a_state_row_read_before_a_switch_is_not_adopted_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("t.db").display().to_string();
+        let db = Tandem::<Sqlite>::builder(&url, demo::catalog().unwrap())
+            .poll_interval(Duration::from_secs(3600)) // no ticks but the ones below
+            .backfill(2, "copy emails", demo::backfill_emails)
+            .open()
+            .unwrap();
+        db.upgrader().expand().unwrap();
+        db.refresh().unwrap();
+        let read_before = db.state().unwrap();
+        db.upgrader().switch().unwrap();
+        assert_eq!((db.live_version().get(), db.steady()), (2, true));
+        // The rest of a tick that read the state before the switch.
+        db.adopt(&read_before).unwrap();
+        assert_eq!(
+            db.live_version().get(),
+            2,
+            "a state row read before the switch rolled the cached version back"
+        );
+        assert!(db.steady());
+        // A tick after it changes nothing either.
+        db.refresh().unwrap();
+        assert_eq!((db.live_version().get(), db.steady()), (2, true));
+    }
 }

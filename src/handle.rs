@@ -59,8 +59,13 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) first: Version,
     pub(crate) last: Version,
     /// The live version as last read or switched by this process; changed
-    /// under the schema write lock, or while calls take the locking path.
+    /// under the schema write lock, or while calls take the locking path,
+    /// and only through `Tandem::cache_state`.
     pub(crate) live: AtomicU32,
+    /// The epoch of the state row that `live` and `path` reflect. Held while
+    /// they are checked and stored: an older row (a poller tick that read it
+    /// before a switch this process made) is never cached over a newer one.
+    pub(crate) cached_epoch: parking_lot::Mutex<i64>,
     pub(crate) lock: SchemaLock,
     /// Queues this process's write transactions (see `Backend::QUEUE_WRITERS`).
     /// Always taken after the schema lock, never before.
@@ -368,6 +373,7 @@ impl<B: Backend> Builder<B> {
             lease_deadline: parking_lot::Mutex::new(None),
             fleet_paused: AtomicBool::new(false),
             adopted_epoch: parking_lot::Mutex::new(i64::MIN),
+            cached_epoch: parking_lot::Mutex::new(i64::MIN),
             shutdown: Arc::new(AtomicBool::new(false)),
             poller: parking_lot::Mutex::new(Vec::new()),
             lock_key,

@@ -454,7 +454,8 @@ impl Meta {
     }
 
     /// Compare-and-set of the state row's version and phase; requires that
-    /// `owner` holds the upgrade lease. Returns whether the row changed.
+    /// `owner` holds the upgrade lease. Returns the row's new epoch, or
+    /// `None` if it was not at `from` under `owner`'s lease.
     pub(crate) fn transition<B: Backend>(
         &self,
         conn: &mut B::Connection,
@@ -462,12 +463,12 @@ impl Meta {
         to: (Version, StatePhase),
         owner: &str,
         now: i64,
-    ) -> Result<bool> {
-        let changed = B::execute(
+    ) -> Result<Option<i64>> {
+        let rows: Vec<CountRow> = B::load(
             conn,
             &format!(
                 "UPDATE {} SET version = $1, phase = $2, epoch = epoch + 1, updated_at = $3 \
-                 WHERE id = 1 AND version = $4 AND phase = $5 AND owner = $6",
+                 WHERE id = 1 AND version = $4 AND phase = $5 AND owner = $6 RETURNING epoch AS n",
                 self.state
             ),
             &[
@@ -479,7 +480,7 @@ impl Meta {
                 Bind::Text(owner),
             ],
         )?;
-        Ok(changed == 1)
+        Ok(rows.first().map(|r| r.n))
     }
 
     /// Takes or renews the upgrade lease for `owner` unless another holder's

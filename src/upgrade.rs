@@ -490,6 +490,28 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         Ok(())
     }
 
+    /// Inside a phase transaction: moves the state row `from` -> `to` under
+    /// this upgrader's lease; returns the row's new epoch.
+    fn transition(
+        &self,
+        c: &mut B::Connection,
+        from: (Version, StatePhase),
+        to: (Version, StatePhase),
+        now: i64,
+    ) -> Result<i64> {
+        let meta = &self.db.inner.meta;
+        meta.transition::<B>(c, from, to, &self.owner, now)?
+            .ok_or_else(|| Error::MetadataCorrupt {
+                table: meta.state_table().to_owned(),
+                detail: format!(
+                    "the state row left {} {} under the upgrade lease of {}",
+                    from.0,
+                    from.1.as_str(),
+                    self.owner
+                ),
+            })
+    }
+
     fn out_of_order(
         attempted: Phase,
         version: Version,
@@ -677,11 +699,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         self.db.write_transaction(conn, |c| -> Result<()> {
             let now = meta::now_ms();
             self.recheck(c, &state)?;
-            meta.transition::<B>(
+            self.transition(
                 c,
                 (state.version, StatePhase::Stable),
                 (state.version, StatePhase::Expanded),
-                &self.owner,
                 now,
             )?;
             meta.finish_running::<B>(c, target, Phase::Expand, now)?;
@@ -833,41 +854,45 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             };
             let held_from = Instant::now();
             let now = meta::now_ms();
-            let result = self
-                .db
-                .write_transaction(conn, |c| -> Result<(bool, Duration, bool)> {
-                    let (db_wait, db_escalated) =
-                        self.enter_exclusive(c, &policy, to.0, state.version)?;
-                    self.db.ddl_preamble(c)?;
-                    self.recheck(c, &state)?;
-                    if !deploying
-                        && meta
-                            .live_instances::<B>(c, self.db.fleet_cutoff(now))?
-                            .iter()
-                            .any(|i| i.id != me)
-                    {
-                        // An instance joined since we looked: go through deploying mode.
-                        return Ok((false, db_wait, db_escalated));
-                    }
-                    if let Some(sql) = &sql {
-                        run_sql(c, sql, owner_version, phase)?;
-                    }
-                    self.step("switch: SQL run, before commit")?;
-                    meta.transition::<B>(c, (state.version, state.phase), to, &self.owner, now)?;
-                    self.journal(c, owner_version, phase, &checksum, now, meta::APPLIED)?;
-                    Ok((true, db_wait, db_escalated))
-                });
+            let result =
+                self.db
+                    .write_transaction(conn, |c| -> Result<(Option<i64>, Duration, bool)> {
+                        let (db_wait, db_escalated) =
+                            self.enter_exclusive(c, &policy, to.0, state.version)?;
+                        self.db.ddl_preamble(c)?;
+                        self.recheck(c, &state)?;
+                        if !deploying
+                            && meta
+                                .live_instances::<B>(c, self.db.fleet_cutoff(now))?
+                                .iter()
+                                .any(|i| i.id != me)
+                        {
+                            // An instance joined since we looked: go through deploying mode.
+                            return Ok((None, db_wait, db_escalated));
+                        }
+                        if let Some(sql) = &sql {
+                            run_sql(c, sql, owner_version, phase)?;
+                        }
+                        self.step("switch: SQL run, before commit")?;
+                        let epoch = self.transition(c, (state.version, state.phase), to, now)?;
+                        self.journal(c, owner_version, phase, &checksum, now, meta::APPLIED)?;
+                        Ok((Some(epoch), db_wait, db_escalated))
+                    });
             match result {
-                Ok((true, db_wait, db_escalated)) => {
-                    // Still under the write lock: calls after this see the new version.
-                    self.db.inner.live.store(to.0.get(), Ordering::Release);
+                Ok((Some(epoch), db_wait, db_escalated)) => {
+                    // Alone, still under the write lock: calls after this see
+                    // the new version. (In deploying mode calls read it from
+                    // the database.) Tagged with the new row's epoch, so a
+                    // poller tick that read the row before the switch cannot
+                    // put the old version back.
+                    self.db.cache_state(epoch, to.0, None);
                     report.writer_wait += db_wait;
                     report.escalated |= db_escalated;
                     report.held = held_from.elapsed().saturating_sub(db_wait);
                     drop(guard);
                     break;
                 }
-                Ok((false, _, _)) => {
+                Ok((None, _, _)) => {
                     drop(guard);
                     report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
                     deploying = true;
@@ -895,10 +920,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         // connection), adopt what the database says, under the lock.
                         if !matches!(e, Error::InjectedCrash { .. }) {
                             if let Ok(actual) = self.db.state() {
-                                self.db
-                                    .inner
-                                    .live
-                                    .store(actual.version.get(), Ordering::Release);
+                                self.db.cache_state(actual.epoch, actual.version, None);
                             }
                         }
                         drop(guard);
@@ -1117,7 +1139,6 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             .catalog()
             .phase(version, Phase::Contract, B::NAME)
             .map(|s| s.text.to_owned());
-        let meta = &self.db.inner.meta;
         // Invariant 3: no live instance may still use the previous version:
         // each must have acknowledged the switched state.
         self.await_acknowledged(conn, state.epoch, version, Phase::Contract)?;
@@ -1129,11 +1150,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 run_sql(c, sql, version, Phase::Contract)?;
             }
             self.step("contract: SQL run, before commit")?;
-            meta.transition::<B>(
+            self.transition(
                 c,
                 (version, StatePhase::Switched),
                 (version, StatePhase::Stable),
-                &self.owner,
                 now,
             )?;
             self.journal(c, version, Phase::Contract, &checksum, now, meta::APPLIED)
