@@ -43,14 +43,9 @@ impl<B: Backend> Tandem<B> {
     /// Registers this instance and adopts the state row (at open).
     pub(crate) fn join_fleet(&self) -> Result<()> {
         let inner = &self.inner;
-        let now = meta::now_ms();
-        let mut conn = self.connection()?;
-        let state = inner.meta.read_state::<B>(&mut conn, now)?;
-        let mut me = inner.me.clone();
-        me.observed_epoch = state.epoch;
-        me.lease_until_ms = now + millis(inner.lease);
         let tick = Instant::now();
-        self.write_transaction(&mut conn, |c| inner.meta.register::<B>(c, &me, now))?;
+        let mut conn = self.connection()?;
+        let state = self.register(&mut conn, true)?;
         drop(conn);
         // Registered: the lease is fresh, so a steady state can be adopted at once.
         self.set_lease_deadline(tick);
@@ -80,14 +75,14 @@ impl<B: Backend> Tandem<B> {
             })?;
             if !renewed && !inner.shutdown.load(Ordering::Acquire) {
                 // Our row expired and was removed while we could not renew:
-                // join again, acknowledging nothing yet.
+                // join again, acknowledging nothing yet. A switch may have
+                // run meanwhile without waiting for us: adopt the state read
+                // as we register, not the one read before.
                 tracing::warn!(instance = %inner.me.id, "fleet row was gone (lease expired); registering again");
-                let mut me = inner.me.clone();
-                me.observed_epoch = 0;
-                me.lease_until_ms = until;
-                self.write_transaction(&mut conn, |c| inner.meta.register::<B>(c, &me, now))?;
+                self.register(&mut conn, false)?
+            } else {
+                state
             }
-            state
         };
         self.set_lease_deadline(tick);
         if state.epoch < *adopted {
@@ -101,6 +96,28 @@ impl<B: Backend> Tandem<B> {
             inner.meta.acknowledge::<B>(c, &inner.me.id, state.epoch)
         })?;
         Ok(state)
+    }
+
+    /// Registers this instance's fleet row and returns the state row read in
+    /// the same transaction, after taking the database's shared schema lock
+    /// (SQLite: its write lock). A switch that did not see this instance in
+    /// the fleet has therefore committed before that read, or starts after
+    /// the row is visible: the state returned is never older than a switch
+    /// that did not wait for this instance. `acknowledge` records the state's
+    /// epoch as observed (a first join); otherwise none is.
+    fn register(&self, conn: &mut B::Connection, acknowledge: bool) -> Result<State> {
+        let inner = &self.inner;
+        self.write_transaction(conn, |c| -> Result<State> {
+            let key = inner.lock_key;
+            B::enter_shared(c, inner.meta.prefix(), inner.meta.state_table(), key)?;
+            let now = meta::now_ms();
+            let state = inner.meta.read_state::<B>(c, now)?;
+            let mut me = inner.me.clone();
+            me.observed_epoch = if acknowledge { state.epoch } else { 0 };
+            me.lease_until_ms = now + millis(inner.lease);
+            inner.meta.register::<B>(c, &me, now)?;
+            Ok(state)
+        })
     }
 
     /// Makes the local mode and cached version match `state`, draining steady

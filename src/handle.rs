@@ -690,6 +690,16 @@ impl<B: Backend> Tandem<B> {
         &self.inner.catalog
     }
 
+    /// The key of the database schema lock: on PostgreSQL, the advisory
+    /// lock that locking-path calls take shared and the switch exclusive
+    /// (in `pg_locks`, `locktype = 'advisory'` with `classid` the high and
+    /// `objid` the low 32 bits). Derived from the metadata prefix, so
+    /// applications with different prefixes never share it. Unused on SQLite,
+    /// whose write lock plays that part.
+    pub fn schema_lock_key(&self) -> i64 {
+        self.inner.lock_key
+    }
+
     /// This instance's id in the metadata tables (host:pid:label:nonce).
     pub fn instance_id(&self) -> &str {
         &self.inner.instance

@@ -861,13 +861,23 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                             self.enter_exclusive(c, &policy, to.0, state.version)?;
                         self.db.ddl_preamble(c)?;
                         self.recheck(c, &state)?;
-                        if !deploying
-                            && meta
-                                .live_instances::<B>(c, self.db.fleet_cutoff(now))?
-                                .iter()
-                                .any(|i| i.id != me)
-                        {
-                            // An instance joined since we looked: go through deploying mode.
+                        // The fleet again, under the exclusive lock (instances
+                        // register under the shared one): one that joined since
+                        // we looked may lack the new version, or, alone before,
+                        // we now need deploying mode.
+                        let live = meta.live_instances::<B>(c, self.db.fleet_cutoff(now))?;
+                        let lacking: Vec<String> = live
+                            .iter()
+                            .filter(|i| i.id != me && !i.serves(to.0))
+                            .map(Instance::describe)
+                            .collect();
+                        if !lacking.is_empty() {
+                            return Err(Error::SwitchRefused {
+                                version: to.0,
+                                instances: lacking,
+                            });
+                        }
+                        if !deploying && live.iter().any(|i| i.id != me) {
                             return Ok((None, db_wait, db_escalated));
                         }
                         if let Some(sql) = &sql {

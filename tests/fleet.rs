@@ -293,6 +293,87 @@ macro_rules! fleet_suite {
                 assert_eq!((state.version.get(), state.mode), (2, Mode::Steady));
             }
 
+            /// An instance that registers while a switch that did not see it
+            /// is committing must adopt the switched version, not the row it
+            /// could read before the commit: its first adoption is steady,
+            /// and nobody waits for its acknowledgement. The switch here is
+            /// played by hand: a transaction holding the database's exclusive
+            /// schema lock (SQLite: its write lock) that bumps the state row.
+            #[test]
+            fn an_instance_joining_during_a_switch_adopts_the_switched_version() {
+                use tandem::diesel::connection::SimpleConnection;
+                let Some((_guard, url)) = $setup("an_instance_joining_during_a_switch") else { return };
+                let first = instance(&url, "first", 1..=2, 3_600_000); // no poller ticks
+                first.upgrader().expand().unwrap();
+                let mut switch = first.connection().unwrap();
+                let lock = if B::NAME == "postgres" {
+                    format!("BEGIN; SELECT pg_advisory_xact_lock({});", first.schema_lock_key())
+                } else {
+                    "BEGIN IMMEDIATE;".to_owned()
+                };
+                switch
+                    .batch_execute(&format!(
+                        "{lock} UPDATE tandem_state SET version = 2, phase = 'switched', epoch = epoch + 1 WHERE id = 1;"
+                    ))
+                    .unwrap();
+                let joining = {
+                    let url = url.clone();
+                    thread::spawn(move || instance(&url, "joining", 1..=2, 3_600_000))
+                };
+                thread::sleep(Duration::from_millis(300)); // the joiner is waiting (or has read version 1)
+                switch.batch_execute("COMMIT").unwrap();
+                let joined = joining.join().unwrap();
+                assert_eq!(
+                    (joined.live_version().get(), joined.steady()),
+                    (2, true),
+                    "the joining instance adopted the state row from before the switch"
+                );
+            }
+
+            /// The switch checks who is live before it asks the fleet to move
+            /// to the locking path, then waits for acknowledgements. An old
+            /// binary that starts during that wait must still stop it: the
+            /// switch checks the fleet again under the exclusive lock.
+            #[test]
+            fn an_old_instance_joining_while_the_fleet_acknowledges_stops_the_switch() {
+                let Some((_guard, url)) = $setup("an_old_instance_joining_while") else { return };
+                let open = |label: &str, serves: std::ops::RangeInclusive<u32>| {
+                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                        .serves(serves)
+                        .poll_interval(Duration::from_millis(20))
+                        .lease(Duration::from_secs(3))
+                        .label(label)
+                        .open()
+                        .unwrap()
+                };
+                let upgrading = open("upgrading", 1..=2);
+                let slow = open("slow", 1..=2);
+                upgrading.upgrader().expand().unwrap();
+                slow.pause_fleet(true); // it acknowledges only when resumed
+                let switching = {
+                    let up = upgrading.clone();
+                    thread::spawn(move || up.upgrader().switch().map(|_| ()))
+                };
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while upgrading.state().unwrap().mode != Mode::Deploying {
+                    assert!(Instant::now() < deadline, "deploying mode never set");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                let old = open("old", 1..=1); // joins mid-wait, acknowledging as it joins
+                slow.pause_fleet(false);
+                match switching.join().unwrap() {
+                    Err(Error::SwitchRefused { version, instances }) => {
+                        assert_eq!(version.get(), 2);
+                        assert!(instances.iter().any(|i| i.contains("old")), "{instances:?}");
+                    }
+                    other => panic!("the switch must be refused while \"old\" lives: {other:?}"),
+                }
+                let state = upgrading.state().unwrap();
+                assert_eq!((state.version.get(), state.mode), (1, Mode::Steady));
+                let repo = accounts_on::<<B as Backend>::Connection>();
+                assert!(old.call(&repo, |r, _| Ok::<_, Error>(r.version())).is_ok());
+            }
+
             #[test]
             fn a_dead_instance_drops_out_and_the_switch_proceeds_without_it() {
                 let Some((_guard, url)) = $setup("a_dead_instance_drops_out") else { return };
