@@ -18,6 +18,12 @@
 //! before it switches. When the lease watchdog leaves the steady path it
 //! cannot wait for calls in flight; the next adoption drains them before the
 //! poller acknowledges anything.
+//!
+//! An instance (re)registers under the database's shared schema lock and
+//! adopts the state row read in that transaction, so a switch that did not
+//! see it in the fleet has committed before that read. The cached version
+//! carries its state row's epoch: a tick that read the row before this
+//! process's own switch cannot put the old version back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
