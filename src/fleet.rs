@@ -4,9 +4,9 @@
 //!
 //! ## Steady and deploying
 //!
-//! An instance takes the steady path (an atomic load and the in-process read
-//! lock) only while it has adopted a *steady* state row and holds a fresh
-//! lease. Otherwise — deploying mode, a stale lease (database unreachable,
+//! An instance takes the steady path (an atomic load, a coarse-clock lease
+//! check and the in-process read lock) only while it has adopted a *steady*
+//! state row and holds a fresh lease; every call checks the lease itself. Otherwise — deploying mode, a stale lease (database unreachable,
 //! process paused), or just started — calls take the locking path: inside
 //! the call's own transaction they take the database's shared schema lock and
 //! read the live version.
@@ -49,7 +49,7 @@ impl<B: Backend> Tandem<B> {
     /// Registers this instance and adopts the state row (at open).
     pub(crate) fn join_fleet(&self) -> Result<()> {
         let inner = &self.inner;
-        let tick = Instant::now();
+        let tick = coarsetime::Instant::now();
         let mut conn = self.connection()?;
         let state = self.register(&mut conn, true)?;
         drop(conn);
@@ -69,7 +69,7 @@ impl<B: Backend> Tandem<B> {
     pub(crate) fn poll_once(&self) -> Result<State> {
         let inner = &self.inner;
         let mut adopted = inner.adopted_epoch.lock();
-        let tick = Instant::now();
+        let tick = coarsetime::Instant::now();
         let state = {
             let mut conn = self.connection()?;
             let now = meta::now_ms();
@@ -186,17 +186,22 @@ impl<B: Backend> Tandem<B> {
         true
     }
 
-    fn set_lease_deadline(&self, renewed_at: Instant) {
-        // A quarter of the lease is kept as margin against clock and scheduling slack.
-        let deadline = renewed_at + self.inner.lease - self.inner.lease / 4;
-        *self.inner.lease_deadline.lock() = Some(deadline);
+    /// `renewed_at`: taken before the renewal's round trip. A quarter of the
+    /// lease is kept as margin against clock and scheduling slack (and the
+    /// coarse clock's resolution, a few milliseconds).
+    fn set_lease_deadline(&self, renewed_at: coarsetime::Instant) {
+        let fresh_for = coarsetime::Duration::from(self.inner.lease - self.inner.lease / 4);
+        let deadline = (renewed_at + fresh_for).as_ticks();
+        self.inner.lease_deadline.store(deadline, Ordering::Release);
     }
 
-    fn lease_fresh(&self) -> bool {
-        self.inner
-            .lease_deadline
-            .lock()
-            .is_some_and(|d| Instant::now() < d)
+    /// Whether the lease, last renewed, still counts as fresh. Checked by
+    /// every steady call too (a few nanoseconds), so that after a pause of
+    /// the whole process no call trusts the cached version before the
+    /// watchdog has run.
+    #[inline]
+    pub(crate) fn lease_fresh(&self) -> bool {
+        coarsetime::Instant::now().as_ticks() < self.inner.lease_deadline.load(Ordering::Acquire)
     }
 
     /// Leaves the steady path if the lease went stale. The watchdog must not
@@ -269,7 +274,7 @@ impl<B: Backend> Tandem<B> {
 
     /// Whether calls of this instance currently take the steady path.
     pub fn steady(&self) -> bool {
-        self.inner.path.load(Ordering::Acquire) == STEADY
+        self.inner.path.load(Ordering::Acquire) == STEADY && self.lease_fresh()
     }
 
     /// Test hook: stop (or resume) renewing the lease, as a paused process or
@@ -342,6 +347,7 @@ pub(crate) fn millis(d: Duration) -> i64 {
 
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use crate::{demo, Sqlite, Tandem};
@@ -376,5 +382,46 @@ mod tests {
         // A tick after it changes nothing either.
         db.refresh().unwrap();
         assert_eq!((db.live_version().get(), db.steady()), (2, true));
+    }
+
+    trait Which: Send + Sync {
+        fn which(&self) -> u32;
+    }
+    struct Binding(u32);
+    impl Which for Binding {
+        fn which(&self) -> u32 {
+            self.0
+        }
+    }
+
+    /// A process frozen past its lease (a VM pause, a stopped container)
+    /// resumes with a stale cache: the fleet may have switched without it.
+    /// Its first calls must not trust the cache before the watchdog thread
+    /// has run: every steady call checks the lease itself.
+    #[test]
+    fn a_call_checks_the_lease_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("t.db").display().to_string();
+        let db = Tandem::<Sqlite>::builder(&url, demo::catalog().unwrap())
+            .poll_interval(Duration::from_secs(3600))
+            .backfill(2, "copy emails", demo::backfill_emails)
+            .open()
+            .unwrap();
+        db.upgrader().expand().unwrap();
+        db.upgrader().switch().unwrap();
+        let repo = crate::Repository::<dyn Which>::builder("which")
+            .binding(1, std::sync::Arc::new(Binding(1)))
+            .binding(2, std::sync::Arc::new(Binding(2)))
+            .build()
+            .unwrap();
+        let which = || db.call(&repo, |r, _| Ok::<_, crate::Error>(r.which()));
+        assert_eq!((which().unwrap(), db.steady()), (2, true));
+        // Resumed after the pause: the cache says version 1 and the lease
+        // deadline has passed; the watchdog (a 50 ms tick) has not run yet.
+        db.inner.live.store(1, Ordering::Release);
+        db.inner.lease_deadline.store(0, Ordering::Release);
+        assert!(!db.steady());
+        assert_eq!(which().unwrap(), 2, "a call trusted a stale lease");
+        assert_eq!(db.inner.path.load(Ordering::Acquire), super::UNDRAINED);
     }
 }

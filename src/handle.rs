@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) poll_interval: Duration,
     pub(crate) lease: Duration,
     /// When the lease, last renewed, stops counting as fresh.
-    pub(crate) lease_deadline: parking_lot::Mutex<Option<Instant>>,
+    pub(crate) lease_deadline: AtomicU64,
     pub(crate) fleet_paused: AtomicBool,
     /// Serialises fleet ticks of this instance (the poller and `refresh`)
     /// and holds the last epoch adopted: an older state row is never
@@ -370,7 +370,7 @@ impl<B: Backend> Builder<B> {
             me,
             poll_interval: self.poll_interval,
             lease,
-            lease_deadline: parking_lot::Mutex::new(None),
+            lease_deadline: AtomicU64::new(0),
             fleet_paused: AtomicBool::new(false),
             adopted_epoch: parking_lot::Mutex::new(i64::MIN),
             cached_epoch: parking_lot::Mutex::new(i64::MIN),
@@ -537,12 +537,13 @@ impl<B: Backend> Tandem<B> {
     {
         let mut conn = self.connection()?;
         let read = self.inner.lock.read();
-        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY {
+        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY && self.lease_fresh() {
             let version = self.served_live()?;
             let binding = repository.get(version)?;
             return f(binding, &mut Session::new(&mut *conn, version));
         }
         drop(read);
+        self.check_lease();
         self.call_locking(&mut *conn, repository, f)
     }
 
@@ -593,11 +594,12 @@ impl<B: Backend> Tandem<B> {
     {
         let mut conn = self.connection()?;
         let read = self.inner.lock.read();
-        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY {
+        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY && self.lease_fresh() {
             let version = self.served_live()?;
             return self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
         }
         drop(read);
+        self.check_lease();
         self.write_transaction(&mut conn, |c| {
             let version = self.enter_shared(c)?;
             f(&mut Session::new(c, version))
