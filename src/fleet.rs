@@ -277,6 +277,13 @@ impl<B: Backend> Tandem<B> {
         self.inner.path.load(Ordering::Acquire) == STEADY && self.lease_fresh()
     }
 
+    /// Whether calls take the locking path with no steady call left in
+    /// flight (not [`UNDRAINED`]): what an upgrader needs of its own
+    /// instance before it switches.
+    pub(crate) fn on_drained_locking_path(&self) -> bool {
+        self.inner.path.load(Ordering::Acquire) == LOCKING
+    }
+
     /// Test hook: stop (or resume) renewing the lease, as a paused process or
     /// an unreachable database would.
     #[doc(hidden)]

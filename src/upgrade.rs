@@ -1018,7 +1018,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             // A successful refresh adopted deploying mode (draining) or a
             // later state; either way the path it left is the one to check.
             match self.db.refresh() {
-                Ok(_) if !self.db.steady() => return Ok(()),
+                Ok(_) if self.db.on_drained_locking_path() => return Ok(()),
                 Ok(_) | Err(Error::LockTimeout { .. }) if Instant::now() < deadline => {}
                 Ok(_) => {
                     self.leave_deploying(conn)?;
