@@ -41,12 +41,14 @@ struct Options {
     threads: usize,
     seed_accounts: usize,
     phase: Duration,
+    /// Whether this process's SQLite writers queue in-process (`--no-writer-queue` turns it off).
+    queue_writers: bool,
     /// Internal: run as instance process number N, coordinating through DIR.
     role: Option<(usize, PathBuf)>,
 }
 
 const USAGE: &str = "usage: rolling_upgrade [--database-url URL] [--instances N] [--threads N] \
-                     [--seed-accounts N] [--phase-ms MS]";
+                     [--seed-accounts N] [--phase-ms MS] [--no-writer-queue]";
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
@@ -55,6 +57,7 @@ fn options() -> Result<Options, String> {
         threads: 0,
         seed_accounts: 5000,
         phase: Duration::from_millis(400),
+        queue_writers: true,
         role: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,6 +75,7 @@ fn options() -> Result<Options, String> {
                 let n = number(value()?)?;
                 o.role = Some((n, PathBuf::from(value()?)));
             }
+            "--no-writer-queue" => o.queue_writers = false,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}; {USAGE}")),
         }
@@ -237,12 +241,14 @@ fn worker<B: Backend>(
 }
 
 fn open<B: Backend>(
+    o: &Options,
     url: &str,
     label: &str,
-    pool: usize,
     backfill: Backfill<B>,
 ) -> Result<Tandem<B>, Box<dyn std::error::Error>> {
+    let pool = o.threads;
     Ok(Tandem::<B>::builder(url, tandem::demo::catalog()?)
+        .queue_writers(o.queue_writers)
         .serves(1..=2)
         .pool_size(u32::try_from(pool)? + 2)
         .backfill(2, "copy emails into account_emails", backfill)
@@ -331,7 +337,7 @@ where
     AccountsV1: Accounts<B::Connection>,
     AccountsV2: Accounts<B::Connection>,
 {
-    let db = open::<B>(url, &format!("instance-{n}"), o.threads, backfill)?;
+    let db = open::<B>(o, url, &format!("instance-{n}"), backfill)?;
     let log = serve(&db, o.threads, &format!("i{n}"), || {
         std::fs::write(dir.join(format!("ready-{n}")), "")?;
         wait_for(&dir.join("stop"), Duration::from_secs(600))?;
@@ -353,7 +359,7 @@ where
     if let Some((n, dir)) = &o.role {
         return instance::<B>(o, url, *n, dir, backfill);
     }
-    let db = open::<B>(url, "upgrader", o.threads, backfill)?;
+    let db = open::<B>(o, url, "upgrader", backfill)?;
     let accounts = repository::<B>()?;
 
     // Data written before the upgrade, which the backfill must carry over.
@@ -408,6 +414,7 @@ where
                         &n.to_string(),
                     ])
                     .arg(dir.path())
+                    .args((!o.queue_writers).then_some("--no-writer-queue"))
                     .stdout(Stdio::null())
                     .spawn()?,
             );
@@ -491,6 +498,15 @@ where
     );
     if !total.errors.is_empty() || lost > 0 || total.mismatches > 0 {
         return Err("the upgrade lost writes or failed calls".into());
+    }
+    // The point of the demo is calls on both sides of the switch: a run in
+    // which only one version served calls exercised nothing.
+    if !(total.by_version.contains_key(&1) && total.by_version.contains_key(&2)) {
+        return Err(format!(
+            "calls ran with versions {:?} only: both version 1 and version 2 must have served calls",
+            total.by_version.keys().collect::<Vec<_>>()
+        )
+        .into());
     }
     Ok(())
 }

@@ -67,9 +67,12 @@ pub(crate) struct Inner<B: Backend> {
     /// before a switch this process made) is never cached over a newer one.
     pub(crate) cached_epoch: parking_lot::Mutex<i64>,
     pub(crate) lock: SchemaLock,
-    /// Queues this process's write transactions (see `Backend::QUEUE_WRITERS`).
-    /// Always taken after the schema lock, never before.
-    pub(crate) write_gate: parking_lot::Mutex<()>,
+    /// Queues this process's write transactions (see `Backend::QUEUE_WRITERS`),
+    /// first come first served: a `FairMutex` hands the lock to the longest
+    /// waiter on every unlock. Always taken after the schema lock, never before.
+    pub(crate) write_gate: parking_lot::FairMutex<()>,
+    /// `Builder::queue_writers`: whether the gate is used where the backend queues writers.
+    pub(crate) queue_writers: bool,
     pub(crate) instance: String,
     pub(crate) steps: Vec<Step<B>>,
     pub(crate) writer: WriterPolicy,
@@ -151,6 +154,7 @@ pub struct Builder<B: Backend> {
     label: String,
     poll_interval: Duration,
     lease: Option<Duration>,
+    queue_writers: bool,
 }
 
 impl<B: Backend> fmt::Debug for Builder<B> {
@@ -238,6 +242,22 @@ impl<B: Backend> Builder<B> {
     /// poll intervals.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// Whether this process's write transactions (units of work, and
+    /// tandem's own metadata writes) queue on an in-process gate, first come
+    /// first served, before they ask SQLite for its single write lock.
+    /// Defaults to `true`; PostgreSQL has no such gate and ignores it.
+    ///
+    /// SQLite's busy handler sleeps 1 to 100 ms between retries and favours
+    /// no one, so without the gate a writer can wait far longer than the
+    /// write it waits for. Turning it off is for measuring what it buys
+    /// (`cargo run --release --example rolling_upgrade -- --no-writer-queue`;
+    /// figures in BENCHMARKS.md), or for a process whose writes all go
+    /// through another gate of its own.
+    pub fn queue_writers(mut self, queue: bool) -> Self {
+        self.queue_writers = queue;
         self
     }
 
@@ -360,7 +380,8 @@ impl<B: Backend> Builder<B> {
             last,
             live: AtomicU32::new(live.get()),
             lock: SchemaLock::default(),
-            write_gate: parking_lot::Mutex::new(()),
+            write_gate: parking_lot::FairMutex::new(()),
+            queue_writers: self.queue_writers,
             instance,
             steps: self.steps,
             writer: self.writer,
@@ -510,6 +531,7 @@ impl<B: Backend> Tandem<B> {
             lock_timeout: Duration::from_millis(100),
             poll_interval: Duration::from_millis(200),
             lease: None,
+            queue_writers: true,
             label: std::env::args()
                 .next()
                 .and_then(|a| a.rsplit('/').next().map(str::to_owned))
@@ -613,7 +635,8 @@ impl<B: Backend> Tandem<B> {
         F: FnOnce(&mut B::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let _gate = B::QUEUE_WRITERS.then(|| self.inner.write_gate.lock());
+        let _gate =
+            (B::QUEUE_WRITERS && self.inner.queue_writers).then(|| self.inner.write_gate.lock());
         B::write_transaction(conn, f)
     }
 

@@ -557,14 +557,25 @@ mod loom_model {
                     })
                 })
                 .collect();
-            if let Ok(guard) = lock.write(&tight()) {
-                assert_eq!(
-                    inside.load(Ordering::SeqCst),
-                    0,
-                    "a reader inside the writer"
-                );
-                drop(guard);
-            }
+            // The writer must get in (the readers each hold once): retried
+            // until it does, every failed attempt gave up with its budget
+            // spent and left the escalation flag down.
+            let guard = loop {
+                match lock.write(&tight()) {
+                    Ok(guard) => break guard,
+                    Err(gave_up) => {
+                        assert_eq!(gave_up.attempts, 2, "gave up before its budget");
+                        assert!(!lock.escalating.load(Ordering::SeqCst));
+                    }
+                }
+                thread::yield_now();
+            };
+            assert_eq!(
+                inside.load(Ordering::SeqCst),
+                0,
+                "a reader inside the writer"
+            );
+            drop(guard);
             assert!(!lock.escalating.load(Ordering::SeqCst));
             for r in readers {
                 r.join().unwrap();

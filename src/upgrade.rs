@@ -64,7 +64,10 @@ pub struct PhaseReport {
     pub held: Duration,
     /// For switch and switch back: whether the writer had to escalate.
     pub escalated: bool,
-    /// For switch and switch back: attempts (retries after lock conflicts).
+    /// Attempts of the phase's transaction: 1, plus one per retry after a
+    /// lock conflict (`lock_timeout`, deadlock, busy). 0 when the phase
+    /// had already been applied, or (expand) its SQL had been applied
+    /// before a resume.
     pub attempts: u32,
     /// For switch and switch back with other live instances: how long the
     /// fleet took to acknowledge deploying mode.
@@ -532,11 +535,12 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// conflicts. A phase thus gives way to application calls instead of
     /// making them queue behind it, and gives up its locks long before
     /// PostgreSQL's deadlock detector could pick a call as the victim.
+    /// Returns the attempts it took.
     fn phase_tx(
         &self,
         conn: &mut B::Connection,
         body: impl Fn(&mut B::Connection) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<u32> {
         let attempts = self.db.inner.writer.attempts.max(1);
         let mut backoff = Backoff::default();
         let mut attempt = 0;
@@ -547,7 +551,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 body(c)
             });
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(attempt),
                 Err(e) => match lock_conflict::<B>(e, attempt, attempts) {
                     Retry::Again => backoff.wait(),
                     Retry::Stop(e) => return Err(e),
@@ -662,7 +666,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &applied {
                 self.journal_failure(conn, target, Phase::Expand, &checksum, now, e);
             }
-            applied?;
+            report.attempts = applied?;
             tracing::info!(version = %target, "expand SQL applied");
             self.step("expand: SQL committed")?;
         } else {
@@ -1171,9 +1175,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &result {
             self.journal_failure(conn, version, Phase::Contract, &checksum, now, e);
         }
-        result?;
+        let attempts = result?;
         self.step("contract: committed")?;
         let mut report = PhaseReport::new(version, Phase::Contract);
+        report.attempts = attempts;
         report.duration = started.elapsed();
         tracing::info!(%version, duration = ?report.duration, "contract done");
         Ok(report)

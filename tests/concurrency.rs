@@ -214,44 +214,93 @@ fn a_unit_of_work_in_flight_finishes_on_its_version_before_the_switch() {
     .unwrap();
 }
 
+/// A switch whose `switch.sql` takes a while (a recursive count) holds the
+/// schema write lock for that long: calls arriving meanwhile wait for it,
+/// then run with version 2; none runs with version 1 after it.
 #[test]
 fn calls_arriving_during_the_switch_wait_and_run_with_the_new_version() {
+    let (_c, cat) = common::catalog(&[
+        (
+            "0001_items/expand.sql",
+            "CREATE TABLE items (id INTEGER PRIMARY KEY);",
+        ),
+        (
+            "0002_more/expand.sql",
+            "CREATE TABLE more_items (id INTEGER PRIMARY KEY);",
+        ),
+        (
+            "0002_more/switch.sql",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) \
+             SELECT count(*) FROM c;",
+        ),
+    ]);
     let (_dir, url) = temp_db();
-    let db = open_demo(&url);
+    let db = Tandem::<Sqlite>::builder(&url, cat)
+        .serves(1..=2)
+        .open()
+        .unwrap();
     db.upgrader().expand().unwrap();
-    // Hold the read side with a slow call so the switch queues, then send a
-    // stream of calls while it escalates.
-    let blocker = {
-        let db = db.clone();
-        thread::spawn(move || {
-            db.call(&accounts(), |r, _| {
-                thread::sleep(Duration::from_millis(60));
-                Ok::<_, Error>(r.version())
-            })
-        })
-    };
-    thread::sleep(Duration::from_millis(10));
     let switcher = {
         let db = db.clone();
-        thread::spawn(move || db.upgrader().switch())
+        thread::spawn(move || {
+            let started = Instant::now();
+            let report = db.upgrader().switch();
+            (started, Instant::now(), report)
+        })
     };
-    let mut versions = Vec::new();
-    let deadline = Instant::now() + Duration::from_millis(400);
-    while Instant::now() < deadline {
-        versions.push(
-            db.call(&accounts(), |r, s| {
+    // (binding version, state row version, when the call started, how long it took)
+    let mut calls = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !switcher.is_finished() || calls.len() < 20 {
+        assert!(Instant::now() < deadline, "the switch did not finish");
+        let started = Instant::now();
+        let (binding, live) = db
+            .call(&accounts(), |r, s| {
                 Ok::<_, Error>((r.version(), db_version(s.conn())))
             })
-            .unwrap(),
-        );
+            .unwrap();
+        calls.push((binding, live, started, started.elapsed()));
         thread::sleep(Duration::from_millis(2));
     }
-    assert_eq!(blocker.join().unwrap().unwrap(), 1);
-    switcher.join().unwrap().unwrap();
-    assert!(versions.iter().all(|(b, d)| i64::from(*b) == *d));
-    assert_eq!(versions.first().map(|v| v.0), Some(1));
-    assert_eq!(versions.last().map(|v| v.0), Some(2));
-    assert!(versions.windows(2).all(|w| w[0].0 <= w[1].0));
+    let (switch_started, switch_returned, report) = switcher.join().unwrap();
+    let report = report.unwrap();
+    assert!(
+        report.held >= Duration::from_millis(40),
+        "the slow switch.sql held the lock only {:?}: the test needs a wider window",
+        report.held
+    );
+    assert!(
+        calls.iter().all(|(b, d, ..)| i64::from(*b) == *d),
+        "a call ran a binding other than the live version"
+    );
+    assert!(
+        calls.windows(2).all(|w| w[0].0 <= w[1].0),
+        "a call ran version 1 after one ran version 2"
+    );
+    assert!(
+        calls
+            .iter()
+            .filter(|c| c.0 == 1)
+            .all(|c| c.2 < switch_returned),
+        "a call started after the switch returned and ran version 1"
+    );
+    // The call that arrived while the switch held the lock waited for it,
+    // and then ran with the new version.
+    let waited = calls
+        .iter()
+        .filter(|c| c.0 == 2 && c.2 > switch_started)
+        .map(|c| c.3)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        waited >= report.held / 4,
+        "no call waited for the switch (longest wait of a version 2 call {waited:?}, lock held {:?})",
+        report.held
+    );
+    eprintln!(
+        "switch held the lock {:?}; the longest call waited {waited:?}",
+        report.held
+    );
 }
 
 #[test]

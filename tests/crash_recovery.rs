@@ -97,11 +97,15 @@ macro_rules! crash_suite {
             };
             if let Some((step, url, marker)) = child() {
                 let db = open(&url, "upgrader");
-                let _ = db
-                    .upgrader()
+                // Halted at `step`, this never returns (the parent kills the
+                // process); past the last step boundary the upgrade must have
+                // finished: a failure here fails the child, and the parent
+                // checks the child's exit status.
+                db.upgrader()
                     .lease(Duration::from_millis(300))
                     .halt_at(step, marker)
-                    .upgrade_to(2);
+                    .upgrade_to(2)
+                    .expect("the upgrader child ran past its last step boundary and failed");
                 return;
             }
             let mut step = 1;
@@ -149,6 +153,11 @@ macro_rules! crash_suite {
                 thread::sleep(Duration::from_millis(100));
                 stop.store(true, Ordering::Relaxed);
                 let (made, acked, errors) = calls.join().unwrap();
+                // The checks below are over these calls: there must be some.
+                assert!(
+                    !made.is_empty() && !acked.is_empty(),
+                    "step {step}: no call ran while the upgrader was killed and rerun"
+                );
                 assert!(
                     errors.is_empty(),
                     "step {step}: calls failed: {:?}",

@@ -316,11 +316,43 @@ macro_rules! fleet_suite {
                         "{lock} UPDATE tandem_state SET version = 2, phase = 'switched', epoch = epoch + 1 WHERE id = 1;"
                     ))
                     .unwrap();
+                let started = Arc::new(Barrier::new(2));
                 let joining = {
-                    let url = url.clone();
-                    thread::spawn(move || instance(&url, "joining", 1..=2, 3_600_000))
+                    let (url, started) = (url.clone(), started.clone());
+                    thread::spawn(move || {
+                        started.wait();
+                        instance(&url, "joining", 1..=2, 3_600_000)
+                    })
                 };
-                thread::sleep(Duration::from_millis(300)); // the joiner is waiting (or has read version 1)
+                started.wait();
+                // The race only exists once the joiner waits on the lock the
+                // "switch" holds: make sure it does before committing.
+                if B::NAME == "postgres" {
+                    // PostgreSQL shows the wait: a backend blocked on an advisory lock.
+                    use tandem::diesel::RunQueryDsl as _;
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        let waiting: i64 = tandem::diesel::sql_query(
+                            "SELECT count(*) AS n FROM pg_stat_activity \
+                             WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                        )
+                        .get_result::<common::Count>(&mut *first.connection().unwrap())
+                        .unwrap()
+                        .n;
+                        if waiting > 0 {
+                            break;
+                        }
+                        assert!(Instant::now() < deadline, "the joiner never waited on the schema lock");
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                } else {
+                    // SQLite shows no lock waits: the joiner, started, has had
+                    // ample time to reach SQLite's write lock and must still
+                    // be waiting there (had it finished, it joined without
+                    // the lock).
+                    thread::sleep(Duration::from_millis(300));
+                    assert!(!joining.is_finished(), "the joiner joined without waiting for the switch's lock");
+                }
                 switch.batch_execute("COMMIT").unwrap();
                 let joined = joining.join().unwrap();
                 assert_eq!(

@@ -1,14 +1,7 @@
 //! The core on a real PostgreSQL server: open, dispatch, the upgrade phases,
-//! threads through a switch, and bad input.
-
-#[cfg(not(feature = "postgres"))]
-#[test]
-fn postgres_tests_need_the_postgres_feature() {
-    eprintln!(
-        "SKIPPED: the PostgreSQL tests (tests/postgres.rs and the postgres suites of fleet.rs and \
-         multiprocess.rs) are built only with `--features postgres`; scripts/test runs them"
-    );
-}
+//! threads through a switch, and bad input. Built only with the `postgres`
+//! feature (`required-features` in Cargo.toml); `scripts/test` runs it
+//! against a throwaway server.
 
 #[cfg(feature = "postgres")]
 mod common;
@@ -369,5 +362,268 @@ mod upgraders {
             .unwrap();
         assert!(report.already_done, "the first upgrader did it");
         assert!(!worker.join().unwrap().unwrap().already_done);
+    }
+}
+
+/// What the README claims about lock waits, on a real server: a phase that
+/// meets a conflicting table lock rolls back at `lock_timeout` and retries;
+/// past its budget it gives up as `PhaseContended`, the database unchanged;
+/// the switch escalates to a queued wait when readers keep the shared
+/// schema lock busy, and gives up cleanly when one never lets go.
+#[cfg(feature = "postgres")]
+mod lock_waits {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::common;
+    use super::common::pg::PgDb;
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    use tandem::{Error, Phase, Postgres, StatePhase, Tandem, WriterPolicy};
+
+    const FILES: &[(&str, &str)] = &[
+        (
+            "0001_items/expand.sql",
+            "CREATE TABLE items (id BIGINT PRIMARY KEY); INSERT INTO items VALUES (1), (2);",
+        ),
+        (
+            "0002_label/expand.sql",
+            "ALTER TABLE items ADD COLUMN label TEXT;",
+        ),
+    ];
+
+    fn open(pg: &PgDb, cat: tandem::Catalog, policy: WriterPolicy) -> Tandem<Postgres> {
+        Tandem::<Postgres>::builder(&pg.url, cat)
+            .serves(1..=2)
+            .lock_timeout(Duration::from_millis(50))
+            .writer_policy(policy)
+            .open()
+            .unwrap()
+    }
+
+    /// A transaction on `items` (a reader: ACCESS SHARE, which conflicts
+    /// with the expand's ACCESS EXCLUSIVE) held for `hold`, on a thread.
+    fn hold_items(pg: &PgDb, hold: Duration) -> thread::JoinHandle<()> {
+        let mut conn = pg.conn();
+        let taken = Arc::new(Barrier::new(2));
+        let handle = {
+            let taken = taken.clone();
+            thread::spawn(move || {
+                conn.batch_execute("BEGIN; SELECT count(*) FROM items;")
+                    .unwrap();
+                taken.wait();
+                thread::sleep(hold);
+                conn.batch_execute("COMMIT").unwrap();
+            })
+        };
+        taken.wait();
+        handle
+    }
+
+    fn has_label(pg: &PgDb) -> bool {
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM information_schema.columns \
+             WHERE table_name = 'items' AND column_name = 'label'",
+        )
+        .get_result::<common::Count>(&mut pg.conn())
+        .unwrap()
+        .n == 1
+    }
+
+    #[test]
+    fn a_phase_that_meets_a_table_lock_retries_after_lock_timeout() {
+        let Some(pg) = PgDb::new("a_phase_that_meets_a_table_lock_retries") else {
+            return;
+        };
+        let (_c, cat) = common::catalog(FILES);
+        let db = open(&pg, cat, WriterPolicy::default());
+        let holder = hold_items(&pg, Duration::from_millis(400));
+        let started = Instant::now();
+        let report = db.upgrader().expand().unwrap();
+        holder.join().unwrap();
+        assert!(
+            report.attempts > 1,
+            "the expand never hit lock_timeout (attempts {})",
+            report.attempts
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(350),
+            "the expand went through while the lock was held"
+        );
+        assert!(has_label(&pg));
+        eprintln!(
+            "expand: {} attempts over {:?} while a reader held items for 400 ms",
+            report.attempts, report.duration
+        );
+    }
+
+    #[test]
+    fn a_phase_that_never_gets_its_lock_gives_up_as_contended() {
+        let Some(pg) = PgDb::new("a_phase_that_never_gets_its_lock") else {
+            return;
+        };
+        let (_c, cat) = common::catalog(FILES);
+        let policy = WriterPolicy {
+            attempts: 3,
+            ..WriterPolicy::default()
+        };
+        let db = open(&pg, cat, policy);
+        let before = db.state().unwrap();
+        let holder = hold_items(&pg, Duration::from_secs(3));
+        let err = db.upgrader().expand().unwrap_err();
+        match &err {
+            Error::PhaseContended {
+                version,
+                phase: Phase::Expand,
+                attempts: 3,
+                ..
+            } if version.get() == 2 => {}
+            other => panic!("expected PhaseContended after 3 attempts, got {other:?}"),
+        }
+        assert!(
+            err.to_string().contains("the database is unchanged"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("raise `lock_timeout`"), "{err}");
+        let after = db.state().unwrap();
+        assert_eq!(
+            (after.version, after.phase, after.epoch),
+            (before.version, before.phase, before.epoch)
+        );
+        assert!(!has_label(&pg), "the column was added by a failed phase");
+        let last = db.history().unwrap().pop().unwrap();
+        assert_eq!(
+            (
+                last.version.get(),
+                last.phase.as_str(),
+                last.outcome.as_str()
+            ),
+            (2, "expand", "failed")
+        );
+        holder.join().unwrap();
+        // Once the lock is free, the same command finishes the job.
+        db.upgrader().expand().unwrap();
+        assert!(has_label(&pg));
+    }
+
+    /// Readers that take the shared schema lock in overlapping turns: at
+    /// every instant one holds it, so polling `pg_try_advisory_xact_lock`
+    /// never wins. The switch escalates to a queued wait (new readers queue
+    /// behind it), gets the lock when the holder of the moment commits, and
+    /// switches.
+    #[test]
+    fn the_switch_escalates_when_readers_keep_the_shared_lock_busy() {
+        let Some(pg) = PgDb::new("the_switch_escalates_when_readers") else {
+            return;
+        };
+        let (_c, cat) = common::catalog(FILES);
+        let policy = WriterPolicy {
+            patience: Duration::from_millis(150),
+            escalation: Duration::from_secs(2),
+            attempts: 1,
+        };
+        let db = open(&pg, cat, policy);
+        db.upgrader().expand().unwrap();
+        let key = db.schema_lock_key();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Barrier::new(4));
+        let readers: Vec<_> = (0..3u64)
+            .map(|n| {
+                let (mut conn, stop, ready) = (pg.conn(), stop.clone(), ready.clone());
+                thread::spawn(move || {
+                    let mut longest = Duration::ZERO;
+                    ready.wait();
+                    thread::sleep(Duration::from_millis(15 * n));
+                    while !stop.load(Ordering::Relaxed) {
+                        let asked = Instant::now();
+                        conn.batch_execute(&format!(
+                            "BEGIN; SELECT pg_advisory_xact_lock_shared({key});"
+                        ))
+                        .unwrap();
+                        longest = longest.max(asked.elapsed());
+                        thread::sleep(Duration::from_millis(45));
+                        conn.batch_execute("COMMIT").unwrap();
+                    }
+                    longest
+                })
+            })
+            .collect();
+        ready.wait();
+        thread::sleep(Duration::from_millis(100));
+        let report = db.upgrader().switch().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let waits: Vec<Duration> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        assert!(
+            report.escalated,
+            "the switch got the lock without escalating: {report:?}"
+        );
+        assert_eq!(db.state().unwrap().version.get(), 2);
+        eprintln!(
+            "switch: escalated, writer waited {:?}; readers' longest wait for the shared lock {waits:?}",
+            report.writer_wait
+        );
+    }
+
+    /// A reader that never lets go of the shared schema lock: the switch
+    /// polls, escalates for at most `escalation` per attempt, and gives up
+    /// after its attempts with `LockTimeout`, the database still at
+    /// version 1. A reader that asked for the lock while the switch was queued is
+    /// granted it as soon as the switch's queued wait times out.
+    #[test]
+    fn a_switch_that_never_gets_the_lock_gives_up_and_readers_go_on() {
+        let Some(pg) = PgDb::new("a_switch_that_never_gets_the_lock") else {
+            return;
+        };
+        let (_c, cat) = common::catalog(FILES);
+        let policy = WriterPolicy {
+            patience: Duration::from_millis(30),
+            escalation: Duration::from_millis(300),
+            attempts: 2,
+        };
+        let db = open(&pg, cat, policy);
+        db.upgrader().expand().unwrap();
+        let key = db.schema_lock_key();
+        let mut hog = pg.conn();
+        hog.batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared({key});"
+        ))
+        .unwrap();
+        // A second reader asks while the switch is queued (it polls 30 ms first).
+        let late = {
+            let mut conn = pg.conn();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(120));
+                let asked = Instant::now();
+                conn.batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock_shared({key}); COMMIT;"
+                ))
+                .unwrap();
+                asked.elapsed()
+            })
+        };
+        let err = db.upgrader().switch().unwrap_err();
+        let late_wait = late.join().unwrap();
+        match &err {
+            Error::LockTimeout {
+                version,
+                live,
+                attempts: 2,
+                ..
+            } => {
+                assert_eq!((version.get(), live.get()), (2, 1));
+            }
+            other => panic!("expected LockTimeout after 2 attempts, got {other:?}"),
+        }
+        let s = db.state().unwrap();
+        assert_eq!((s.version.get(), s.phase), (1, StatePhase::Expanded));
+        assert!(
+            late_wait < Duration::from_millis(300 + 250),
+            "a reader queued behind the escalating switch waited {late_wait:?}, more than the escalation bound"
+        );
+        hog.batch_execute("COMMIT").unwrap();
+        db.upgrader().switch().unwrap();
+        assert_eq!(db.state().unwrap().version.get(), 2);
     }
 }

@@ -57,6 +57,13 @@ where
     .expect("seed accounts");
 }
 
+/// A row of one `BIGINT` column `n` (counts in raw queries).
+#[derive(QueryableByName)]
+pub struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub n: i64,
+}
+
 /// The live version as the state row says, read on the call's own connection.
 pub fn db_version(conn: &mut SqliteConnection) -> i64 {
     AccountsOn::live(&AccountsV1, conn).expect("state row")

@@ -162,6 +162,26 @@ pub struct Response {
     /// Seconds, for `Retry-After`.
     pub retry_after: Option<u64>,
     pub body: String,
+    /// Why a request did not succeed (`None` for 2xx): what a service's
+    /// metrics would count, and what the example's gate checks.
+    pub cause: Option<Cause>,
+}
+
+/// Why a request answered 4xx or 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cause {
+    /// 503: the database is behind this release (an upgrade is pending or running).
+    Upgrading,
+    /// 503: a lock or pool timeout: the service was overloaded.
+    Busy,
+    /// 503: the database is ahead of this release.
+    Ahead,
+    /// 404: no such account.
+    NotFound,
+    /// 404: a feature of a newer schema version than the live one.
+    FeatureOff,
+    /// 500: anything else.
+    Internal,
 }
 
 impl Response {
@@ -170,6 +190,16 @@ impl Response {
             status,
             retry_after: None,
             body,
+            cause: None,
+        }
+    }
+
+    fn failed(status: u16, retry_after: Option<u64>, body: String, cause: Cause) -> Response {
+        Response {
+            status,
+            retry_after,
+            body,
+            cause: Some(cause),
         }
     }
 }
@@ -197,26 +227,27 @@ pub enum AppError {
 /// statement and will work once the live version is servable.
 pub fn error_response(e: &AppError) -> Response {
     match e {
-        AppError::Tandem(Error::Upgrading { live, first, .. }) => Response {
-            status: 503,
-            retry_after: Some(1),
-            body: format!(
-                "upgrading: the database is at version {live}, this release needs {first}"
-            ),
-        },
-        AppError::Tandem(Error::LockTimeout { .. } | Error::Pool { .. }) => Response {
-            status: 503,
-            retry_after: Some(1),
-            body: format!("busy: {e}"),
-        },
+        AppError::Tandem(Error::Upgrading { live, first, .. }) => Response::failed(
+            503,
+            Some(1),
+            format!("upgrading: the database is at version {live}, this release needs {first}"),
+            Cause::Upgrading,
+        ),
+        AppError::Tandem(Error::LockTimeout { .. } | Error::Pool { .. }) => {
+            Response::failed(503, Some(1), format!("busy: {e}"), Cause::Busy)
+        }
         // The database is ahead of this binary: a load balancer should take it out.
-        AppError::Tandem(Error::VersionNotServed { live, .. }) => Response {
-            status: 503,
-            retry_after: None,
-            body: format!("this release cannot serve schema version {live}; deploy a newer one"),
-        },
-        AppError::NotFound(_) | AppError::FeatureOff { .. } => Response::ok(404, e.to_string()),
-        other => Response::ok(500, other.to_string()),
+        AppError::Tandem(Error::VersionNotServed { live, .. }) => Response::failed(
+            503,
+            None,
+            format!("this release cannot serve schema version {live}; deploy a newer one"),
+            Cause::Ahead,
+        ),
+        AppError::NotFound(_) => Response::failed(404, None, e.to_string(), Cause::NotFound),
+        AppError::FeatureOff { .. } => {
+            Response::failed(404, None, e.to_string(), Cause::FeatureOff)
+        }
+        other => Response::failed(500, None, other.to_string(), Cause::Internal),
     }
 }
 
