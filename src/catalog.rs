@@ -62,8 +62,14 @@ pub struct PhaseSql<'a> {
 struct PhaseFile {
     phase: Phase,
     backend: Option<&'static str>,
+    /// The file's text with line endings normalized (see [`normalize`]).
     text: String,
+    /// SHA-256 of `text`.
     checksum: String,
+    /// Checksums an earlier release may have recorded for the same text:
+    /// it hashed the bytes as checked out (CRLF or LF, with or without a
+    /// UTF-8 byte order mark).
+    legacy: Vec<String>,
     file: String,
 }
 
@@ -89,6 +95,14 @@ impl CatalogVersion {
     /// The SQL of `phase` for `backend` (`"sqlite"` or `"postgres"`): the
     /// backend's own file if present, else the generic one, else `None`.
     pub fn phase(&self, phase: Phase, backend: &str) -> Option<PhaseSql<'_>> {
+        self.pick(phase, backend).map(|f| PhaseSql {
+            text: &f.text,
+            checksum: &f.checksum,
+            file: &f.file,
+        })
+    }
+
+    fn pick(&self, phase: Phase, backend: &str) -> Option<&PhaseFile> {
         let pick = |specific: bool| {
             self.files.iter().find(|f| {
                 f.phase == phase
@@ -99,11 +113,7 @@ impl CatalogVersion {
                     })
             })
         };
-        pick(true).or_else(|| pick(false)).map(|f| PhaseSql {
-            text: &f.text,
-            checksum: &f.checksum,
-            file: &f.file,
-        })
+        pick(true).or_else(|| pick(false))
     }
 }
 
@@ -173,6 +183,24 @@ impl Catalog {
     /// Shorthand for `get(version)?.phase(phase, backend)`.
     pub fn phase(&self, version: Version, phase: Phase, backend: &str) -> Option<PhaseSql<'_>> {
         self.get(version)?.phase(phase, backend)
+    }
+
+    /// Whether `recorded` (a checksum from the history table) is the
+    /// checksum of this catalog's `phase` of `version` for `backend`: of its
+    /// normalized text, or one an earlier release recorded for the same text
+    /// checked out with other line endings or a byte order mark. A phase
+    /// without a file has the checksum of the empty text.
+    pub(crate) fn accepts(
+        &self,
+        version: Version,
+        phase: Phase,
+        backend: &str,
+        recorded: &str,
+    ) -> bool {
+        match self.get(version).and_then(|v| v.pick(phase, backend)) {
+            Some(f) => f.checksum == recorded || f.legacy.iter().any(|l| l == recorded),
+            None => sha256_hex("") == recorded,
+        }
     }
 
     fn parse(root: &Path, tree: Tree) -> Result<Catalog, CatalogError> {
@@ -293,10 +321,12 @@ fn parse_version(
         if text.trim().is_empty() {
             return Err(CatalogError::Empty { path });
         }
+        let text = normalize(&text);
         parsed.push(PhaseFile {
             phase,
             backend,
             checksum: sha256_hex(&text),
+            legacy: legacy_checksums(&text),
             text,
             file: format!("{folder}/{file}"),
         });
@@ -316,6 +346,31 @@ fn parse_version(
         name: name.to_owned(),
         files: parsed,
     })
+}
+
+/// A phase file's text as tandem runs and hashes it: a leading UTF-8 byte
+/// order mark removed and every CRLF turned into LF, so that a checkout
+/// with Windows line endings (`core.autocrlf`) is the same SQL as one
+/// without. Lone CRs and every other byte are kept.
+pub(crate) fn normalize(text: &str) -> String {
+    text.strip_prefix('\u{feff}')
+        .unwrap_or(text)
+        .replace("\r\n", "\n")
+}
+
+/// The checksums releases before normalization recorded for files whose
+/// normalized text is `text`: the bytes as they were checked out, with CRLF
+/// or LF line endings, with or without a byte order mark.
+fn legacy_checksums(text: &str) -> Vec<String> {
+    let crlf = text.replace('\n', "\r\n");
+    let mut sums = vec![
+        sha256_hex(&crlf),
+        sha256_hex(&format!("\u{feff}{text}")),
+        sha256_hex(&format!("\u{feff}{crlf}")),
+    ];
+    sums.dedup();
+    sums.retain(|s| *s != sha256_hex(text));
+    sums
 }
 
 /// Lowercase hex SHA-256 of a phase's text, as stored in the history table.

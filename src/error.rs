@@ -45,6 +45,21 @@ pub enum Error {
         context: &'static str,
     },
 
+    /// A builder setting is outside the range tandem accepts.
+    #[error(
+        "{setting}({value:?}) is out of range: it must be at most {max:?} ({why}); pass a smaller value"
+    )]
+    InvalidSetting {
+        /// The builder method.
+        setting: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The largest value accepted.
+        max: Duration,
+        /// Why there is a limit.
+        why: &'static str,
+    },
+
     /// A repository's bindings skip a version.
     #[error(
         "repository `{repository}` has bindings for versions {before} and {after} but none for the \

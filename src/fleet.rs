@@ -232,7 +232,7 @@ impl<B: Backend> Tandem<B> {
         self.write_transaction(&mut conn, |c| {
             self.inner
                 .meta
-                .live_instances::<B>(c, self.fleet_cutoff(now))
+                .live_instances::<B>(c, now, millis(self.inner.lease))
         })
     }
 
@@ -244,32 +244,31 @@ impl<B: Backend> Tandem<B> {
         epoch: i64,
         timeout: Duration,
     ) -> Result<Vec<Instance>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout.min(crate::handle::FOREVER);
         loop {
             let now = meta::now_ms();
-            let behind: Vec<Instance> = self
-                .write_transaction(conn, |c| {
-                    self.inner
-                        .meta
-                        .live_instances::<B>(c, self.fleet_cutoff(now))
-                })?
+            let (instances, current) = self.write_transaction(conn, |c| -> Result<_> {
+                let current = self.inner.meta.read_state::<B>(c, now)?.epoch;
+                let live = self
+                    .inner
+                    .meta
+                    .live_instances::<B>(c, now, millis(self.inner.lease))?;
+                Ok((live, current))
+            })?;
+            // An acknowledgement beyond the state row's own epoch was never
+            // made by an instance (a ghost row, a hand edit): it counts as
+            // none.
+            let behind: Vec<Instance> = instances
                 .into_iter()
-                .filter(|i| i.id != self.inner.me.id && i.observed_epoch < epoch)
+                .filter(|i| {
+                    i.id != self.inner.me.id && !(epoch..=current).contains(&i.observed_epoch)
+                })
                 .collect();
             if behind.is_empty() || Instant::now() >= deadline {
                 return Ok(behind);
             }
             thread::sleep((self.inner.poll_interval / 4).max(Duration::from_millis(1)));
         }
-    }
-
-    /// An instance counts as gone only once its lease has been expired for a
-    /// further lease: it left the steady path by itself at three quarters of
-    /// its lease, and the rest gives calls it had in flight (which may be
-    /// waiting on the database) time to finish. All instances of a fleet
-    /// should use the same lease.
-    pub(crate) fn fleet_cutoff(&self, now: i64) -> i64 {
-        now - millis(self.inner.lease)
     }
 
     /// Whether calls of this instance currently take the steady path.

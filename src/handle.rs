@@ -19,6 +19,39 @@ use crate::meta::{self, HistoryEntry, Instance, Meta, Prefix, State};
 use crate::upgrade::{Step, Upgrader};
 use crate::version::{Phase, Version};
 
+/// The cap of every wait a setting can ask for: `Duration::MAX` means "as
+/// long as it takes", and 100 years is that long without overflowing an
+/// `Instant`.
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The largest `poll_interval`, `lease` and `connection_timeout`, and the
+/// largest `WriterPolicy` durations: an hour. A lease is also what bounds how
+/// long a fleet row whose instance is gone can hold a switch back, so fleet
+/// rows claiming a longer one are read as this long.
+pub(crate) const MAX_SETTING: Duration = Duration::from_secs(3600);
+
+/// Refuses a duration setting above [`MAX_SETTING`].
+fn bounded(setting: &'static str, value: Duration, why: &'static str) -> Result<Duration> {
+    bounded_by(setting, value, MAX_SETTING, why)
+}
+
+fn bounded_by(
+    setting: &'static str,
+    value: Duration,
+    max: Duration,
+    why: &'static str,
+) -> Result<Duration> {
+    if value > max {
+        return Err(Error::InvalidSetting {
+            setting,
+            value,
+            max,
+            why,
+        });
+    }
+    Ok(value)
+}
+
 /// A pooled connection of backend `B`.
 pub type Conn<B> = PooledConnection<ConnectionManager<<B as Backend>::Connection>>;
 
@@ -198,7 +231,8 @@ impl<B: Backend> Builder<B> {
     }
 
     /// How long a call waits for a pooled connection before
-    /// [`Error::Pool`]. Defaults to 30 s.
+    /// [`Error::Pool`]. Defaults to 30 s; at most an hour
+    /// ([`open`](Builder::open) refuses more with [`Error::InvalidSetting`]).
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connection_timeout = timeout;
         self
@@ -229,7 +263,8 @@ impl<B: Backend> Builder<B> {
 
     /// How often the background poller reads the state row and renews this
     /// instance's lease. Defaults to 200 ms. The fleet acknowledges a change
-    /// of mode within about one interval.
+    /// of mode within about one interval. At least 5 ms; at most half an
+    /// hour ([`Error::InvalidSetting`] from [`open`](Builder::open)).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(5));
         self
@@ -239,7 +274,8 @@ impl<B: Backend> Builder<B> {
     /// instance that cannot renew it (database unreachable, process paused)
     /// leaves the steady path by itself after three quarters of it, and an
     /// upgrader waits at most this long for a dead instance. Defaults to ten
-    /// poll intervals.
+    /// poll intervals; at least two; at most an hour
+    /// ([`Error::InvalidSetting`] from [`open`](Builder::open)).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
@@ -334,6 +370,33 @@ impl<B: Backend> Builder<B> {
             return Err(Error::UnknownVersion { version: b, latest });
         }
 
+        bounded_by(
+            "poll_interval",
+            self.poll_interval,
+            MAX_SETTING / 2,
+            "the lease, at least two intervals, is at most an hour",
+        )?;
+        bounded(
+            "connection_timeout",
+            self.settings.connection_timeout,
+            "a call waits this long for a pooled connection",
+        )?;
+        bounded(
+            "writer_policy (patience)",
+            self.writer.patience,
+            "the switch's polling per attempt",
+        )?;
+        bounded(
+            "writer_policy (escalation)",
+            self.writer.escalation,
+            "the longest a call can be made to wait for the switch",
+        )?;
+        bounded(
+            "lock_timeout",
+            self.lock_timeout,
+            "a phase statement's wait for a table lock",
+        )?;
+
         let target = redact(&self.url);
         let mut settings = self.settings;
         let (manager, customizer) = B::configure_pool(&self.url, &mut settings);
@@ -361,6 +424,11 @@ impl<B: Backend> Builder<B> {
             .lease
             .unwrap_or(self.poll_interval * 10)
             .max(self.poll_interval * 2);
+        bounded(
+            "lease",
+            lease,
+            "a fleet row claiming a longer lease is read as an hour",
+        )?;
         let me = Instance {
             id: instance.clone(),
             host,
@@ -794,8 +862,12 @@ impl<B: Backend> Tandem<B> {
                     latest,
                 });
             }
-            let current = self.phase_checksum(entry.version, phase);
-            if current != entry.checksum {
+            if !self
+                .inner
+                .catalog
+                .accepts(entry.version, phase, B::NAME, &entry.checksum)
+            {
+                let current = self.phase_checksum(entry.version, phase);
                 return Err(Error::ChecksumDrift {
                     version: entry.version,
                     phase,

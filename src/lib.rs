@@ -170,6 +170,7 @@ mod catalog;
 pub mod embed;
 mod error;
 pub mod guide;
+pub mod protocol;
 mod version;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -182,7 +183,7 @@ mod dispatch;
 mod fleet;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod handle;
-#[cfg(any(feature = "sqlite", feature = "postgres", tandem_loom))]
+#[cfg(any(feature = "sqlite", feature = "postgres", all(test, tandem_loom)))]
 mod lock;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod meta;

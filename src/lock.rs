@@ -297,6 +297,8 @@ impl<R: RawLock> SchemaLock<R> {
         Duration::from_nanos(self.max_read_wait_ns.load(Ordering::Relaxed))
     }
 
+    /// Resets [`max_read_wait`](SchemaLock::max_read_wait) (unused by the loom models).
+    #[cfg_attr(tandem_loom, allow(dead_code))]
     pub(crate) fn reset_max_read_wait(&self) {
         self.max_read_wait_ns.store(0, Ordering::Relaxed);
     }
@@ -433,7 +435,8 @@ mod tests {
 /// The loom model of parking_lot's queueing rules and the checks of the
 /// protocol above: run with
 /// `RUSTFLAGS="--cfg tandem_loom" cargo test --no-default-features --lib loom`.
-#[cfg(all(test, tandem_loom))]
+#[cfg(test)]
+#[cfg(tandem_loom)]
 mod loom_model {
     use super::*;
     use loom::sync::atomic::AtomicUsize;

@@ -732,14 +732,36 @@ impl Meta {
         Ok(())
     }
 
-    /// Instances whose lease had not expired at `cutoff` (a time in the past,
-    /// to leave a grace). Rows expired before it are removed on the way: a
-    /// dead instance leaves with its lease.
+    /// Instances whose lease had not expired `grace` ms before `now`. Rows
+    /// expired before that are removed on the way: a dead instance leaves
+    /// with its lease. Callers pass one lease as the grace: an instance left
+    /// the steady path by itself at three quarters of its lease, and the rest
+    /// gives calls it had in flight (which may be waiting on the database)
+    /// time to finish. All instances of a fleet should use the same lease. A lease that reaches further than the longest any
+    /// instance can take (`MAX_SETTING` from `now`: a row no live instance
+    /// wrote, a ghost) is cut to that first, so it expires in time.
     pub(crate) fn live_instances<B: Backend>(
         &self,
         conn: &mut B::Connection,
-        cutoff: i64,
+        now: i64,
+        grace: i64,
     ) -> Result<Vec<Instance>> {
+        let cutoff = now.saturating_sub(grace);
+        let cap = now.saturating_add(crate::fleet::millis(crate::handle::MAX_SETTING));
+        let capped = B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET lease_until = $1 WHERE lease_until > $1",
+                self.fleet
+            ),
+            &[Bind::I64(cap)],
+        )?;
+        if capped > 0 {
+            tracing::warn!(
+                rows = capped,
+                "fleet rows with leases longer than any instance takes: cut to an hour"
+            );
+        }
         B::execute(
             conn,
             &format!("DELETE FROM {} WHERE lease_until <= $1", self.fleet),

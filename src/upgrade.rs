@@ -156,8 +156,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
 
     /// Wait up to `timeout` for another upgrader's lease instead of failing
     /// at once with [`Error::UpgraderBusy`]. Defaults to no wait.
+    /// `Duration::MAX` waits as long as it takes (any timeout is capped at
+    /// 100 years).
     pub fn wait_for_lease(mut self, timeout: Duration) -> Self {
-        self.wait_for_lease = timeout;
+        self.wait_for_lease = timeout.min(crate::handle::FOREVER);
         self
     }
 
@@ -783,10 +785,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         // switched to (this one included).
         let me = self.db.instance_id().to_owned();
         let instances = self.db.write_transaction(conn, |c| {
-            self.db
-                .inner
-                .meta
-                .live_instances::<B>(c, self.db.fleet_cutoff(meta::now_ms()))
+            self.db.inner.meta.live_instances::<B>(
+                c,
+                meta::now_ms(),
+                crate::fleet::millis(self.db.inner.lease),
+            )
         })?;
         let served = self.db.served_versions();
         let mut lacking: Vec<String> = instances
@@ -869,7 +872,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         // register under the shared one): one that joined since
                         // we looked may lack the new version, or, alone before,
                         // we now need deploying mode.
-                        let live = meta.live_instances::<B>(c, self.db.fleet_cutoff(now))?;
+                        let live = meta.live_instances::<B>(
+                            c,
+                            now,
+                            crate::fleet::millis(self.db.inner.lease),
+                        )?;
                         let lacking: Vec<String> = live
                             .iter()
                             .filter(|i| i.id != me && !i.serves(to.0))
@@ -969,11 +976,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// live instance acknowledges within a poll interval or two once its
     /// steady calls have drained (which may take the writer policy's whole
     /// budget under load), and a dead one drops out a lease after its lease
-    /// expired (see `Tandem::fleet_cutoff`).
+    /// expired (see `Meta::live_instances`).
     fn fleet_timeout(&self) -> Duration {
         let w = &self.db.inner.writer;
-        let drain = (w.patience + w.escalation) * w.attempts.max(1);
-        (self.db.inner.lease * 2).max(drain) + self.db.inner.poll_interval * 4
+        let drain = w
+            .patience
+            .saturating_add(w.escalation)
+            .saturating_mul(w.attempts.max(1));
+        (self.db.inner.lease.saturating_mul(2))
+            .max(drain)
+            .saturating_add(self.db.inner.poll_interval.saturating_mul(4))
+            .min(crate::handle::FOREVER)
     }
 
     /// Sets deploying mode, moves this instance to the locking path, and waits

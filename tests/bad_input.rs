@@ -744,6 +744,154 @@ fn c25_baseline_that_contradicts_the_metadata<K: Kit>() {
     });
 }
 
+/// The same files checked out with Windows line endings and a byte order
+/// mark (`core.autocrlf`, an editor) are the same SQL: not drift. And a
+/// database upgraded by a release that hashed the bytes as checked out
+/// (CRLF) is still accepted by one that normalizes.
+fn c26_line_endings_are_not_drift<K: Kit>() {
+    use sha2::Digest as _;
+    const LF: &[(&str, &str)] = &[
+        (
+            "0001_items/expand.sql",
+            "CREATE TABLE items (\n  id INTEGER PRIMARY KEY,\n  name TEXT NOT NULL\n);\n",
+        ),
+        (
+            "0002_labels/expand.sql",
+            "ALTER TABLE items\n  ADD COLUMN label TEXT;\n",
+        ),
+    ];
+    let windows: Vec<(&str, String)> = LF
+        .iter()
+        .map(|(p, t)| (*p, format!("\u{feff}{}", t.replace('\n', "\r\n"))))
+        .collect();
+    let write = |dir: &std::path::Path, files: &[(&str, String)]| {
+        for (p, t) in files {
+            std::fs::write(dir.join(p), t).unwrap();
+        }
+    };
+    let (cat_dir, cat) = catalog(LF);
+    let Some((_d, url)) = K::fresh() else {
+        return;
+    };
+    let open = |cat: Catalog| Tandem::<K::B>::builder(&url, cat).serves(1..=2).open();
+    open(cat).unwrap().upgrader().expand().unwrap();
+    write(cat_dir.path(), &windows);
+    let crlf = Catalog::from_dir(cat_dir.path()).unwrap();
+    let db = open(crlf).expect("a CRLF + BOM checkout of the applied files is not drift");
+    db.upgrader()
+        .switch()
+        .expect("the switch verifies the same checksums");
+    assert_eq!(db.state().unwrap().version.get(), 2);
+    drop(db);
+    // What a release before normalization recorded from that checkout.
+    let hex = |text: &str| {
+        sha2::Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    K::exec(
+        &url,
+        &format!(
+            "UPDATE tandem_history SET checksum = '{}' WHERE version = 2 AND phase = 'expand'",
+            hex(&windows[1].1)
+        ),
+    );
+    let (_lf_dir, lf) = catalog(LF);
+    open(lf).expect("a checksum recorded from a CRLF checkout by an earlier release");
+    // A real change is still drift.
+    let (_c, changed) = catalog(&[
+        LF[0],
+        (
+            "0002_labels/expand.sql",
+            "ALTER TABLE items\n  ADD COLUMN label2 TEXT;\n",
+        ),
+    ]);
+    let err = open(changed).unwrap_err();
+    assert!(
+        matches!(err, Error::ChecksumDrift { version, .. } if version.get() == 2),
+        "{err:?}"
+    );
+}
+
+/// Settings at `Duration::MAX`: never a panic or a silent wrap. A setting
+/// with a bounded meaning is refused by `open` with a typed error naming it;
+/// `wait_for_lease(Duration::MAX)`, "wait as long as it takes", waits.
+fn c27_settings_at_their_maximum<K: Kit>() {
+    let Some((_d, url)) = seeded::<K>() else {
+        return;
+    };
+    let builder = || Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap());
+    let huge = Duration::MAX;
+    let policy = |patience, escalation| tandem::WriterPolicy {
+        patience,
+        escalation,
+        ..tandem::WriterPolicy::default()
+    };
+    unchanged::<K, _>(&url, || {
+        for (name, result) in [
+            ("poll_interval", builder().poll_interval(huge).open()),
+            ("lease", builder().lease(huge).open()),
+            (
+                "connection_timeout",
+                builder().connection_timeout(huge).open(),
+            ),
+            (
+                "writer_policy (patience)",
+                builder()
+                    .writer_policy(policy(huge, Duration::from_millis(5)))
+                    .open(),
+            ),
+            (
+                "writer_policy (escalation)",
+                builder()
+                    .writer_policy(policy(Duration::from_millis(100), huge))
+                    .open(),
+            ),
+            ("lock_timeout", builder().lock_timeout(huge).open()),
+        ] {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidSetting { setting, value, .. } if *setting == name && *value == huge),
+                "{name}: {err:?}"
+            );
+            says(
+                &err,
+                if name == "poll_interval" {
+                    "at most 1800s"
+                } else {
+                    "at most 3600s"
+                },
+            );
+        }
+    });
+    // The largest accepted values open and serve.
+    let hour = Duration::from_secs(3600);
+    let db = builder()
+        .poll_interval(hour / 2)
+        .lease(hour)
+        .connection_timeout(hour)
+        .writer_policy(tandem::WriterPolicy {
+            patience: hour,
+            escalation: hour,
+            attempts: u32::MAX,
+        })
+        .open()
+        .unwrap();
+    assert!(db
+        .call(&K::repo(), |r, s| r.email(s.conn(), 1))
+        .unwrap()
+        .is_some());
+    // Waiting "forever" for another upgrader's lease: it waits, then works.
+    let holder = db.upgrader().lease(Duration::from_millis(400)).crash_at(1);
+    assert!(matches!(holder.expand(), Err(Error::InjectedCrash { .. })));
+    let report = db.upgrader().wait_for_lease(huge).expand().unwrap();
+    assert_eq!(report.version.get(), 2);
+    // The upgrader's own lease at its maximum: no overflow either.
+    let report = db.upgrader().lease(huge).switch().unwrap();
+    assert_eq!(report.version.get(), 2);
+}
+
 /// Each database case once per backend.
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
@@ -784,4 +932,6 @@ on_every_backend!(
     c22_no_switch_back_file,
     c23_roll_backward_and_unknown_targets,
     c25_baseline_that_contradicts_the_metadata,
+    c26_line_endings_are_not_drift,
+    c27_settings_at_their_maximum,
 );

@@ -2,8 +2,8 @@
 //! stopping (binaries serving 1..=2, 2..=3 or 1..=3), calls in the
 //! foreground and long units of work in the background, upgrader steps
 //! (expand, switch, switch back, contract) and upgrader crashes at random
-//! step boundaries, checked against a model of invariants 1–4 of
-//! DESIGN.md:
+//! step boundaries, checked against a model of invariants 1–4 of the
+//! crate's protocol (`tandem::protocol`, `src/protocol.rs`):
 //!
 //! 1. every call ran one binding, whose version was the live version at the
 //!    call's first and last statement;
