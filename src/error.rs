@@ -186,6 +186,20 @@ pub enum Error {
         live: Version,
     },
 
+    /// A table under the metadata prefix exists but is not one of tandem's
+    /// (an application table such as `app_history` beside the prefix
+    /// `app_`). tandem neither adopts nor changes it.
+    #[error(
+        "table {table} is in the way of tandem's metadata: {detail}; choose another metadata \
+         prefix with `Builder::prefix` (e.g. `tandem_`), or rename that table"
+    )]
+    PrefixTaken {
+        /// The table.
+        table: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
     /// A metadata table is missing, incomplete or holds values tandem never writes.
     #[error(
         "tandem metadata is damaged: {table}: {detail}; restore the metadata tables from a backup, \
@@ -278,6 +292,16 @@ pub enum Error {
         expires_in_ms: i64,
     },
 
+    /// No fleet row has this instance id.
+    #[error(
+        "no instance {id} in the fleet table; `Tandem::instances()` lists the live ones (an expired \
+         row is removed by itself)"
+    )]
+    UnknownInstance {
+        /// The id given.
+        id: String,
+    },
+
     /// The schema writer lock could not be taken within the retry budget. The
     /// database is unchanged (still at the previous version).
     #[error(
@@ -299,7 +323,8 @@ pub enum Error {
     /// The switch would leave a live instance unable to serve the new version.
     #[error(
         "the switch to version {version} is refused: these instances cannot serve it: {}; deploy \
-         binaries with bindings for version {version} to them (or stop them) first",
+         binaries with bindings for version {version} to them (or stop them) first; a row whose \
+         instance is gone for good can be removed with `Upgrader::evict(id)`",
         instances.join(", ")
     )]
     SwitchRefused {
@@ -314,7 +339,8 @@ pub enum Error {
     #[error(
         "{phase} of version {version} did not run: these live instances have not acknowledged state \
          epoch {epoch} within {waited:?}: {}; they may still be using the previous version; wait for \
-         them (a stuck call, a paused process) or stop them, then rerun",
+         them (a stuck call, a paused process) or stop them, then rerun; a row whose instance is \
+         gone for good can be removed with `Upgrader::evict(id)`",
         instances.join(", ")
     )]
     FleetNotAcknowledged {

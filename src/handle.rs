@@ -24,11 +24,14 @@ use crate::version::{Phase, Version};
 /// `Instant`.
 pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// The largest `poll_interval`, `lease` and `connection_timeout`, and the
-/// largest `WriterPolicy` durations: an hour. A lease is also what bounds how
-/// long a fleet row whose instance is gone can hold a switch back, so fleet
-/// rows claiming a longer one are read as this long.
+/// The largest `poll_interval`, `connection_timeout` and `lock_timeout`, and
+/// the largest `WriterPolicy` durations: an hour.
 pub(crate) const MAX_SETTING: Duration = Duration::from_secs(3600);
+
+/// The longest fleet lease: two of the longest poll intervals. It also
+/// bounds how long a fleet row whose instance is gone can hold a switch
+/// back: a row claiming a longer lease is read as this long.
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(2 * 3600);
 
 /// Refuses a duration setting above [`MAX_SETTING`].
 fn bounded(setting: &'static str, value: Duration, why: &'static str) -> Result<Duration> {
@@ -263,8 +266,8 @@ impl<B: Backend> Builder<B> {
 
     /// How often the background poller reads the state row and renews this
     /// instance's lease. Defaults to 200 ms. The fleet acknowledges a change
-    /// of mode within about one interval. At least 5 ms; at most half an
-    /// hour ([`Error::InvalidSetting`] from [`open`](Builder::open)).
+    /// of mode within about one interval. At least 5 ms; at most an hour
+    /// ([`Error::InvalidSetting`] from [`open`](Builder::open)).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(5));
         self
@@ -274,7 +277,7 @@ impl<B: Backend> Builder<B> {
     /// instance that cannot renew it (database unreachable, process paused)
     /// leaves the steady path by itself after three quarters of it, and an
     /// upgrader waits at most this long for a dead instance. Defaults to ten
-    /// poll intervals; at least two; at most an hour
+    /// poll intervals (at most two hours); at least two; at most two hours
     /// ([`Error::InvalidSetting`] from [`open`](Builder::open)).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
@@ -370,11 +373,10 @@ impl<B: Backend> Builder<B> {
             return Err(Error::UnknownVersion { version: b, latest });
         }
 
-        bounded_by(
+        bounded(
             "poll_interval",
             self.poll_interval,
-            MAX_SETTING / 2,
-            "the lease, at least two intervals, is at most an hour",
+            "the fleet acknowledges a switch within about one interval",
         )?;
         bounded(
             "connection_timeout",
@@ -420,15 +422,16 @@ impl<B: Backend> Builder<B> {
         let mut conn = pool.get().map_err(|e| pool_error(&e))?;
         let live = initialize::<B>(&mut *conn, &meta, &self.catalog, baseline, &instance)?;
         drop(conn);
-        let lease = self
-            .lease
-            .unwrap_or(self.poll_interval * 10)
-            .max(self.poll_interval * 2);
-        bounded(
-            "lease",
-            lease,
-            "a fleet row claiming a longer lease is read as an hour",
-        )?;
+        let lease = match self.lease {
+            Some(lease) => bounded_by(
+                "lease",
+                lease,
+                MAX_LEASE,
+                "a fleet row claiming a longer lease is read as this long",
+            )?,
+            None => (self.poll_interval * 10).min(MAX_LEASE),
+        }
+        .max(self.poll_interval * 2);
         let me = Instance {
             id: instance.clone(),
             host,
@@ -498,7 +501,9 @@ fn initialize<B: Backend>(
 ) -> Result<Version> {
     B::write_transaction(conn, |c| {
         let now = meta::now_ms();
-        if Meta::table_exists::<B>(c, meta.state_table())? {
+        let state_exists = Meta::table_exists::<B>(c, meta.state_table())?;
+        meta.check_tables::<B>(c, state_exists)?;
+        if state_exists {
             let state = meta.read_state::<B>(c, now)?;
             if let Some(requested) = baseline {
                 let baselined = meta
@@ -726,7 +731,11 @@ impl<B: Backend> Tandem<B> {
             inner.meta.prefix(),
             inner.meta.state_table(),
             inner.lock_key,
-        )?;
+        )
+        .map_err(|e| match e {
+            diesel::result::Error::NotFound => inner.meta.state_row_missing(),
+            e => Error::Query(e),
+        })?;
         inner.lock.record_wait(start.elapsed());
         let live = u32::try_from(raw).unwrap_or(0);
         match Version::new(live) {

@@ -38,6 +38,8 @@ impl Prefix {
             Some("it is longer than 40 characters")
         } else if prefix.starts_with(|c: char| c.is_ascii_digit()) {
             Some("it starts with a digit")
+        } else if prefix.starts_with("sqlite_") {
+            Some("SQLite reserves names that start with sqlite_")
         } else if !prefix
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -156,7 +158,8 @@ pub struct State {
 pub struct HistoryEntry {
     /// The version the phase belongs to.
     pub version: Version,
-    /// `expand`, `switch`, `switch_back`, `contract`, or `baseline`.
+    /// `expand`, `switch`, `switch_back`, `contract`, `baseline`, or
+    /// `evict` (an instance removed from the fleet table by an operator).
     pub phase: String,
     /// SHA-256 of the phase's SQL (of the empty text when the version has no
     /// file for the phase; `-` for a baseline).
@@ -201,11 +204,12 @@ impl Instance {
         self.first <= version && version <= self.last
     }
 
-    /// `label (host, pid 123, serves 1..=2)`, for error messages.
+    /// `label (host, pid 123, serves 1..=2, id host:123:label:1a2b3c4d)`,
+    /// for error messages: the id is what [`Upgrader::evict`](crate::Upgrader::evict) takes.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({}, pid {}, serves {}..={})",
-            self.label, self.host, self.pid, self.first, self.last
+            "{} ({}, pid {}, serves {}..={}, id {})",
+            self.label, self.host, self.pid, self.first, self.last, self.id
         )
     }
 }
@@ -228,6 +232,12 @@ struct FleetRow {
     observed_epoch: i64,
     #[diesel(sql_type = BigInt)]
     lease_until: i64,
+}
+
+#[derive(QueryableByName)]
+struct NameRow {
+    #[diesel(sql_type = Text)]
+    name: String,
 }
 
 #[derive(QueryableByName)]
@@ -292,6 +302,8 @@ pub(crate) const APPLIED: &str = "applied";
 pub(crate) const RUNNING: &str = "running";
 pub(crate) const FAILED: &str = "failed";
 pub(crate) const BASELINE: &str = "baseline";
+/// The history phase of [`Upgrader::evict`](crate::Upgrader::evict).
+pub(crate) const EVICT: &str = "evict";
 
 /// The metadata tables of one prefix, and the SQL that reads and writes them.
 #[derive(Debug, Clone)]
@@ -338,6 +350,18 @@ impl Meta {
         )
     }
 
+    /// The state table without its row (deleted by hand, a partial restore).
+    pub(crate) fn state_row_missing(&self) -> Error {
+        self.corrupt(
+            &self.state,
+            format!(
+                "the table exists but has no row (id = 1); re-insert it with the live version \
+                 and phase, which the last applied rows of {}history show",
+                self.prefix
+            ),
+        )
+    }
+
     fn corrupt(&self, table: &str, detail: impl Into<String>) -> Error {
         Error::MetadataCorrupt {
             table: table.to_owned(),
@@ -356,6 +380,90 @@ impl Meta {
 
     pub(crate) fn table_exists<B: Backend>(conn: &mut B::Connection, table: &str) -> Result<bool> {
         Ok(Meta::count::<B>(conn, B::table_exists_sql(), &[Bind::Text(table)])? > 0)
+    }
+
+    /// Checks that the tables under this prefix are tandem's: with the state
+    /// table present, all three exist with tandem's columns; without it,
+    /// neither of the other two exists (they would belong to the
+    /// application, and `CREATE TABLE IF NOT EXISTS` would adopt them).
+    pub(crate) fn check_tables<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        state_exists: bool,
+    ) -> Result<()> {
+        const STATE: &[&str] = &[
+            "id",
+            "version",
+            "phase",
+            "mode",
+            "epoch",
+            "owner",
+            "owner_until",
+            "updated_at",
+        ];
+        const HISTORY: &[&str] = &[
+            "id",
+            "version",
+            "phase",
+            "checksum",
+            "started_at",
+            "finished_at",
+            "outcome",
+            "by_instance",
+            "detail",
+        ];
+        const FLEET: &[&str] = &[
+            "id",
+            "host",
+            "pid",
+            "label",
+            "min_version",
+            "max_version",
+            "observed_epoch",
+            "lease_until",
+            "started_at",
+        ];
+        for (table, expected) in [
+            (&self.state, STATE),
+            (&self.history, HISTORY),
+            (&self.fleet, FLEET),
+        ] {
+            let rows: Vec<NameRow> = B::load(conn, B::column_names_sql(), &[Bind::Text(table)])?;
+            let present: Vec<String> = rows.into_iter().map(|r| r.name.to_lowercase()).collect();
+            if !state_exists {
+                if !present.is_empty() {
+                    return Err(Error::PrefixTaken {
+                        table: table.clone(),
+                        detail: format!(
+                            "it exists although {} does not, so it is not tandem's (or its state \
+                             table was dropped: then restore {} from a backup)",
+                            self.state, self.state
+                        ),
+                    });
+                }
+                continue;
+            }
+            if present.is_empty() {
+                return Err(
+                    self.corrupt(table, format!("the table is missing beside {}", self.state))
+                );
+            }
+            let missing: Vec<&str> = expected
+                .iter()
+                .copied()
+                .filter(|c| !present.iter().any(|p| p == c))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::PrefixTaken {
+                    table: table.clone(),
+                    detail: format!(
+                        "it lacks tandem's columns {}, so it is not one of tandem's tables",
+                        missing.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Creates the three tables and the state row. Runs inside the caller's
@@ -421,7 +529,7 @@ impl Meta {
         let row = rows
             .into_iter()
             .next()
-            .ok_or_else(|| self.corrupt(&self.state, "the table exists but has no row"))?;
+            .ok_or_else(|| self.state_row_missing())?;
         let version = Version::from_i64(row.version).ok_or_else(|| {
             self.corrupt(
                 &self.state,
@@ -440,6 +548,19 @@ impl Meta {
                 format!("mode {:?} is not steady or deploying", row.mode),
             )
         })?;
+        // Epochs start at 1 and grow by a few per upgrade: one beyond half
+        // the range was written by hand, and its next increment could
+        // overflow (SQLite would turn it into a REAL).
+        if row.epoch < 1 || row.epoch > i64::MAX / 2 {
+            return Err(self.corrupt(
+                &self.state,
+                format!(
+                    "epoch {} is outside any tandem writes (1 to 2^62); set it back to the \
+                     epoch of a backup of this row, or to 1 with every instance stopped",
+                    row.epoch
+                ),
+            ));
+        }
         let upgrader = match (row.owner, row.owner_until) {
             (Some(owner), Some(until)) if until > now => Some(owner),
             _ => None,
@@ -738,7 +859,7 @@ impl Meta {
     /// the steady path by itself at three quarters of its lease, and the rest
     /// gives calls it had in flight (which may be waiting on the database)
     /// time to finish. All instances of a fleet should use the same lease. A lease that reaches further than the longest any
-    /// instance can take (`MAX_SETTING` from `now`: a row no live instance
+    /// instance can take (`MAX_LEASE` from `now`: a row no live instance
     /// wrote, a ghost) is cut to that first, so it expires in time.
     pub(crate) fn live_instances<B: Backend>(
         &self,
@@ -747,7 +868,7 @@ impl Meta {
         grace: i64,
     ) -> Result<Vec<Instance>> {
         let cutoff = now.saturating_sub(grace);
-        let cap = now.saturating_add(crate::fleet::millis(crate::handle::MAX_SETTING));
+        let cap = now.saturating_add(crate::fleet::millis(crate::handle::MAX_LEASE));
         let capped = B::execute(
             conn,
             &format!(
@@ -759,7 +880,7 @@ impl Meta {
         if capped > 0 {
             tracing::warn!(
                 rows = capped,
-                "fleet rows with leases longer than any instance takes: cut to an hour"
+                "fleet rows with leases longer than any instance takes: cut to two hours"
             );
         }
         B::execute(
@@ -776,31 +897,67 @@ impl Meta {
             ),
             &[Bind::I64(cutoff)],
         )?;
-        rows.into_iter()
-            .map(|r| {
-                let bad = |v: i64| {
-                    self.corrupt(
-                        &self.fleet,
-                        format!(
-                            "instance {}: version {v} is not a positive version number",
-                            r.id
-                        ),
-                    )
-                };
-                let first = Version::from_i64(r.min_version).ok_or_else(|| bad(r.min_version))?;
-                let last = Version::from_i64(r.max_version).ok_or_else(|| bad(r.max_version))?;
-                Ok(Instance {
-                    id: r.id,
-                    host: r.host,
-                    pid: r.pid,
-                    label: r.label,
-                    first,
-                    last,
-                    observed_epoch: r.observed_epoch,
-                    lease_until_ms: r.lease_until,
-                })
-            })
-            .collect()
+        rows.into_iter().map(|r| self.to_instance(r)).collect()
+    }
+
+    fn to_instance(&self, r: FleetRow) -> Result<Instance> {
+        let bad = |v: i64| {
+            self.corrupt(
+                &self.fleet,
+                format!(
+                    "instance {}: version {v} is not a positive version number",
+                    r.id
+                ),
+            )
+        };
+        let first = Version::from_i64(r.min_version).ok_or_else(|| bad(r.min_version))?;
+        let last = Version::from_i64(r.max_version).ok_or_else(|| bad(r.max_version))?;
+        Ok(Instance {
+            id: r.id,
+            host: r.host,
+            pid: r.pid,
+            label: r.label,
+            first,
+            last,
+            observed_epoch: r.observed_epoch,
+            lease_until_ms: r.lease_until,
+        })
+    }
+
+    /// Removes instance `id`'s fleet row, whatever its lease says, and
+    /// returns what it said (`None` if there is no such row). A row with
+    /// impossible versions is exactly what one evicts: it is described as
+    /// stored, not refused.
+    pub(crate) fn evict<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+    ) -> Result<Option<String>> {
+        let rows: Vec<FleetRow> = B::load(
+            conn,
+            &format!(
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until \
+                 FROM {} WHERE id = $1",
+                self.fleet
+            ),
+            &[Bind::Text(id)],
+        )?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let described = format!(
+            "{} ({}, pid {}, serves {}..={}, id {}, acknowledged epoch {}, lease until {} ms)",
+            row.label,
+            row.host,
+            row.pid,
+            row.min_version,
+            row.max_version,
+            row.id,
+            row.observed_epoch,
+            row.lease_until
+        );
+        self.deregister::<B>(conn, id)?;
+        Ok(Some(described))
     }
 
     /// Sets the mode (bumping the epoch); requires the upgrade lease.
@@ -843,6 +1000,7 @@ mod tests {
             "Tandem_",
             "a-b",
             "a.b",
+            "sqlite_meta_",
             "ä",
             &"x".repeat(41),
         ] {

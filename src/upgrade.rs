@@ -280,6 +280,52 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         })
     }
 
+    /// Removes an instance's row from the fleet table, whatever its lease
+    /// says, and journals it in the history table (phase `evict`, the row as
+    /// it was in `detail`). Returns that description.
+    ///
+    /// For a row whose instance is gone but whose lease says otherwise (a
+    /// ghost: a hand-written row, a clock that was far ahead), which holds
+    /// every switch back until it expires (at most two hours from when a
+    /// switch first sees it). Evict only instances you know are stopped: a
+    /// live one registers again on its next poll, but a switch in between
+    /// would not wait for its calls. `SwitchRefused` and
+    /// `FleetNotAcknowledged` name the ids; [`Tandem::instances`] lists them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownInstance`] if no row has that id, [`Error::UpgraderBusy`],
+    /// or a database error.
+    pub fn evict(&self, instance_id: &str) -> Result<String> {
+        self.with_lease(|conn| {
+            self.db.write_transaction(conn, |c| -> Result<String> {
+                let state = self.db.inner.meta.read_state::<B>(c, meta::now_ms())?;
+                let described =
+                    self.db
+                        .inner
+                        .meta
+                        .evict::<B>(c, instance_id)?
+                        .ok_or_else(|| Error::UnknownInstance {
+                            id: instance_id.to_owned(),
+                        })?;
+                let now = meta::now_ms();
+                self.db.inner.meta.record::<B>(
+                    c,
+                    state.version,
+                    meta::EVICT,
+                    "-",
+                    now,
+                    Some(now),
+                    meta::APPLIED,
+                    &self.owner,
+                    Some(&described),
+                )?;
+                tracing::warn!(instance = %described, "evicted from the fleet table");
+                Ok(described)
+            })
+        })
+    }
+
     // ---- lease -------------------------------------------------------------
 
     fn with_lease<T>(&self, f: impl FnOnce(&mut B::Connection) -> Result<T>) -> Result<T> {
@@ -940,7 +986,20 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         // If the commit reached the database before the error (a lost
                         // connection), adopt what the database says, under the lock.
                         if !matches!(e, Error::InjectedCrash { .. }) {
-                            if let Ok(actual) = self.db.state() {
+                            // On this command's connection first: a one-connection
+                            // pool (SQLite `:memory:`) has no other to give. If it
+                            // is the broken part, on a fresh one, briefly.
+                            let meta = &self.db.inner.meta;
+                            let actual = meta.read_state::<B>(conn, meta::now_ms()).or_else(|_| {
+                                let mut fresh = self
+                                    .db
+                                    .inner
+                                    .pool
+                                    .get_timeout(Duration::from_secs(2))
+                                    .map_err(|e| crate::handle::pool_error(&e))?;
+                                meta.read_state::<B>(&mut fresh, meta::now_ms())
+                            });
+                            if let Ok(actual) = actual {
                                 self.db.cache_state(actual.epoch, actual.version, None);
                             }
                         }

@@ -857,8 +857,8 @@ fn c27_settings_at_their_maximum<K: Kit>() {
             );
             says(
                 &err,
-                if name == "poll_interval" {
-                    "at most 1800s"
+                if name == "lease" {
+                    "at most 7200s"
                 } else {
                     "at most 3600s"
                 },
@@ -868,8 +868,8 @@ fn c27_settings_at_their_maximum<K: Kit>() {
     // The largest accepted values open and serve.
     let hour = Duration::from_secs(3600);
     let db = builder()
-        .poll_interval(hour / 2)
-        .lease(hour)
+        .poll_interval(hour)
+        .lease(hour * 2)
         .connection_timeout(hour)
         .writer_policy(tandem::WriterPolicy {
             patience: hour,
@@ -890,6 +890,169 @@ fn c27_settings_at_their_maximum<K: Kit>() {
     // The upgrader's own lease at its maximum: no overflow either.
     let report = db.upgrader().lease(huge).switch().unwrap();
     assert_eq!(report.version.get(), 2);
+}
+
+/// The state row deleted under a running service: calls on the locking path
+/// get `MetadataCorrupt` naming the table and the repair, not "Record not
+/// found"; nothing else changes.
+fn c30_state_row_deleted_under_a_service<K: Kit>() {
+    let Some((_d, url)) = seeded::<K>() else {
+        return;
+    };
+    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        .serves(1..=2)
+        .poll_interval(Duration::from_millis(20))
+        .lease(Duration::from_millis(100))
+        .open()
+        .unwrap();
+    K::exec(&url, "DELETE FROM tandem_state");
+    // The poller cannot renew: the lease goes stale and calls take the
+    // locking path, which reads the (missing) row.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.steady() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still steady without a state row"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = db
+        .call(&K::repo(), |r, s| r.email(s.conn(), 1))
+        .unwrap_err();
+    match &err {
+        Error::MetadataCorrupt { table, detail } => {
+            assert_eq!(table, "tandem_state");
+            assert!(
+                detail.contains("no row") && detail.contains("tandem_history"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected MetadataCorrupt, got {other:?}"),
+    }
+    let err = db
+        .unit_of_work(|s| s.repo(&K::repo())?.email(s.conn(), 1))
+        .unwrap_err();
+    assert!(matches!(err, Error::MetadataCorrupt { .. }), "{err:?}");
+}
+
+/// A prefix whose tables belong to the application (`app_history` beside
+/// the prefix `app_`): refused, naming the table; nothing adopted or created.
+fn c31_a_prefix_whose_tables_are_the_applications<K: Kit>() {
+    let Some((_d, url)) = K::fresh() else {
+        return;
+    };
+    K::exec(
+        &url,
+        "CREATE TABLE app_history (id INTEGER PRIMARY KEY, event TEXT NOT NULL); \
+         INSERT INTO app_history VALUES (1, 'signup');",
+    );
+    let before = fingerprint::<K>(&url);
+    let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        .prefix("app_")
+        .baseline(1)
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PrefixTaken { table, .. } if table == "app_history"),
+        "{err:?}"
+    );
+    says(&err, "choose another metadata prefix");
+    assert_eq!(fingerprint::<K>(&url), before, "the database changed");
+    // And a state table that is the application's, not tandem's.
+    K::exec(
+        &url,
+        "CREATE TABLE app2_state (id INTEGER PRIMARY KEY, value TEXT);",
+    );
+    let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        .prefix("app2_")
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PrefixTaken { table, detail } if table == "app2_state" && detail.contains("version")),
+        "{err:?}"
+    );
+}
+
+/// A fleet row no live instance wrote (a ghost): a lease in 2100 and an
+/// acknowledgement of every epoch. It must not count as acknowledging, its
+/// lease is cut to at most two hours, and an operator can evict it (journaled).
+fn c32_a_ghost_fleet_row<K: Kit>() {
+    let Some((_d, url)) = seeded::<K>() else {
+        return;
+    };
+    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        .serves(1..=2)
+        .poll_interval(Duration::from_millis(20))
+        .lease(Duration::from_millis(200))
+        .writer_policy(tandem::WriterPolicy {
+            attempts: 2,
+            ..tandem::WriterPolicy::default()
+        })
+        .open()
+        .unwrap();
+    K::exec(
+        &url,
+        "INSERT INTO tandem_fleet VALUES ('ghost-id', 'gone-host', 4242, 'ghost', 1, 2, 9223372036854775807, 4102444800000, 0)",
+    );
+    db.upgrader().expand().unwrap();
+    let err = db.upgrader().switch().unwrap_err();
+    match &err {
+        Error::FleetNotAcknowledged { instances, .. } => {
+            assert!(
+                instances.iter().any(|i| i.contains("ghost-id")),
+                "{instances:?}"
+            )
+        }
+        other => panic!("a ghost acknowledging every epoch let the switch through: {other:?}"),
+    }
+    says(&err, "Upgrader::evict(id)");
+    let s = db.state().unwrap();
+    assert_eq!(
+        (s.version.get(), s.phase),
+        (1, tandem::StatePhase::Expanded)
+    );
+    let lease = db
+        .instances()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "ghost-id")
+        .expect("the ghost is still listed")
+        .lease_until_ms;
+    let two_hours_from_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 7_200_000;
+    assert!(
+        lease <= two_hours_from_now + 60_000,
+        "the ghost's lease was not cut: {lease}"
+    );
+    let described = db.upgrader().evict("ghost-id").unwrap();
+    assert!(
+        described.contains("gone-host") && described.contains("4242"),
+        "{described}"
+    );
+    let last = db.history().unwrap().pop().unwrap();
+    assert_eq!(
+        (last.phase.as_str(), last.detail.as_deref()),
+        ("evict", Some(described.as_str()))
+    );
+    let err = db.upgrader().evict("ghost-id").unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownInstance { id } if id == "ghost-id"),
+        "{err:?}"
+    );
+    db.upgrader().switch().unwrap();
+    assert_eq!(db.state().unwrap().version.get(), 2);
+}
+
+/// An epoch at the end of its range (a hand edit): refused as corrupt
+/// before an increment could overflow (SQLite would make it a REAL).
+fn c33_an_epoch_at_its_maximum<K: Kit>() {
+    tampered::<K>(
+        "UPDATE tandem_state SET epoch = 9223372036854775807",
+        "9223372036854775807",
+    );
 }
 
 /// Each database case once per backend.
@@ -934,4 +1097,73 @@ on_every_backend!(
     c25_baseline_that_contradicts_the_metadata,
     c26_line_endings_are_not_drift,
     c27_settings_at_their_maximum,
+    c30_state_row_deleted_under_a_service,
+    c31_a_prefix_whose_tables_are_the_applications,
+    c32_a_ghost_fleet_row,
+    c33_an_epoch_at_its_maximum,
 );
+
+/// Every spelling of an in-memory (or private temporary) SQLite database is
+/// one database that every call sees, not a pool of separate ones.
+#[test]
+fn c28_sqlite_in_memory_spellings_are_one_database() {
+    for url in [
+        ":memory:",
+        "file::memory:",
+        "file::memory:?cache=private",
+        "",
+    ] {
+        let db = SqliteKit::open(url);
+        let repo = SqliteKit::repo();
+        let ids: Vec<i64> = (0..5)
+            .map(|i| {
+                db.unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "a", &format!("{i}@x")))
+                    .unwrap_or_else(|e| panic!("{url:?}: {e}"))
+            })
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let email = db
+                .call(&repo, |r, s| r.email(s.conn(), *id))
+                .unwrap_or_else(|e| panic!("{url:?}: {e}"));
+            assert_eq!(email, Some(format!("{i}@x")), "{url:?}");
+        }
+        db.upgrader()
+            .upgrade_to(2)
+            .unwrap_or_else(|e| panic!("{url:?}: {e}"));
+    }
+}
+
+/// A switch that fails on `:memory:` (one connection) reports at once: its
+/// cleanup must not wait for a second connection the pool cannot give.
+#[test]
+fn c29_a_failing_switch_on_memory_reports_at_once() {
+    let (_c, cat) = catalog(&[
+        BASE,
+        ("0002_x/expand.sql", "CREATE TABLE t (x INT);"),
+        ("0002_x/switch.sql", "DROP TABLE nowhere;"),
+    ]);
+    let db = Tandem::<tandem::Sqlite>::builder(":memory:", cat)
+        .serves(1..=2)
+        .open()
+        .unwrap();
+    db.upgrader().expand().unwrap();
+    let started = std::time::Instant::now();
+    let err = db.upgrader().switch().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PhaseFailed {
+                phase: Phase::Switch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the failed switch took {:?} (waiting for a second connection?)",
+        started.elapsed()
+    );
+    let s = db.state().unwrap();
+    assert_eq!((s.version.get(), s.upgrader), (1, None));
+}

@@ -198,6 +198,10 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// Column type of an auto-increment primary key.
     fn serial_primary_key() -> &'static str;
 
+    /// SQL returning one row with a `TEXT` column `name` per column of
+    /// table `$1` (none if the table does not exist).
+    fn column_names_sql() -> &'static str;
+
     /// Adjusts pool settings for `url` and returns the connection manager
     /// and a customizer applied to every new connection.
     ///

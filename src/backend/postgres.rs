@@ -8,6 +8,12 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 
 use super::{bound_query, message_is_transient, Backend, Bind, MetaRow, PoolSettings};
 
+#[derive(diesel::QueryableByName)]
+struct MaybeCount {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    n: Option<i64>,
+}
+
 /// The PostgreSQL backend (libpq), for fleets of instances on one database.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Postgres;
@@ -76,13 +82,14 @@ impl Backend for Postgres {
         _state_table: &str,
         key: i64,
     ) -> QueryResult<i64> {
-        let rows: Vec<crate::meta::CountRow> = Self::load(
+        // NULL when the state row is missing: reported as `NotFound`.
+        let rows: Vec<MaybeCount> = Self::load(
             conn,
             &format!("SELECT {prefix}enter($1) AS n"),
             &[Bind::I64(key)],
         )?;
         rows.first()
-            .map(|r| r.n)
+            .and_then(|r| r.n)
             .ok_or(diesel::result::Error::NotFound)
     }
 
@@ -138,6 +145,11 @@ impl Backend for Postgres {
 
     fn user_tables_sql() -> &'static str {
         "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema()"
+    }
+
+    fn column_names_sql() -> &'static str {
+        "SELECT column_name::text AS name FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1"
     }
 
     fn serial_primary_key() -> &'static str {

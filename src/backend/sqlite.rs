@@ -15,7 +15,8 @@ use super::{bound_query, message_is_transient, Backend, Bind, MetaRow, PoolSetti
 ///
 /// Every pooled connection gets `busy_timeout` 5 s, WAL journaling (for
 /// files), `synchronous = NORMAL` and foreign keys on. An in-memory database
-/// (`:memory:`) lives on a single connection that the pool never closes.
+/// (`:memory:`, `file::memory:`, `mode=memory`, or the empty name) lives on
+/// a single connection that the pool never closes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sqlite;
 
@@ -38,8 +39,18 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     }
 }
 
+/// Whether every connection to `url` opens a database of its own that
+/// lives only as long as that connection: `:memory:`, any `file::memory:`
+/// URI, any URI with `mode=memory`, and the empty name (a private temporary
+/// database). tandem keeps such a database on exactly one connection, so
+/// that every call sees the same one.
 fn is_in_memory(url: &str) -> bool {
-    url == ":memory:" || url.contains("mode=memory")
+    let url = url.trim();
+    url.is_empty()
+        || url == ":memory:"
+        || url.starts_with("file::memory:")
+        || url.starts_with("file:?")
+        || url.contains("mode=memory")
 }
 
 impl Backend for Sqlite {
@@ -132,6 +143,10 @@ impl Backend for Sqlite {
 
     fn serial_primary_key() -> &'static str {
         "INTEGER PRIMARY KEY"
+    }
+
+    fn column_names_sql() -> &'static str {
+        "SELECT name FROM pragma_table_info($1)"
     }
 
     fn configure_pool(
