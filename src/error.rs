@@ -161,6 +161,34 @@ pub enum Error {
         latest: Version,
     },
 
+    /// `serves(first..=last)` with `first` after `last`: no version at all.
+    #[error(
+        "serves({first}..={last}) is an empty range: the oldest version this binary has bindings \
+         for comes first, e.g. serves({last}..={first})"
+    )]
+    EmptyServedRange {
+        /// The range's start.
+        first: Version,
+        /// The range's end.
+        last: Version,
+    },
+
+    /// A backfill is registered for a version the catalog does not have:
+    /// the registration is wrong, not the database.
+    #[error(
+        "backfill `{step}` is registered for version {version}, but this binary's catalog ends at \
+         version {latest}; register it for the version whose expand it completes (one in \
+         schema_versions/), or add version {version} to the catalog"
+    )]
+    BackfillBeyondCatalog {
+        /// The backfill's name.
+        step: String,
+        /// The version it was registered for.
+        version: Version,
+        /// The newest version in the catalog.
+        latest: Version,
+    },
+
     /// The database has tables but no tandem metadata. tandem never guesses
     /// the version of an existing schema.
     #[error(

@@ -332,7 +332,9 @@ impl<B: Backend> Builder<B> {
     /// # Errors
     ///
     /// [`Error::InvalidPrefix`], [`Error::InvalidVersion`],
-    /// [`Error::ServedBeyondCatalog`], [`Error::Connect`],
+    /// [`Error::InvalidSetting`], [`Error::EmptyServedRange`],
+    /// [`Error::ServedBeyondCatalog`], [`Error::BackfillBeyondCatalog`],
+    /// [`Error::PrefixTaken`], [`Error::Connect`],
     /// [`Error::NotAdopted`] (tables but no metadata, and no baseline),
     /// [`Error::BaselineMismatch`], [`Error::MetadataCorrupt`],
     /// [`Error::ChecksumDrift`], [`Error::PhaseFailed`] (version 1's SQL).
@@ -352,7 +354,10 @@ impl<B: Backend> Builder<B> {
             ),
             None => (latest.previous().unwrap_or(latest), latest),
         };
-        if first > last || last > latest {
+        if first > last {
+            return Err(Error::EmptyServedRange { first, last });
+        }
+        if last > latest {
             return Err(Error::ServedBeyondCatalog {
                 first,
                 last,
@@ -362,7 +367,11 @@ impl<B: Backend> Builder<B> {
         for step in &self.steps {
             let v = version_arg(step.version, "backfill")?;
             if v > latest {
-                return Err(Error::UnknownVersion { version: v, latest });
+                return Err(Error::BackfillBeyondCatalog {
+                    step: step.name.clone(),
+                    version: v,
+                    latest,
+                });
             }
         }
         let baseline = self
@@ -617,6 +626,20 @@ impl<B: Backend> Tandem<B> {
     /// reading the version until `f` returns, so the version cannot change
     /// during the call.
     ///
+    /// ## Atomicity
+    ///
+    /// `call` does not make a binding's statements one atomic write. On the
+    /// steady path they run as the binding issues them (each in its own
+    /// autocommit transaction, unless the binding opens one); on the locking
+    /// path (deploying mode, a stale lease) they run inside the call's own
+    /// transaction, which rolls back if `f` returns an error. So a binding
+    /// that writes and then fails may leave its writes (steady) or not
+    /// (locking). Writes that must be all or nothing go through
+    /// [`unit_of_work`](Tandem::unit_of_work), one transaction on both
+    /// paths, or inside a transaction the binding opens itself
+    /// (`conn.transaction(..)`, a savepoint on the locking path).
+    /// `tests/bad_input.rs` (c35) shows each case on both backends.
+    ///
     /// # Errors
     ///
     /// [`Error::Upgrading`] (database behind the binary),
@@ -678,6 +701,9 @@ impl<B: Backend> Tandem<B> {
     /// SQLite's single write lock in-process, fairly and without sleeping
     /// (writes made by [`call`](Tandem::call) in autocommit mode wait in
     /// SQLite's busy handler instead, which sleeps 1 to 100 ms).
+    ///
+    /// All of `f`'s statements commit together or not at all, on the
+    /// steady and the locking path alike.
     ///
     /// # Errors
     ///

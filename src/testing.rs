@@ -184,7 +184,11 @@ impl fmt::Display for At {
 
 /// What went wrong in a kit check. Each names the binding's version, the
 /// state of the database and the cause, with what to fix.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`: a test or `main` that returns
+/// `Result<(), Box<dyn Error>>` shows the whole explanation, not a struct
+/// dump. Match on the variants to inspect the parts.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Failure {
     /// A fresh database could not be brought to the state: the catalog's
@@ -252,6 +256,12 @@ pub enum Failure {
         /// Where it was needed.
         at: At,
     },
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 fn hint(binding: Version, at: At) -> String {

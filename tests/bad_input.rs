@@ -1055,6 +1055,92 @@ fn c33_an_epoch_at_its_maximum<K: Kit>() {
     );
 }
 
+/// An application error for c35: the binding refuses after writing.
+#[derive(Debug)]
+enum Refused {
+    Tandem(Error),
+    Query(diesel::result::Error),
+    AfterWriting,
+}
+impl From<Error> for Refused {
+    fn from(e: Error) -> Self {
+        Refused::Tandem(e)
+    }
+}
+impl From<diesel::result::Error> for Refused {
+    fn from(e: diesel::result::Error) -> Self {
+        Refused::Query(e)
+    }
+}
+
+/// What `call` promises (see its `## Atomicity`): a binding that writes and
+/// then fails keeps its write on the steady path (autocommit) and loses it
+/// on the locking path (the call's transaction); `unit_of_work`, and a
+/// transaction the binding opens itself, are all or nothing on both.
+fn c35_what_a_failing_call_leaves<K: Kit>() {
+    let Some((_d, url)) = seeded::<K>() else {
+        return;
+    };
+    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        .serves(1..=2)
+        .poll_interval(Duration::from_millis(20))
+        .lease(Duration::from_millis(100))
+        .open()
+        .unwrap();
+    let repo = K::repo();
+    let count = |name: &str| {
+        K::lines(
+            &url,
+            &format!("SELECT CAST(count(*) AS TEXT) AS line FROM accounts WHERE name = '{name}'"),
+        )
+        .unwrap()[0]
+            .clone()
+    };
+    let run = |name: &str| {
+        let plain = db.call(&repo, |r, s| -> Result<(), Refused> {
+            r.create(s.conn(), &format!("{name}-call"), "x@x")?;
+            Err(Refused::AfterWriting)
+        });
+        let own_tx = db.call(&repo, |r, s| -> Result<(), Refused> {
+            s.conn().transaction(|c| -> Result<(), Refused> {
+                r.create(c, &format!("{name}-tx"), "x@x")?;
+                Err(Refused::AfterWriting)
+            })
+        });
+        let uow = db.unit_of_work(|s| -> Result<(), Refused> {
+            s.repo(&repo)?
+                .create(s.conn(), &format!("{name}-uow"), "x@x")?;
+            Err(Refused::AfterWriting)
+        });
+        for r in [plain, own_tx, uow] {
+            assert!(matches!(r, Err(Refused::AfterWriting)), "{r:?}");
+        }
+    };
+    assert!(db.steady());
+    run("steady");
+    assert_eq!(
+        count("steady-call"),
+        "1",
+        "steady path: the write before the error stays"
+    );
+    assert_eq!(count("steady-tx"), "0");
+    assert_eq!(count("steady-uow"), "0");
+    db.pause_fleet(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.steady() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    run("locking");
+    assert_eq!(
+        count("locking-call"),
+        "0",
+        "locking path: the call's transaction rolled back"
+    );
+    assert_eq!(count("locking-tx"), "0");
+    assert_eq!(count("locking-uow"), "0");
+}
+
 /// Each database case once per backend.
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
@@ -1101,6 +1187,7 @@ on_every_backend!(
     c31_a_prefix_whose_tables_are_the_applications,
     c32_a_ghost_fleet_row,
     c33_an_epoch_at_its_maximum,
+    c35_what_a_failing_call_leaves,
 );
 
 /// Every spelling of an in-memory (or private temporary) SQLite database is
@@ -1166,4 +1253,50 @@ fn c29_a_failing_switch_on_memory_reports_at_once() {
     );
     let s = db.state().unwrap();
     assert_eq!((s.version.get(), s.upgrader), (1, None));
+}
+
+/// Messages a new user misread: a backfill registered for a version the
+/// catalog lacks is a registration error, not "deploy a newer binary"; an
+/// empty `serves` range says so; the test kit's failures read the same
+/// through `Debug` (what `main` and `Box<dyn Error>` print) as `Display`.
+#[test]
+fn c34_messages_say_what_is_wrong() {
+    let (_c, one) = catalog(&[BASE]);
+    let err = Tandem::<tandem::Sqlite>::builder(":memory:", one)
+        .serves(1..=1)
+        .backfill(2, "copy emails", |_| Ok(0))
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BackfillBeyondCatalog { step, version, latest } if step == "copy emails" && version.get() == 2 && latest.get() == 1),
+        "{err:?}"
+    );
+    says(
+        &err,
+        "register it for the version whose expand it completes",
+    );
+    assert!(!err.to_string().contains("deploy a binary"), "{err}");
+
+    let err = Tandem::<tandem::Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap())
+        .serves(2..=1)
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::EmptyServedRange { first, last } if (first.get(), last.get()) == (2, 1)),
+        "{err:?}"
+    );
+    says(&err, "empty range");
+    says(&err, "serves(1..=2)");
+
+    // A kit failure, as `main() -> Result<(), Box<dyn Error>>` would print it.
+    let kit = tandem::testing::Kit::sqlite(tandem::demo::catalog().unwrap());
+    let failure = kit.transition(5).unwrap_err();
+    let boxed: Box<dyn std::error::Error> = Box::new(failure);
+    assert_eq!(format!("{boxed:?}"), boxed.to_string());
+    assert!(
+        boxed
+            .to_string()
+            .contains("cannot test the change to version 5"),
+        "{boxed}"
+    );
 }
