@@ -1058,8 +1058,8 @@ fn c33_an_epoch_at_its_maximum<K: Kit>() {
 /// An application error for c35: the binding refuses after writing.
 #[derive(Debug)]
 enum Refused {
-    Tandem(Error),
-    Query(diesel::result::Error),
+    Tandem(#[allow(dead_code)] Error),
+    Query(#[allow(dead_code)] diesel::result::Error),
     AfterWriting,
 }
 impl From<Error> for Refused {
@@ -1278,7 +1278,12 @@ fn c34_messages_say_what_is_wrong() {
     assert!(!err.to_string().contains("deploy a binary"), "{err}");
 
     let err = Tandem::<tandem::Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap())
-        .serves(2..=1)
+        .serves(
+            #[allow(clippy::reversed_empty_ranges)]
+            {
+                2..=1
+            },
+        )
         .open()
         .unwrap_err();
     assert!(
