@@ -322,6 +322,19 @@ fn parse_version(
             return Err(CatalogError::Empty { path });
         }
         let text = normalize(&text);
+        match crate::sql_check::transaction_control(&text, backend) {
+            crate::sql_check::Check::Clean => {}
+            crate::sql_check::Check::TransactionControl(found) => {
+                return Err(CatalogError::TransactionControl {
+                    path,
+                    line: found.line,
+                    statement: found.statement,
+                })
+            }
+            crate::sql_check::Check::Unreadable { message } => {
+                return Err(CatalogError::Unreadable { path, message })
+            }
+        }
         parsed.push(PhaseFile {
             phase,
             backend,

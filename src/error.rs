@@ -558,6 +558,35 @@ pub enum CatalogError {
         /// The folder found.
         path: PathBuf,
     },
+    /// A phase file controls the transaction (`BEGIN`, `COMMIT`, `ROLLBACK`,
+    /// `END`, `ABORT`, `START TRANSACTION`, `SAVEPOINT`, `RELEASE`). tandem
+    /// runs each phase in one transaction of its own, which is what makes it
+    /// all or nothing and resumable; such a statement would commit half a
+    /// phase behind the journal's back.
+    #[error(
+        "{path}:{line}: `{statement}` controls the transaction, but tandem runs each phase in one \
+         transaction of its own (that is what makes it all or nothing, and resumable); remove it, \
+         and put work that must commit on its own in a later version or a backfill step"
+    )]
+    TransactionControl {
+        /// The file.
+        path: PathBuf,
+        /// The statement's line (1-based).
+        line: u64,
+        /// The statement's first word(s).
+        statement: String,
+    },
+    /// A phase file cannot be read as SQL (an unterminated string, quoted
+    /// identifier or comment).
+    #[error(
+        "{path} cannot be read as SQL: {message}; close the string, quote or comment it names"
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The tokenizer's message, with line and column.
+        message: String,
+    },
     /// Version 1 (the initial schema) has a file only later versions may have.
     #[error("{path}: version 1 is the initial schema and has no previous version to switch from or contract; keep only expand.sql")]
     FirstVersionPhase {

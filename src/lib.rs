@@ -171,6 +171,7 @@ pub mod embed;
 mod error;
 pub mod guide;
 pub mod protocol;
+mod sql_check;
 mod version;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -1305,3 +1305,81 @@ fn c34_messages_say_what_is_wrong() {
         "{boxed}"
     );
 }
+
+/// Transaction control inside a phase file is refused when the catalog
+/// loads, naming the file and the line: before, an `expand.sql` ending in
+/// `COMMIT;` left its column created with history `running`, and a contract
+/// `DROP TABLE a; COMMIT; DROP TABLE missing;` dropped `a` and journaled
+/// nothing.
+#[test]
+fn c36_transaction_control_in_phase_sql() {
+    for (file, sql, line, word) in [
+        (
+            "0002_x/expand.sql",
+            "ALTER TABLE items ADD COLUMN label TEXT;\nCOMMIT;\n",
+            2,
+            "COMMIT",
+        ),
+        (
+            "0002_x/contract.sql",
+            "DROP TABLE a; COMMIT; DROP TABLE missing;",
+            1,
+            "COMMIT",
+        ),
+        (
+            "0002_x/expand.postgres.sql",
+            "BEGIN;\nCREATE TABLE t (x INT);\n",
+            1,
+            "BEGIN",
+        ),
+        (
+            "0002_x/switch.sqlite.sql",
+            "SAVEPOINT s;\nCREATE TABLE t (x INT);\n",
+            1,
+            "SAVEPOINT",
+        ),
+        (
+            "0002_x/switch.sql",
+            "CREATE TABLE t (x INT);\n\nEND;\n",
+            3,
+            "END",
+        ),
+    ] {
+        let mut files = vec![BASE, (file, sql)];
+        if !file.contains("expand") {
+            files.push(("0002_x/expand.sql", "CREATE TABLE u (x INT);"));
+        } else if file.contains("postgres") {
+            files.push(("0002_x/expand.sqlite.sql", "CREATE TABLE u (x INT);"));
+        }
+        let dir = common::write_catalog(&files);
+        let err = Catalog::from_dir(dir.path()).unwrap_err();
+        match &err {
+            CatalogError::TransactionControl {
+                path,
+                line: l,
+                statement,
+            } => {
+                assert!(path.ends_with(file), "{path:?}");
+                assert_eq!((*l, statement.as_str()), (line, word), "{file}");
+            }
+            other => panic!("{file}: expected TransactionControl, got {other:?}"),
+        }
+        let shown = err.to_string();
+        assert!(shown.contains(&format!("{file}:{line}")), "{shown}");
+        assert!(shown.contains("one transaction of its own"), "{shown}");
+    }
+    // The same words inside strings, comments, trigger bodies and dollar
+    // quotes are SQL, not transaction control.
+    let dir = common::write_catalog(&[
+        BASE,
+        (
+            "0002_x/expand.sqlite.sql",
+            "CREATE TABLE log (m TEXT); -- COMMIT;\nCREATE TRIGGER t AFTER INSERT ON items BEGIN INSERT INTO log VALUES ('COMMIT;'); END;",
+        ),
+        (
+            "0002_x/expand.postgres.sql",
+            "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN COMMIT; RETURN NEW; END $$;",
+        ),
+    ]);
+    Catalog::from_dir(dir.path()).expect("keywords inside strings, comments and bodies are SQL");
+}
