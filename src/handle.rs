@@ -12,10 +12,11 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use crate::backend::{Backend, PoolSettings};
 use crate::catalog::{sha256_hex, Catalog};
 use crate::dispatch::{Repository, Session};
-use crate::error::{redact, Error, Result};
+use crate::error::{Error, Result};
 use crate::fleet;
 use crate::lock::{SchemaLock, WriterPolicy};
 use crate::meta::{self, HistoryEntry, Instance, Meta, Prefix, State};
+use crate::redact::{redact, Secrets};
 use crate::upgrade::{Step, Upgrader};
 use crate::version::{Phase, Version};
 
@@ -138,6 +139,8 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) upgrader_key: i64,
     /// The database URL as given (it may hold a password: never printed).
     pub(crate) url: String,
+    /// The pieces of `url`'s password, masked in every message shown.
+    pub(crate) secrets: Secrets,
 }
 
 /// Shared by the application's handles only, never by tandem's background
@@ -409,26 +412,51 @@ impl<B: Backend> Builder<B> {
         )?;
 
         let target = redact(&self.url);
+        let secrets = Secrets::of(&self.url);
+        let connect_error = |message: String| Error::Connect {
+            target: target.clone(),
+            message: secrets.redact(&message),
+        };
+        // A URL libpq would misread quotes pieces of its password in its
+        // error: refuse it before it gets there.
+        if let Some(reason) = crate::redact::malformed_url_password(&self.url) {
+            return Err(connect_error(reason.to_owned()));
+        }
         let mut settings = self.settings;
         let (manager, customizer) = B::configure_pool(&self.url, &mut settings);
+        // One connection first, outside the pool: a database that cannot be
+        // opened at all (refused, no such file or directory, not a database,
+        // bad credentials) is reported with its cause at once, instead of
+        // after the pool's `connection_timeout` as "timed out".
+        {
+            use r2d2::ManageConnection as _;
+            let mut probe = manager
+                .connect()
+                .map_err(|e| connect_error(e.to_string()))?;
+            if let Some(customizer) = &customizer {
+                customizer
+                    .on_acquire(&mut probe)
+                    .map_err(|e| connect_error(e.to_string()))?;
+            }
+        }
         let mut builder = Pool::builder()
             .max_size(settings.max_size)
             .min_idle(Some(1))
             .connection_timeout(settings.connection_timeout)
             .test_on_check_out(settings.test_on_check_out)
             .idle_timeout(settings.idle_timeout)
-            .max_lifetime(settings.max_lifetime);
+            .max_lifetime(settings.max_lifetime)
+            .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
         if let Some(customizer) = customizer {
             builder = builder.connection_customizer(customizer);
         }
-        let pool = builder.build(manager).map_err(|e| Error::Connect {
-            target: target.clone(),
-            message: redact(&e.to_string()),
-        })?;
+        let pool = builder
+            .build(manager)
+            .map_err(|e| connect_error(e.to_string()))?;
 
         let (instance, host) = instance_id(&self.label);
         let meta = Meta::new(&prefix);
-        let mut conn = pool.get().map_err(|e| pool_error(&e))?;
+        let mut conn = pool.get().map_err(|e| pool_error(&e, &secrets))?;
         let live = initialize::<B>(&mut *conn, &meta, &self.catalog, baseline, &instance)?;
         drop(conn);
         let lease = match self.lease {
@@ -480,6 +508,7 @@ impl<B: Backend> Builder<B> {
             lock_key,
             upgrader_key,
             url: self.url.clone(),
+            secrets,
         };
         let inner = Arc::new(inner);
         let db = Tandem {
@@ -800,7 +829,10 @@ impl<B: Backend> Tandem<B> {
     /// [`Error::Pool`] when no connection is free in time.
     #[inline]
     pub fn connection(&self) -> Result<Conn<B>> {
-        self.inner.pool.get().map_err(|e| pool_error(&e))
+        self.inner
+            .pool
+            .get()
+            .map_err(|e| pool_error(&e, &self.inner.secrets))
     }
 
     /// The live version as this process knows it (no database round trip).
@@ -938,9 +970,21 @@ impl<E> From<diesel::result::Error> for Locked<E> {
     }
 }
 
-pub(crate) fn pool_error(e: &r2d2::Error) -> Error {
+pub(crate) fn pool_error(e: &r2d2::Error, secrets: &Secrets) -> Error {
     Error::Pool {
-        message: redact(&e.to_string()),
+        message: secrets.redact(&e.to_string()),
+    }
+}
+
+/// r2d2's error handler: connection errors logged through `tracing`, with
+/// every piece of the password masked (r2d2's default logs the driver's
+/// message as it is, through `log`).
+#[derive(Debug)]
+struct LogConnectionErrors(Secrets);
+
+impl<E: fmt::Display> r2d2::HandleError<E> for LogConnectionErrors {
+    fn handle_error(&self, error: E) {
+        tracing::warn!(error = %self.0.redact(&error.to_string()), "database connection failed");
     }
 }
 

@@ -171,6 +171,8 @@ pub mod embed;
 mod error;
 pub mod guide;
 pub mod protocol;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod redact;
 mod sql_check;
 mod version;
 
@@ -194,7 +196,9 @@ pub mod testing;
 mod upgrade;
 
 pub use catalog::{Catalog, CatalogVersion, EmbeddedCatalog, EmbeddedFile, PhaseSql};
-pub use error::{redact, CatalogError, Error, Result};
+pub use error::{CatalogError, Error, Result};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use redact::redact;
 pub use version::{Phase, Version};
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

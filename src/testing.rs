@@ -319,7 +319,7 @@ pub struct FreshDatabase {
 impl fmt::Debug for FreshDatabase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FreshDatabase")
-            .field("url", &crate::error::redact(&self.url))
+            .field("url", &crate::redact(&self.url))
             .finish()
     }
 }
@@ -382,11 +382,11 @@ impl FreshDatabase {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.subsec_nanos())
         );
-        let target = crate::error::redact(server_url);
+        let target = crate::redact(server_url);
         let mut admin =
             diesel::PgConnection::establish(server_url).map_err(|e| Error::Connect {
                 target: target.clone(),
-                message: crate::error::redact(&e.to_string()),
+                message: crate::redact(&e.to_string()),
             })?;
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -424,7 +424,7 @@ impl Drop for FreshDatabase {
                             .map_err(|e| e.to_string())
                     });
                 if let Err(e) = dropped {
-                    tracing::warn!(database = %name, error = %crate::error::redact(&e), "could not drop a test database");
+                    tracing::warn!(database = %name, error = %crate::redact(&e), "could not drop a test database");
                 }
             }
         }

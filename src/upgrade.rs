@@ -385,9 +385,15 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let naming_deadline = deadline + Duration::from_millis(500);
         let mut backoff = Duration::from_millis(5);
         loop {
-            if let Some(lock) =
-                B::try_upgrader_lock(&self.db.inner.url, self.db.inner.upgrader_key)?
-            {
+            let lock = B::try_upgrader_lock(&self.db.inner.url, self.db.inner.upgrader_key)
+                .map_err(|e| match e {
+                    Error::Connect { target, message } => Error::Connect {
+                        target,
+                        message: self.db.inner.secrets.redact(&message),
+                    },
+                    other => other,
+                })?;
+            if let Some(lock) = lock {
                 return Ok(lock);
             }
             let now = Instant::now();
@@ -996,7 +1002,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                                     .inner
                                     .pool
                                     .get_timeout(Duration::from_secs(2))
-                                    .map_err(|e| crate::handle::pool_error(&e))?;
+                                    .map_err(|e| {
+                                        crate::handle::pool_error(&e, &self.db.inner.secrets)
+                                    })?;
                                 meta.read_state::<B>(&mut fresh, meta::now_ms())
                             });
                             if let Ok(actual) = actual {

@@ -1383,3 +1383,92 @@ fn c36_transaction_control_in_phase_sql() {
     ]);
     Catalog::from_dir(dir.path()).expect("keywords inside strings, comments and bodies are SQL");
 }
+
+/// Passwords in every spelling libpq accepts (and some it misreads) never
+/// reach an error's `Display` or `Debug`, the builder's `Debug`, or the
+/// logs: neither whole nor in the pieces libpq quotes from a malformed URL.
+/// Each password is `Zk7`, a delimiter, then `Qw9`.
+#[cfg(feature = "postgres")]
+#[test]
+fn c37_passwords_in_every_spelling() {
+    let logs = captured_logs();
+    let spellings = [
+        "postgres://u:Zk7Qw9@127.0.0.1:1/db",
+        "postgresql://u:Zk7Qw9@127.0.0.1:1/db?sslmode=disable",
+        "postgres://u:Zk7/Qw9@127.0.0.1:1/db",
+        "postgres://u:Zk7?Qw9@127.0.0.1:1/db",
+        "postgres://u:Zk7#Qw9@127.0.0.1:1/db",
+        "postgres://u:Zk7%zzQw9@127.0.0.1:1/db",
+        "postgres://u:Zk7%40Qw9@127.0.0.1:1/db",
+        "postgres://u:Zk7Qw9@[::1]:1/db",
+        "postgres://127.0.0.1:1/db?password=Zk7Qw9&user=u",
+        "host=127.0.0.1 port=1 user=u password=Zk7Qw9",
+        "host=127.0.0.1 port=1 user=u password = Zk7Qw9",
+        "host=127.0.0.1 port=1 user=u password='Zk7 Qw9'",
+        "host=127.0.0.1 port=1 user=u password='Zk7\\'Qw9'",
+        "host=127.0.0.1 port=1 password=Zk7Qw9 user=u dbname=db",
+    ];
+    let leaks = |shown: &str| shown.contains("Zk7") || shown.contains("Qw9");
+    for url in spellings {
+        let builder = Tandem::<tandem::Postgres>::builder(url, tandem::demo::catalog().unwrap())
+            .connection_timeout(Duration::from_millis(300));
+        let debug = format!("{builder:?}");
+        assert!(!leaks(&debug), "{url}: the builder's Debug shows {debug}");
+        let started = std::time::Instant::now();
+        let err = builder.open().unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{url}: {err:?}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!leaks(&shown), "{url}: password leaked: {shown}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: took {:?}",
+            started.elapsed()
+        );
+    }
+    // A pool that cannot open connections logs through tandem's handler
+    // (tracing, redacted), not r2d2's default (`log`, verbatim).
+    if let Some((_d, url)) = PgKit::fresh_with_password("Zk7Qw9") {
+        let db = Tandem::<tandem::Postgres>::builder(&url, tandem::demo::catalog().unwrap())
+            .connection_timeout(Duration::from_millis(300))
+            .poll_interval(Duration::from_secs(5))
+            .open()
+            .unwrap();
+        let name = url.rsplit('/').next().unwrap().to_owned();
+        let admin = std::env::var("PG_DATABASE_URL").unwrap();
+        PgKit::exec(
+            &admin,
+            &format!(
+                "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+            ),
+        );
+        let held: Vec<_> = std::iter::from_fn(|| db.connection().ok())
+            .take(20)
+            .collect();
+        let err = db
+            .connection()
+            .err()
+            .expect("no connection while the database refuses them");
+        drop(held);
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!leaks(&shown), "password leaked: {shown}");
+        }
+        PgKit::exec(
+            &admin,
+            &format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        assert!(
+            logged.contains("database connection failed"),
+            "tandem's connection error handler logged nothing"
+        );
+        assert!(
+            !logged.contains("ERROR r2d2"),
+            "r2d2's default handler logged"
+        );
+    }
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(!leaks(&logged), "password leaked into the logs");
+}
