@@ -1472,3 +1472,59 @@ fn c37_passwords_in_every_spelling() {
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(!leaks(&logged), "password leaked into the logs");
 }
+
+/// A database that cannot be opened at all is reported with its cause at
+/// once, not after the pool's 30 s `connection_timeout` as "timed out".
+#[test]
+fn c38_permanent_connection_errors_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_db = dir.path().join("notes.txt");
+    std::fs::write(&not_a_db, "these are not the pages you are looking for ".repeat(100)).unwrap();
+    let mut cases: Vec<(String, &str, Box<dyn Fn() -> Result<(), Error>>)> = Vec::new();
+    for (url, cause) in [
+        ("/nonexistent/dir/app.db".to_owned(), "unable to open"),
+        (not_a_db.display().to_string(), "not a database"),
+        ("app\0.db".to_owned(), "nul"),
+    ] {
+        let u = url.clone();
+        cases.push((
+            url,
+            cause,
+            Box::new(move || {
+                Tandem::<tandem::Sqlite>::builder(&u, tandem::demo::catalog().unwrap())
+                    .open()
+                    .map(|_| ())
+            }),
+        ));
+    }
+    #[cfg(feature = "postgres")]
+    for (url, cause) in [
+        ("postgres://u@127.0.0.1:1/db".to_owned(), "refused"),
+        ("postgres://u@127.0.0.1:1/d\0b".to_owned(), "nul"),
+    ] {
+        let u = url.clone();
+        cases.push((
+            url,
+            cause,
+            Box::new(move || {
+                Tandem::<tandem::Postgres>::builder(&u, tandem::demo::catalog().unwrap())
+                    .open()
+                    .map(|_| ())
+            }),
+        ));
+    }
+    for (url, cause, open) in cases {
+        let started = std::time::Instant::now();
+        let err = open().unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, Error::Connect { .. }), "{url:?}: {err:?}");
+        assert!(took < Duration::from_secs(3), "{url:?}: took {took:?} ({err})");
+        assert!(
+            err.to_string().to_lowercase().contains(cause),
+            "{url:?}: {err} does not name the cause {cause:?}"
+        );
+        assert!(!err.to_string().contains("timed out"), "{url:?}: {err}");
+    }
+    let text = std::fs::read_to_string(&not_a_db).unwrap();
+    assert!(text.starts_with("these are not"), "the file was changed");
+}
