@@ -1479,7 +1479,11 @@ fn c37_passwords_in_every_spelling() {
 fn c38_permanent_connection_errors_fail_fast() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_db = dir.path().join("notes.txt");
-    std::fs::write(&not_a_db, "these are not the pages you are looking for ".repeat(100)).unwrap();
+    std::fs::write(
+        &not_a_db,
+        "these are not the pages you are looking for ".repeat(100),
+    )
+    .unwrap();
     let mut cases: Vec<(String, &str, Box<dyn Fn() -> Result<(), Error>>)> = Vec::new();
     for (url, cause) in [
         ("/nonexistent/dir/app.db".to_owned(), "unable to open"),
@@ -1518,7 +1522,10 @@ fn c38_permanent_connection_errors_fail_fast() {
         let err = open().unwrap_err();
         let took = started.elapsed();
         assert!(matches!(err, Error::Connect { .. }), "{url:?}: {err:?}");
-        assert!(took < Duration::from_secs(3), "{url:?}: took {took:?} ({err})");
+        assert!(
+            took < Duration::from_secs(3),
+            "{url:?}: took {took:?} ({err})"
+        );
         assert!(
             err.to_string().to_lowercase().contains(cause),
             "{url:?}: {err} does not name the cause {cause:?}"
@@ -1527,4 +1534,105 @@ fn c38_permanent_connection_errors_fail_fast() {
     }
     let text = std::fs::read_to_string(&not_a_db).unwrap();
     assert!(text.starts_with("these are not"), "the file was changed");
+}
+
+/// Which database errors count as passing lock conflicts (retried by
+/// phases) and which do not, from real errors: on SQLite by its messages
+/// (compiled in English); on PostgreSQL by kind (serialization failure)
+/// and, where diesel exposes no SQLSTATE, by the messages the server gives
+/// with `lc_messages` set explicitly to `C`.
+#[test]
+fn c39_lock_conflicts_are_recognized() {
+    use diesel::connection::SimpleConnection;
+    use tandem::Backend as _;
+    let (_d, url) = common::temp_db();
+    let mut first = common::raw(&url);
+    first
+        .batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY); BEGIN IMMEDIATE;")
+        .unwrap();
+    let mut second = common::raw(&url);
+    second.batch_execute("PRAGMA busy_timeout = 0").unwrap();
+    let busy = second.batch_execute("BEGIN IMMEDIATE").unwrap_err();
+    assert!(tandem::Sqlite::is_transient(&busy), "{busy}");
+    first
+        .batch_execute("INSERT INTO t VALUES (1); COMMIT;")
+        .unwrap();
+    let unique = second
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .unwrap_err();
+    assert!(!tandem::Sqlite::is_transient(&unique), "{unique}");
+    let syntax = second.batch_execute("SELEC 1").unwrap_err();
+    assert!(!tandem::Sqlite::is_transient(&syntax), "{syntax}");
+
+    #[cfg(feature = "postgres")]
+    if let Some((_g, url)) = PgKit::fresh() {
+        use diesel::Connection as _;
+        let name = url.rsplit('/').next().unwrap().to_owned();
+        PgKit::exec(&url, &format!("ALTER DATABASE {name} SET lc_messages = 'C'; CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0), (2, 0);"));
+        let connect = || diesel::PgConnection::establish(&url).unwrap();
+        let transient = |e: &diesel::result::Error| tandem::Postgres::is_transient(e);
+        // Lock timeout (55P03).
+        let mut holder = connect();
+        holder
+            .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;")
+            .unwrap();
+        let mut waiter = connect();
+        let timeout = waiter
+            .batch_execute("BEGIN; SET LOCAL lock_timeout = '50ms'; SELECT * FROM t;")
+            .unwrap_err();
+        assert!(
+            transient(&timeout),
+            "lock timeout not recognized: {timeout}"
+        );
+        waiter.batch_execute("ROLLBACK").unwrap();
+        // NOWAIT (55P03, "could not obtain lock").
+        let nowait = waiter
+            .batch_execute("BEGIN; LOCK TABLE t IN ACCESS SHARE MODE NOWAIT;")
+            .unwrap_err();
+        assert!(transient(&nowait), "NOWAIT not recognized: {nowait}");
+        waiter.batch_execute("ROLLBACK").unwrap();
+        holder.batch_execute("COMMIT").unwrap();
+        // Deadlock (40P01): two transactions take rows 1 and 2 in opposite orders.
+        let mut a = connect();
+        let mut b = connect();
+        a.batch_execute(
+            "BEGIN; SET LOCAL deadlock_timeout = '20ms'; UPDATE t SET v = 1 WHERE id = 1;",
+        )
+        .unwrap();
+        b.batch_execute(
+            "BEGIN; SET LOCAL deadlock_timeout = '20ms'; UPDATE t SET v = 1 WHERE id = 2;",
+        )
+        .unwrap();
+        let other = std::thread::spawn(move || {
+            let r = b.batch_execute("UPDATE t SET v = 2 WHERE id = 1;");
+            let _ = b.batch_execute("ROLLBACK");
+            r
+        });
+        let mine = a.batch_execute("UPDATE t SET v = 2 WHERE id = 2;");
+        let _ = a.batch_execute("ROLLBACK");
+        let theirs = other.join().unwrap();
+        let deadlock = mine
+            .err()
+            .or(theirs.err())
+            .expect("one side is the deadlock victim");
+        assert!(transient(&deadlock), "deadlock not recognized: {deadlock}");
+        // Serialization failure (40001), by kind.
+        let mut a = connect();
+        let mut b = connect();
+        a.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT sum(v) FROM t; UPDATE t SET v = v + 1 WHERE id = 1;").unwrap();
+        b.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT sum(v) FROM t; UPDATE t SET v = v + 1 WHERE id = 2;").unwrap();
+        a.batch_execute("COMMIT").unwrap();
+        let serialization = b.batch_execute("COMMIT").unwrap_err();
+        assert!(
+            transient(&serialization),
+            "serialization failure not recognized: {serialization}"
+        );
+        // And what is not a conflict.
+        let unique = a.batch_execute("INSERT INTO t VALUES (1, 0)").unwrap_err();
+        assert!(!transient(&unique), "{unique}");
+        let syntax = a.batch_execute("SELEC 1").unwrap_err();
+        assert!(!transient(&syntax), "{syntax}");
+        let missing = a.batch_execute("SELECT * FROM nowhere").unwrap_err();
+        assert!(!transient(&missing), "{missing}");
+    }
 }

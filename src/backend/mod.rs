@@ -240,14 +240,19 @@ macro_rules! bound_query {
 }
 pub(crate) use bound_query;
 
-/// Whether a diesel error's message names a lock conflict.
-pub(crate) fn message_is_transient(error: &diesel::result::Error, needles: &[&str]) -> bool {
+/// Whether a diesel error is a passing lock conflict: by its kind where
+/// diesel has one (`SerializationFailure`, SQLSTATE 40001), else by the
+/// server's message, matched against `messages` (each backend lists its own
+/// and says why text is all there is).
+pub(crate) fn is_lock_conflict(error: &diesel::result::Error, messages: &[&str]) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
     match error {
-        diesel::result::Error::DatabaseError(kind, info) => {
-            matches!(
-                kind,
-                diesel::result::DatabaseErrorKind::SerializationFailure
-            ) || needles.iter().any(|n| info.message().contains(n))
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        // A closed connection is not a conflict: retrying on it fails again.
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => false,
+        Error::DatabaseError(_, info) => {
+            let message = info.message();
+            messages.iter().any(|m| message.contains(m))
         }
         _ => false,
     }

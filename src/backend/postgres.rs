@@ -6,7 +6,20 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection};
 use diesel::result::QueryResult;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
-use super::{bound_query, message_is_transient, Backend, Bind, MetaRow, PoolSettings};
+use super::{bound_query, is_lock_conflict, Backend, Bind, MetaRow, PoolSettings};
+
+/// PostgreSQL's messages (`lc_messages = 'C'`) for the lock conflicts that
+/// diesel gives no kind: 55P03 `lock_not_available` ("canceling statement
+/// due to lock timeout", "could not obtain lock on …") and 40P01
+/// `deadlock_detected`; and 40001's text, for errors diesel did not type.
+/// `tests/bad_input.rs` (c39) produces each on a server with `lc_messages`
+/// set to `C`.
+const PG_LOCK_CONFLICTS: &[&str] = &[
+    "lock timeout",
+    "could not obtain lock",
+    "deadlock detected",
+    "could not serialize access",
+];
 
 #[derive(diesel::QueryableByName)]
 struct MaybeCount {
@@ -126,16 +139,17 @@ impl Backend for Postgres {
         ))
     }
 
+    /// Serialization failures by kind (SQLSTATE 40001). Lock timeouts
+    /// (55P03) and deadlocks (40P01) have no kind in diesel 2.3, which does
+    /// not expose the SQLSTATE, so they are matched by `PG_LOCK_CONFLICTS`,
+    /// the server's English messages: a server whose `lc_messages` is
+    /// another language reports them translated, and tandem then treats
+    /// them as errors (the phase fails, is journaled, and a rerun retries),
+    /// not as conflicts to retry at once. Set `lc_messages` to `C` or an
+    /// English locale for tandem's role (`ALTER ROLE … SET lc_messages =
+    /// 'C'`, which needs a superuser or the SET privilege on it).
     fn is_transient(error: &diesel::result::Error) -> bool {
-        message_is_transient(
-            error,
-            &[
-                "lock timeout",
-                "deadlock detected",
-                "could not obtain lock",
-                "could not serialize",
-            ],
-        )
+        is_lock_conflict(error, PG_LOCK_CONFLICTS)
     }
 
     fn table_exists_sql() -> &'static str {

@@ -9,7 +9,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection};
 use diesel::result::QueryResult;
 use diesel::{RunQueryDsl, SqliteConnection};
 
-use super::{bound_query, message_is_transient, Backend, Bind, MetaRow, PoolSettings};
+use super::{bound_query, is_lock_conflict, Backend, Bind, MetaRow, PoolSettings};
 
 /// The embedded SQLite backend (bundled; nothing to install).
 ///
@@ -126,11 +126,11 @@ impl Backend for Sqlite {
         None
     }
 
+    /// `SQLITE_BUSY` and `SQLITE_LOCKED`, by their messages: diesel gives
+    /// them no kind, and SQLite's messages are compiled into the library in
+    /// English (`sqlite3ErrStr`), whatever the locale.
     fn is_transient(error: &diesel::result::Error) -> bool {
-        message_is_transient(
-            error,
-            &["database is locked", "database table is locked", "busy"],
-        )
+        is_lock_conflict(error, &["database is locked", "database table is locked"])
     }
 
     fn table_exists_sql() -> &'static str {
