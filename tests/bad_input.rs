@@ -1484,7 +1484,8 @@ fn c38_permanent_connection_errors_fail_fast() {
         "these are not the pages you are looking for ".repeat(100),
     )
     .unwrap();
-    let mut cases: Vec<(String, &str, Box<dyn Fn() -> Result<(), Error>>)> = Vec::new();
+    type Open = Box<dyn Fn() -> Result<(), Error>>;
+    let mut cases: Vec<(String, &str, Open)> = Vec::new();
     for (url, cause) in [
         ("/nonexistent/dir/app.db".to_owned(), "unable to open"),
         (not_a_db.display().to_string(), "not a database"),
