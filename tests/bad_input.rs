@@ -1201,18 +1201,26 @@ fn c28_sqlite_in_memory_spellings_are_one_database() {
         "",
     ] {
         let db = SqliteKit::open(url);
-        let repo = SqliteKit::repo();
-        let ids: Vec<i64> = (0..5)
-            .map(|i| {
-                db.unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "a", &format!("{i}@x")))
-                    .unwrap_or_else(|e| panic!("{url:?}: {e}"))
+        // Threads at once: a pool of several connections would give some
+        // of them a database of their own, without the tables.
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let db = db.clone();
+                std::thread::spawn(move || -> Result<(), Error> {
+                    let repo = SqliteKit::repo();
+                    for i in 0..10 {
+                        let email = format!("{t}-{i}@x");
+                        let id =
+                            db.unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "a", &email))?;
+                        let read = db.call(&repo, |r, s| r.email(s.conn(), id))?;
+                        assert_eq!(read, Some(email));
+                    }
+                    Ok(())
+                })
             })
             .collect();
-        for (i, id) in ids.iter().enumerate() {
-            let email = db
-                .call(&repo, |r, s| r.email(s.conn(), *id))
-                .unwrap_or_else(|e| panic!("{url:?}: {e}"));
-            assert_eq!(email, Some(format!("{i}@x")), "{url:?}");
+        for w in workers {
+            w.join().unwrap().unwrap_or_else(|e| panic!("{url:?}: {e}"));
         }
         db.upgrader()
             .upgrade_to(2)
