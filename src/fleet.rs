@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::handle::{Inner, Tandem};
-use crate::meta::{self, Instance, Mode, State};
+use crate::meta::{Instance, Mode, State};
 use crate::version::Version;
 
 /// Calls take the steady path: the cached version under the in-process lock.
@@ -72,11 +72,12 @@ impl<B: Backend> Tandem<B> {
         let tick = coarsetime::Instant::now();
         let state = {
             let mut conn = self.connection()?;
-            let now = meta::now_ms();
-            let until = now + millis(inner.lease);
+            // The lease runs from the database's clock, not this host's.
             let (state, renewed) = self.write_transaction(&mut conn, |c| -> Result<_> {
-                let state = inner.meta.read_state::<B>(c, now)?;
-                let renewed = inner.meta.renew::<B>(c, &inner.me.id, until)?;
+                let state = inner.meta.read_state::<B>(c)?;
+                let renewed = inner
+                    .meta
+                    .renew::<B>(c, &inner.me.id, millis(inner.lease))?;
                 Ok((state, renewed))
             })?;
             if !renewed && !inner.shutdown.load(Ordering::Acquire) {
@@ -116,12 +117,10 @@ impl<B: Backend> Tandem<B> {
         self.write_transaction(conn, |c| -> Result<State> {
             let key = inner.lock_key;
             B::enter_shared(c, inner.meta.prefix(), inner.meta.state_table(), key)?;
-            let now = meta::now_ms();
-            let state = inner.meta.read_state::<B>(c, now)?;
+            let state = inner.meta.read_state::<B>(c)?;
             let mut me = inner.me.clone();
             me.observed_epoch = if acknowledge { state.epoch } else { 0 };
-            me.lease_until_ms = now + millis(inner.lease);
-            inner.meta.register::<B>(c, &me, now)?;
+            inner.meta.register::<B>(c, &me, millis(inner.lease))?;
             Ok(state)
         })
     }
@@ -228,11 +227,10 @@ impl<B: Backend> Tandem<B> {
     /// an impossible version.
     pub fn instances(&self) -> Result<Vec<Instance>> {
         let mut conn = self.connection()?;
-        let now = meta::now_ms();
         self.write_transaction(&mut conn, |c| {
             self.inner
                 .meta
-                .live_instances::<B>(c, now, millis(self.inner.lease))
+                .live_instances::<B>(c, millis(self.inner.lease))
         })
     }
 
@@ -246,13 +244,12 @@ impl<B: Backend> Tandem<B> {
     ) -> Result<Vec<Instance>> {
         let deadline = Instant::now() + timeout.min(crate::handle::FOREVER);
         loop {
-            let now = meta::now_ms();
             let (instances, current) = self.write_transaction(conn, |c| -> Result<_> {
-                let current = self.inner.meta.read_state::<B>(c, now)?.epoch;
+                let current = self.inner.meta.read_state::<B>(c)?.epoch;
                 let live = self
                     .inner
                     .meta
-                    .live_instances::<B>(c, now, millis(self.inner.lease))?;
+                    .live_instances::<B>(c, millis(self.inner.lease))?;
                 Ok((live, current))
             })?;
             // An acknowledgement beyond the state row's own epoch was never

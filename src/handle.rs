@@ -542,7 +542,7 @@ fn initialize<B: Backend>(
         let state_exists = Meta::table_exists::<B>(c, meta.state_table())?;
         meta.check_tables::<B>(c, state_exists)?;
         if state_exists {
-            let state = meta.read_state::<B>(c, now)?;
+            let state = meta.read_state::<B>(c)?;
             if let Some(requested) = baseline {
                 let baselined = meta
                     .history::<B>(c)?
@@ -560,7 +560,7 @@ fn initialize<B: Backend>(
         let tables = Meta::count::<B>(c, B::user_tables_sql(), &[])?;
         match baseline {
             Some(version) => {
-                meta.create::<B>(c, version, now)?;
+                meta.create::<B>(c, version)?;
                 meta.record::<B>(
                     c,
                     version,
@@ -593,7 +593,7 @@ fn initialize<B: Backend>(
                         phase: Phase::Expand,
                         source,
                     })?;
-                meta.create::<B>(c, first, now)?;
+                meta.create::<B>(c, first)?;
                 meta.record::<B>(
                     c,
                     first,
@@ -872,7 +872,7 @@ impl<B: Backend> Tandem<B> {
     /// [`Error::MetadataCorrupt`] or a database error.
     pub fn state(&self) -> Result<State> {
         let mut conn = self.connection()?;
-        self.inner.meta.read_state::<B>(&mut *conn, meta::now_ms())
+        self.inner.meta.read_state::<B>(&mut *conn)
     }
 
     /// Every applied, running or failed phase, oldest first.

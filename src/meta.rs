@@ -194,7 +194,8 @@ pub struct Instance {
     pub last: Version,
     /// The last state epoch it acknowledged.
     pub observed_epoch: i64,
-    /// When its lease expires (ms since the Unix epoch), unless renewed.
+    /// When its lease expires (ms since the Unix epoch, by the database's
+    /// clock: leases never depend on hosts' clocks agreeing), unless renewed.
     pub lease_until_ms: i64,
 }
 
@@ -258,8 +259,9 @@ pub(crate) struct StateRow {
     epoch: i64,
     #[diesel(sql_type = Nullable<Text>)]
     owner: Option<String>,
+    /// Milliseconds the upgrade lease has left, by the database's clock.
     #[diesel(sql_type = Nullable<BigInt>)]
-    owner_until: Option<i64>,
+    owner_left: Option<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -286,8 +288,9 @@ pub(crate) struct HistoryRow {
 struct OwnerRow {
     #[diesel(sql_type = Nullable<Text>)]
     owner: Option<String>,
+    /// Milliseconds the lease has left, by the database's clock.
     #[diesel(sql_type = Nullable<BigInt>)]
-    owner_until: Option<i64>,
+    owner_left: Option<i64>,
 }
 
 /// Milliseconds since the Unix epoch, from this process's clock.
@@ -472,7 +475,6 @@ impl Meta {
         &self,
         conn: &mut B::Connection,
         version: Version,
-        now: i64,
     ) -> Result<()> {
         let statements = [
             format!(
@@ -504,24 +506,23 @@ impl Meta {
         B::execute(
             conn,
             &format!(
-                "INSERT INTO {} (id, version, phase, mode, epoch, updated_at) VALUES (1, $1, 'stable', 'steady', 1, $2)",
-                self.state
+                "INSERT INTO {} (id, version, phase, mode, epoch, updated_at) VALUES (1, $1, 'stable', 'steady', 1, {})",
+                self.state,
+                B::now_ms_sql()
             ),
-            &[Bind::I64(version.as_i64()), Bind::I64(now)],
+            &[Bind::I64(version.as_i64())],
         )?;
         Ok(())
     }
 
-    /// Reads the state row. `now` decides whether the upgrader lease has expired.
-    pub(crate) fn read_state<B: Backend>(
-        &self,
-        conn: &mut B::Connection,
-        now: i64,
-    ) -> Result<State> {
+    /// Reads the state row. The database's clock decides whether the
+    /// upgrader lease has expired.
+    pub(crate) fn read_state<B: Backend>(&self, conn: &mut B::Connection) -> Result<State> {
         let rows: Vec<StateRow> = B::load(
             conn,
             &format!(
-                "SELECT version, phase, mode, epoch, owner, owner_until FROM {} WHERE id = 1",
+                "SELECT version, phase, mode, epoch, owner, owner_until - {} AS owner_left FROM {} WHERE id = 1",
+                B::now_ms_sql(),
                 self.state
             ),
             &[],
@@ -561,8 +562,8 @@ impl Meta {
                 ),
             ));
         }
-        let upgrader = match (row.owner, row.owner_until) {
-            (Some(owner), Some(until)) if until > now => Some(owner),
+        let upgrader = match (row.owner, row.owner_left) {
+            (Some(owner), Some(left)) if left > 0 => Some(owner),
             _ => None,
         };
         Ok(State {
@@ -583,19 +584,18 @@ impl Meta {
         from: (Version, StatePhase),
         to: (Version, StatePhase),
         owner: &str,
-        now: i64,
     ) -> Result<Option<i64>> {
         let rows: Vec<CountRow> = B::load(
             conn,
             &format!(
-                "UPDATE {} SET version = $1, phase = $2, epoch = epoch + 1, updated_at = $3 \
-                 WHERE id = 1 AND version = $4 AND phase = $5 AND owner = $6 RETURNING epoch AS n",
-                self.state
+                "UPDATE {} SET version = $1, phase = $2, epoch = epoch + 1, updated_at = {} \
+                 WHERE id = 1 AND version = $3 AND phase = $4 AND owner = $5 RETURNING epoch AS n",
+                self.state,
+                B::now_ms_sql()
             ),
             &[
                 Bind::I64(to.0.as_i64()),
                 Bind::Text(to.1.as_str()),
-                Bind::I64(now),
                 Bind::I64(from.0.as_i64()),
                 Bind::Text(from.1.as_str()),
                 Bind::Text(owner),
@@ -604,37 +604,49 @@ impl Meta {
         Ok(rows.first().map(|r| r.n))
     }
 
-    /// Takes or renews the upgrade lease for `owner` unless another holder's
-    /// lease is still valid. Returns the other holder and its expiry otherwise.
+    /// Takes or renews the upgrade lease for `owner`, for `lease_ms` of the
+    /// database's clock, unless another holder's lease is still valid by
+    /// that clock (or `take_over`: the caller has proof that the holder is
+    /// dead). Returns the other holder and the milliseconds its lease has
+    /// left otherwise.
     pub(crate) fn try_lease<B: Backend>(
         &self,
         conn: &mut B::Connection,
         owner: &str,
-        now: i64,
-        until: i64,
+        lease_ms: i64,
+        take_over: bool,
     ) -> Result<Option<(String, i64)>> {
+        let now = B::now_ms_sql();
         let changed = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET owner = $1, owner_until = $2 \
-                 WHERE id = 1 AND (owner IS NULL OR owner = $1 OR owner_until IS NULL OR owner_until <= $3)",
+                "UPDATE {} SET owner = $1, owner_until = {now} + $2 \
+                 WHERE id = 1 AND ($3 = 1 OR owner IS NULL OR owner = $1 OR owner_until IS NULL \
+                 OR owner_until <= {now})",
                 self.state
             ),
-            &[Bind::Text(owner), Bind::I64(until), Bind::I64(now)],
+            &[
+                Bind::Text(owner),
+                Bind::I64(lease_ms),
+                Bind::I64(i64::from(take_over)),
+            ],
         )?;
         if changed == 1 {
             return Ok(None);
         }
         let rows: Vec<OwnerRow> = B::load(
             conn,
-            &format!("SELECT owner, owner_until FROM {} WHERE id = 1", self.state),
+            &format!(
+                "SELECT owner, owner_until - {now} AS owner_left FROM {} WHERE id = 1",
+                self.state
+            ),
             &[],
         )?;
         match rows.into_iter().next() {
             Some(OwnerRow {
                 owner: Some(holder),
-                owner_until: Some(until),
-            }) => Ok(Some((holder, until))),
+                owner_left: Some(left),
+            }) => Ok(Some((holder, left.max(0)))),
             _ => Err(self.corrupt(
                 &self.state,
                 "the row vanished while taking the upgrade lease",
@@ -642,22 +654,26 @@ impl Meta {
         }
     }
 
-    /// The holder of an unexpired upgrade lease and its expiry, if any.
+    /// The holder of an unexpired upgrade lease (by the database's clock)
+    /// and the milliseconds it has left, if any.
     pub(crate) fn lease_holder<B: Backend>(
         &self,
         conn: &mut B::Connection,
-        now: i64,
     ) -> Result<Option<(String, i64)>> {
         let rows: Vec<OwnerRow> = B::load(
             conn,
-            &format!("SELECT owner, owner_until FROM {} WHERE id = 1", self.state),
+            &format!(
+                "SELECT owner, owner_until - {} AS owner_left FROM {} WHERE id = 1",
+                B::now_ms_sql(),
+                self.state
+            ),
             &[],
         )?;
         Ok(rows.into_iter().next().and_then(|r| match r {
             OwnerRow {
                 owner: Some(holder),
-                owner_until: Some(until),
-            } if until > now => Some((holder, until)),
+                owner_left: Some(left),
+            } if left > 0 => Some((holder, left)),
             _ => None,
         }))
     }
@@ -775,12 +791,13 @@ impl Meta {
             .collect()
     }
 
-    /// Inserts or replaces this instance's fleet row.
+    /// Inserts or replaces this instance's fleet row, its lease running
+    /// `lease_ms` from the database's clock (`me.lease_until_ms` is ignored).
     pub(crate) fn register<B: Backend>(
         &self,
         conn: &mut B::Connection,
         me: &Instance,
-        now: i64,
+        lease_ms: i64,
     ) -> Result<()> {
         B::execute(
             conn,
@@ -791,8 +808,9 @@ impl Meta {
             conn,
             &format!(
                 "INSERT INTO {} (id, host, pid, label, min_version, max_version, observed_epoch, lease_until, started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                self.fleet
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, {now} + $8, {now})",
+                self.fleet,
+                now = B::now_ms_sql()
             ),
             &[
                 Bind::Text(&me.id),
@@ -802,25 +820,28 @@ impl Meta {
                 Bind::I64(me.first.as_i64()),
                 Bind::I64(me.last.as_i64()),
                 Bind::I64(me.observed_epoch),
-                Bind::I64(me.lease_until_ms),
-                Bind::I64(now),
+                Bind::I64(lease_ms),
             ],
         )?;
         Ok(())
     }
 
-    /// Renews this instance's lease. Returns false if the row is gone
-    /// (expired and removed).
+    /// Renews this instance's lease for `lease_ms` of the database's clock.
+    /// Returns false if the row is gone (expired and removed).
     pub(crate) fn renew<B: Backend>(
         &self,
         conn: &mut B::Connection,
         id: &str,
-        until: i64,
+        lease_ms: i64,
     ) -> Result<bool> {
         let n = B::execute(
             conn,
-            &format!("UPDATE {} SET lease_until = $1 WHERE id = $2", self.fleet),
-            &[Bind::I64(until), Bind::Text(id)],
+            &format!(
+                "UPDATE {} SET lease_until = {} + $1 WHERE id = $2",
+                self.fleet,
+                B::now_ms_sql()
+            ),
+            &[Bind::I64(lease_ms), Bind::Text(id)],
         )?;
         Ok(n == 1)
     }
@@ -864,18 +885,16 @@ impl Meta {
     pub(crate) fn live_instances<B: Backend>(
         &self,
         conn: &mut B::Connection,
-        now: i64,
         grace: i64,
     ) -> Result<Vec<Instance>> {
-        let cutoff = now.saturating_sub(grace);
-        let cap = now.saturating_add(crate::fleet::millis(crate::handle::MAX_LEASE));
+        let now = B::now_ms_sql();
         let capped = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET lease_until = $1 WHERE lease_until > $1",
+                "UPDATE {} SET lease_until = {now} + $1 WHERE lease_until > {now} + $1",
                 self.fleet
             ),
-            &[Bind::I64(cap)],
+            &[Bind::I64(crate::fleet::millis(crate::handle::MAX_LEASE))],
         )?;
         if capped > 0 {
             tracing::warn!(
@@ -885,17 +904,17 @@ impl Meta {
         }
         B::execute(
             conn,
-            &format!("DELETE FROM {} WHERE lease_until <= $1", self.fleet),
-            &[Bind::I64(cutoff)],
+            &format!("DELETE FROM {} WHERE lease_until <= {now} - $1", self.fleet),
+            &[Bind::I64(grace)],
         )?;
         let rows: Vec<FleetRow> = B::load(
             conn,
             &format!(
                 "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until \
-                 FROM {} WHERE lease_until > $1 ORDER BY id",
+                 FROM {} WHERE lease_until > {now} - $1 ORDER BY id",
                 self.fleet
             ),
-            &[Bind::I64(cutoff)],
+            &[Bind::I64(grace)],
         )?;
         rows.into_iter().map(|r| self.to_instance(r)).collect()
     }
@@ -967,12 +986,15 @@ impl Meta {
         conn: &mut B::Connection,
         mode: Mode,
         owner: &str,
-        now: i64,
     ) -> Result<i64> {
         let n = B::execute(
             conn,
-            &format!("UPDATE {} SET mode = $1, epoch = epoch + 1, updated_at = $2 WHERE id = 1 AND owner = $3", self.state),
-            &[Bind::Text(mode.as_str()), Bind::I64(now), Bind::Text(owner)],
+            &format!(
+                "UPDATE {} SET mode = $1, epoch = epoch + 1, updated_at = {} WHERE id = 1 AND owner = $2",
+                self.state,
+                B::now_ms_sql()
+            ),
+            &[Bind::Text(mode.as_str()), Bind::Text(owner)],
         )?;
         if n != 1 {
             return Err(Error::UpgraderBusy {
@@ -980,7 +1002,7 @@ impl Meta {
                 expires_in_ms: 0,
             });
         }
-        Ok(self.read_state::<B>(conn, now)?.epoch)
+        Ok(self.read_state::<B>(conn)?.epoch)
     }
 }
 

@@ -299,7 +299,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     pub fn evict(&self, instance_id: &str) -> Result<String> {
         self.with_lease(|conn| {
             self.db.write_transaction(conn, |c| -> Result<String> {
-                let state = self.db.inner.meta.read_state::<B>(c, meta::now_ms())?;
+                let state = self.db.inner.meta.read_state::<B>(c)?;
                 let described =
                     self.db
                         .inner
@@ -357,7 +357,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             .db
             .inner
             .meta
-            .read_state::<B>(&mut conn, meta::now_ms())
+            .read_state::<B>(&mut conn)
             .map(|s| s.mode == Mode::Deploying);
         if deploying.unwrap_or(false) {
             if let Err(e) = self.leave_deploying(&mut conn) {
@@ -398,13 +398,12 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             }
             let now = Instant::now();
             if now >= deadline {
-                let now_ms = meta::now_ms();
-                let holder = self.db.inner.meta.lease_holder::<B>(conn, now_ms)?;
+                let holder = self.db.inner.meta.lease_holder::<B>(conn)?;
                 match holder {
-                    Some((holder, until)) => {
+                    Some((holder, left)) => {
                         return Err(Error::UpgraderBusy {
                             holder,
-                            expires_in_ms: (until - now_ms).max(0),
+                            expires_in_ms: left,
                         })
                     }
                     None if now >= naming_deadline => {
@@ -427,31 +426,26 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let deadline = Instant::now() + self.wait_for_lease;
         let mut backoff = Duration::from_millis(5);
         loop {
-            let now = meta::now_ms();
-            let until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
             // Holding the backend's upgrader lock proves a leftover lease's
             // holder dead (it would still hold the lock): take it over.
-            let expired_before = if B::UPGRADER_LOCK_PROVES_DEATH {
-                i64::MAX
-            } else {
-                now
-            };
             let holder = self.db.write_transaction(conn, |c| {
-                self.db
-                    .inner
-                    .meta
-                    .try_lease::<B>(c, &self.owner, expired_before, until)
+                self.db.inner.meta.try_lease::<B>(
+                    c,
+                    &self.owner,
+                    self.lease_ms(),
+                    B::UPGRADER_LOCK_PROVES_DEATH,
+                )
             })?;
             match holder {
                 None => {
                     self.last_renewal.set(Some(Instant::now()));
                     return Ok(());
                 }
-                Some((holder, until)) => {
+                Some((holder, left)) => {
                     if Instant::now() >= deadline {
                         return Err(Error::UpgraderBusy {
                             holder,
-                            expires_in_ms: (until - now).max(0),
+                            expires_in_ms: left,
                         });
                     }
                     thread::sleep(backoff);
@@ -461,6 +455,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
     }
 
+    /// The upgrade lease in milliseconds (of the database's clock).
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
     /// Renews the lease when a third of it has passed (during long phases).
     fn renew_lease(&self, conn: &mut B::Connection) -> Result<()> {
         let due = self
@@ -468,18 +467,16 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             .get()
             .is_none_or(|t| t.elapsed() >= self.lease / 3);
         if due {
-            let now = meta::now_ms();
-            let until = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
             let holder = self.db.write_transaction(conn, |c| {
                 self.db
                     .inner
                     .meta
-                    .try_lease::<B>(c, &self.owner, now, until)
+                    .try_lease::<B>(c, &self.owner, self.lease_ms(), false)
             })?;
-            if let Some((holder, until)) = holder {
+            if let Some((holder, left)) = holder {
                 return Err(Error::UpgraderBusy {
                     holder,
-                    expires_in_ms: (until - now).max(0),
+                    expires_in_ms: left,
                 });
             }
             self.last_renewal.set(Some(Instant::now()));
@@ -509,7 +506,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     }
 
     fn read_state(&self, conn: &mut B::Connection) -> Result<State> {
-        let state = self.db.inner.meta.read_state::<B>(conn, meta::now_ms())?;
+        let state = self.db.inner.meta.read_state::<B>(conn)?;
         let latest = self.db.catalog().latest();
         if state.version > latest {
             return Err(Error::UnknownVersion {
@@ -523,7 +520,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// Inside a phase transaction: the state is still what the phase was
     /// planned on, and this upgrader still holds the lease.
     fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<()> {
-        let now_state = self.db.inner.meta.read_state::<B>(conn, meta::now_ms())?;
+        let now_state = self.db.inner.meta.read_state::<B>(conn)?;
         if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
             return Err(Error::UpgraderBusy {
                 holder: now_state
@@ -554,10 +551,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         c: &mut B::Connection,
         from: (Version, StatePhase),
         to: (Version, StatePhase),
-        now: i64,
     ) -> Result<i64> {
         let meta = &self.db.inner.meta;
-        meta.transition::<B>(c, from, to, &self.owner, now)?
+        meta.transition::<B>(c, from, to, &self.owner)?
             .ok_or_else(|| Error::MetadataCorrupt {
                 table: meta.state_table().to_owned(),
                 detail: format!(
@@ -761,7 +757,6 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 c,
                 (state.version, StatePhase::Stable),
                 (state.version, StatePhase::Expanded),
-                now,
             )?;
             meta.finish_running::<B>(c, target, Phase::Expand, now)?;
             self.step("expand: finished, before commit")
@@ -837,11 +832,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         // switched to (this one included).
         let me = self.db.instance_id().to_owned();
         let instances = self.db.write_transaction(conn, |c| {
-            self.db.inner.meta.live_instances::<B>(
-                c,
-                meta::now_ms(),
-                crate::fleet::millis(self.db.inner.lease),
-            )
+            self.db
+                .inner
+                .meta
+                .live_instances::<B>(c, crate::fleet::millis(self.db.inner.lease))
         })?;
         let served = self.db.served_versions();
         let mut lacking: Vec<String> = instances
@@ -924,11 +918,8 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         // register under the shared one): one that joined since
                         // we looked may lack the new version, or, alone before,
                         // we now need deploying mode.
-                        let live = meta.live_instances::<B>(
-                            c,
-                            now,
-                            crate::fleet::millis(self.db.inner.lease),
-                        )?;
+                        let live =
+                            meta.live_instances::<B>(c, crate::fleet::millis(self.db.inner.lease))?;
                         let lacking: Vec<String> = live
                             .iter()
                             .filter(|i| i.id != me && !i.serves(to.0))
@@ -947,7 +938,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                             run_sql(c, sql, owner_version, phase)?;
                         }
                         self.step("switch: SQL run, before commit")?;
-                        let epoch = self.transition(c, (state.version, state.phase), to, now)?;
+                        let epoch = self.transition(c, (state.version, state.phase), to)?;
                         self.journal(c, owner_version, phase, &checksum, now, meta::APPLIED)?;
                         Ok((Some(epoch), db_wait, db_escalated))
                     });
@@ -996,7 +987,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                             // pool (SQLite `:memory:`) has no other to give. If it
                             // is the broken part, on a fresh one, briefly.
                             let meta = &self.db.inner.meta;
-                            let actual = meta.read_state::<B>(conn, meta::now_ms()).or_else(|_| {
+                            let actual = meta.read_state::<B>(conn).or_else(|_| {
                                 let mut fresh = self
                                     .db
                                     .inner
@@ -1005,7 +996,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                                     .map_err(|e| {
                                         crate::handle::pool_error(&e, &self.db.inner.secrets)
                                     })?;
-                                meta.read_state::<B>(&mut fresh, meta::now_ms())
+                                meta.read_state::<B>(&mut fresh)
                             });
                             if let Ok(actual) = actual {
                                 self.db.cache_state(actual.epoch, actual.version, None);
@@ -1069,7 +1060,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             self.db
                 .inner
                 .meta
-                .set_mode::<B>(c, Mode::Deploying, &self.owner, meta::now_ms())
+                .set_mode::<B>(c, Mode::Deploying, &self.owner)
         })?;
         tracing::info!(
             epoch,
@@ -1153,7 +1144,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             self.db
                 .inner
                 .meta
-                .set_mode::<B>(c, Mode::Steady, &self.owner, meta::now_ms())
+                .set_mode::<B>(c, Mode::Steady, &self.owner)
         })?;
         // If calls are slow to drain the poller adopts steady mode later; the
         // locking path is safe meanwhile.
@@ -1248,7 +1239,6 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 c,
                 (version, StatePhase::Switched),
                 (version, StatePhase::Stable),
-                now,
             )?;
             self.journal(c, version, Phase::Contract, &checksum, now, meta::APPLIED)
         });

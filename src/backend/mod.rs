@@ -198,6 +198,11 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// Column type of an auto-increment primary key.
     fn serial_primary_key() -> &'static str;
 
+    /// An SQL expression for the database's clock, in milliseconds since
+    /// the Unix epoch (`BIGINT`). Every lease, expiry and cutoff that
+    /// crosses processes is computed with it, never with a host's clock.
+    fn now_ms_sql() -> &'static str;
+
     /// SQL returning one row with a `TEXT` column `name` per column of
     /// table `$1` (none if the table does not exist).
     fn column_names_sql() -> &'static str;

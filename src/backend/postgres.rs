@@ -161,6 +161,12 @@ impl Backend for Postgres {
         "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema()"
     }
 
+    /// `clock_timestamp()`: the server's clock as the statement runs (not
+    /// `now()`, the transaction's start).
+    fn now_ms_sql() -> &'static str {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT"
+    }
+
     fn column_names_sql() -> &'static str {
         "SELECT column_name::text AS name FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = $1"

@@ -145,6 +145,12 @@ impl Backend for Sqlite {
         "INTEGER PRIMARY KEY"
     }
 
+    /// SQLite's clock: the clock of the host the database file is on, as
+    /// every process using the file runs there.
+    fn now_ms_sql() -> &'static str {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    }
+
     fn column_names_sql() -> &'static str {
         "SELECT name FROM pragma_table_info($1)"
     }
