@@ -93,7 +93,23 @@ impl<B: Backend> Tandem<B> {
         };
         self.set_lease_deadline(tick);
         if state.epoch < *adopted {
-            return Ok(state);
+            // Ticks are serialized and each reads committed state: an older
+            // epoch than the last one adopted means the row itself went
+            // backwards (a restore, a hand edit). Epoch order is meaningless
+            // from here on; adopt the row as it is now instead.
+            tracing::error!(
+                epoch = state.epoch,
+                adopted = *adopted,
+                "the state row's epoch went backwards (a restore or a hand edit?): \
+                 dropping the cached version and adopting the row as it is now"
+            );
+            let fresh = self.readopt()?;
+            *adopted = fresh.epoch;
+            let mut conn = self.connection()?;
+            self.write_transaction(&mut conn, |c| {
+                inner.meta.acknowledge::<B>(c, &inner.me.id, fresh.epoch)
+            })?;
+            return Ok(fresh);
         }
         // No connection is held while waiting for the in-process write lock.
         self.adopt(&state)?;
@@ -125,6 +141,47 @@ impl<B: Backend> Tandem<B> {
         })
     }
 
+    /// After the state row's epoch went backwards: under the in-process
+    /// write lock (steady calls drained, and this process's own switch
+    /// excluded: alone, it commits and caches under that lock), reads the
+    /// row again and caches it whatever its epoch.
+    fn readopt(&self) -> Result<State> {
+        let inner = &self.inner;
+        let _drained = self.drain(Version::FIRST)?;
+        let mut conn = self.connection()?;
+        let state = self.write_transaction(&mut conn, |c| inner.meta.read_state::<B>(c))?;
+        let want = if state.mode == Mode::Steady && self.lease_fresh() {
+            STEADY
+        } else {
+            LOCKING
+        };
+        self.cache_state(state.epoch, state.version, Some(want), true);
+        Ok(state)
+    }
+
+    /// The in-process write lock, every steady call in flight drained,
+    /// within a quarter of the lease (so the poller keeps renewing while
+    /// calls are slow).
+    fn drain(&self, version: Version) -> Result<crate::lock::WriteGuard<'_>> {
+        let inner = &self.inner;
+        let live = self.live_version();
+        let mut policy = inner.writer;
+        let round = policy
+            .patience
+            .saturating_add(policy.escalation)
+            .max(Duration::from_millis(1));
+        let rounds = ((inner.lease / 4).as_nanos() / round.as_nanos()).max(1);
+        policy.attempts = policy
+            .attempts
+            .min(u32::try_from(rounds).unwrap_or(u32::MAX));
+        inner.lock.write(&policy).map_err(|g| Error::LockTimeout {
+            version,
+            live,
+            attempts: g.attempts,
+            waited: g.waited,
+        })
+    }
+
     /// Makes the local mode and cached version match `state`, draining steady
     /// calls in flight (in-process write lock) when either changes. The
     /// drain's budget stays under a quarter of the lease, so the poller keeps
@@ -142,21 +199,9 @@ impl<B: Backend> Tandem<B> {
         if same {
             return Ok(());
         }
-        let live = self.live_version();
-        let mut policy = inner.writer;
-        let round = (policy.patience + policy.escalation).max(Duration::from_millis(1));
-        let rounds = ((inner.lease / 4).as_nanos() / round.as_nanos()).max(1);
-        policy.attempts = policy
-            .attempts
-            .min(u32::try_from(rounds).unwrap_or(u32::MAX));
-        let _drained = inner.lock.write(&policy).map_err(|g| Error::LockTimeout {
-            version: state.version,
-            live,
-            attempts: g.attempts,
-            waited: g.waited,
-        })?;
+        let _drained = self.drain(state.version)?;
         // Drained: no steady call is in flight while the guard is held.
-        if self.cache_state(state.epoch, state.version, Some(want)) {
+        if self.cache_state(state.epoch, state.version, Some(want), false) {
             tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
         } else {
             tracing::debug!(
@@ -168,13 +213,21 @@ impl<B: Backend> Tandem<B> {
     }
 
     /// Caches the live version (and the call path, if given) of the state
-    /// row with `epoch`, unless a newer row is cached already; returns
-    /// whether it did. Callers hold the in-process write lock, or calls take
-    /// the locking path.
-    pub(crate) fn cache_state(&self, epoch: i64, version: Version, path: Option<u8>) -> bool {
+    /// row with `epoch`, unless a newer row is cached already (or `force`:
+    /// the row was read or written just now under the in-process write
+    /// lock, such as this process's own switch); returns whether it did.
+    /// Callers hold the in-process write lock, or calls take the locking
+    /// path.
+    pub(crate) fn cache_state(
+        &self,
+        epoch: i64,
+        version: Version,
+        path: Option<u8>,
+        force: bool,
+    ) -> bool {
         let inner = &self.inner;
         let mut cached = inner.cached_epoch.lock();
-        if epoch < *cached {
+        if epoch < *cached && !force {
             return false;
         }
         *cached = epoch;

@@ -846,7 +846,9 @@ impl Meta {
         Ok(n == 1)
     }
 
-    /// Acknowledges the state epoch this instance has acted on.
+    /// Acknowledges the state epoch this instance has acted on. Ticks are
+    /// serialized, so acknowledgements only go back when the state row's
+    /// epoch did (a restore): then the lower one is the truth.
     pub(crate) fn acknowledge<B: Backend>(
         &self,
         conn: &mut B::Connection,
@@ -856,7 +858,7 @@ impl Meta {
         B::execute(
             conn,
             &format!(
-                "UPDATE {} SET observed_epoch = $1 WHERE id = $2 AND observed_epoch < $1",
+                "UPDATE {} SET observed_epoch = $1 WHERE id = $2 AND observed_epoch <> $1",
                 self.fleet
             ),
             &[Bind::I64(epoch), Bind::Text(id)],

@@ -949,7 +949,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                     // the database.) Tagged with the new row's epoch, so a
                     // poller tick that read the row before the switch cannot
                     // put the old version back.
-                    self.db.cache_state(epoch, to.0, None);
+                    // Forced: the row this switch just wrote is the truth,
+                    // even if the epoch went backwards (a restore) since
+                    // this process cached one.
+                    self.db.cache_state(epoch, to.0, None, true);
                     report.writer_wait += db_wait;
                     report.escalated |= db_escalated;
                     report.held = held_from.elapsed().saturating_sub(db_wait);
@@ -999,7 +1002,8 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                                 meta.read_state::<B>(&mut fresh)
                             });
                             if let Ok(actual) = actual {
-                                self.db.cache_state(actual.epoch, actual.version, None);
+                                self.db
+                                    .cache_state(actual.epoch, actual.version, None, true);
                             }
                         }
                         drop(guard);

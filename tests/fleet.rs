@@ -551,6 +551,88 @@ macro_rules! fleet_suite {
                     instances[0].max_lock_wait()
                 );
             }
+
+            /// The old binary (its catalog ends at version 1, it serves
+            /// 1..=1) restarted in the middle of a deploy: it opens and
+            /// serves while the live version is 1, expanded or after a
+            /// switch back (the history's version 2 rows are not its to
+            /// verify); once 2 is live, its calls name what to deploy.
+            #[test]
+            fn an_old_binary_restarted_mid_deploy_serves_what_it_can() {
+                let Some((_guard, url)) = $setup("an_old_binary_restarted_mid_deploy") else { return };
+                let full = tandem::demo::catalog().unwrap();
+                let v1 = full.phase(tandem::Version::FIRST, tandem::Phase::Expand, B::NAME).unwrap().text.to_owned();
+                let old_catalog = || common::catalog(&[("0001_accounts/expand.sql", v1.as_str())]);
+                let new = instance(&url, "new", 1..=2, 20);
+                common::seed(&new, 5);
+                let repo = accounts_on::<<B as Backend>::Connection>();
+                let restart_old = || {
+                    let (dir, cat) = old_catalog();
+                    let old = Tandem::<B>::builder(&url, cat)
+                        .serves(1..=1)
+                        .label("old")
+                        .poll_interval(Duration::from_millis(20))
+                        .open()
+                        .unwrap_or_else(|e| panic!("the old binary did not open: {e}"));
+                    (dir, old)
+                };
+                new.upgrader().expand().unwrap();
+                {
+                    let (_dir, old) = restart_old();
+                    let (binding, email) = old
+                        .call(&repo, |r, s| Ok::<_, Error>((r.version(), r.email(s.conn(), 1)?)))
+                        .unwrap();
+                    assert_eq!((binding, email.as_deref()), (1, Some("s0@x")), "expanded");
+                }
+                new.upgrader().switch().unwrap();
+                new.upgrader().switch_back().unwrap();
+                {
+                    let (_dir, old) = restart_old();
+                    let binding = old.call(&repo, |r, _| Ok::<_, Error>(r.version())).unwrap();
+                    assert_eq!(binding, 1, "after a switch back");
+                    // It keeps the switch refused while it lives.
+                    let err = new.upgrader().switch().unwrap_err();
+                    assert!(matches!(err, Error::SwitchRefused { .. }), "{err:?}");
+                }
+                new.upgrader().switch().unwrap();
+                let (_dir, old) = restart_old();
+                let err = old.call(&repo, |r, s| r.email(s.conn(), 1)).unwrap_err();
+                assert!(
+                    matches!(err, Error::VersionNotServed { live, first, last } if (live.get(), first.get(), last.get()) == (2, 1, 1)),
+                    "{err:?}"
+                );
+                assert!(err.to_string().contains("deploy a binary with bindings for version 2"), "{err}");
+            }
+
+            /// The state row's epoch set back by hand (or by a restore): an
+            /// instance that had adopted a higher epoch must not ignore every
+            /// later row (and keep running the version 1 binding after the
+            /// next switch and contract): it drops its cache and adopts the
+            /// row as it is, and acknowledges what it then sees.
+            #[test]
+            fn an_epoch_that_went_backwards_is_adopted_not_ignored() {
+                use tandem::diesel::connection::SimpleConnection;
+                let Some((_guard, url)) = $setup("an_epoch_that_went_backwards") else { return };
+                let served = instance(&url, "served", 1..=2, 20);
+                common::seed(&served, 5);
+                let upgrader = instance(&url, "upgrader", 1..=2, 20);
+                let mut raw = served.connection().unwrap();
+                raw.batch_execute("UPDATE tandem_state SET epoch = epoch + 50").unwrap();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !served.instances().unwrap().iter().all(|i| i.observed_epoch > 50) {
+                    assert!(Instant::now() < deadline, "the fleet never adopted epoch 51");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                raw.batch_execute("UPDATE tandem_state SET epoch = 1").unwrap();
+                drop(raw);
+                thread::sleep(Duration::from_millis(200)); // a few polls
+                upgrader.upgrader().upgrade_to(2).unwrap();
+                let repo = accounts_on::<<B as Backend>::Connection>();
+                let (binding, email) = served
+                    .call(&repo, |r, s| Ok::<_, Error>((r.version(), r.email(s.conn(), 1)?)))
+                    .unwrap_or_else(|e| panic!("a stale binding after the epoch went back: {e}"));
+                assert_eq!((binding, email.as_deref()), (2, Some("s0@x")));
+            }
         }
     };
 }
