@@ -538,6 +538,11 @@ fn initialize<B: Backend>(
     instance: &str,
 ) -> Result<Version> {
     B::write_transaction(conn, |c| {
+        // Several instances starting at once on an empty database: one
+        // creates the metadata and applies version 1, the others wait here
+        // and then find it (transaction-scoped: nothing stays on a pooled
+        // connection).
+        B::serialize_initialization(c, meta.init_key())?;
         let now = meta::now_ms();
         let state_exists = Meta::table_exists::<B>(c, meta.state_table())?;
         meta.check_tables::<B>(c, state_exists)?;

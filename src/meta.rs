@@ -353,6 +353,17 @@ impl Meta {
         )
     }
 
+    /// The advisory lock key that serializes first starts (creating the
+    /// metadata and applying version 1) on this prefix.
+    pub(crate) fn init_key(&self) -> i64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in format!("tandem initialization {}", self.prefix).bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        i64::from_ne_bytes(hash.to_ne_bytes())
+    }
+
     /// The state table without its row (deleted by hand, a partial restore).
     pub(crate) fn state_row_missing(&self) -> Error {
         self.corrupt(

@@ -178,6 +178,16 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
         timeout: Duration,
     ) -> QueryResult<()>;
 
+    /// Inside the transaction that creates or checks the metadata at open:
+    /// waits until no other process is doing the same (PostgreSQL: the
+    /// transaction-scoped advisory lock `key`); until commit, this one is
+    /// alone. SQLite's `BEGIN IMMEDIATE` already holds its only write lock.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    fn serialize_initialization(conn: &mut Self::Connection, key: i64) -> QueryResult<()>;
+
     /// SQL that bounds, for the rest of the current transaction, how long a
     /// statement waits for a lock; `None` where waits are bounded otherwise
     /// (SQLite's `busy_timeout`).

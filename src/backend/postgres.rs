@@ -132,6 +132,11 @@ impl Backend for Postgres {
         Ok(())
     }
 
+    fn serialize_initialization(conn: &mut PgConnection, key: i64) -> QueryResult<()> {
+        Self::execute(conn, "SELECT pg_advisory_xact_lock($1)", &[Bind::I64(key)])?;
+        Ok(())
+    }
+
     fn lock_timeout_sql(timeout: Duration) -> Option<String> {
         Some(format!(
             "SET LOCAL lock_timeout = '{}ms'",

@@ -31,11 +31,27 @@ struct Pragmas;
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute(&format!(
-            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = ON;",
+            "PRAGMA busy_timeout = {};",
             BUSY_TIMEOUT.as_millis()
         ))
-        .map_err(diesel::r2d2::Error::QueryError)
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        // Switching a new file to WAL can report SQLITE_BUSY at once, without
+        // the busy handler, while another process does the same (several
+        // instances starting together): retry it within the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match conn.batch_execute(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            ) {
+                Ok(()) => return Ok(()),
+                Err(e) if Sqlite::is_transient(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => return Err(diesel::r2d2::Error::QueryError(e)),
+            }
+        }
     }
 }
 
@@ -119,6 +135,11 @@ impl Backend for Sqlite {
         _key: i64,
         _timeout: Duration,
     ) -> QueryResult<()> {
+        Ok(())
+    }
+
+    /// The transaction began with `BEGIN IMMEDIATE`: SQLite's write lock.
+    fn serialize_initialization(_conn: &mut SqliteConnection, _key: i64) -> QueryResult<()> {
         Ok(())
     }
 
