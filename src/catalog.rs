@@ -186,6 +186,23 @@ impl Catalog {
         self.get(version)?.phase(phase, backend)
     }
 
+    /// A digest of `version`'s SQL for `backend`: SHA-256 over the checksums
+    /// of its four phases (of the empty text for a phase without a file).
+    /// Two binaries agree on a version exactly when their digests match.
+    pub(crate) fn digest(&self, version: Version, backend: &str) -> String {
+        let mut all = String::new();
+        for phase in Phase::ALL {
+            let checksum = self
+                .phase(version, phase, backend)
+                .map_or_else(|| sha256_hex(""), |p| p.checksum.to_owned());
+            all.push_str(phase.as_str());
+            all.push(':');
+            all.push_str(&checksum);
+            all.push(';');
+        }
+        sha256_hex(&all)
+    }
+
     /// Whether `recorded` (a checksum from the history table) is the
     /// checksum of this catalog's `phase` of `version` for `backend`: of its
     /// normalized text, or one an earlier release recorded for the same text

@@ -362,6 +362,26 @@ pub enum Error {
         instances: Vec<String>,
     },
 
+    /// Live instances run binaries whose SQL for the versions of the switch
+    /// differs from what the database applied or will apply (two builds
+    /// with different `schema_versions/` under the same version numbers).
+    /// Switching would leave their bindings on structures they do not know.
+    #[error(
+        "the switch from version {from} to {to} is refused: these live instances' catalogs have \
+         other SQL for version {from} or {to} than this binary's (which the database applied): {}; \
+         build every binary from the same schema_versions/ (a released version's SQL never \
+         changes; put changes in a new version), deploy that, then rerun",
+        instances.join(", ")
+    )]
+    CatalogDisagrees {
+        /// The live version.
+        from: Version,
+        /// The version switched to.
+        to: Version,
+        /// The instances whose catalogs differ (label, host, pid, id).
+        instances: Vec<String>,
+    },
+
     /// Live instances did not acknowledge a state change in time, so the
     /// phase did not run (the database is unchanged).
     #[error(

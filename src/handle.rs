@@ -478,6 +478,15 @@ impl<B: Backend> Builder<B> {
             last,
             observed_epoch: 0,
             lease_until_ms: 0,
+            // What this binary's catalog says of each version it serves:
+            // the switch compares it across the fleet.
+            catalog: Some(
+                (first.get()..=last.get())
+                    .filter_map(Version::new)
+                    .map(|v| format!("{v}={}", self.catalog.digest(v, B::NAME)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         };
         let (lock_key, upgrader_key) = meta.lock_keys();
         let inner = Inner {

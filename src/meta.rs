@@ -197,9 +197,22 @@ pub struct Instance {
     /// When its lease expires (ms since the Unix epoch, by the database's
     /// clock: leases never depend on hosts' clocks agreeing), unless renewed.
     pub lease_until_ms: i64,
+    /// The digests of the versions its binary serves (`1=<sha256>,2=…`),
+    /// each over that version's phase checksums; `None` for a row written
+    /// by a release before fleet rows carried them.
+    pub(crate) catalog: Option<String>,
 }
 
 impl Instance {
+    /// The digest its binary's catalog has for `version`, if it told.
+    pub(crate) fn digest(&self, version: Version) -> Option<&str> {
+        let prefix = format!("{version}=");
+        self.catalog
+            .as_deref()?
+            .split(',')
+            .find_map(|entry| entry.strip_prefix(prefix.as_str()))
+    }
+
     /// Whether its binary has bindings for `version`.
     pub fn serves(&self, version: Version) -> bool {
         self.first <= version && version <= self.last
@@ -233,6 +246,8 @@ struct FleetRow {
     observed_epoch: i64,
     #[diesel(sql_type = BigInt)]
     lease_until: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    catalog: Option<String>,
 }
 
 #[derive(QueryableByName)]
@@ -462,6 +477,16 @@ impl Meta {
                     self.corrupt(table, format!("the table is missing beside {}", self.state))
                 );
             }
+            if table == &self.fleet && !present.iter().any(|p| p == "catalog") {
+                // Metadata of a release before fleet rows carried their
+                // catalog: add the column (nullable; such rows are unknown).
+                B::execute(
+                    conn,
+                    &format!("ALTER TABLE {} ADD COLUMN catalog TEXT", self.fleet),
+                    &[],
+                )?;
+                tracing::info!(table = %self.fleet, "added the catalog column to the fleet table");
+            }
             let missing: Vec<&str> = expected
                 .iter()
                 .copied()
@@ -504,7 +529,8 @@ impl Meta {
             format!(
                 "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, \
                  label TEXT NOT NULL, min_version BIGINT NOT NULL, max_version BIGINT NOT NULL, \
-                 observed_epoch BIGINT NOT NULL, lease_until BIGINT NOT NULL, started_at BIGINT NOT NULL)",
+                 observed_epoch BIGINT NOT NULL, lease_until BIGINT NOT NULL, started_at BIGINT NOT NULL, \
+                 catalog TEXT)",
                 self.fleet
             ),
         ];
@@ -818,8 +844,8 @@ impl Meta {
         B::execute(
             conn,
             &format!(
-                "INSERT INTO {} (id, host, pid, label, min_version, max_version, observed_epoch, lease_until, started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, {now} + $8, {now})",
+                "INSERT INTO {} (id, host, pid, label, min_version, max_version, observed_epoch, lease_until, started_at, catalog) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, {now} + $8, {now}, $9)",
                 self.fleet,
                 now = B::now_ms_sql()
             ),
@@ -832,6 +858,7 @@ impl Meta {
                 Bind::I64(me.last.as_i64()),
                 Bind::I64(me.observed_epoch),
                 Bind::I64(lease_ms),
+                Bind::OptText(me.catalog.as_deref()),
             ],
         )?;
         Ok(())
@@ -923,7 +950,7 @@ impl Meta {
         let rows: Vec<FleetRow> = B::load(
             conn,
             &format!(
-                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until \
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
                  FROM {} WHERE lease_until > {now} - $1 ORDER BY id",
                 self.fleet
             ),
@@ -953,6 +980,7 @@ impl Meta {
             last,
             observed_epoch: r.observed_epoch,
             lease_until_ms: r.lease_until,
+            catalog: r.catalog,
         })
     }
 
@@ -968,7 +996,7 @@ impl Meta {
         let rows: Vec<FleetRow> = B::load(
             conn,
             &format!(
-                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until \
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
                  FROM {} WHERE id = $1",
                 self.fleet
             ),

@@ -859,6 +859,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 instances: lacking,
             });
         }
+        self.check_catalogs(&instances, state.version, to.0)?;
 
         let checksum = self.db.phase_checksum(owner_version, phase);
         let sql = catalog
@@ -931,6 +932,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                                 instances: lacking,
                             });
                         }
+                        self.check_catalogs(&live, state.version, to.0)?;
                         if !deploying && live.iter().any(|i| i.id != me) {
                             return Ok((None, db_wait, db_escalated));
                         }
@@ -1032,6 +1034,34 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             escalated = report.escalated, deploying, "{phase} done"
         );
         Ok(report)
+    }
+
+    /// Invariant 10: no switch while a live instance's SQL for the version
+    /// switched from or to differs from this binary's (which matches what
+    /// the database applied: checked as every command starts). Rows from
+    /// releases that did not record their catalog are not compared.
+    fn check_catalogs(&self, instances: &[Instance], from: Version, to: Version) -> Result<()> {
+        let me = self.db.instance_id();
+        let catalog = self.db.catalog();
+        let disagreeing: Vec<String> = instances
+            .iter()
+            .filter(|i| i.id != me)
+            .filter(|i| {
+                [from, to].into_iter().any(|v| {
+                    i.digest(v)
+                        .is_some_and(|theirs| theirs != catalog.digest(v, B::NAME))
+                })
+            })
+            .map(Instance::describe)
+            .collect();
+        if disagreeing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::CatalogDisagrees {
+            from,
+            to,
+            instances: disagreeing,
+        })
     }
 
     /// How long the upgrader waits for the fleet to acknowledge a change: a

@@ -647,7 +647,7 @@ fn c21_fleet_row_with_an_impossible_version<K: Kit>() {
     let db = K::open(&url);
     K::exec(
         &url,
-        "INSERT INTO tandem_fleet VALUES ('ghost', 'h', 1, 'ghost', 0, 2, 0, 4102444800000, 0)",
+        "INSERT INTO tandem_fleet VALUES ('ghost', 'h', 1, 'ghost', 0, 2, 0, 4102444800000, 0, NULL)",
     );
     db.upgrader().expand().unwrap();
     let err = db.upgrader().switch().unwrap_err();
@@ -992,7 +992,7 @@ fn c32_a_ghost_fleet_row<K: Kit>() {
         .unwrap();
     K::exec(
         &url,
-        "INSERT INTO tandem_fleet VALUES ('ghost-id', 'gone-host', 4242, 'ghost', 1, 2, 9223372036854775807, 4102444800000, 0)",
+        "INSERT INTO tandem_fleet VALUES ('ghost-id', 'gone-host', 4242, 'ghost', 1, 2, 9223372036854775807, 4102444800000, 0, NULL)",
     );
     db.upgrader().expand().unwrap();
     let err = db.upgrader().switch().unwrap_err();
@@ -1141,6 +1141,40 @@ fn c35_what_a_failing_call_leaves<K: Kit>() {
     assert_eq!(count("locking-uow"), "0");
 }
 
+/// Metadata written by a release before fleet rows carried their catalog
+/// (no `catalog` column): opened, the column is added, and a row without it
+/// is not compared.
+fn c40_a_fleet_table_of_an_earlier_release<K: Kit>() {
+    let Some((_d, url)) = seeded::<K>() else {
+        return;
+    };
+    K::exec(
+        &url,
+        "DELETE FROM tandem_fleet; ALTER TABLE tandem_fleet DROP COLUMN catalog",
+    );
+    K::exec(
+        &url,
+        "INSERT INTO tandem_fleet VALUES ('earlier', 'h', 1, 'earlier-release', 1, 2, 1, 4102444800000, 0)",
+    );
+    let db = K::open(&url);
+    let columns = K::lines(
+        &url,
+        "SELECT CAST(count(*) AS TEXT) AS line FROM tandem_fleet WHERE catalog IS NULL",
+    )
+    .unwrap();
+    assert_eq!(
+        columns,
+        vec!["1".to_owned()],
+        "the earlier release's row is kept, without a catalog"
+    );
+    assert!(db
+        .call(&K::repo(), |r, s| r.email(s.conn(), 1))
+        .unwrap()
+        .is_some());
+    db.upgrader().evict("earlier").unwrap();
+    db.upgrader().upgrade_to(2).unwrap();
+}
+
 /// Each database case once per backend.
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
@@ -1188,6 +1222,7 @@ on_every_backend!(
     c32_a_ghost_fleet_row,
     c33_an_epoch_at_its_maximum,
     c35_what_a_failing_call_leaves,
+    c40_a_fleet_table_of_an_earlier_release,
 );
 
 /// Every spelling of an in-memory (or private temporary) SQLite database is

@@ -604,6 +604,50 @@ macro_rules! fleet_suite {
                 assert!(err.to_string().contains("deploy a binary with bindings for version 2"), "{err}");
             }
 
+            /// Two builds with different SQL under the same version number:
+            /// the one that expands and switches must not win over the other,
+            /// already live (whose bindings would then meet structures they
+            /// do not know). The switch is refused, naming it.
+            #[test]
+            fn a_live_instance_with_other_sql_for_the_version_stops_the_switch() {
+                let Some((_guard, url)) = $setup("a_live_instance_with_other_sql") else { return };
+                let full = tandem::demo::catalog().unwrap();
+                let mut files: Vec<(String, String)> = Vec::new();
+                for v in 1..=2u32 {
+                    let version = tandem::Version::new(v).unwrap();
+                    for phase in tandem::Phase::ALL {
+                        if let Some(sql) = full.phase(version, phase, B::NAME) {
+                            let mut text = sql.text.to_owned();
+                            if v == 2 && phase == tandem::Phase::Expand {
+                                text.push_str("\n-- the other build's expand\n");
+                            }
+                            files.push((format!("000{v}_v/{}.sql", phase.as_str()), text));
+                        }
+                    }
+                }
+                let refs: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+                let (_c, other) = common::catalog(&refs);
+                let upgrading = instance(&url, "upgrading", 1..=2, 20);
+                let other_build = Tandem::<B>::builder(&url, other)
+                    .serves(1..=2)
+                    .label("other-build")
+                    .poll_interval(Duration::from_millis(20))
+                    .open()
+                    .unwrap();
+                upgrading.upgrader().expand().unwrap();
+                match upgrading.upgrader().switch() {
+                    Err(Error::CatalogDisagrees { from, to, instances }) => {
+                        assert_eq!((from.get(), to.get()), (1, 2));
+                        assert!(instances.iter().any(|i| i.contains("other-build")), "{instances:?}");
+                    }
+                    other => panic!("the switch must be refused while the other build lives: {other:?}"),
+                }
+                assert_eq!(upgrading.state().unwrap().version.get(), 1);
+                drop(other_build);
+                upgrading.upgrader().switch().unwrap();
+                assert_eq!(upgrading.state().unwrap().version.get(), 2);
+            }
+
             /// The state row's epoch set back by hand (or by a restore): an
             /// instance that had adopted a higher epoch must not ignore every
             /// later row (and keep running the version 1 binding after the
