@@ -43,12 +43,15 @@ struct Options {
     phase: Duration,
     /// Whether this process's SQLite writers queue in-process (`--no-writer-queue` turns it off).
     queue_writers: bool,
+    /// Whether diesel caches prepared statements (`--no-statement-cache` for
+    /// PgBouncer in transaction mode).
+    statement_cache: bool,
     /// Internal: run as instance process number N, coordinating through DIR.
     role: Option<(usize, PathBuf)>,
 }
 
 const USAGE: &str = "usage: rolling_upgrade [--database-url URL] [--instances N] [--threads N] \
-                     [--seed-accounts N] [--phase-ms MS] [--no-writer-queue]";
+                     [--seed-accounts N] [--phase-ms MS] [--no-writer-queue] [--no-statement-cache]";
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
@@ -58,6 +61,7 @@ fn options() -> Result<Options, String> {
         seed_accounts: 5000,
         phase: Duration::from_millis(400),
         queue_writers: true,
+        statement_cache: true,
         role: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,6 +80,7 @@ fn options() -> Result<Options, String> {
                 o.role = Some((n, PathBuf::from(value()?)));
             }
             "--no-writer-queue" => o.queue_writers = false,
+            "--no-statement-cache" => o.statement_cache = false,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}; {USAGE}")),
         }
@@ -249,6 +254,7 @@ fn open<B: Backend>(
     let pool = o.threads;
     Ok(Tandem::<B>::builder(url, tandem::demo::catalog()?)
         .queue_writers(o.queue_writers)
+        .statement_cache(o.statement_cache)
         .serves(1..=2)
         .pool_size(u32::try_from(pool)? + 2)
         .backfill(2, "copy emails into account_emails", backfill)
@@ -415,6 +421,7 @@ where
                     ])
                     .arg(dir.path())
                     .args((!o.queue_writers).then_some("--no-writer-queue"))
+                    .args((!o.statement_cache).then_some("--no-statement-cache"))
                     .stdout(Stdio::null())
                     .spawn()?,
             );

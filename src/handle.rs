@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 
 use crate::backend::{Backend, PoolSettings};
 use crate::catalog::{sha256_hex, Catalog};
@@ -194,6 +194,7 @@ pub struct Builder<B: Backend> {
     poll_interval: Duration,
     lease: Option<Duration>,
     queue_writers: bool,
+    statement_cache: bool,
 }
 
 impl<B: Backend> fmt::Debug for Builder<B> {
@@ -300,6 +301,23 @@ impl<B: Backend> Builder<B> {
     /// through another gate of its own.
     pub fn queue_writers(mut self, queue: bool) -> Self {
         self.queue_writers = queue;
+        self
+    }
+
+    /// Whether diesel caches prepared statements on each pooled connection
+    /// (named server-side statements, reused by later calls). Defaults to
+    /// `true`.
+    ///
+    /// Turn it off behind a pooler that does not keep a client on one
+    /// server connection, such as PgBouncer in transaction mode before 1.21
+    /// (Debian ships 1.18): a cached statement was prepared on another
+    /// server connection, so later calls fail with `prepared statement
+    /// "__diesel_stmt_N" does not exist`, or run another client's statement
+    /// with the wrong parameters. Off, every statement is prepared unnamed,
+    /// in the same round trip as it runs. `scripts/test` runs the fleet demo
+    /// and `tests/pgbouncer.rs` through a real PgBouncer this way.
+    pub fn statement_cache(mut self, cache: bool) -> Self {
+        self.statement_cache = cache;
         self
     }
 
@@ -423,7 +441,13 @@ impl<B: Backend> Builder<B> {
             return Err(connect_error(reason.to_owned()));
         }
         let mut settings = self.settings;
-        let (manager, customizer) = B::configure_pool(&self.url, &mut settings);
+        let (manager, backend_customizer) = B::configure_pool(&self.url, &mut settings);
+        let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
+            if self.statement_cache {
+                backend_customizer
+            } else {
+                Some(Box::new(NoStatementCache(backend_customizer)))
+            };
         // One connection first, outside the pool: a database that cannot be
         // opened at all (refused, no such file or directory, not a database,
         // bad credentials) is reported with its cause at once, instead of
@@ -657,6 +681,7 @@ impl<B: Backend> Tandem<B> {
             poll_interval: Duration::from_millis(200),
             lease: None,
             queue_writers: true,
+            statement_cache: true,
             label: std::env::args()
                 .next()
                 .and_then(|a| a.rsplit('/').next().map(str::to_owned))
@@ -990,6 +1015,28 @@ impl<E> From<diesel::result::Error> for Locked<E> {
 pub(crate) fn pool_error(e: &r2d2::Error, secrets: &Secrets) -> Error {
     Error::Pool {
         message: secrets.redact(&e.to_string()),
+    }
+}
+
+/// Turns diesel's prepared-statement cache off on every new connection
+/// (`Builder::statement_cache(false)`), after the backend's own settings.
+struct NoStatementCache<C: 'static>(Option<Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>>);
+
+impl<C: 'static> fmt::Debug for NoStatementCache<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NoStatementCache")
+    }
+}
+
+impl<C: diesel::Connection + 'static> CustomizeConnection<C, diesel::r2d2::Error>
+    for NoStatementCache<C>
+{
+    fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
+        if let Some(inner) = &self.0 {
+            inner.on_acquire(conn)?;
+        }
+        conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        Ok(())
     }
 }
 

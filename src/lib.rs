@@ -145,10 +145,11 @@
 //! instance to have seen the switch ([`Error::FleetNotAcknowledged`]).
 //!
 //! Upgraders exclude each other through a lease on the state row
-//! (compare-and-set inside a write transaction) and, on PostgreSQL, a session
-//! advisory try-lock that dies with the process; the loser gets
+//! (compare-and-set inside a write transaction; no session state, so it
+//! holds behind a transaction-mode pooler); the loser gets
 //! [`Error::UpgraderBusy`] naming the holder, or waits
-//! ([`Upgrader::wait_for_lease`]).
+//! ([`Upgrader::wait_for_lease`]). A crashed upgrader's lease expires
+//! (`Upgrader::lease`, renewed while it works).
 //!
 //! ## Backends
 //!

@@ -375,8 +375,8 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         result
     }
 
-    /// The backend's upgrader lock (PostgreSQL: a session advisory lock that
-    /// dies with the process), waiting up to `wait_for_lease` for it. A
+    /// The backend's upgrader lock, if it has one (neither built-in backend
+    /// does: the lease excludes), waiting up to `wait_for_lease` for it. A
     /// loser is told who holds it: the holder writes its lease right after
     /// taking the lock, so past the deadline this keeps trying a little
     /// longer until that lease is visible (or the lock is free).

@@ -306,26 +306,44 @@ mod upgraders {
             .unwrap()
     }
 
-    /// A crashed upgrader's advisory lock dies with it, and holding the lock
-    /// proves its leftover lease dead: the next upgrader proceeds at once.
+    /// A crashed upgrader leaves its lease on the state row (no session
+    /// lock: nothing stays on a pooled connection): the next upgrader is
+    /// told who holds it, and with a wait proceeds once it expires.
     #[test]
-    fn a_dead_upgraders_lease_is_taken_over_at_once() {
-        let Some(pg) = PgDb::new("a_dead_upgraders_lease_is_taken_over_at_once") else {
+    fn a_dead_upgraders_lease_expires_and_the_next_one_proceeds() {
+        let Some(pg) = PgDb::new("a_dead_upgraders_lease_expires") else {
             return;
         };
         let db = open(&pg, false);
-        let dead = db.upgrader().lease(Duration::from_secs(60)).crash_at(1);
+        let dead = db.upgrader().lease(Duration::from_secs(2)).crash_at(1);
         assert!(matches!(dead.expand(), Err(Error::InjectedCrash { .. })));
         assert_eq!(
             db.state().unwrap().upgrader.as_deref(),
             Some(dead.id()),
             "its lease is left behind"
         );
+        match db.upgrader().expand() {
+            Err(Error::UpgraderBusy {
+                holder,
+                expires_in_ms,
+            }) => {
+                assert_eq!(holder, dead.id());
+                assert!(
+                    expires_in_ms > 0 && expires_in_ms <= 2000,
+                    "{expires_in_ms}"
+                );
+            }
+            other => panic!("expected UpgraderBusy, got {other:?}"),
+        }
         let started = Instant::now();
-        db.upgrader().upgrade_to(2).unwrap();
+        db.upgrader()
+            .wait_for_lease(Duration::from_secs(10))
+            .upgrade_to(2)
+            .unwrap();
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "did not wait out the 60 s lease"
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} for a 2 s lease",
+            started.elapsed()
         );
         let s = db.state().unwrap();
         assert_eq!(

@@ -37,22 +37,17 @@ impl Backend for Postgres {
     type Connection = PgConnection;
     const NAME: &'static str = "postgres";
     const QUEUE_WRITERS: bool = false;
-    /// A dedicated session (never a pooled connection) holding
-    /// `pg_try_advisory_lock`: closing it, or the process dying, releases it.
-    type UpgraderLock = PgConnection;
-    const UPGRADER_LOCK_PROVES_DEATH: bool = true;
+    /// None: no session state. A session-level advisory lock would stay on
+    /// whichever server connection a pooler (PgBouncer in transaction mode)
+    /// ran it, held long after the upgrader exited (and re-entrant for the
+    /// next client of that server connection). The lease on the state row,
+    /// a compare-and-set inside a transaction, excludes alone; a crashed
+    /// upgrader's lease expires.
+    type UpgraderLock = ();
+    const UPGRADER_LOCK_PROVES_DEATH: bool = false;
 
-    fn try_upgrader_lock(url: &str, key: i64) -> crate::Result<Option<PgConnection>> {
-        let mut conn = PgConnection::establish(url).map_err(|e| crate::Error::Connect {
-            target: crate::redact(url),
-            message: crate::redact(&e.to_string()),
-        })?;
-        let rows: Vec<crate::meta::CountRow> = Self::load(
-            &mut conn,
-            "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END::BIGINT AS n",
-            &[Bind::I64(key)],
-        )?;
-        Ok(rows.first().is_some_and(|r| r.n == 1).then_some(conn))
+    fn try_upgrader_lock(_url: &str, _key: i64) -> crate::Result<Option<()>> {
+        Ok(Some(()))
     }
 
     fn execute(conn: &mut PgConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
