@@ -92,14 +92,17 @@ impl<B: Backend> Tandem<B> {
             }
         };
         self.set_lease_deadline(tick);
-        if state.epoch < *adopted {
+        // (Against the cached epoch too: this process's own switch caches
+        // the epoch it wrote, which no tick may have adopted yet.)
+        let newest = (*adopted).max(*inner.cached_epoch.lock());
+        if state.epoch < newest {
             // Ticks are serialized and each reads committed state: an older
             // epoch than the last one adopted means the row itself went
             // backwards (a restore, a hand edit). Epoch order is meaningless
             // from here on; adopt the row as it is now instead.
             tracing::error!(
                 epoch = state.epoch,
-                adopted = *adopted,
+                adopted = newest,
                 "the state row's epoch went backwards (a restore or a hand edit?): \
                  dropping the cached version and adopting the row as it is now"
             );
@@ -294,6 +297,7 @@ impl<B: Backend> Tandem<B> {
         conn: &mut B::Connection,
         epoch: i64,
         timeout: Duration,
+        between_polls: &mut dyn FnMut(&mut B::Connection) -> Result<()>,
     ) -> Result<Vec<Instance>> {
         let deadline = Instant::now() + timeout.min(crate::handle::FOREVER);
         loop {
@@ -317,6 +321,8 @@ impl<B: Backend> Tandem<B> {
             if behind.is_empty() || Instant::now() >= deadline {
                 return Ok(behind);
             }
+            // (The upgrader renews its lease here: the wait may be long.)
+            between_polls(conn)?;
             thread::sleep((self.inner.poll_interval / 4).max(Duration::from_millis(1)));
         }
     }

@@ -350,6 +350,21 @@ impl Meta {
         &self.prefix
     }
 
+    /// What a new epoch is one more than: the state row's epoch, or any
+    /// epoch an instance acknowledged if that is higher. After the row's
+    /// epoch went backwards (a restore), an acknowledgement left from before
+    /// must never equal a new epoch and pass for an acknowledgement of it.
+    /// (Acknowledgements beyond any epoch tandem writes, ghosts, are
+    /// ignored here.)
+    fn next_epoch_base<B: Backend>(&self) -> String {
+        format!(
+            "{}(epoch, COALESCE((SELECT MAX(observed_epoch) FROM {} WHERE observed_epoch <= {}), 0))",
+            B::greatest_sql(),
+            self.fleet,
+            i64::MAX / 2
+        )
+    }
+
     /// The advisory lock keys of this prefix: (schema lock, upgrader lock).
     /// FNV-1a of a fixed text and the prefix, so two prefixes in one
     /// database never share a key.
@@ -625,9 +640,10 @@ impl Meta {
         let rows: Vec<CountRow> = B::load(
             conn,
             &format!(
-                "UPDATE {} SET version = $1, phase = $2, epoch = epoch + 1, updated_at = {} \
+                "UPDATE {} SET version = $1, phase = $2, epoch = {} + 1, updated_at = {} \
                  WHERE id = 1 AND version = $3 AND phase = $4 AND owner = $5 RETURNING epoch AS n",
                 self.state,
+                self.next_epoch_base::<B>(),
                 B::now_ms_sql()
             ),
             &[
@@ -1031,8 +1047,9 @@ impl Meta {
         let n = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET mode = $1, epoch = epoch + 1, updated_at = {} WHERE id = 1 AND owner = $2",
+                "UPDATE {} SET mode = $1, epoch = {} + 1, updated_at = {} WHERE id = 1 AND owner = $2",
                 self.state,
+                self.next_epoch_base::<B>(),
                 B::now_ms_sql()
             ),
             &[Bind::Text(mode.as_str()), Bind::Text(owner)],

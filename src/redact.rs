@@ -97,10 +97,10 @@ pub(crate) fn malformed_url_password(target: &str) -> Option<&'static str> {
     let userinfo = &rest[..at];
     let colon = userinfo.find(':')?;
     let password = &userinfo[colon + 1..];
-    if password.contains(['/', '?', '#']) {
+    if password.contains(['/', '?', '#', '@']) {
         return Some(
-            "the password in the URL contains an unencoded `/`, `?` or `#`; percent-encode it \
-             (`/` as %2F, `?` as %3F, `#` as %23)",
+            "the password in the URL contains an unencoded `/`, `?`, `#` or `@`; percent-encode \
+             it (`/` as %2F, `?` as %3F, `#` as %23, `@` as %40)",
         );
     }
     let bytes = password.as_bytes();
@@ -305,16 +305,23 @@ fn next_password_value(text: &str, from: usize) -> Option<(std::ops::Range<usize
                     close
                 })
                 .map_or(value.len(), |(j, _)| j + 1)
-        } else {
-            // A query parameter ends at `&` or `#` too; a keyword value at a space.
-            let in_query = text[..i].ends_with(['?', '&']);
+        } else if text[..i].ends_with(['?', '&']) {
+            // A URL query parameter ends at `&`, `#` or a space.
             value
-                .find(|c: char| {
-                    c.is_whitespace()
-                        || (in_query && matches!(c, '&' | '#'))
-                        || matches!(c, '"' | '`')
-                })
+                .find(|c: char| c.is_whitespace() || matches!(c, '&' | '#'))
                 .unwrap_or(value.len())
+        } else {
+            // A keyword value (libpq): up to whitespace; a backslash escapes
+            // the next character (a space included).
+            let mut escaped = false;
+            value
+                .char_indices()
+                .find(|&(_, c)| {
+                    let end = c.is_whitespace() && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    end
+                })
+                .map_or(value.len(), |(j, _)| j)
         };
         if len == 0 {
             continue;
@@ -356,6 +363,8 @@ mod tests {
                 "host=h password='p\\'w x' dbname=x",
                 "host=h password=*** dbname=x",
             ),
+            ("host=h password=ab\"cdefg x=1", "host=h password=*** x=1"),
+            ("host=h password=se\\ cret x=1", "host=h password=*** x=1"),
             ("postgres://u:p/w@h/db", "postgres://u:***@h/db"),
             ("postgres://u:p?w@h/db", "postgres://u:***@h/db"),
             ("postgres://u:p#w@h/db", "postgres://u:***@h/db"),
@@ -393,6 +402,7 @@ mod tests {
     fn malformed_url_passwords_are_named() {
         assert!(malformed_url_password("postgres://u:a/b@h/db").is_some());
         assert!(malformed_url_password("postgres://u:a%zzb@h/db").is_some());
+        assert!(malformed_url_password("postgres://u:hunter2@x9@h/db").is_some());
         assert!(malformed_url_password("postgres://u:a%2Fb@h/db").is_none());
         assert!(malformed_url_password("postgres://u@h/db").is_none());
         assert!(malformed_url_password("host=h password=x").is_none());

@@ -44,17 +44,32 @@ pub(crate) fn transaction_control(sql: &str, backend: Option<&str>) -> Check {
     let dialects: Vec<Box<dyn Dialect>> = match backend {
         Some("sqlite") => vec![Box::new(SQLiteDialect {})],
         Some("postgres") => vec![Box::new(PostgreSqlDialect {})],
+        // A generic file runs on either backend, and the two read some
+        // text differently (PostgreSQL nests `/* */` comments, SQLite does
+        // not): it must be clean read as each. Dollar quotes are
+        // PostgreSQL's alone; a file with them is not SQLite's to read.
+        _ if sql.contains('$') => vec![Box::new(PostgreSqlDialect {})],
         _ => vec![Box::new(PostgreSqlDialect {}), Box::new(SQLiteDialect {})],
     };
-    let mut last_error = String::new();
+    // Clean as every dialect that reads it, readable as at least one.
+    let mut last_error = None;
+    let mut read = false;
     for dialect in &dialects {
         match Tokenizer::new(dialect.as_ref(), sql).tokenize_with_location() {
-            Ok(tokens) => return scan(&tokens),
-            Err(e) => last_error = e.to_string(),
+            Ok(tokens) => {
+                read = true;
+                if let found @ Check::TransactionControl(_) = scan(&tokens) {
+                    return found;
+                }
+            }
+            Err(e) => last_error = Some(e.to_string()),
         }
     }
-    Check::Unreadable {
-        message: last_error,
+    match (read, last_error) {
+        (true, _) => Check::Clean,
+        (false, message) => Check::Unreadable {
+            message: message.unwrap_or_default(),
+        },
     }
 }
 
@@ -75,15 +90,22 @@ fn scan(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Check {
     // Their inner `;` and `END` do not end the statement.
     let mut depth = 0usize;
     let mut at_start = true;
-    let mut words = tokens.iter().filter_map(|t| match &t.token {
+    // The statement so far: `BEGIN` opens a block only in `CREATE …
+    // TRIGGER` (its body) or as `BEGIN ATOMIC`; elsewhere it is a name
+    // (a column called `begin`).
+    let mut first_word = String::new();
+    let mut saw_trigger = false;
+    let words = tokens.iter().filter_map(|t| match &t.token {
         Token::Word(w) if w.quote_style.is_none() => {
             Some((Some(w.value.to_ascii_uppercase()), t.span.start.line))
         }
         Token::SemiColon => Some((None, t.span.start.line)),
+        Token::Eq => Some((Some("=".to_owned()), t.span.start.line)),
         Token::Whitespace(_) | Token::EOF => None,
         // Any other token (a string, a number, punctuation) is part of a statement.
         _ => Some((Some(String::new()), t.span.start.line)),
     });
+    let mut words = words.peekable();
     while let Some((word, line)) = words.next() {
         let Some(word) = word else {
             // A `;`: the next word starts a statement, unless inside a block.
@@ -92,6 +114,8 @@ fn scan(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Check {
         };
         if at_start {
             at_start = false;
+            first_word.clone_from(&word);
+            saw_trigger = false;
             if CONTROL.contains(&word.as_str()) {
                 return Check::TransactionControl(Found {
                     line,
@@ -110,9 +134,15 @@ fn scan(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Check {
             }
             continue;
         }
+        let next_is = |words: &mut std::iter::Peekable<_>, want: &str| matches!(words.peek(), Some((Some(w), _)) if w == want);
         match word.as_str() {
-            "BEGIN" | "CASE" => depth += 1,
-            "END" => depth = depth.saturating_sub(1),
+            "TRIGGER" => saw_trigger = true,
+            "BEGIN" if (first_word == "CREATE" && saw_trigger) || next_is(&mut words, "ATOMIC") => {
+                depth += 1
+            }
+            "CASE" => depth += 1,
+            // `END` closes a block or a CASE; `end = …` is a column.
+            "END" if depth > 0 && !next_is(&mut words, "=") => depth -= 1,
             _ => {}
         }
     }
@@ -151,6 +181,15 @@ mod tests {
             ),
             ("-- a comment\nSTART TRANSACTION;", 2, "START TRANSACTION"),
             ("/* x */ ABORT;", 1, "ABORT"),
+            // A column named `begin` opens no block.
+            ("ALTER TABLE t ADD COLUMN begin TEXT; COMMIT;", 1, "COMMIT"),
+            (
+                "UPDATE a SET x = CASE WHEN y THEN 1 END, z = 2; COMMIT;",
+                1,
+                "COMMIT",
+            ),
+            // SQLite ends the comment at the first `*/`, PostgreSQL nests.
+            ("/* /* */ COMMIT; */ CREATE TABLE x (a INT);", 1, "COMMIT"),
         ] {
             assert_eq!(found(sql), Some((line, word.to_owned())), "{sql}");
         }
@@ -169,7 +208,10 @@ mod tests {
             // SQL-standard bodies and CASE … END.
             "CREATE FUNCTION h() RETURNS INT LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
             "UPDATE a SET x = CASE WHEN y THEN 1 ELSE 2 END; UPDATE a SET z = 1;",
+            "CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE s SET x = CASE WHEN 1 THEN 2 END, y = 1; END; CREATE TABLE z (a INT);",
             "SELECT 1 AS start, 2 AS transaction;",
+            // A column named `end` inside a trigger body.
+            "CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE s SET end = 0; END;",
         ] {
             assert_eq!(found(sql), None, "{sql}");
         }

@@ -1022,7 +1022,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             // Let the fleet see the new version (they are on the locking path,
             // so lagging is safe), then return everyone to the steady path.
             let epoch = self.read_state(conn)?.epoch;
-            let behind = self.db.await_fleet(conn, epoch, self.fleet_timeout())?;
+            let behind = self
+                .db
+                .await_fleet(conn, epoch, self.fleet_timeout(), &mut |c| {
+                    self.renew_lease(c)
+                })?;
             if !behind.is_empty() {
                 tracing::warn!(behind = behind.len(), "some instances have not seen the switch yet; they stay on the locking path until they do");
             }
@@ -1124,6 +1128,8 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let asked = Instant::now();
         let deadline = asked + self.fleet_timeout();
         loop {
+            // The wait can outlast a short upgrade lease: keep it.
+            self.renew_lease(conn)?;
             // A successful refresh adopted deploying mode (draining) or a
             // later state; either way the path it left is the one to check.
             match self.db.refresh() {
@@ -1158,7 +1164,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         phase: Phase,
     ) -> Result<()> {
         let waited = Instant::now();
-        let behind = self.db.await_fleet(conn, epoch, self.fleet_timeout())?;
+        let behind = self
+            .db
+            .await_fleet(conn, epoch, self.fleet_timeout(), &mut |c| {
+                self.renew_lease(c)
+            })?;
         if behind.is_empty() {
             return Ok(());
         }

@@ -648,6 +648,52 @@ macro_rules! fleet_suite {
                 assert_eq!(upgrading.state().unwrap().version.get(), 2);
             }
 
+            /// After the state row's epoch went back (a restore), a new epoch
+            /// must never equal one an instance acknowledged before: that old
+            /// acknowledgement would pass for one of the new deploying mode,
+            /// and the switch would commit under the instance's steady calls.
+            #[test]
+            fn an_acknowledgement_from_before_a_restore_never_counts() {
+                use tandem::diesel::connection::SimpleConnection;
+                let Some((_guard, url)) = $setup("an_acknowledgement_from_before_a_restore") else { return };
+                let open = |label: &str| {
+                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                        .serves(1..=2)
+                        .label(label)
+                        .poll_interval(Duration::from_millis(20))
+                        .lease(Duration::from_millis(500))
+                        .open()
+                        .unwrap()
+                };
+                let stuck = open("stuck");
+                let upgrader = open("upgrader");
+                let mut raw = upgrader.connection().unwrap();
+                raw.batch_execute("UPDATE tandem_state SET epoch = epoch + 8").unwrap();
+                let high = upgrader.state().unwrap().epoch;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !upgrader.instances().unwrap().iter().all(|i| i.observed_epoch == high) {
+                    assert!(Instant::now() < deadline, "the fleet never acknowledged {high}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                // The stuck instance acknowledges nothing from here on; the
+                // row goes back two epochs: expand and deploying mode would
+                // bring it to exactly the epoch the stuck one acknowledged.
+                stuck.pause_fleet(true);
+                raw.batch_execute(&format!("UPDATE tandem_state SET epoch = {}", high - 2)).unwrap();
+                drop(raw);
+                upgrader.upgrader().expand().unwrap();
+                let report = upgrader.upgrader().switch().unwrap();
+                // Deploying mode counts as acknowledged only once the stuck
+                // instance's lease ran out (it left the steady path by
+                // itself), not at once on its stale acknowledgement.
+                let ack = report.fleet_ack.expect("the switch went through deploying mode");
+                assert!(
+                    ack >= Duration::from_millis(300),
+                    "deploying mode counted as acknowledged after {ack:?}: the stuck instance's stale acknowledgement passed"
+                );
+                assert!(upgrader.state().unwrap().epoch > high, "a new epoch reused an acknowledged one");
+            }
+
             /// The state row's epoch set back by hand (or by a restore): an
             /// instance that had adopted a higher epoch must not ignore every
             /// later row (and keep running the version 1 binding after the

@@ -208,6 +208,10 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// Column type of an auto-increment primary key.
     fn serial_primary_key() -> &'static str;
 
+    /// The SQL function that returns the larger of two values (`MAX` with
+    /// two arguments on SQLite, `GREATEST` on PostgreSQL).
+    fn greatest_sql() -> &'static str;
+
     /// An SQL expression for the database's clock, in milliseconds since
     /// the Unix epoch (`BIGINT`). Every lease, expiry and cutoff that
     /// crosses processes is computed with it, never with a host's clock.

@@ -161,6 +161,10 @@ impl Backend for Postgres {
         "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema()"
     }
 
+    fn greatest_sql() -> &'static str {
+        "GREATEST"
+    }
+
     /// `clock_timestamp()`: the server's clock as the statement runs (not
     /// `now()`, the transaction's start).
     fn now_ms_sql() -> &'static str {

@@ -166,6 +166,10 @@ impl Backend for Sqlite {
         "INTEGER PRIMARY KEY"
     }
 
+    fn greatest_sql() -> &'static str {
+        "MAX"
+    }
+
     /// SQLite's clock: the clock of the host the database file is on, as
     /// every process using the file runs there.
     fn now_ms_sql() -> &'static str {
