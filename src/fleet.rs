@@ -153,12 +153,12 @@ impl<B: Backend> Tandem<B> {
         let _drained = self.drain(Version::FIRST)?;
         let mut conn = self.connection()?;
         let state = self.write_transaction(&mut conn, |c| inner.meta.read_state::<B>(c))?;
-        let want = if state.mode == Mode::Steady && self.lease_fresh() {
-            STEADY
-        } else {
-            LOCKING
-        };
-        self.cache_state(state.epoch, state.version, Some(want), true);
+        self.cache_state(
+            state.epoch,
+            state.version,
+            Some(self.path_for(&state)),
+            true,
+        );
         Ok(state)
     }
 
@@ -191,11 +191,7 @@ impl<B: Backend> Tandem<B> {
     /// renewing while calls are slow.
     fn adopt(&self, state: &State) -> Result<()> {
         let inner = &self.inner;
-        let want = if state.mode == Mode::Steady && self.lease_fresh() {
-            STEADY
-        } else {
-            LOCKING
-        };
+        let want = self.path_for(state);
         // UNDRAINED never equals `want`: steady calls may be in flight.
         let same = inner.path.load(Ordering::Acquire) == want
             && inner.live.load(Ordering::Acquire) == state.version.get();
@@ -213,6 +209,16 @@ impl<B: Backend> Tandem<B> {
             );
         }
         Ok(())
+    }
+
+    /// The call path `state` asks for: steady only in steady mode with a
+    /// fresh lease.
+    fn path_for(&self, state: &State) -> u8 {
+        if state.mode == Mode::Steady && self.lease_fresh() {
+            STEADY
+        } else {
+            LOCKING
+        }
     }
 
     /// Caches the live version (and the call path, if given) of the state

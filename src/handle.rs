@@ -135,10 +135,6 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) poller: parking_lot::Mutex<Vec<std::thread::Thread>>,
     /// The database schema lock's advisory key.
     pub(crate) lock_key: i64,
-    /// The upgrader lock's advisory key.
-    pub(crate) upgrader_key: i64,
-    /// The database URL as given (it may hold a password: never printed).
-    pub(crate) url: String,
     /// The pieces of `url`'s password, masked in every message shown.
     pub(crate) secrets: Secrets,
 }
@@ -512,7 +508,7 @@ impl<B: Backend> Builder<B> {
                     .join(","),
             ),
         };
-        let (lock_key, upgrader_key) = meta.lock_keys();
+        let lock_key = meta.lock_key();
         let inner = Inner {
             pool,
             meta,
@@ -539,8 +535,6 @@ impl<B: Backend> Builder<B> {
             shutdown: Arc::new(AtomicBool::new(false)),
             poller: parking_lot::Mutex::new(Vec::new()),
             lock_key,
-            upgrader_key,
-            url: self.url.clone(),
             secrets,
         };
         let inner = Arc::new(inner);

@@ -365,29 +365,24 @@ impl Meta {
         )
     }
 
-    /// The advisory lock keys of this prefix: (schema lock, upgrader lock).
-    /// FNV-1a of a fixed text and the prefix, so two prefixes in one
-    /// database never share a key.
-    pub(crate) fn lock_keys(&self) -> (i64, i64) {
-        let fnv = |text: &str| {
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            for byte in text.bytes() {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            i64::from_ne_bytes(hash.to_ne_bytes())
-        };
-        (
-            fnv(&format!("tandem schema lock {}", self.prefix)),
-            fnv(&format!("tandem upgrader {}", self.prefix)),
-        )
+    /// The advisory lock key of this prefix's schema lock. FNV-1a of a
+    /// fixed text and the prefix, so two prefixes in one database never
+    /// share a key.
+    pub(crate) fn lock_key(&self) -> i64 {
+        self.key("schema lock")
     }
 
     /// The advisory lock key that serializes first starts (creating the
     /// metadata and applying version 1) on this prefix.
     pub(crate) fn init_key(&self) -> i64 {
+        self.key("initialization")
+    }
+
+    /// FNV-1a of `tandem {purpose} {prefix}`: one advisory key per purpose
+    /// and prefix.
+    fn key(&self, purpose: &str) -> i64 {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in format!("tandem initialization {}", self.prefix).bytes() {
+        for byte in format!("tandem {purpose} {}", self.prefix).bytes() {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -659,30 +654,24 @@ impl Meta {
 
     /// Takes or renews the upgrade lease for `owner`, for `lease_ms` of the
     /// database's clock, unless another holder's lease is still valid by
-    /// that clock (or `take_over`: the caller has proof that the holder is
-    /// dead). Returns the other holder and the milliseconds its lease has
-    /// left otherwise.
+    /// that clock. Returns the other holder and the milliseconds its lease
+    /// has left otherwise.
     pub(crate) fn try_lease<B: Backend>(
         &self,
         conn: &mut B::Connection,
         owner: &str,
         lease_ms: i64,
-        take_over: bool,
     ) -> Result<Option<(String, i64)>> {
         let now = B::now_ms_sql();
         let changed = B::execute(
             conn,
             &format!(
                 "UPDATE {} SET owner = $1, owner_until = {now} + $2 \
-                 WHERE id = 1 AND ($3 = 1 OR owner IS NULL OR owner = $1 OR owner_until IS NULL \
+                 WHERE id = 1 AND (owner IS NULL OR owner = $1 OR owner_until IS NULL \
                  OR owner_until <= {now})",
                 self.state
             ),
-            &[
-                Bind::Text(owner),
-                Bind::I64(lease_ms),
-                Bind::I64(i64::from(take_over)),
-            ],
+            &[Bind::Text(owner), Bind::I64(lease_ms)],
         )?;
         if changed == 1 {
             return Ok(None);
@@ -705,30 +694,6 @@ impl Meta {
                 "the row vanished while taking the upgrade lease",
             )),
         }
-    }
-
-    /// The holder of an unexpired upgrade lease (by the database's clock)
-    /// and the milliseconds it has left, if any.
-    pub(crate) fn lease_holder<B: Backend>(
-        &self,
-        conn: &mut B::Connection,
-    ) -> Result<Option<(String, i64)>> {
-        let rows: Vec<OwnerRow> = B::load(
-            conn,
-            &format!(
-                "SELECT owner, owner_until - {} AS owner_left FROM {} WHERE id = 1",
-                B::now_ms_sql(),
-                self.state
-            ),
-            &[],
-        )?;
-        Ok(rows.into_iter().next().and_then(|r| match r {
-            OwnerRow {
-                owner: Some(holder),
-                owner_left: Some(left),
-            } if left > 0 => Some((holder, left)),
-            _ => None,
-        }))
     }
 
     /// Gives the upgrade lease up if `owner` still holds it.

@@ -195,9 +195,11 @@ fn percent_decode(text: &str) -> String {
 fn redact_urls(text: &str) -> String {
     // A whole well-formed URL: let the parser mask what it knows.
     if let Ok(mut parsed) = url::Url::parse(text) {
-        let userinfo_ok = url_rest(text)
-            .and_then(authority_end_at)
-            .is_none_or(|at| url_rest(text).is_some_and(|r| !r[..at].contains(['/', '?', '#'])));
+        // The parser would read an unencoded `/`, `?` or `#` in the user
+        // info as the end of the authority: leave those to `mask_userinfo`.
+        let userinfo_ok = url_rest(text).is_none_or(|rest| {
+            authority_end_at(rest).is_none_or(|at| !rest[..at].contains(['/', '?', '#']))
+        });
         if userinfo_ok && parsed.has_host() {
             if parsed.password().is_some() && parsed.set_password(Some(MASK)).is_err() {
                 return mask_userinfo(text);

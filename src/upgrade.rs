@@ -330,7 +330,6 @@ impl<'t, B: Backend> Upgrader<'t, B> {
 
     fn with_lease<T>(&self, f: impl FnOnce(&mut B::Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.db.connection()?;
-        let _upgrader_lock = self.acquire_upgrader_lock(&mut conn)?;
         self.acquire_lease(&mut conn)?;
         let result = self
             .db
@@ -375,66 +374,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         result
     }
 
-    /// The backend's upgrader lock, if it has one (neither built-in backend
-    /// does: the lease excludes), waiting up to `wait_for_lease` for it. A
-    /// loser is told who holds it: the holder writes its lease right after
-    /// taking the lock, so past the deadline this keeps trying a little
-    /// longer until that lease is visible (or the lock is free).
-    fn acquire_upgrader_lock(&self, conn: &mut B::Connection) -> Result<B::UpgraderLock> {
-        let deadline = Instant::now() + self.wait_for_lease;
-        let naming_deadline = deadline + Duration::from_millis(500);
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let lock = B::try_upgrader_lock(&self.db.inner.url, self.db.inner.upgrader_key)
-                .map_err(|e| match e {
-                    Error::Connect { target, message } => Error::Connect {
-                        target,
-                        message: self.db.inner.secrets.redact(&message),
-                    },
-                    other => other,
-                })?;
-            if let Some(lock) = lock {
-                return Ok(lock);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let holder = self.db.inner.meta.lease_holder::<B>(conn)?;
-                match holder {
-                    Some((holder, left)) => {
-                        return Err(Error::UpgraderBusy {
-                            holder,
-                            expires_in_ms: left,
-                        })
-                    }
-                    None if now >= naming_deadline => {
-                        return Err(Error::UpgraderBusy {
-                            holder:
-                                "another upgrader (holding the upgrader lock; no lease written)"
-                                    .to_owned(),
-                            expires_in_ms: 0,
-                        })
-                    }
-                    None => backoff = Duration::from_millis(10),
-                }
-            }
-            thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-        }
-    }
-
     fn acquire_lease(&self, conn: &mut B::Connection) -> Result<()> {
         let deadline = Instant::now() + self.wait_for_lease;
         let mut backoff = Duration::from_millis(5);
         loop {
-            // Holding the backend's upgrader lock proves a leftover lease's
-            // holder dead (it would still hold the lock): take it over.
+            // The lease alone excludes: no session lock, so nothing stays on
+            // a pooled connection (a crashed holder's lease expires).
             let holder = self.db.write_transaction(conn, |c| {
-                self.db.inner.meta.try_lease::<B>(
-                    c,
-                    &self.owner,
-                    self.lease_ms(),
-                    B::UPGRADER_LOCK_PROVES_DEATH,
-                )
+                self.db
+                    .inner
+                    .meta
+                    .try_lease::<B>(c, &self.owner, self.lease_ms())
             })?;
             match holder {
                 None => {
@@ -471,7 +421,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 self.db
                     .inner
                     .meta
-                    .try_lease::<B>(c, &self.owner, self.lease_ms(), false)
+                    .try_lease::<B>(c, &self.owner, self.lease_ms())
             })?;
             if let Some((holder, left)) = holder {
                 return Err(Error::UpgraderBusy {

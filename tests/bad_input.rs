@@ -191,6 +191,26 @@ fn unchanged<K: Kit, T>(url: &str, case: impl FnOnce() -> T) -> T {
     out
 }
 
+/// The demo on `url` with a 20 ms poll and a 100 ms lease: a lease that goes
+/// stale quickly once it cannot be renewed.
+fn short_lease<K: Kit>(url: &str) -> Tandem<K::B> {
+    Tandem::<K::B>::builder(url, tandem::demo::catalog().unwrap())
+        .serves(1..=2)
+        .poll_interval(Duration::from_millis(20))
+        .lease(Duration::from_millis(100))
+        .open()
+        .unwrap()
+}
+
+/// Waits (at most 5 s) until `db`'s calls take the locking path.
+fn off_the_steady_path<B: Backend>(db: &Tandem<B>, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.steady() {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn says(err: &Error, what: &str) {
     assert!(
         err.to_string().contains(what),
@@ -899,23 +919,11 @@ fn c30_state_row_deleted_under_a_service<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
-        .serves(1..=2)
-        .poll_interval(Duration::from_millis(20))
-        .lease(Duration::from_millis(100))
-        .open()
-        .unwrap();
+    let db = short_lease::<K>(&url);
     K::exec(&url, "DELETE FROM tandem_state");
     // The poller cannot renew: the lease goes stale and calls take the
     // locking path, which reads the (missing) row.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while db.steady() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still steady without a state row"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    off_the_steady_path(&db, "still steady without a state row");
     let err = db
         .call(&K::repo(), |r, s| r.email(s.conn(), 1))
         .unwrap_err();
@@ -1081,12 +1089,7 @@ fn c35_what_a_failing_call_leaves<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
-        .serves(1..=2)
-        .poll_interval(Duration::from_millis(20))
-        .lease(Duration::from_millis(100))
-        .open()
-        .unwrap();
+    let db = short_lease::<K>(&url);
     let repo = K::repo();
     let count = |name: &str| {
         K::lines(
@@ -1126,11 +1129,7 @@ fn c35_what_a_failing_call_leaves<K: Kit>() {
     assert_eq!(count("steady-tx"), "0");
     assert_eq!(count("steady-uow"), "0");
     db.pause_fleet(true);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while db.steady() {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    off_the_steady_path(&db, "still steady with the fleet paused");
     run("locking");
     assert_eq!(
         count("locking-call"),

@@ -84,23 +84,6 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// Backend name, as used in catalog overrides (`expand.sqlite.sql`).
     const NAME: &'static str;
 
-    /// Held by an upgrader for one command; released when dropped, and by
-    /// the database if the process dies.
-    type UpgraderLock: Send;
-
-    /// Takes the upgrader lock `key` without waiting: `Some` if taken,
-    /// `None` if another upgrader holds it. Where the backend has no such
-    /// lock, always `Some` (the lease on the state row excludes alone).
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Connect`] if the database cannot be reached.
-    fn try_upgrader_lock(url: &str, key: i64) -> crate::Result<Option<Self::UpgraderLock>>;
-
-    /// Whether holding the upgrader lock proves that whoever holds the lease
-    /// on the state row is dead (its lock would otherwise still be held).
-    const UPGRADER_LOCK_PROVES_DEATH: bool;
-
     /// Whether write transactions of one process queue on an in-process
     /// gate before reaching the database. SQLite allows one writer at a time
     /// and its busy handler sleeps 1 to 100 ms between retries, unfairly; a

@@ -37,19 +37,6 @@ impl Backend for Postgres {
     type Connection = PgConnection;
     const NAME: &'static str = "postgres";
     const QUEUE_WRITERS: bool = false;
-    /// None: no session state. A session-level advisory lock would stay on
-    /// whichever server connection a pooler (PgBouncer in transaction mode)
-    /// ran it, held long after the upgrader exited (and re-entrant for the
-    /// next client of that server connection). The lease on the state row,
-    /// a compare-and-set inside a transaction, excludes alone; a crashed
-    /// upgrader's lease expires.
-    type UpgraderLock = ();
-    const UPGRADER_LOCK_PROVES_DEATH: bool = false;
-
-    fn try_upgrader_lock(_url: &str, _key: i64) -> crate::Result<Option<()>> {
-        Ok(Some(()))
-    }
-
     fn execute(conn: &mut PgConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
         bound_query!(diesel::pg::Pg, sql, binds).execute(conn)
     }

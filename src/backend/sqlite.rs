@@ -73,14 +73,6 @@ impl Backend for Sqlite {
     type Connection = SqliteConnection;
     const NAME: &'static str = "sqlite";
     const QUEUE_WRITERS: bool = true;
-    type UpgraderLock = ();
-    const UPGRADER_LOCK_PROVES_DEATH: bool = false;
-
-    /// No session lock outlives a transaction here: the lease alone excludes.
-    fn try_upgrader_lock(_url: &str, _key: i64) -> crate::Result<Option<()>> {
-        Ok(Some(()))
-    }
-
     fn execute(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
         bound_query!(diesel::sqlite::Sqlite, sql, binds).execute(conn)
     }
