@@ -22,7 +22,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -434,6 +434,57 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         Ok(())
     }
 
+    /// Inside a phase transaction, after its long statements: takes the
+    /// lease anew (ours, or lapsed and nobody else's), so the transaction
+    /// commits only while this upgrader holds it, with a fresh expiry.
+    fn claim(&self, c: &mut B::Connection) -> Result<()> {
+        match self
+            .db
+            .inner
+            .meta
+            .try_lease::<B>(c, &self.owner, self.lease_ms())?
+        {
+            None => Ok(()),
+            Some((holder, left)) => Err(Error::UpgraderBusy {
+                holder,
+                expires_in_ms: left,
+            }),
+        }
+    }
+
+    /// Runs `f` (a phase's statements, a backfill batch) with a keeper
+    /// beside it: a thread that renews the upgrade lease on a connection of
+    /// its own every third of the lease, so that a statement longer than the
+    /// lease keeps it and no second upgrader gets in meanwhile. (On SQLite
+    /// the keeper queues behind the phase's write lock; [`claim`](Self::claim)
+    /// then retakes the lease as the phase commits. A one-connection pool
+    /// has no connection to spare for it: the claim alone.)
+    fn kept<T>(&self, f: impl FnOnce() -> T) -> T {
+        let done = AtomicBool::new(false);
+        let (db, owner, lease) = (self.db, self.owner.as_str(), self.lease);
+        let out = thread::scope(|s| {
+            let keeper = thread::Builder::new()
+                .name("tandem-lease-keeper".to_owned())
+                .spawn_scoped(s, || keep_lease(db, owner, lease, &done));
+            let out = f();
+            done.store(true, Ordering::Release);
+            match keeper {
+                Ok(keeper) => {
+                    keeper.thread().unpark();
+                    if keeper.join().is_err() {
+                        tracing::warn!("the upgrade lease keeper panicked");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no lease keeper thread: a statement longer than the lease may lose it")
+                }
+            }
+            out
+        });
+        self.last_renewal.set(Some(Instant::now()));
+        out
+    }
+
     /// A step boundary: where the crash-injection hook may strike.
     fn step(&self, at: &str) -> Result<()> {
         let n = self.steps_taken.get() + 1;
@@ -657,11 +708,14 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         if !resumed {
             self.step("expand: before SQL")?;
             let now = meta::now_ms();
-            let applied = self.phase_tx(conn, |c| {
-                self.recheck(c, &state)?;
-                run_sql(c, &sql, target, Phase::Expand)?;
-                self.step("expand: SQL run, before commit")?;
-                self.journal(c, target, Phase::Expand, &checksum, now, meta::RUNNING)
+            let applied = self.kept(|| {
+                self.phase_tx(conn, |c| {
+                    self.recheck(c, &state)?;
+                    run_sql(c, &sql, target, Phase::Expand)?;
+                    self.claim(c)?;
+                    self.step("expand: SQL run, before commit")?;
+                    self.journal(c, target, Phase::Expand, &checksum, now, meta::RUNNING)
+                })
             });
             if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &applied {
                 self.journal_failure(conn, target, Phase::Expand, &checksum, now, e);
@@ -683,15 +737,19 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             loop {
                 self.renew_lease(conn)?;
                 self.step("expand: before backfill batch")?;
-                let changed = self
-                    .db
-                    .write_transaction(conn, |c| (step.batch)(c))
-                    .map_err(|source| Error::StepFailed {
-                        version: target,
-                        step: step.name.clone(),
-                        batches: report.batches,
-                        source,
-                    })?;
+                let batches = report.batches;
+                let changed = self.kept(|| {
+                    self.db.write_transaction(conn, |c| -> Result<usize> {
+                        let changed = (step.batch)(c).map_err(|source| Error::StepFailed {
+                            version: target,
+                            step: step.name.clone(),
+                            batches,
+                            source,
+                        })?;
+                        self.claim(c)?;
+                        Ok(changed)
+                    })
+                })?;
                 if changed == 0 {
                     break;
                 }
@@ -1223,18 +1281,21 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         self.await_acknowledged(conn, state.epoch, version, Phase::Contract)?;
         self.step("contract: before SQL")?;
         let now = meta::now_ms();
-        let result = self.phase_tx(conn, |c| {
-            self.recheck(c, &state)?;
-            if let Some(sql) = &sql {
-                run_sql(c, sql, version, Phase::Contract)?;
-            }
-            self.step("contract: SQL run, before commit")?;
-            self.transition(
-                c,
-                (version, StatePhase::Switched),
-                (version, StatePhase::Stable),
-            )?;
-            self.journal(c, version, Phase::Contract, &checksum, now, meta::APPLIED)
+        let result = self.kept(|| {
+            self.phase_tx(conn, |c| {
+                self.recheck(c, &state)?;
+                if let Some(sql) = &sql {
+                    run_sql(c, sql, version, Phase::Contract)?;
+                }
+                self.claim(c)?;
+                self.step("contract: SQL run, before commit")?;
+                self.transition(
+                    c,
+                    (version, StatePhase::Switched),
+                    (version, StatePhase::Stable),
+                )?;
+                self.journal(c, version, Phase::Contract, &checksum, now, meta::APPLIED)
+            })
         });
         if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &result {
             self.journal_failure(conn, version, Phase::Contract, &checksum, now, e);
@@ -1246,6 +1307,41 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         report.duration = started.elapsed();
         tracing::info!(%version, duration = ?report.duration, "contract done");
         Ok(report)
+    }
+}
+
+/// The lease keeper's loop (see [`Upgrader::kept`]): renews `owner`'s
+/// upgrade lease every third of `lease` until `done`.
+fn keep_lease<B: Backend>(db: &Tandem<B>, owner: &str, lease: Duration, done: &AtomicBool) {
+    let every = (lease / 3).max(Duration::from_millis(1));
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
+    let mut conn = None;
+    loop {
+        thread::park_timeout(every);
+        if done.load(Ordering::Acquire) {
+            return;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match db.inner.pool.get_timeout(every) {
+                Ok(c) => conn.insert(c),
+                Err(_) => continue,
+            },
+        };
+        let renewed = db.write_transaction(&mut **c, |c| {
+            db.inner.meta.try_lease::<B>(c, owner, lease_ms)
+        });
+        match renewed {
+            Ok(None) => tracing::trace!(owner, "upgrade lease renewed during a phase"),
+            Ok(Some((holder, _))) => {
+                tracing::warn!(owner, holder = %holder, "the upgrade lease was taken over during a phase; the phase will not commit");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not renew the upgrade lease during a phase; retrying");
+                conn = None;
+            }
+        }
     }
 }
 
