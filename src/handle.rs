@@ -114,6 +114,12 @@ pub(crate) struct Inner<B: Backend> {
     pub(crate) steps: Vec<Step<B>>,
     pub(crate) writer: WriterPolicy,
     pub(crate) lock_timeout: Duration,
+    /// Upgrade leases this process's upgraders left behind when their
+    /// command returned (the cleanup could not reach the database): the
+    /// next upgrader of this process takes them over at once.
+    pub(crate) orphaned_leases: parking_lot::Mutex<Vec<String>>,
+    /// `Builder::switch_timeout`: the most a switch waits in all.
+    pub(crate) switch_timeout: Duration,
     pub(crate) target: String,
     /// Which path calls take: [`fleet::STEADY`], [`fleet::LOCKING`], or
     /// [`fleet::UNDRAINED`] (locking, but steady calls may still be in
@@ -186,6 +192,7 @@ pub struct Builder<B: Backend> {
     steps: Vec<Step<B>>,
     writer: WriterPolicy,
     lock_timeout: Duration,
+    switch_timeout: Duration,
     label: String,
     poll_interval: Duration,
     lease: Option<Duration>,
@@ -261,6 +268,24 @@ impl<B: Backend> Builder<B> {
     /// under PostgreSQL's `deadlock_timeout` (1 s). Defaults to 100 ms.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
+        self
+    }
+
+    /// The most a switch (or switch back) waits in all before it gives up:
+    /// for the fleet to acknowledge deploying mode, for this process's
+    /// calls to drain, and for the exclusive schema lock (and, on SQLite,
+    /// the write lock). A call frozen inside a locking-path transaction (a
+    /// paused process, a stalled network) holds the shared lock; the switch
+    /// gives up after this long with [`Error::LockTimeout`] or
+    /// [`Error::FleetNotAcknowledged`], the fleet back in steady mode and
+    /// the database unchanged (on SQLite, where a frozen writer blocks every
+    /// writer, steady mode comes back with the next upgrader command).
+    /// The writer policy's attempts bound it too, whichever ends first.
+    /// Defaults to 10 s; at most an hour ([`Error::InvalidSetting`] from
+    /// [`open`](Builder::open)). `tests/frozen_instance.rs` shows it with a
+    /// `SIGSTOP`ped instance process on both backends.
+    pub fn switch_timeout(mut self, timeout: Duration) -> Self {
+        self.switch_timeout = timeout;
         self
     }
 
@@ -424,6 +449,11 @@ impl<B: Backend> Builder<B> {
             self.lock_timeout,
             "a phase statement's wait for a table lock",
         )?;
+        bounded(
+            "switch_timeout",
+            self.switch_timeout,
+            "the most a switch (or switch back) waits for the fleet and the schema lock",
+        )?;
 
         let target = redact(&self.url);
         let secrets = Secrets::of(&self.url);
@@ -523,6 +553,8 @@ impl<B: Backend> Builder<B> {
             steps: self.steps,
             writer: self.writer,
             lock_timeout: self.lock_timeout,
+            switch_timeout: self.switch_timeout,
+            orphaned_leases: parking_lot::Mutex::new(Vec::new()),
             target,
             path: AtomicU8::new(fleet::LOCKING),
             me,
@@ -672,6 +704,7 @@ impl<B: Backend> Tandem<B> {
             steps: Vec::new(),
             writer: WriterPolicy::default(),
             lock_timeout: Duration::from_millis(100),
+            switch_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(200),
             lease: None,
             queue_writers: true,

@@ -663,37 +663,48 @@ impl Meta {
         lease_ms: i64,
     ) -> Result<Option<(String, i64)>> {
         let now = B::now_ms_sql();
-        let changed = B::execute(
-            conn,
-            &format!(
-                "UPDATE {} SET owner = $1, owner_until = {now} + $2 \
-                 WHERE id = 1 AND (owner IS NULL OR owner = $1 OR owner_until IS NULL \
-                 OR owner_until <= {now})",
-                self.state
-            ),
-            &[Bind::Text(owner), Bind::I64(lease_ms)],
-        )?;
-        if changed == 1 {
-            return Ok(None);
+        // (PostgreSQL, read committed: the holder seen by the update may have
+        // released the lease before the select looks; then try again.)
+        for _ in 0..3 {
+            let changed = B::execute(
+                conn,
+                &format!(
+                    "UPDATE {} SET owner = $1, owner_until = {now} + $2 \
+                     WHERE id = 1 AND (owner IS NULL OR owner = $1 OR owner_until IS NULL \
+                     OR owner_until <= {now})",
+                    self.state
+                ),
+                &[Bind::Text(owner), Bind::I64(lease_ms)],
+            )?;
+            if changed == 1 {
+                return Ok(None);
+            }
+            let rows: Vec<OwnerRow> = B::load(
+                conn,
+                &format!(
+                    "SELECT owner, owner_until - {now} AS owner_left FROM {} WHERE id = 1",
+                    self.state
+                ),
+                &[],
+            )?;
+            match rows.into_iter().next() {
+                Some(OwnerRow {
+                    owner: Some(holder),
+                    owner_left: Some(left),
+                }) if left > 0 => return Ok(Some((holder, left))),
+                Some(_) => continue,
+                None => {
+                    return Err(self.corrupt(
+                        &self.state,
+                        "the row vanished while taking the upgrade lease",
+                    ))
+                }
+            }
         }
-        let rows: Vec<OwnerRow> = B::load(
-            conn,
-            &format!(
-                "SELECT owner, owner_until - {now} AS owner_left FROM {} WHERE id = 1",
-                self.state
-            ),
-            &[],
-        )?;
-        match rows.into_iter().next() {
-            Some(OwnerRow {
-                owner: Some(holder),
-                owner_left: Some(left),
-            }) => Ok(Some((holder, left.max(0)))),
-            _ => Err(self.corrupt(
-                &self.state,
-                "the row vanished while taking the upgrade lease",
-            )),
-        }
+        Ok(Some((
+            "another upgrader (the lease changed hands while we asked)".to_owned(),
+            0,
+        )))
     }
 
     /// Gives the upgrade lease up if `owner` still holds it.
@@ -711,6 +722,28 @@ impl Meta {
             &[Bind::Text(owner)],
         )?;
         Ok(())
+    }
+
+    /// Takes the upgrade lease over from `orphan`, an upgrader of this
+    /// process whose command has returned without releasing it; whether it
+    /// did (`orphan` may have lost it meanwhile).
+    pub(crate) fn take_over_lease<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        owner: &str,
+        orphan: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        let now = B::now_ms_sql();
+        let changed = B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET owner = $1, owner_until = {now} + $2 WHERE id = 1 AND owner = $3",
+                self.state
+            ),
+            &[Bind::Text(owner), Bind::I64(lease_ms), Bind::Text(orphan)],
+        )?;
+        Ok(changed == 1)
     }
 
     /// Appends a history row.

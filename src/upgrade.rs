@@ -118,6 +118,10 @@ pub struct Upgrader<'t, B: Backend> {
     halt_at: Option<(usize, std::path::PathBuf)>,
     steps_taken: Cell<usize>,
     last_renewal: Cell<Option<Instant>>,
+    /// While a switch runs: when its waits must end (`switch_timeout`).
+    switch_deadline: Cell<Option<Instant>>,
+    /// While a switch runs: (the version switched to, the live version).
+    switch_versions: Cell<Option<(Version, Version)>>,
 }
 
 impl<B: Backend> fmt::Debug for Upgrader<'_, B> {
@@ -143,6 +147,8 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             halt_at: None,
             steps_taken: Cell::new(0),
             last_renewal: Cell::new(None),
+            switch_deadline: Cell::new(None),
+            switch_versions: Cell::new(None),
         }
     }
 
@@ -340,38 +346,70 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
         // After a failure the connection may be the broken part: clean up on
         // a fresh one (returning this one to the pool first).
-        if result.is_err() {
+        let conn = if result.is_err() {
             drop(conn);
-            conn = match self.db.connection() {
-                Ok(fresh) => fresh,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot clean up after the failed command; the upgrade lease expires by itself");
-                    return result;
-                }
-            };
-        }
-        // Whatever happened, the fleet does not stay in deploying mode (a
-        // failed switch, or one an earlier upgrader crashed in).
-        let deploying = self
-            .db
-            .inner
-            .meta
-            .read_state::<B>(&mut conn)
-            .map(|s| s.mode == Mode::Deploying);
-        if deploying.unwrap_or(false) {
-            if let Err(e) = self.leave_deploying(&mut conn) {
-                tracing::warn!(error = %e, "could not return the fleet to steady mode; the next upgrader command will");
-            }
-        }
-        if let Err(e) = self
-            .db
-            .inner
-            .meta
-            .release_lease::<B>(&mut conn, &self.owner)
-        {
-            tracing::warn!(error = %e, "could not release the upgrade lease; it expires by itself");
-        }
+            None
+        } else {
+            Some(conn)
+        };
+        self.clean_up(conn);
         result
+    }
+
+    /// Whatever the command did: the fleet does not stay in deploying mode
+    /// (a failed switch, or one an earlier upgrader crashed in), and the
+    /// lease is given up. While the database cannot be reached (a server
+    /// restarting, a connection killed) this retries with backoff, for up to
+    /// the lease; a write lock held elsewhere (a frozen SQLite writer) gets
+    /// a short wait only. What cannot be done is left to the next command,
+    /// which, in this process, takes the lease over at once.
+    fn clean_up(&self, mut conn: Option<crate::handle::Conn<B>>) {
+        let meta = &self.db.inner.meta;
+        let deadline = Instant::now() + self.lease.min(Duration::from_secs(30));
+        let mut backoff = Backoff::default();
+        loop {
+            let attempt = (|| -> Result<()> {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => conn.insert(self.db.connection()?),
+                };
+                B::set_busy_wait(c, Some(CLEANUP_WAIT))?;
+                // Not behind this process's write gate, nor a poller tick
+                // (either may be waiting out a frozen writer): the poller
+                // adopts steady mode on its next tick.
+                if meta.read_state::<B>(c)?.mode == Mode::Deploying {
+                    B::write_transaction(c, |c| meta.set_mode::<B>(c, Mode::Steady, &self.owner))?;
+                }
+                meta.release_lease::<B>(c, &self.owner)?;
+                B::set_busy_wait(c, None)?;
+                Ok(())
+            })();
+            let e = match attempt {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if matches!(e, Error::UpgraderBusy { .. }) {
+                // The lease is no longer ours: its holder owns the state now.
+                tracing::debug!(error = %e, "the upgrade lease was no longer ours at cleanup");
+                return;
+            }
+            let busy = matches!(&e, Error::Query(q) if B::is_transient(q));
+            if busy || Instant::now() >= deadline {
+                tracing::warn!(error = %e, "could not return the fleet to steady mode and release the upgrade lease; the next upgrader command will (in this process at once; elsewhere once the lease expires)");
+                self.db
+                    .inner
+                    .orphaned_leases
+                    .lock()
+                    .push(self.owner.clone());
+                if let Some(c) = conn.as_mut() {
+                    let _ = B::set_busy_wait(c, None);
+                }
+                return;
+            }
+            tracing::debug!(error = %e, "cleanup after the command failed; retrying on a fresh connection");
+            conn = None;
+            backoff.wait();
+        }
     }
 
     fn acquire_lease(&self, conn: &mut B::Connection) -> Result<()> {
@@ -392,6 +430,10 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                     return Ok(());
                 }
                 Some((holder, left)) => {
+                    if self.take_over(conn, &holder)? {
+                        self.last_renewal.set(Some(Instant::now()));
+                        return Ok(());
+                    }
                     if Instant::now() >= deadline {
                         return Err(Error::UpgraderBusy {
                             holder,
@@ -405,6 +447,35 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
     }
 
+    /// Takes the lease over from `holder` if it is an upgrader of this
+    /// process whose command returned without releasing it.
+    fn take_over(&self, conn: &mut B::Connection, holder: &str) -> Result<bool> {
+        let orphaned = self
+            .db
+            .inner
+            .orphaned_leases
+            .lock()
+            .iter()
+            .any(|o| o == holder);
+        if !orphaned {
+            return Ok(false);
+        }
+        let taken = self.db.write_transaction(conn, |c| {
+            self.db
+                .inner
+                .meta
+                .take_over_lease::<B>(c, &self.owner, holder, self.lease_ms())
+        })?;
+        self.db.inner.orphaned_leases.lock().retain(|o| o != holder);
+        if taken {
+            tracing::info!(
+                from = holder,
+                "took over the upgrade lease this process left behind"
+            );
+        }
+        Ok(taken)
+    }
+
     /// The upgrade lease in milliseconds (of the database's clock).
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4)
@@ -412,6 +483,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
 
     /// Renews the lease when a third of it has passed (during long phases).
     fn renew_lease(&self, conn: &mut B::Connection) -> Result<()> {
+        self.bound_waits(conn)?;
         let due = self
             .last_renewal
             .get()
@@ -430,6 +502,22 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 });
             }
             self.last_renewal.set(Some(Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// What is left of the running switch's `switch_timeout`, if one runs.
+    fn budget(&self) -> Option<Duration> {
+        self.switch_deadline
+            .get()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// During a switch: the connection waits for SQLite's write lock no
+    /// longer than the switch has left.
+    fn bound_waits(&self, conn: &mut B::Connection) -> Result<()> {
+        if let Some(left) = self.budget() {
+            B::set_busy_wait(conn, Some(left.max(Duration::from_millis(1))))?;
         }
         Ok(())
     }
@@ -774,7 +862,35 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         Ok(report)
     }
 
+    /// The switch (or switch back) within `switch_timeout`: every wait
+    /// before the commit is bounded by what is left of it; a lock conflict
+    /// past it is [`Error::LockTimeout`].
     fn switch_locked(&self, conn: &mut B::Connection, phase: Phase) -> Result<PhaseReport> {
+        let started = Instant::now();
+        self.switch_deadline
+            .set(Some(started + self.db.inner.switch_timeout));
+        let result = self.switch_within(conn, phase);
+        self.switch_deadline.set(None);
+        if let Err(e) = B::set_busy_wait(conn, None) {
+            tracing::debug!(error = %e, "could not restore the connection's busy timeout");
+        }
+        let versions = self.switch_versions.take();
+        match (result, versions) {
+            (Err(Error::Query(e)), Some((version, live)))
+                if B::is_transient(&e) && started.elapsed() >= self.db.inner.switch_timeout =>
+            {
+                Err(Error::LockTimeout {
+                    version,
+                    live,
+                    attempts: 1,
+                    waited: started.elapsed(),
+                })
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn switch_within(&self, conn: &mut B::Connection, phase: Phase) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
         // (from, to): the state before and after, and the version whose files run.
@@ -869,6 +985,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
         self.check_catalogs(&instances, state.version, to.0)?;
 
+        self.switch_versions.set(Some((to.0, state.version)));
         let checksum = self.db.phase_checksum(owner_version, phase);
         let sql = catalog
             .phase(owner_version, phase, B::NAME)
@@ -889,6 +1006,14 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
         let mut backoff = Backoff::default();
         loop {
+            if report.attempts > 0 && self.budget() == Some(Duration::ZERO) {
+                return Err(Error::LockTimeout {
+                    version: to.0,
+                    live: state.version,
+                    attempts: report.attempts,
+                    waited: started.elapsed(),
+                });
+            }
             report.attempts += 1;
             self.renew_lease(conn)?;
             self.step("switch: before write lock")?;
@@ -976,7 +1101,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 }
                 Err(Error::LockTimeout { .. }) if report.attempts < policy.attempts.max(1) => {
                     drop(guard);
-                    backoff.wait();
+                    backoff.wait_at_most(self.budget());
                 }
                 Err(Error::LockTimeout { version, live, .. }) => {
                     drop(guard);
@@ -987,10 +1112,25 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         waited: started.elapsed(),
                     });
                 }
+                // SQLite's write lock, busy past the wait the budget allowed.
+                Err(Error::Query(e)) if B::is_transient(&e) => {
+                    drop(guard);
+                    if report.attempts >= policy.attempts.max(1)
+                        || self.budget() == Some(Duration::ZERO)
+                    {
+                        return Err(Error::LockTimeout {
+                            version: to.0,
+                            live: state.version,
+                            attempts: report.attempts,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    backoff.wait_at_most(self.budget());
+                }
                 Err(e) => match lock_conflict::<B>(e, report.attempts, policy.attempts.max(1)) {
                     Retry::Again => {
                         drop(guard);
-                        backoff.wait();
+                        backoff.wait_at_most(self.budget());
                     }
                     Retry::Stop(e) => {
                         // If the commit reached the database before the error (a lost
@@ -1091,6 +1231,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             .max(drain)
             .saturating_add(self.db.inner.poll_interval.saturating_mul(4))
             .min(crate::handle::FOREVER)
+            .min(self.budget().unwrap_or(crate::handle::FOREVER))
     }
 
     /// Sets deploying mode, moves this instance to the locking path, and waits
@@ -1400,6 +1541,9 @@ fn lock_conflict<B: Backend>(e: Error, attempt: u32, attempts: u32) -> Retry {
     }
 }
 
+/// How long the cleanup after a command waits for SQLite's write lock.
+const CLEANUP_WAIT: Duration = Duration::from_millis(250);
+
 /// Exponential backoff with jitter between retries: 5 ms doubling to 500 ms.
 struct Backoff(Duration);
 
@@ -1411,7 +1555,12 @@ impl Default for Backoff {
 
 impl Backoff {
     fn wait(&mut self) {
-        thread::sleep(self.0 + jitter(self.0));
+        self.wait_at_most(None);
+    }
+
+    /// As [`wait`](Self::wait), never longer than `left`.
+    fn wait_at_most(&mut self, left: Option<Duration>) {
+        thread::sleep((self.0 + jitter(self.0)).min(left.unwrap_or(Duration::MAX)));
         self.0 = (self.0 * 2).min(Duration::from_millis(500));
     }
 }

@@ -176,6 +176,16 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// (SQLite's `busy_timeout`).
     fn lock_timeout_sql(timeout: Duration) -> Option<String>;
 
+    /// Bounds how long this connection's statements wait for the database's
+    /// write lock from now on (`None`: the default again). SQLite: its
+    /// `busy_timeout`; a no-op where waits are bounded per statement
+    /// (PostgreSQL: `lock_timeout` and the switch's escalation bound).
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    fn set_busy_wait(conn: &mut Self::Connection, wait: Option<Duration>) -> QueryResult<()>;
+
     /// Whether an error is a passing lock conflict worth retrying
     /// (SQLite busy, PostgreSQL lock timeout or deadlock).
     fn is_transient(error: &diesel::result::Error) -> bool;

@@ -119,6 +119,12 @@ impl Backend for Postgres {
         Ok(())
     }
 
+    /// Waits here are bounded per statement (`lock_timeout`, the switch's
+    /// escalation bound): nothing to set.
+    fn set_busy_wait(_conn: &mut PgConnection, _wait: Option<Duration>) -> QueryResult<()> {
+        Ok(())
+    }
+
     fn lock_timeout_sql(timeout: Duration) -> Option<String> {
         Some(format!(
             "SET LOCAL lock_timeout = '{}ms'",

@@ -139,6 +139,11 @@ impl Backend for Sqlite {
         None
     }
 
+    fn set_busy_wait(conn: &mut SqliteConnection, wait: Option<Duration>) -> QueryResult<()> {
+        let ms = wait.unwrap_or(BUSY_TIMEOUT).min(BUSY_TIMEOUT).as_millis();
+        conn.batch_execute(&format!("PRAGMA busy_timeout = {ms};"))
+    }
+
     /// `SQLITE_BUSY` and `SQLITE_LOCKED`, by their messages: diesel gives
     /// them no kind, and SQLite's messages are compiled into the library in
     /// English (`sqlite3ErrStr`), whatever the locale.
