@@ -373,6 +373,9 @@ pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::
             if !db.inner.fleet_paused.load(Ordering::Acquire) {
                 if let Err(e) = db.poll_once() {
                     tracing::warn!(error = %e, "fleet poll failed");
+                    // Perhaps the server restarted: no broken connection
+                    // stays in the pool for a call to find.
+                    db.sweep_pool();
                 }
             }
             db.check_lease();

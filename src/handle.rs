@@ -750,14 +750,59 @@ impl<B: Backend> Tandem<B> {
     {
         let mut conn = self.connection()?;
         let read = self.inner.lock.read();
-        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY && self.lease_fresh() {
-            let version = self.served_live()?;
-            let binding = repository.get(version)?;
-            return f(binding, &mut Session::new(&mut *conn, version));
+        let result =
+            if self.inner.path.load(Ordering::Acquire) == fleet::STEADY && self.lease_fresh() {
+                let version = self.served_live()?;
+                let binding = repository.get(version)?;
+                let result = f(binding, &mut Session::new(&mut *conn, version));
+                drop(read);
+                result
+            } else {
+                drop(read);
+                self.check_lease();
+                self.call_locking(&mut *conn, repository, f)
+            };
+        if result.is_err() {
+            self.after_failure(conn);
         }
-        drop(read);
-        self.check_lease();
-        self.call_locking(&mut *conn, repository, f)
+        result
+    }
+
+    /// After a failed call: if its connection is broken (the server
+    /// restarted, the backend was terminated), the pool discards it, and
+    /// the idle connections are checked so that no other broken one is
+    /// handed out again.
+    #[cold]
+    #[inline(never)]
+    fn after_failure(&self, mut conn: Conn<B>) {
+        if diesel::r2d2::R2D2Connection::is_broken(&mut *conn) {
+            drop(conn);
+            self.sweep_pool();
+        }
+    }
+
+    /// Pings every idle pooled connection once (none is handed out
+    /// meanwhile) and lets the pool discard those that fail.
+    #[cold]
+    pub(crate) fn sweep_pool(&self) {
+        let pool = &self.inner.pool;
+        let mut good = Vec::new();
+        let mut broken = 0u32;
+        for _ in 0..pool.max_size() {
+            let Some(mut c) = pool.try_get() else { break };
+            if diesel::r2d2::R2D2Connection::ping(&mut *c).is_ok() {
+                good.push(c);
+            } else {
+                broken += 1; // dropped broken: the pool discards it
+            }
+        }
+        drop(good);
+        if broken > 0 {
+            tracing::warn!(
+                broken,
+                "discarded pooled connections the database had closed (a restart, a terminated backend)"
+            );
+        }
     }
 
     /// The locking path of [`call`](Tandem::call): the call runs in its own
@@ -810,16 +855,25 @@ impl<B: Backend> Tandem<B> {
     {
         let mut conn = self.connection()?;
         let read = self.inner.lock.read();
-        if self.inner.path.load(Ordering::Acquire) == fleet::STEADY && self.lease_fresh() {
+        let result = if self.inner.path.load(Ordering::Acquire) == fleet::STEADY
+            && self.lease_fresh()
+        {
             let version = self.served_live()?;
-            return self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
+            let result = self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
+            drop(read);
+            result
+        } else {
+            drop(read);
+            self.check_lease();
+            self.write_transaction(&mut conn, |c| {
+                let version = self.enter_shared(c)?;
+                f(&mut Session::new(c, version))
+            })
+        };
+        if result.is_err() {
+            self.after_failure(conn);
         }
-        drop(read);
-        self.check_lease();
-        self.write_transaction(&mut conn, |c| {
-            let version = self.enter_shared(c)?;
-            f(&mut Session::new(c, version))
-        })
+        result
     }
 
     /// A write transaction behind this process's write gate (where the

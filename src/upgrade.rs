@@ -371,7 +371,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             let attempt = (|| -> Result<()> {
                 let c = match conn.as_mut() {
                     Some(c) => c,
-                    None => conn.insert(self.db.connection()?),
+                    None => {
+                        // Not the pool's full `connection_timeout` per try.
+                        let wait = deadline
+                            .saturating_duration_since(Instant::now())
+                            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+                        let fresh =
+                            self.db.inner.pool.get_timeout(wait).map_err(|e| {
+                                crate::handle::pool_error(&e, &self.db.inner.secrets)
+                            })?;
+                        conn.insert(fresh)
+                    }
                 };
                 B::set_busy_wait(c, Some(CLEANUP_WAIT))?;
                 // Not behind this process's write gate, nor a poller tick
@@ -408,6 +418,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             }
             tracing::debug!(error = %e, "cleanup after the command failed; retrying on a fresh connection");
             conn = None;
+            self.db.sweep_pool();
             backoff.wait();
         }
     }
@@ -826,18 +837,29 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 self.renew_lease(conn)?;
                 self.step("expand: before backfill batch")?;
                 let batches = report.batches;
-                let changed = self.kept(|| {
-                    self.db.write_transaction(conn, |c| -> Result<usize> {
-                        let changed = (step.batch)(c).map_err(|source| Error::StepFailed {
+                let changed = self
+                    .kept(|| {
+                        self.db.write_transaction(conn, |c| -> Result<usize> {
+                            let changed = (step.batch)(c).map_err(|source| Error::StepFailed {
+                                version: target,
+                                step: step.name.clone(),
+                                batches,
+                                source,
+                            })?;
+                            self.claim(c)?;
+                            Ok(changed)
+                        })
+                    })
+                    .map_err(|e| match e {
+                        // The transaction around the batch (its claim, commit).
+                        Error::Query(source) => Error::StepFailed {
                             version: target,
                             step: step.name.clone(),
                             batches,
                             source,
-                        })?;
-                        self.claim(c)?;
-                        Ok(changed)
-                    })
-                })?;
+                        },
+                        e => e,
+                    })?;
                 if changed == 0 {
                     break;
                 }
