@@ -9,6 +9,9 @@
 //!     --database-url postgres://user@127.0.0.1/postgres \
 //!     --json --plot latency.svg                               # SQLite and PostgreSQL
 //! cargo run --release --example loadtest -- --quick           # < 1 minute
+//! cargo run --release --all-features --example loadtest -- \
+//!     --database-url postgres://user@127.0.0.1:5432/postgres \
+//!     --pgbouncer postgres://user@127.0.0.1:6432             # and behind PgBouncer
 //! ```
 //!
 //! Reported per backend: per-call latency histograms (hdrhistogram) before,
@@ -19,8 +22,11 @@
 //! raw diesel on the same point select over the same pool, interleaved in
 //! the same run. `--json` prints one JSON object per backend per line.
 //! `--database-url` names a PostgreSQL server database where the harness may
-//! `CREATE DATABASE` (it drops what it creates). Nothing is asserted: it
-//! reports.
+//! `CREATE DATABASE` (it drops what it creates). `--pgbouncer` names a
+//! PgBouncer in transaction mode in front of that server: the PostgreSQL
+//! runs are made once more through it (`postgres+pgbouncer`), each fresh
+//! database reached through the pooler, diesel's statement cache off.
+//! Nothing is asserted: it reports.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,7 +48,7 @@ type Repo<B> = Arc<Repository<dyn Accounts<<B as Backend>::Connection>>>;
 type Failure = Box<dyn std::error::Error>;
 
 const USAGE: &str = "usage: loadtest [--threads K] [--seconds S] [--quick] [--json] \
-                     [--database-url postgres://…] [--plot FILE.svg]";
+                     [--database-url postgres://…] [--pgbouncer postgres://…] [--plot FILE.svg]";
 
 struct Options {
     threads: usize,
@@ -51,6 +57,7 @@ struct Options {
     quick: bool,
     json: bool,
     database_url: Option<String>,
+    pgbouncer: Option<String>,
     plot: Option<String>,
 }
 
@@ -61,6 +68,7 @@ fn options() -> Result<Options, String> {
         quick: false,
         json: false,
         database_url: None,
+        pgbouncer: None,
         plot: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +81,7 @@ fn options() -> Result<Options, String> {
             "--quick" => o.quick = true,
             "--json" => o.json = true,
             "--database-url" => o.database_url = Some(value()?),
+            "--pgbouncer" => o.pgbouncer = Some(value()?),
             "--plot" => o.plot = Some(value()?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}; {USAGE}")),
@@ -209,10 +218,16 @@ fn under_load<B: Backend, T>(
     Ok((outcome?, all))
 }
 
-fn open<B: Backend>(url: &str, pool: usize, backfill: Backfill<B>) -> Result<Tandem<B>, Failure> {
+fn open<B: Backend>(
+    url: &str,
+    pool: usize,
+    statement_cache: bool,
+    backfill: Backfill<B>,
+) -> Result<Tandem<B>, Failure> {
     Ok(Tandem::<B>::builder(url, tandem::demo::catalog()?)
         .serves(1..=2)
         .pool_size(u32::try_from(pool)? + 2)
+        .statement_cache(statement_cache)
         .backfill(2, "copy emails into account_emails", backfill)
         .open()?)
 }
@@ -314,6 +329,7 @@ fn ms(d: Duration) -> f64 {
 /// empty database and returns its URL.
 fn run<B: Backend>(
     backend: &'static str,
+    statement_cache: bool,
     o: &Options,
     fresh: &mut dyn FnMut(&str) -> Result<String, Failure>,
     backfill: Backfill<B>,
@@ -328,7 +344,7 @@ where
     let repo = repository::<B>()?;
 
     // --- the main run: paced load through expand, switch, contract --------
-    let db = open::<B>(&fresh("main")?, o.threads, backfill)?;
+    let db = open::<B>(&fresh("main")?, o.threads, statement_cache, backfill)?;
     seed(&db, &repo, seeded)?;
     let overhead_ratio = overhead(&db, &repo, seeded, o.quick)?;
     let epoch = Instant::now();
@@ -397,7 +413,7 @@ where
     drop(db);
 
     // --- the saturation run: back-to-back calls while the switch waits ----
-    let db = open::<B>(&fresh("saturation")?, o.threads, backfill)?;
+    let db = open::<B>(&fresh("saturation")?, o.threads, statement_cache, backfill)?;
     seed(&db, &repo, seeded)?;
     db.upgrader().expand()?;
     let sat_epoch = Instant::now();
@@ -637,6 +653,7 @@ fn main() -> Result<(), Failure> {
     };
     outcomes.push(run::<tandem::Sqlite>(
         "sqlite",
+        true,
         &o,
         &mut sqlite_fresh,
         tandem::demo::backfill_emails,
@@ -654,12 +671,31 @@ fn main() -> Result<(), Failure> {
             };
             let outcome = run::<tandem::Postgres>(
                 "postgres",
+                true,
                 &o,
                 &mut pg_fresh,
                 tandem::demo::backfill_emails,
             );
             drop(created);
             outcomes.push(outcome?);
+            if let Some(bouncer) = &o.pgbouncer {
+                let mut created = Vec::new();
+                let mut bouncer_fresh = |_name: &str| -> Result<String, Failure> {
+                    let db = tandem::testing::FreshDatabase::postgres(url)?;
+                    let name = db.url().rsplit('/').next().unwrap_or_default().to_owned();
+                    created.push(db);
+                    Ok(format!("{}/{name}", bouncer.trim_end_matches('/')))
+                };
+                let outcome = run::<tandem::Postgres>(
+                    "postgres+pgbouncer",
+                    false,
+                    &o,
+                    &mut bouncer_fresh,
+                    tandem::demo::backfill_emails,
+                );
+                drop(created);
+                outcomes.push(outcome?);
+            }
         }
         #[cfg(not(feature = "postgres"))]
         return Err(format!(

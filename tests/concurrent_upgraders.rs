@@ -1,5 +1,6 @@
-//! Four OS processes run `upgrade_to(2)` at the same moment, on SQLite and on
-//! PostgreSQL: two wait for the lease, two do not. Checked: each phase is
+//! Four OS processes run `upgrade_to(2)` at the same moment, on SQLite, on
+//! PostgreSQL and on PostgreSQL behind PgBouncer in transaction mode: two
+//! wait for the lease, two do not. Checked: each phase is
 //! applied exactly once (the history says so, and says a child ran it), a
 //! process that did not wait either finished or exited with
 //! `UpgraderBusy` naming another racer, and the final state is right with
@@ -50,13 +51,14 @@ fn reported(stdout: &str, key: &str) -> String {
 }
 
 macro_rules! race_suite {
-    ($test:ident, $backend:ty, $setup:expr) => {
+    ($test:ident, $backend:ty, $setup:expr, $statement_cache:expr) => {
         #[test]
         fn $test() {
             type B = $backend;
             let open = |url: &str, label: &str| {
                 Tandem::<B>::builder(url, tandem::demo::catalog().unwrap())
                     .label(label)
+                    .statement_cache($statement_cache)
                     .backfill(2, "copy emails", tandem::demo::backfill_emails)
                     .open()
                     .unwrap()
@@ -174,7 +176,8 @@ use common::sqlite_setup;
 race_suite!(
     four_upgrader_processes_race_on_sqlite,
     tandem::Sqlite,
-    sqlite_setup
+    sqlite_setup,
+    true
 );
 
 #[cfg(feature = "postgres")]
@@ -183,5 +186,18 @@ use common::pg_setup;
 race_suite!(
     four_upgrader_processes_race_on_postgres,
     tandem::Postgres,
-    pg_setup
+    pg_setup,
+    true
+);
+
+// Behind PgBouncer in transaction mode (2 server connections): the lease
+// alone excludes, whatever server session each racer's statements land on.
+#[cfg(feature = "postgres")]
+use common::pgbouncer_setup;
+#[cfg(feature = "postgres")]
+race_suite!(
+    four_upgrader_processes_race_behind_pgbouncer,
+    tandem::Postgres,
+    pgbouncer_setup,
+    false
 );

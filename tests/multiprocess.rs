@@ -1,9 +1,14 @@
-//! A fleet of OS processes on one database (SQLite file, PostgreSQL): an old
-//! instance whose binary serves only version 1, two new instances serving 1
-//! and 2, each calling under load, and an upgrader process that expands, is
-//! refused the switch while the old instance lives, then (old instance gone)
-//! switches and contracts. Every call records its binding and the version
-//! the database showed at its start and end.
+//! A fleet of OS processes on one database (SQLite file, PostgreSQL, and
+//! PostgreSQL behind PgBouncer in transaction mode): an old instance whose
+//! binary serves only version 1, two new instances serving 1 and 2, each
+//! calling under load, and an upgrader process that expands, is refused the
+//! switch while the old instance lives, then (old instance gone) switches,
+//! switches back, switches again and contracts. The old binary restarts
+//! mid-deploy the way Kubernetes and systemd restart it: during expand (its
+//! second process opens with history rows of a version it does not know)
+//! and after the switch back (its third), and each time it serves. Every
+//! call records its binding and the version the database showed at its
+//! start and end.
 //!
 //! The test binary runs itself again as each child (`TANDEM_MP_ROLE`).
 
@@ -23,9 +28,15 @@ use tandem::{Backend, Error, Tandem};
 const THREADS: usize = 4;
 
 fn spawn(test: &str, role: &str, url: &str, dir: &Path) -> Child {
+    spawn_gen(test, role, 1, url, dir)
+}
+
+/// `generation`: which start of the role's binary this is (the old one restarts).
+fn spawn_gen(test: &str, role: &str, generation: u32, url: &str, dir: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env("TANDEM_MP_ROLE", role)
+        .env("TANDEM_MP_GEN", generation.to_string())
         .env("TANDEM_MP_URL", url)
         .env("TANDEM_MP_DIR", dir)
         .stdout(std::process::Stdio::null())
@@ -53,18 +64,41 @@ fn wait_for(path: &Path, timeout: Duration) {
     }
 }
 
-/// An instance process: THREADS callers until `stop` (or `stop-old` for the
-/// old binary), then its records go to `<role>.log`.
+/// This process's generation (`TANDEM_MP_GEN`).
+fn generation() -> u32 {
+    std::env::var("TANDEM_MP_GEN")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The name an instance process's files go by: the role, and for the old
+/// binary its generation (`old-2`).
+fn name(role: &str) -> String {
+    if role == "old" {
+        format!("old-{}", generation())
+    } else {
+        role.to_owned()
+    }
+}
+
+/// An instance process: THREADS callers until `stop` (or `stop-old-<gen>`
+/// for the old binary), then its records go to `<name>.log`.
 fn run_instance<B: Backend>(db: Tandem<B>, role: &str, dir: &Path)
 where
     common::AccountsV1: AccountsOn<B::Connection>,
     common::AccountsV2: AccountsOn<B::Connection>,
 {
-    let stop_file = dir.join(if role == "old" { "stop-old" } else { "stop" });
+    let me = name(role);
+    let stop_file = dir.join(if role == "old" {
+        format!("stop-{me}")
+    } else {
+        "stop".to_owned()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..THREADS)
         .map(|n| {
-            let (db, stop, role) = (db.clone(), stop.clone(), role.to_owned());
+            let (db, stop, role) = (db.clone(), stop.clone(), me.clone());
             thread::spawn(move || {
                 let repo = accounts_on::<B::Connection>();
                 let mut log = String::new();
@@ -113,33 +147,49 @@ where
             })
         })
         .collect();
-    std::fs::write(dir.join(format!("{role}.ready")), "").unwrap();
+    std::fs::write(dir.join(format!("{me}.ready")), "").unwrap();
     wait_for(&stop_file, Duration::from_secs(120));
     stop.store(true, Ordering::Relaxed);
     let log: String = workers.into_iter().map(|w| w.join().unwrap()).collect();
     // Leave the fleet table before the log says this instance is done: the
     // upgrader switches as soon as it sees the old instance's log.
     drop(db);
-    std::fs::write(dir.join(format!("{role}.log")), log).unwrap();
+    std::fs::write(dir.join(format!("{me}.log")), log).unwrap();
 }
 
 /// The upgrader process.
 fn run_upgrader<B: Backend>(db: Tandem<B>, dir: &Path) {
-    for role in ["old", "new-a", "new-b"] {
-        wait_for(&dir.join(format!("{role}.ready")), Duration::from_secs(60));
+    let ready = |name: &str| wait_for(&dir.join(format!("{name}.ready")), Duration::from_secs(60));
+    let gone = |name: &str| {
+        std::fs::write(dir.join(format!("stop-{name}")), "").unwrap();
+        wait_for(&dir.join(format!("{name}.log")), Duration::from_secs(60));
+    };
+    for name in ["old-1", "new-a", "new-b"] {
+        ready(name);
     }
     thread::sleep(Duration::from_millis(300));
     let up = db.upgrader();
     up.expand().unwrap();
+    // The old binary restarts during expand, and serves.
+    gone("old-1");
+    ready("old-2");
+    thread::sleep(Duration::from_millis(300));
     let refused = match up.switch() {
         Err(e @ Error::SwitchRefused { .. }) => e.to_string(),
         other => panic!("the switch must be refused while the old instance lives: {other:?}"),
     };
     std::fs::write(dir.join("refused"), refused).unwrap();
     thread::sleep(Duration::from_millis(200));
-    std::fs::write(dir.join("stop-old"), "").unwrap();
-    wait_for(&dir.join("old.log"), Duration::from_secs(60));
+    gone("old-2");
     let switch = up.switch().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    up.switch_back().unwrap();
+    // After the switch back the old binary starts again, and serves.
+    std::fs::write(dir.join("switched-back"), "").unwrap();
+    ready("old-3");
+    thread::sleep(Duration::from_millis(300));
+    gone("old-3");
+    up.switch().unwrap();
     thread::sleep(Duration::from_millis(400));
     up.contract().unwrap();
     thread::sleep(Duration::from_millis(200));
@@ -157,6 +207,9 @@ fn run_upgrader<B: Backend>(db: Tandem<B>, dir: &Path) {
     std::fs::write(dir.join("stop"), "").unwrap();
 }
 
+/// The instance processes' log names.
+const LOGS: [&str; 5] = ["old-1", "old-2", "old-3", "new-a", "new-b"];
+
 struct Outcome {
     calls: Vec<(u32, i64, i64)>,
     acked: BTreeMap<i64, String>,
@@ -169,7 +222,7 @@ fn collect(dir: &Path) -> Outcome {
         acked: BTreeMap::new(),
         errors: Vec::new(),
     };
-    for role in ["old", "new-a", "new-b"] {
+    for role in LOGS {
         let text = std::fs::read_to_string(dir.join(format!("{role}.log"))).unwrap();
         for line in text.lines() {
             let mut f = line.splitn(4, ' ');
@@ -189,7 +242,7 @@ fn collect(dir: &Path) -> Outcome {
 }
 
 macro_rules! fleet_of_processes {
-    ($test:ident, $backend:ty, $setup:expr) => {
+    ($test:ident, $backend:ty, $setup:expr, $statement_cache:expr) => {
         #[test]
         fn $test() {
             type B = $backend;
@@ -199,6 +252,7 @@ macro_rules! fleet_of_processes {
                     .label(label)
                     .poll_interval(Duration::from_millis(50))
                     .pool_size(THREADS as u32 + 2)
+                    .statement_cache($statement_cache)
                     .backfill(2, "copy emails", tandem::demo::backfill_emails)
                     .open()
                     .unwrap()
@@ -221,6 +275,16 @@ macro_rules! fleet_of_processes {
                 .iter()
                 .map(|r| (r.to_string(), spawn(stringify!($test), r, &url, dir.path())))
                 .collect();
+            let mut children = children.into_iter();
+            // The old binary, restarted by the parent as a supervisor would:
+            // once during expand, once after the switch back.
+            let (_, mut old) = children.next().unwrap();
+            assert!(old.wait().unwrap().success(), "the old-1 process failed");
+            let mut old = spawn_gen(stringify!($test), "old", 2, &url, dir.path());
+            assert!(old.wait().unwrap().success(), "the old-2 process failed");
+            wait_for(&dir.path().join("switched-back"), Duration::from_secs(120));
+            let mut old = spawn_gen(stringify!($test), "old", 3, &url, dir.path());
+            assert!(old.wait().unwrap().success(), "the old-3 process failed");
             for (role, mut c) in children {
                 assert!(c.wait().unwrap().success(), "the {role} process failed");
             }
@@ -230,6 +294,13 @@ macro_rules! fleet_of_processes {
                 "{refused}"
             );
             let o = collect(dir.path());
+            for g in 1..=3 {
+                let log = std::fs::read_to_string(dir.path().join(format!("old-{g}.log"))).unwrap();
+                assert!(
+                    log.lines().any(|l| l == "C 1 1 1"),
+                    "the old binary's process {g} served no call"
+                );
+            }
             assert!(
                 o.errors.is_empty(),
                 "failed calls: {:?}",
@@ -268,6 +339,21 @@ macro_rules! fleet_of_processes {
             assert_eq!(
                 (state.version.get(), state.phase, state.mode),
                 (2, tandem::StatePhase::Stable, tandem::Mode::Steady)
+            );
+            // Started once more now, the old binary is told what to deploy.
+            let late = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                .serves(1..=1)
+                .label("old-late")
+                .statement_cache($statement_cache)
+                .open();
+            let err = match late {
+                Err(e) => e,
+                Ok(late) => late.call(&repo, |r, s| r.email(s.conn(), 1)).unwrap_err(),
+            };
+            assert!(
+                matches!(err, Error::VersionNotServed { live, first, last } if (live.get(), first.get(), last.get()) == (2, 1, 1))
+                    && err.to_string().contains("deploy a binary with bindings for version 2"),
+                "{err:?}"
             );
             let stats = std::fs::read_to_string(dir.path().join("upgrader.log")).unwrap();
             eprintln!(
@@ -308,7 +394,12 @@ impl AfterCheck for tempfile::TempDir {
 
 use common::sqlite_setup;
 
-fleet_of_processes!(sqlite_fleet_of_processes, tandem::Sqlite, sqlite_setup);
+fleet_of_processes!(
+    sqlite_fleet_of_processes,
+    tandem::Sqlite,
+    sqlite_setup,
+    true
+);
 
 #[cfg(feature = "postgres")]
 impl AfterCheck for common::pg::PgDb {
@@ -335,4 +426,22 @@ impl AfterCheck for common::pg::PgDb {
 use common::pg_setup;
 
 #[cfg(feature = "postgres")]
-fleet_of_processes!(postgres_fleet_of_processes, tandem::Postgres, pg_setup);
+fleet_of_processes!(
+    postgres_fleet_of_processes,
+    tandem::Postgres,
+    pg_setup,
+    true
+);
+
+#[cfg(feature = "postgres")]
+use common::pgbouncer_setup;
+
+// Behind PgBouncer in transaction mode, 2 server connections for the whole
+// fleet: no session state, no prepared statements (PgBouncer 1.18).
+#[cfg(feature = "postgres")]
+fleet_of_processes!(
+    pgbouncer_fleet_of_processes,
+    tandem::Postgres,
+    pgbouncer_setup,
+    false
+);

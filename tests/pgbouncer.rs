@@ -18,21 +18,7 @@ use std::time::{Duration, Instant};
 
 use tandem::{Error, Postgres, StatePhase, Tandem};
 
-/// (the fresh database, its URL through the pooler), or `None` (said aloud).
-fn through_pgbouncer(test: &str) -> Option<(common::pg::PgDb, String)> {
-    let Ok(bouncer) = std::env::var("PGBOUNCER_URL") else {
-        assert!(
-            std::env::var("TANDEM_REQUIRE_PGBOUNCER").as_deref() != Ok("1"),
-            "{test}: TANDEM_REQUIRE_PGBOUNCER=1 but PGBOUNCER_URL is not set"
-        );
-        eprintln!("SKIPPED {test}: needs PGBOUNCER_URL (scripts/test starts a PgBouncer)");
-        return None;
-    };
-    let db = common::pg::PgDb::new(test)?;
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
-    let url = format!("{}/{name}", bouncer.trim_end_matches('/'));
-    Some((db, url))
-}
+use common::pgbouncer_setup as through_pgbouncer;
 
 fn open(url: &str, label: &str, slow_backfill: bool) -> Tandem<Postgres> {
     Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())

@@ -183,6 +183,27 @@ pub fn pg_setup(test: &str) -> Option<(pg::PgDb, String)> {
     Some((db, url))
 }
 
+/// Suite setup behind PgBouncer: a fresh database on the server named by
+/// `PG_DATABASE_URL`, and its URL through the pooler at `PGBOUNCER_URL`
+/// (`postgres://postgres@127.0.0.1:PORT`, with `* = host=… pool_size=2` in
+/// its `[databases]`); `None` (said aloud) without one, a failure under
+/// `TANDEM_REQUIRE_PGBOUNCER=1` (`scripts/test`).
+#[cfg(feature = "postgres")]
+pub fn pgbouncer_setup(test: &str) -> Option<(pg::PgDb, String)> {
+    let Ok(bouncer) = std::env::var("PGBOUNCER_URL") else {
+        assert!(
+            std::env::var("TANDEM_REQUIRE_PGBOUNCER").as_deref() != Ok("1"),
+            "{test}: TANDEM_REQUIRE_PGBOUNCER=1 but PGBOUNCER_URL is not set"
+        );
+        eprintln!("SKIPPED {test}: needs PGBOUNCER_URL (scripts/test starts a PgBouncer)");
+        return None;
+    };
+    let db = pg::PgDb::new(test)?;
+    let name = db.url.rsplit('/').next().unwrap_or_default().to_owned();
+    let url = format!("{}/{name}", bouncer.trim_end_matches('/'));
+    Some((db, url))
+}
+
 /// What a caller thread saw: (binding, state version at start, at end) per
 /// call; acknowledged writes (id, email); errors.
 pub type Seen = (
