@@ -14,6 +14,12 @@
 //!     --pgbouncer postgres://user@127.0.0.1:6432             # and behind PgBouncer
 //! ```
 //!
+//! A third run, the long phase: an expand whose SQL keeps the database busy
+//! for 10 s (2 s with `--quick`; on SQLite it holds the only write lock all
+//! along), longer than the instances' leases, while threads read through
+//! the upgrader's handle and another handle. Reported: the reads' p99 and
+//! longest, per handle (the target: at most 100 ms on SQLite).
+//!
 //! Reported per backend: per-call latency histograms (hdrhistogram) before,
 //! during and after the switch (p50 / p99 / p99.9 / max), throughput, the
 //! longest wait any call had on the schema lock, the writer's acquisition
@@ -309,8 +315,160 @@ struct Outcome {
     writer_acquire: Duration,
     switch_held: Duration,
     saturation: Saturation,
+    long: LongPhase,
     samples: Vec<Sample>,
     first_errors: Vec<String>,
+}
+
+/// The long phase's run: reads beside an expand longer than the leases.
+struct LongPhase {
+    expand: Duration,
+    /// (handle, percentiles of its reads during the expand).
+    reads: Vec<(&'static str, Percentiles)>,
+    errors: usize,
+}
+
+/// SQL that keeps the database busy for about `d`.
+trait SlowSql: Backend {
+    fn slow_sql(d: Duration) -> Result<String, Failure>;
+}
+
+impl SlowSql for tandem::Sqlite {
+    /// A recursive count, sized by timing a smaller one on this machine.
+    fn slow_sql(d: Duration) -> Result<String, Failure> {
+        let count = |n: u64| {
+            format!(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) \
+                 SELECT count(*) FROM c"
+            )
+        };
+        let mut conn = SqliteConnection::establish(":memory:")?;
+        let probe = 500_000u64;
+        let start = Instant::now();
+        diesel::sql_query(count(probe)).execute(&mut conn)?;
+        let per_row = start.elapsed().as_secs_f64() / probe as f64;
+        Ok(format!("{};", count((d.as_secs_f64() / per_row) as u64)))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl SlowSql for tandem::Postgres {
+    fn slow_sql(d: Duration) -> Result<String, Failure> {
+        Ok(format!("SELECT pg_sleep({});", d.as_secs_f64()))
+    }
+}
+
+/// Reads (point selects through the version 1 binding) on two handles, one
+/// of them the upgrader's, while an expand of `d` runs.
+fn long_phase<B: SlowSql>(
+    o: &Options,
+    fresh: &mut dyn FnMut(&str) -> Result<String, Failure>,
+    statement_cache: bool,
+    d: Duration,
+) -> Result<LongPhase, Failure>
+where
+    AccountsV1: Accounts<B::Connection>,
+    AccountsV2: Accounts<B::Connection>,
+{
+    let demo = tandem::demo::catalog()?;
+    let v1 = demo
+        .phase(tandem::Version::FIRST, tandem::Phase::Expand, B::NAME)
+        .ok_or("the demo catalog has no version 1")?
+        .text
+        .to_owned();
+    let dir = tempfile::tempdir()?;
+    for (file, text) in [
+        ("0001_accounts/expand.sql", v1),
+        (
+            "0002_slow/expand.sql",
+            format!(
+                "CREATE TABLE labels (id INTEGER PRIMARY KEY); {}",
+                B::slow_sql(d)?
+            ),
+        ),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::create_dir_all(path.parent().ok_or("no parent")?)?;
+        std::fs::write(path, text)?;
+    }
+    let catalog = tandem::Catalog::from_dir(dir.path())?;
+    let url = fresh("long")?;
+    let open = |label: &str| {
+        Tandem::<B>::builder(&url, catalog.clone())
+            .serves(1..=2)
+            .label(label)
+            .pool_size(u32::try_from(o.threads)? + 2)
+            .statement_cache(statement_cache)
+            .open()
+            .map_err(Failure::from)
+    };
+    let upgrader = open("upgrader")?;
+    let other = open("other")?;
+    let repo = repository::<B>()?;
+    seed(&upgrader, &repo, 1000)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let per_handle = (o.threads / 2).max(1);
+    let epoch = Instant::now();
+    let mut workers = Vec::new();
+    for (name, db) in [
+        ("the upgrader's handle", &upgrader),
+        ("another handle", &other),
+    ] {
+        for n in 0..per_handle {
+            let (db, repo, stop) = (db.clone(), repo.clone(), stop.clone());
+            workers.push((
+                name,
+                thread::spawn(move || {
+                    let mut log = WorkerLog::default();
+                    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ n as u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = i64::try_from(next(&mut rng) % 1000).unwrap_or(0) + 1;
+                        let at = epoch.elapsed();
+                        let started = Instant::now();
+                        match db.call(&repo, |r, s| r.email(s.conn(), id)) {
+                            Ok(_) => log.samples.push(Sample {
+                                at,
+                                latency: started.elapsed(),
+                            }),
+                            Err(e) => log.errors.push(e.to_string()),
+                        }
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    log
+                }),
+            ));
+        }
+    }
+    thread::sleep(Duration::from_millis(500));
+    let from = epoch.elapsed();
+    let expanded = upgrader.upgrader().expand();
+    let to = epoch.elapsed();
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut logs: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
+    let mut errors = 0;
+    for (name, w) in workers {
+        let log = w.join().map_err(|_| "a reader panicked")?;
+        errors += log.errors.len();
+        logs.entry(name).or_default().extend(log.samples);
+    }
+    expanded?;
+    let mut reads = Vec::new();
+    for (name, samples) in &logs {
+        reads.push((
+            *name,
+            percentiles(
+                samples
+                    .iter()
+                    .filter(|s| s.at < to && s.at + s.latency >= from),
+            )?,
+        ));
+    }
+    Ok(LongPhase {
+        expand: to - from,
+        reads,
+        errors,
+    })
 }
 
 struct Saturation {
@@ -327,7 +485,7 @@ fn ms(d: Duration) -> f64 {
 
 /// The main run and the saturation run on one backend. `fresh` makes a new
 /// empty database and returns its URL.
-fn run<B: Backend>(
+fn run<B: SlowSql>(
     backend: &'static str,
     statement_cache: bool,
     o: &Options,
@@ -449,10 +607,18 @@ where
     };
     drop(db);
 
+    // --- the long phase: reads beside an expand longer than the leases ------
+    let long = long_phase::<B>(
+        o,
+        fresh,
+        statement_cache,
+        Duration::from_secs(if o.quick { 2 } else { 10 }),
+    )?;
+
     Ok(Outcome {
         backend,
         calls: log.samples.len() as u64 + saturation.calls,
-        errors: log.errors.len() + sat_log.errors.len(),
+        errors: log.errors.len() + sat_log.errors.len() + long.errors,
         lost_writes,
         versions: log.versions.iter().copied().collect(),
         overhead_ratio,
@@ -463,6 +629,7 @@ where
         writer_acquire: report.writer_wait,
         switch_held: report.held,
         saturation,
+        long,
         first_errors: log
             .errors
             .iter()
@@ -510,6 +677,15 @@ fn print_human(o: &Outcome, threads: usize) {
         o.saturation.during.p99,
         o.saturation.during.calls
     );
+    for (name, p) in &o.long.reads {
+        println!(
+            "long phase (expand of {:.1} s): reads through {name}: {} calls, p99 {:.3} ms, max {:.3} ms",
+            o.long.expand.as_secs_f64(),
+            p.calls,
+            p.p99,
+            p.max
+        );
+    }
     println!(
         "calls {} ({:.0}/s paced), errors {}, lost writes {}, versions that served writes {:?}",
         o.calls, o.throughput, o.errors, o.lost_writes, o.versions
@@ -544,12 +720,31 @@ fn json(o: &Outcome) -> String {
     }
     let _ = write!(
         s,
-        ",\"saturation_writer_acquire_ms\":{:.3},\"saturation_escalated\":{},\"saturation_max_stall_ms\":{:.3},\"saturation_switch_p99_ms\":{:.3}}}",
+        ",\"saturation_writer_acquire_ms\":{:.3},\"saturation_escalated\":{},\"saturation_max_stall_ms\":{:.3},\"saturation_switch_p99_ms\":{:.3}",
         ms(o.saturation.writer_acquire),
         o.saturation.escalated,
         ms(o.saturation.max_stall),
         o.saturation.during.p99
     );
+    let _ = write!(
+        s,
+        ",\"long_expand_s\":{:.3},\"long_read_errors\":{}",
+        o.long.expand.as_secs_f64(),
+        o.long.errors
+    );
+    for (name, p) in &o.long.reads {
+        let which = if name.starts_with("another") {
+            "other"
+        } else {
+            "upgrader"
+        };
+        let _ = write!(
+            s,
+            ",\"long_reads_{which}_p99_ms\":{:.3},\"long_reads_{which}_max_ms\":{:.3}",
+            p.p99, p.max
+        );
+    }
+    s.push('}');
     s
 }
 

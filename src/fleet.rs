@@ -19,6 +19,23 @@
 //! cannot wait for calls in flight; the next adoption drains them before the
 //! poller acknowledges anything.
 //!
+//! ## Confirmation reads
+//!
+//! A long write can hold an instance's lease renewal back: on SQLite a
+//! phase holds the only write lock for as long as its SQL runs. So that its
+//! calls do not drop to the locking path (and wait for that write), a third
+//! thread, the confirmer, reads the state row and its own fleet row while
+//! the renewals are late, in one statement that writes nothing (WAL readers
+//! never wait for the writer). If the instance is on the steady path and
+//! the read shows steady mode, the adopted epoch and its row, the steady
+//! path stays open for a quarter lease from before that read, up to
+//! [`RENEWAL_GRACE`] past what the last renewal gave. In exchange, a switch
+//! that finds rows in that grace gives notice: it enters deploying mode and
+//! waits half a lease ([`Tandem::notice`]) before it goes on without them.
+//! A read that saw steady mode was made before the deploying mode was
+//! committed, so its quarter lease ends before the switch's half does (time
+//! measured on each host's monotonic clock only; nothing compares clocks).
+//!
 //! An instance (re)registers under the database's shared schema lock and
 //! adopts the state row read in that transaction, so a switch that did not
 //! see it in the fleet has committed before that read. The cached version
@@ -35,6 +52,12 @@ use crate::error::{Error, Result};
 use crate::handle::{Inner, Tandem};
 use crate::meta::{Instance, Mode, State};
 use crate::version::Version;
+
+/// How long past its lease (and its grace) a fleet row still gets notice
+/// from a switch, and how far past its last renewal an instance's
+/// confirmation reads may keep it on the steady path: long writes up to
+/// about this long do not stall its calls.
+pub(crate) const RENEWAL_GRACE: Duration = Duration::from_secs(30);
 
 /// Calls take the steady path: the cached version under the in-process lock.
 pub(crate) const STEADY: u8 = 0;
@@ -57,8 +80,63 @@ impl<B: Backend> Tandem<B> {
         self.set_lease_deadline(tick);
         let mut adopted = inner.adopted_epoch.lock();
         self.adopt(&state)?;
-        *adopted = state.epoch;
+        self.set_adopted(&mut adopted, state.epoch);
         Ok(())
+    }
+
+    /// Records the epoch adopted (the poller's lock and the confirmer's copy).
+    fn set_adopted(&self, adopted: &mut i64, epoch: i64) {
+        *adopted = epoch;
+        self.inner.adopted_copy.store(epoch, Ordering::Release);
+    }
+
+    /// The confirmer's read (see the module's "Confirmation reads"): while
+    /// this instance is on the steady path, a read showing steady mode, the
+    /// epoch it adopted and its own fleet row keeps the steady path open for
+    /// a quarter lease from before the read (never past
+    /// [`RENEWAL_GRACE`] beyond what the last renewal gave).
+    pub(crate) fn confirm_steady(&self) {
+        let inner = &self.inner;
+        if inner.path.load(Ordering::Acquire) != STEADY {
+            return;
+        }
+        let read_at = coarsetime::Instant::now();
+        let Some(mut conn) = inner
+            .pool
+            .try_get()
+            .or_else(|| inner.pool.get_timeout(inner.poll_interval).ok())
+        else {
+            return;
+        };
+        let row = match inner.meta.confirm::<B>(&mut conn, &inner.me.id) {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "confirmation read failed");
+                return;
+            }
+        };
+        drop(conn);
+        let adopted = inner.adopted_copy.load(Ordering::Acquire);
+        if row.mode != Mode::Steady.as_str() || row.epoch != adopted || row.mine != 1 {
+            return;
+        }
+        let quarter = coarsetime::Duration::from(inner.lease / 4);
+        let cap = coarsetime::Instant::from_ticks(inner.renewed_at.load(Ordering::Acquire))
+            + coarsetime::Duration::from(inner.lease - inner.lease / 4)
+            + coarsetime::Duration::from(RENEWAL_GRACE.saturating_sub(inner.lease / 4));
+        let until = (read_at + quarter).as_ticks().min(cap.as_ticks());
+        let before = inner.lease_deadline.fetch_max(until, Ordering::AcqRel);
+        if until > before {
+            tracing::trace!("steady path confirmed while the lease renewal is late");
+        }
+    }
+
+    /// How long a switch waits after entering deploying mode before it goes
+    /// on without fleet rows in the renewal grace: half a lease, twice the
+    /// longest a confirmation read keeps an instance on the steady path.
+    pub(crate) fn notice(&self) -> Duration {
+        self.inner.lease / 2
     }
 
     /// One poller tick: read the state row and renew the lease; adopt the
@@ -107,7 +185,7 @@ impl<B: Backend> Tandem<B> {
                  dropping the cached version and adopting the row as it is now"
             );
             let fresh = self.readopt()?;
-            *adopted = fresh.epoch;
+            self.set_adopted(&mut adopted, fresh.epoch);
             let mut conn = self.connection()?;
             self.write_transaction(&mut conn, |c| {
                 inner.meta.acknowledge::<B>(c, &inner.me.id, fresh.epoch)
@@ -116,7 +194,7 @@ impl<B: Backend> Tandem<B> {
         }
         // No connection is held while waiting for the in-process write lock.
         self.adopt(&state)?;
-        *adopted = state.epoch;
+        self.set_adopted(&mut adopted, state.epoch);
         let mut conn = self.connection()?;
         self.write_transaction(&mut conn, |c| {
             inner.meta.acknowledge::<B>(c, &inner.me.id, state.epoch)
@@ -253,7 +331,13 @@ impl<B: Backend> Tandem<B> {
     fn set_lease_deadline(&self, renewed_at: coarsetime::Instant) {
         let fresh_for = coarsetime::Duration::from(self.inner.lease - self.inner.lease / 4);
         let deadline = (renewed_at + fresh_for).as_ticks();
-        self.inner.lease_deadline.store(deadline, Ordering::Release);
+        self.inner
+            .renewed_at
+            .fetch_max(renewed_at.as_ticks(), Ordering::AcqRel);
+        // (A confirmation read may have set a later one; both hold.)
+        self.inner
+            .lease_deadline
+            .fetch_max(deadline, Ordering::AcqRel);
     }
 
     /// Whether the lease, last renewed, still counts as fresh. Checked by
@@ -297,22 +381,27 @@ impl<B: Backend> Tandem<B> {
     }
 
     /// Waits until every live instance other than this one has acknowledged
-    /// `epoch`, or until `timeout`; returns those that have not.
+    /// `epoch`, or until `timeout`; returns those that have not. Until
+    /// `notice_until`, rows in the renewal grace count too (a switch giving
+    /// notice: see the module's "Confirmation reads").
     pub(crate) fn await_fleet(
         &self,
         conn: &mut B::Connection,
         epoch: i64,
         timeout: Duration,
+        notice_until: Option<Instant>,
         between_polls: &mut dyn FnMut(&mut B::Connection) -> Result<()>,
     ) -> Result<Vec<Instance>> {
         let deadline = Instant::now() + timeout.min(crate::handle::FOREVER);
         loop {
+            let noticing = notice_until.is_some_and(|n| Instant::now() < n);
             let (instances, current) = self.write_transaction(conn, |c| -> Result<_> {
                 let current = self.inner.meta.read_state::<B>(c)?.epoch;
-                let live = self
-                    .inner
-                    .meta
-                    .live_instances::<B>(c, millis(self.inner.lease))?;
+                let grace = millis(self.inner.lease);
+                let mut live = self.inner.meta.live_instances::<B>(c, grace)?;
+                if noticing {
+                    live.extend(self.inner.meta.noticed_instances::<B>(c, grace)?);
+                }
                 Ok((live, current))
             })?;
             // An acknowledgement beyond the state row's own epoch was never
@@ -351,6 +440,14 @@ impl<B: Backend> Tandem<B> {
     pub fn pause_fleet(&self, paused: bool) {
         self.inner.fleet_paused.store(paused, Ordering::Release);
     }
+
+    /// Test hook: stop (or resume) renewing the lease and acknowledging,
+    /// but keep the confirmation reads, as a long write holding SQLite's
+    /// lock back would.
+    #[doc(hidden)]
+    pub fn hold_renewals(&self, held: bool) {
+        self.inner.renewals_held.store(held, Ordering::Release);
+    }
 }
 
 /// Starts the poller of `inner`. It holds only a weak reference, so dropping
@@ -370,7 +467,9 @@ pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::
             let db = Tandem::internal(inner);
             // First: after a pause, stop trusting a stale lease before anything else.
             db.check_lease();
-            if !db.inner.fleet_paused.load(Ordering::Acquire) {
+            if !db.inner.fleet_paused.load(Ordering::Acquire)
+                && !db.inner.renewals_held.load(Ordering::Acquire)
+            {
                 if let Err(e) = db.poll_once() {
                     tracing::warn!(error = %e, "fleet poll failed");
                     // Perhaps the server restarted: no broken connection
@@ -383,6 +482,37 @@ pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::
         .map_err(|e| Error::Connect {
             target: inner.target.clone(),
             message: format!("cannot start the fleet poller thread: {e}"),
+        })?;
+    Ok(handle.thread().clone())
+}
+
+/// Starts the confirmer of `inner` (see the module's "Confirmation
+/// reads"): every poll interval, if the last renewal is more than two poll
+/// intervals old (the poller is held back), a confirmation read.
+pub(crate) fn spawn_confirmer<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::Thread> {
+    let weak: Weak<Inner<B>> = Arc::downgrade(inner);
+    let shutdown: Arc<AtomicBool> = Arc::clone(&inner.shutdown);
+    let interval = inner.poll_interval;
+    let late = coarsetime::Duration::from(interval.saturating_mul(2));
+    let handle = thread::Builder::new()
+        .name("tandem-confirm".to_owned())
+        .spawn(move || loop {
+            thread::park_timeout(interval);
+            if shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.fleet_paused.load(Ordering::Acquire) {
+                continue;
+            }
+            let renewed = coarsetime::Instant::from_ticks(inner.renewed_at.load(Ordering::Acquire));
+            if coarsetime::Instant::now() > renewed + late {
+                Tandem::internal(inner).confirm_steady();
+            }
+        })
+        .map_err(|e| Error::Connect {
+            target: inner.target.clone(),
+            message: format!("cannot start the confirmer thread: {e}"),
         })?;
     Ok(handle.thread().clone())
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -132,10 +132,17 @@ pub(crate) struct Inner<B: Backend> {
     /// When the lease, last renewed, stops counting as fresh.
     pub(crate) lease_deadline: AtomicU64,
     pub(crate) fleet_paused: AtomicBool,
+    /// Test hook: the poller renews nothing, the confirmer still reads.
+    pub(crate) renewals_held: AtomicBool,
     /// Serialises fleet ticks of this instance (the poller and `refresh`)
     /// and holds the last epoch adopted: an older state row is never
     /// adopted after a newer one.
     pub(crate) adopted_epoch: parking_lot::Mutex<i64>,
+    /// The last epoch adopted, for the confirmer (which must not wait for a
+    /// tick holding `adopted_epoch`).
+    pub(crate) adopted_copy: AtomicI64,
+    /// When the last lease renewal started (coarse clock ticks).
+    pub(crate) renewed_at: AtomicU64,
     pub(crate) shutdown: Arc<AtomicBool>,
     /// The poller and lease watchdog threads, to wake them at shutdown.
     pub(crate) poller: parking_lot::Mutex<Vec<std::thread::Thread>>,
@@ -562,7 +569,10 @@ impl<B: Backend> Builder<B> {
             lease,
             lease_deadline: AtomicU64::new(0),
             fleet_paused: AtomicBool::new(false),
+            renewals_held: AtomicBool::new(false),
             adopted_epoch: parking_lot::Mutex::new(i64::MIN),
+            adopted_copy: AtomicI64::new(i64::MIN),
+            renewed_at: AtomicU64::new(0),
             cached_epoch: parking_lot::Mutex::new(i64::MIN),
             shutdown: Arc::new(AtomicBool::new(false)),
             poller: parking_lot::Mutex::new(Vec::new()),
@@ -581,6 +591,7 @@ impl<B: Backend> Builder<B> {
         let threads = vec![
             crate::fleet::spawn_poller(&db.inner)?,
             crate::fleet::spawn_watchdog(&db.inner)?,
+            crate::fleet::spawn_confirmer(&db.inner)?,
         ];
         *db.inner.poller.lock() = threads;
         tracing::info!(database = %db.inner.target, live = %live, serves = ?(first, last), "tandem opened");

@@ -299,6 +299,18 @@ pub(crate) struct HistoryRow {
     detail: Option<String>,
 }
 
+/// What a confirmation read sees (see `Tandem::confirm_steady`).
+#[derive(QueryableByName)]
+pub(crate) struct ConfirmRow {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) epoch: i64,
+    #[diesel(sql_type = Text)]
+    pub(crate) mode: String,
+    /// Whether this instance's fleet row is there (1) or not (0).
+    #[diesel(sql_type = BigInt)]
+    pub(crate) mine: i64,
+}
+
 #[derive(QueryableByName)]
 struct OwnerRow {
     #[diesel(sql_type = Nullable<Text>)]
@@ -956,10 +968,15 @@ impl Meta {
                 "fleet rows with leases longer than any instance takes: cut to two hours"
             );
         }
+        // Rows stay for the renewal grace past that: an instance whose
+        // renewals a long write holds back may still be alive (see
+        // `noticed_instances`).
         B::execute(
             conn,
             &format!("DELETE FROM {} WHERE lease_until <= {now} - $1", self.fleet),
-            &[Bind::I64(grace)],
+            &[Bind::I64(grace.saturating_add(crate::fleet::millis(
+                crate::fleet::RENEWAL_GRACE,
+            )))],
         )?;
         let rows: Vec<FleetRow> = B::load(
             conn,
@@ -971,6 +988,52 @@ impl Meta {
             &[Bind::I64(grace)],
         )?;
         rows.into_iter().map(|r| self.to_instance(r)).collect()
+    }
+
+    /// Instances past `grace` but within the renewal grace after it: dead,
+    /// or alive with their renewals held back by a long write (SQLite's
+    /// write lock during a phase). Such an instance may still be on the
+    /// steady path by confirmation reads, so a switch gives it notice
+    /// (deploying mode, then `Tandem::notice`) before it goes on without it.
+    pub(crate) fn noticed_instances<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        grace: i64,
+    ) -> Result<Vec<Instance>> {
+        let now = B::now_ms_sql();
+        let rows: Vec<FleetRow> = B::load(
+            conn,
+            &format!(
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
+                 FROM {} WHERE lease_until <= {now} - $1 AND lease_until > {now} - $2 ORDER BY id",
+                self.fleet
+            ),
+            &[
+                Bind::I64(grace),
+                Bind::I64(grace.saturating_add(crate::fleet::millis(crate::fleet::RENEWAL_GRACE))),
+            ],
+        )?;
+        rows.into_iter().map(|r| self.to_instance(r)).collect()
+    }
+
+    /// One statement, one snapshot, no write: the state row's epoch and
+    /// mode, and whether `id`'s fleet row is there. `None` without a state row.
+    pub(crate) fn confirm<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+    ) -> Result<Option<ConfirmRow>> {
+        let rows: Vec<ConfirmRow> = B::load(
+            conn,
+            &format!(
+                "SELECT s.epoch AS epoch, s.mode AS mode, \
+                 (SELECT count(*) FROM {} f WHERE f.id = $1) AS mine \
+                 FROM {} s WHERE s.id = 1",
+                self.fleet, self.state
+            ),
+            &[Bind::Text(id)],
+        )?;
+        Ok(rows.into_iter().next())
     }
 
     fn to_instance(&self, r: FleetRow) -> Result<Instance> {

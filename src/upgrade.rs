@@ -977,11 +977,13 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         // Invariant 3: every live instance must be able to serve the version
         // switched to (this one included).
         let me = self.db.instance_id().to_owned();
-        let instances = self.db.write_transaction(conn, |c| {
-            self.db
-                .inner
-                .meta
-                .live_instances::<B>(c, crate::fleet::millis(self.db.inner.lease))
+        let grace = crate::fleet::millis(self.db.inner.lease);
+        let (instances, noticed) = self.db.write_transaction(conn, |c| -> Result<_> {
+            let meta = &self.db.inner.meta;
+            Ok((
+                meta.live_instances::<B>(c, grace)?,
+                meta.noticed_instances::<B>(c, grace)?,
+            ))
         })?;
         let served = self.db.served_versions();
         let mut lacking: Vec<String> = instances
@@ -1016,13 +1018,16 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let policy = self.db.inner.writer;
         let mut report = PhaseReport::new(owner_version, phase);
         // With other live instances, the fleet moves to the locking path first.
+        // Rows in the renewal grace get notice too (deploying mode, then a
+        // wait): their instances may be alive with their renewals held back.
         let mut deploying = state.mode == Mode::Deploying;
         if deploying {
             // Resuming deploying mode a crashed upgrader set: this instance
             // may still be steady (its poller has not adopted it yet).
             self.leave_steady_path(conn, state.epoch, owner_version, phase)?;
-            self.await_acknowledged(conn, state.epoch, owner_version, phase)?;
-        } else if instances.iter().any(|i| i.id != me) {
+            let notice_until = Instant::now() + self.db.notice();
+            self.await_acknowledged(conn, state.epoch, owner_version, phase, Some(notice_until))?;
+        } else if instances.iter().chain(noticed.iter()).any(|i| i.id != me) {
             report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
             deploying = true;
         }
@@ -1074,8 +1079,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                         // register under the shared one): one that joined since
                         // we looked may lack the new version, or, alone before,
                         // we now need deploying mode.
-                        let live =
-                            meta.live_instances::<B>(c, crate::fleet::millis(self.db.inner.lease))?;
+                        let live = meta.live_instances::<B>(c, grace)?;
                         let lacking: Vec<String> = live
                             .iter()
                             .filter(|i| i.id != me && !i.serves(to.0))
@@ -1088,7 +1092,13 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                             });
                         }
                         self.check_catalogs(&live, state.version, to.0)?;
-                        if !deploying && live.iter().any(|i| i.id != me) {
+                        if !deploying
+                            && (live.iter().any(|i| i.id != me)
+                                || meta
+                                    .noticed_instances::<B>(c, grace)?
+                                    .iter()
+                                    .any(|i| i.id != me))
+                        {
                             return Ok((None, db_wait, db_escalated));
                         }
                         if let Some(sql) = &sql {
@@ -1192,11 +1202,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             // Let the fleet see the new version (they are on the locking path,
             // so lagging is safe), then return everyone to the steady path.
             let epoch = self.read_state(conn)?.epoch;
-            let behind = self
-                .db
-                .await_fleet(conn, epoch, self.fleet_timeout(), &mut |c| {
-                    self.renew_lease(c)
-                })?;
+            let behind =
+                self.db
+                    .await_fleet(conn, epoch, self.fleet_timeout(), None, &mut |c| {
+                        self.renew_lease(c)
+                    })?;
             if !behind.is_empty() {
                 tracing::warn!(behind = behind.len(), "some instances have not seen the switch yet; they stay on the locking path until they do");
             }
@@ -1278,7 +1288,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         let asked = Instant::now();
         self.leave_steady_path(conn, epoch, version, phase)?;
         self.step("switch: deploying, before fleet acknowledgement")?;
-        self.await_acknowledged(conn, epoch, version, phase)?;
+        // Notice runs from the commit of deploying mode (it is over by now).
+        let notice_until = asked + self.db.notice();
+        self.await_acknowledged(conn, epoch, version, phase, Some(notice_until))?;
         Ok(asked.elapsed())
     }
 
@@ -1327,19 +1339,23 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
     }
 
+    /// Waits for every live instance to acknowledge `epoch` (and, until
+    /// `notice_until`, those in the renewal grace); if they do not, returns
+    /// the fleet to steady mode and fails.
     fn await_acknowledged(
         &self,
         conn: &mut B::Connection,
         epoch: i64,
         version: Version,
         phase: Phase,
+        notice_until: Option<Instant>,
     ) -> Result<()> {
         let waited = Instant::now();
-        let behind = self
-            .db
-            .await_fleet(conn, epoch, self.fleet_timeout(), &mut |c| {
-                self.renew_lease(c)
-            })?;
+        let behind =
+            self.db
+                .await_fleet(conn, epoch, self.fleet_timeout(), notice_until, &mut |c| {
+                    self.renew_lease(c)
+                })?;
         if behind.is_empty() {
             return Ok(());
         }
@@ -1441,7 +1457,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             .map(|s| s.text.to_owned());
         // Invariant 3: no live instance may still use the previous version:
         // each must have acknowledged the switched state.
-        self.await_acknowledged(conn, state.epoch, version, Phase::Contract)?;
+        self.await_acknowledged(conn, state.epoch, version, Phase::Contract, None)?;
         self.step("contract: before SQL")?;
         let now = meta::now_ms();
         let result = self.kept(|| {

@@ -45,6 +45,7 @@ impl Slow for tandem::Postgres {
     }
 }
 
+/// Instances poll every 50 ms; their leases are ten polls (half a second).
 fn open<B: Slow>(url: &str, catalog: tandem::Catalog, label: &str) -> Tandem<B> {
     Tandem::<B>::builder(url, catalog)
         .serves(1..=2)
@@ -151,3 +152,250 @@ fn no_second_upgrader_gets_in_during_a_long_phase() {
         "the second upgrader asked throughout the phase: {refused}"
     );
 }
+
+/// A repository with one binding for both versions: a point read of a
+/// table the slow phase does not touch.
+mod reads {
+    use std::sync::Arc;
+
+    use diesel::prelude::*;
+    use tandem::Repository;
+
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    pub trait Read<C>: Send + Sync {
+        fn count(&self, conn: &mut C) -> QueryResult<i64>;
+        /// The live version, as the state row says now.
+        fn live(&self, conn: &mut C) -> QueryResult<i64>;
+    }
+
+    pub struct Reader;
+
+    impl<C> Read<C> for Reader
+    where
+        C: Connection,
+        diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, N>,
+    {
+        fn count(&self, conn: &mut C) -> QueryResult<i64> {
+            let rows: Vec<N> =
+                diesel::sql_query("SELECT count(*) AS n FROM items WHERE id = 1").load(conn)?;
+            Ok(rows.first().map_or(0, |r| r.n))
+        }
+        fn live(&self, conn: &mut C) -> QueryResult<i64> {
+            let rows: Vec<N> =
+                diesel::sql_query("SELECT version AS n FROM tandem_state WHERE id = 1")
+                    .load(conn)?;
+            Ok(rows.first().map_or(0, |r| r.n))
+        }
+    }
+
+    pub fn repository<C: 'static>() -> Repository<dyn Read<C>>
+    where
+        Reader: Read<C>,
+    {
+        Repository::<dyn Read<C>>::builder("reads")
+            .bindings(1..=2, Arc::new(Reader))
+            .build()
+            .unwrap()
+    }
+}
+
+/// Reads during a long expand (issue 10, item 8): the phase holds SQLite's
+/// write lock for three seconds, longer than the instances' leases (half a
+/// second here). Reads of a table it does not touch, in the upgrader's
+/// process and through another handle, must not wait for it: they stay on
+/// the steady path. (Before: the lease renewals waited behind the write
+/// lock, the leases lapsed, calls dropped to the locking path, `BEGIN
+/// IMMEDIATE`, and waited for the phase.) Reports the longest read; asserts
+/// only that no read waited anywhere near the phase's length, and none
+/// failed. The switch follows the expand at once, while the other handle's
+/// lease may still be lapsed (its row in the renewal grace): every read ran
+/// the binding of the version live at its start and its end (invariant 1).
+macro_rules! reads_during_a_long_phase {
+    ($test:ident, $backend:ty, $setup:expr) => {
+        #[test]
+        fn $test() {
+            type B = $backend;
+            let Some((_guard, url)) = $setup(stringify!($test)) else {
+                return;
+            };
+            let slow = <B as Slow>::slow_sql();
+            let files = vec![
+                (
+                    "0001_items/expand.sql",
+                    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL); \
+                     INSERT INTO items (id, name) VALUES (1, 'one');"
+                        .to_owned(),
+                ),
+                (
+                    "0002_slow/expand.sql",
+                    format!("CREATE TABLE labels (id INTEGER PRIMARY KEY); {slow}"),
+                ),
+            ];
+            let refs: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+            let (_c, catalog) = common::catalog(&refs);
+            let upgrader = open::<B>(&url, catalog.clone(), "upgrader");
+            let other = open::<B>(&url, catalog, "other");
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let readers: Vec<_> = [
+                ("same process", upgrader.clone()),
+                ("other handle", other.clone()),
+            ]
+            .into_iter()
+            .map(|(name, db)| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let repo = reads::repository::<<B as tandem::Backend>::Connection>();
+                    let (mut max, mut calls, mut failed) = (Duration::ZERO, 0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let start = Instant::now();
+                        let seen = db.call(&repo, |r, s| {
+                            let before = r.live(s.conn())?;
+                            let n = r.count(s.conn())?;
+                            let after = r.live(s.conn())?;
+                            Ok::<_, Error>((i64::from(s.version().get()), before, n, after))
+                        });
+                        match seen {
+                            Ok((v, before, 1, after)) if v == before && v == after => calls += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                        max = max.max(start.elapsed());
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    (name, max, calls, failed)
+                })
+            })
+            .collect();
+            thread::sleep(Duration::from_millis(300));
+            let started = Instant::now();
+            let up = upgrader.upgrader().lease(LEASE);
+            up.expand().unwrap();
+            let took = started.elapsed();
+            let switch = up.switch().unwrap();
+            eprintln!("{}: switch right after: {switch:?}", stringify!($test));
+            thread::sleep(Duration::from_millis(300));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for r in readers {
+                let (name, max, calls, failed) = r.join().unwrap();
+                eprintln!(
+                    "{}: expand {took:?}; reads ({name}): {calls}, longest {max:?}",
+                    stringify!($test)
+                );
+                assert!(failed.is_empty(), "reads failed ({name}): {failed:?}");
+                assert!(
+                    max < took / 4,
+                    "a read ({name}) waited {max:?} during an expand of {took:?}"
+                );
+            }
+        }
+    };
+}
+
+reads_during_a_long_phase!(
+    sqlite_reads_during_a_long_phase,
+    tandem::Sqlite,
+    common::sqlite_setup
+);
+#[cfg(feature = "postgres")]
+reads_during_a_long_phase!(
+    postgres_reads_during_a_long_phase,
+    tandem::Postgres,
+    common::pg_setup
+);
+
+/// The other side of confirmation reads (see `tandem::fleet`'s docs): an
+/// instance whose renewals are held back (its row past the lease and its
+/// grace) stays on the steady path by reading that nothing changed; a
+/// switch then gives it notice (deploying mode, half a lease) and it leaves
+/// the steady path before the switch commits. Every call it made ran the
+/// binding of the version live at its start and end.
+macro_rules! notice_for_held_renewals {
+    ($test:ident, $backend:ty, $setup:expr) => {
+        #[test]
+        fn $test() {
+            type B = $backend;
+            let Some((_guard, url)) = $setup(stringify!($test)) else {
+                return;
+            };
+            let files = [
+                (
+                    "0001_items/expand.sql",
+                    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL); \
+                     INSERT INTO items (id, name) VALUES (1, 'one');",
+                ),
+                (
+                    "0002_labels/expand.sql",
+                    "CREATE TABLE labels (id INTEGER PRIMARY KEY);",
+                ),
+            ];
+            let (_c, catalog) = common::catalog(&files);
+            let upgrader = open::<B>(&url, catalog.clone(), "upgrader");
+            let held = open::<B>(&url, catalog, "held");
+            upgrader.upgrader().expand().unwrap();
+            held.refresh().unwrap(); // adopts the expanded state first
+            held.hold_renewals(true);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reader = {
+                let (db, stop) = (held.clone(), stop.clone());
+                thread::spawn(move || {
+                    let repo = reads::repository::<<B as tandem::Backend>::Connection>();
+                    let (mut calls, mut bad) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let seen = db.call(&repo, |r, s| {
+                            let before = r.live(s.conn())?;
+                            r.count(s.conn())?;
+                            let after = r.live(s.conn())?;
+                            Ok::<_, Error>((i64::from(s.version().get()), before, after))
+                        });
+                        match seen {
+                            Ok((v, before, after)) if v == before && v == after => calls += 1,
+                            other => bad.push(format!("{other:?}")),
+                        }
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    (calls, bad)
+                })
+            };
+            // Past its lease and the lease's grace: no longer live, but in
+            // the renewal grace.
+            thread::sleep(Duration::from_millis(1500));
+            assert!(
+                held.steady(),
+                "confirmation reads keep it on the steady path"
+            );
+            let switch = upgrader.upgrader().switch().unwrap();
+            let steady_after = held.steady();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (calls, bad) = reader.join().unwrap();
+            eprintln!("{}: {calls} calls; switch {switch:?}", stringify!($test));
+            assert!(
+                bad.is_empty(),
+                "calls with another binding than the live version: {bad:?}"
+            );
+            assert!(calls > 100, "too few calls: {calls}");
+            let notice = Duration::from_millis(250); // half of the 500 ms lease
+            assert!(
+                switch.fleet_ack.is_some_and(|waited| waited >= notice),
+                "the switch gave the held instance notice: {switch:?}"
+            );
+            assert!(!steady_after, "the held instance left the steady path");
+            held.hold_renewals(false);
+        }
+    };
+}
+
+notice_for_held_renewals!(
+    sqlite_notice_for_held_renewals,
+    tandem::Sqlite,
+    common::sqlite_setup
+);
+#[cfg(feature = "postgres")]
+notice_for_held_renewals!(
+    postgres_notice_for_held_renewals,
+    tandem::Postgres,
+    common::pg_setup
+);
