@@ -143,6 +143,11 @@
 //! calls) or to drop out; it is refused while a live instance cannot serve
 //! the new version ([`Error::SwitchRefused`]), and contract waits for every
 //! instance to have seen the switch ([`Error::FleetNotAcknowledged`]).
+//! While a long write holds an instance's lease renewals back (SQLite's
+//! write lock during a phase), a read that writes nothing keeps it on the
+//! steady path as long as it shows that nothing changed, and a switch gives
+//! such instances notice first. Everything the switch waits for is bounded
+//! by [`Builder::switch_timeout`].
 //!
 //! Upgraders exclude each other through a lease on the state row
 //! (compare-and-set inside a write transaction; no session state, so it

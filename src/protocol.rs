@@ -53,6 +53,24 @@
 //!     PgBouncer in transaction mode: transaction-scoped advisory locks only.
 //!     Shown by `tests/pgbouncer.rs` and the fleet demo through a real
 //!     PgBouncer (`scripts/test`).
+//! 12. **A long write stalls no read and gives nothing away.** An instance
+//!     whose lease renewals a write holds back stays on the steady path only
+//!     while a read that writes nothing confirms steady mode, its adopted
+//!     epoch and its fleet row; a switch gives rows in the renewal grace
+//!     notice before it goes on without them. Shown by `tests/long_phases.rs`
+//!     (reads during a long SQLite expand; notice for held renewals) and the
+//!     load harness's long-phase run.
+//! 13. **A bounded switch.** Everything a switch waits for before it commits
+//!     fits in `Builder::switch_timeout`; then it gives up, database
+//!     unchanged. Shown by `tests/frozen_instance.rs` (a `SIGSTOP`ped
+//!     instance process, both backends).
+//! 14. **Server restarts lose nothing and leave nothing behind.** A command
+//!     cut off by a restart or a terminated backend leaves steady mode and
+//!     no lease (its cleanup retries until the server answers), the rerun
+//!     finishes, and no broken connection is handed out twice. Shown by
+//!     `tests/server_restart.rs` and `tests/long_phases.rs` (a phase longer
+//!     than the upgrade lease keeps it).
 //!
-//! What does not hold yet (server restarts mid-phase, long phases, a bound
-//! on the switch's total wait) is in the README's "Known limit" paragraph.
+//! What does not hold (a call frozen mid-flight on the steady path; SQLite
+//! phases much longer than the renewal grace) is in the README's "Known
+//! limits" paragraph.
