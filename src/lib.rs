@@ -196,6 +196,8 @@ mod handle;
 mod lock;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod meta;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod retry;
 #[cfg(all(feature = "testing", any(feature = "sqlite", feature = "postgres")))]
 pub mod testing;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -1,0 +1,448 @@
+//! The `Builder`: settings, validated, and `open`.
+
+use super::setup::{initialize, instance_id, LogConnectionErrors, NoStatementCache};
+use super::*;
+
+/// Configures and opens a [`Tandem`]. Made by [`Tandem::builder`].
+pub struct Builder<B: Backend> {
+    url: String,
+    catalog: Catalog,
+    prefix: String,
+    serves: Option<RangeInclusive<u32>>,
+    baseline: Option<u32>,
+    settings: PoolSettings,
+    steps: Vec<Step<B>>,
+    writer: WriterPolicy,
+    lock_timeout: Duration,
+    switch_timeout: Duration,
+    label: String,
+    poll_interval: Duration,
+    lease: Option<Duration>,
+    queue_writers: bool,
+    statement_cache: bool,
+}
+
+impl<B: Backend> fmt::Debug for Builder<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("database", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("serves", &self.serves)
+            .field("baseline", &self.baseline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Builder<B> {
+    /// Metadata table prefix. Defaults to `tandem_`. Validated by
+    /// [`open`](Builder::open): lowercase letters, digits and underscores.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// The versions this binary has bindings for. Defaults to the catalog's
+    /// latest version and the one before it (N-1 and N).
+    pub fn serves(mut self, versions: RangeInclusive<u32>) -> Self {
+        self.serves = Some(versions);
+        self
+    }
+
+    /// Adopts an existing database that has no tandem metadata, declaring
+    /// that its schema is version `version` of the catalog. Ignored once the
+    /// database is managed, if it was baselined at that version.
+    pub fn baseline(mut self, version: u32) -> Self {
+        self.baseline = Some(version);
+        self
+    }
+
+    /// Maximum pooled connections. Defaults to 10 (in-memory SQLite: always 1).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.settings.max_size = size.max(1);
+        self
+    }
+
+    /// How long a call waits for a pooled connection before
+    /// [`Error::Pool`]. Defaults to 30 s; at most an hour
+    /// ([`open`](Builder::open) refuses more with [`Error::InvalidSetting`]).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connection_timeout = timeout;
+        self
+    }
+
+    /// Whether the pool pings a connection on every checkout. Defaults to
+    /// `false`: r2d2's own default (`true`) costs a round trip per call.
+    pub fn test_on_check_out(mut self, test: bool) -> Self {
+        self.settings.test_on_check_out = test;
+        self
+    }
+
+    /// How the switch takes the schema writer lock. Defaults to
+    /// [`WriterPolicy::default`].
+    pub fn writer_policy(mut self, policy: WriterPolicy) -> Self {
+        self.writer = policy;
+        self
+    }
+
+    /// How long a phase statement may wait for a table lock before the
+    /// phase rolls back and retries (PostgreSQL `lock_timeout`; up to
+    /// `WriterPolicy::attempts` times, with backoff and jitter). Keep it well
+    /// under PostgreSQL's `deadlock_timeout` (1 s). Defaults to 100 ms.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The most a switch (or switch back) waits in all before it gives up:
+    /// for the fleet to acknowledge deploying mode, for this process's
+    /// calls to drain, and for the exclusive schema lock (and, on SQLite,
+    /// the write lock). A call frozen inside a locking-path transaction (a
+    /// paused process, a stalled network) holds the shared lock; the switch
+    /// gives up after this long with [`Error::LockTimeout`] or
+    /// [`Error::FleetNotAcknowledged`], the fleet back in steady mode and
+    /// the database unchanged (on SQLite, where a frozen writer blocks every
+    /// writer, steady mode comes back with the next upgrader command).
+    /// The writer policy's attempts bound it too, whichever ends first.
+    /// Defaults to 10 s; at most an hour ([`Error::InvalidSetting`] from
+    /// [`open`](Builder::open)). `tests/frozen_instance.rs` shows it with a
+    /// `SIGSTOP`ped instance process on both backends.
+    pub fn switch_timeout(mut self, timeout: Duration) -> Self {
+        self.switch_timeout = timeout;
+        self
+    }
+
+    /// How often the background poller reads the state row and renews this
+    /// instance's lease. Defaults to 200 ms. The fleet acknowledges a change
+    /// of mode within about one interval. At least 5 ms; at most an hour
+    /// ([`Error::InvalidSetting`] from [`open`](Builder::open)).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(5));
+        self
+    }
+
+    /// How long this instance's fleet lease lasts unless renewed: an
+    /// instance that cannot renew it (database unreachable, process paused)
+    /// leaves the steady path by itself after three quarters of it, and an
+    /// upgrader waits at most this long for a dead instance. Defaults to ten
+    /// poll intervals (at most two hours); at least two; at most two hours
+    /// ([`Error::InvalidSetting`] from [`open`](Builder::open)).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Whether this process's write transactions (units of work, and
+    /// tandem's own metadata writes) queue on an in-process gate, first come
+    /// first served, before they ask SQLite for its single write lock.
+    /// Defaults to `true`; PostgreSQL has no such gate and ignores it.
+    ///
+    /// SQLite's busy handler sleeps 1 to 100 ms between retries and favours
+    /// no one, so without the gate a writer can wait far longer than the
+    /// write it waits for. Turning it off is for measuring what it buys
+    /// (`cargo run --release --example rolling_upgrade -- --no-writer-queue`;
+    /// figures in BENCHMARKS.md), or for a process whose writes all go
+    /// through another gate of its own.
+    pub fn queue_writers(mut self, queue: bool) -> Self {
+        self.queue_writers = queue;
+        self
+    }
+
+    /// Whether diesel caches prepared statements on each pooled connection
+    /// (named server-side statements, reused by later calls). Defaults to
+    /// `true`.
+    ///
+    /// Turn it off behind a pooler that does not keep a client on one
+    /// server connection, such as PgBouncer in transaction mode before 1.21
+    /// (Debian ships 1.18): a cached statement was prepared on another
+    /// server connection, so later calls fail with `prepared statement
+    /// "__diesel_stmt_N" does not exist`, or run another client's statement
+    /// with the wrong parameters. Off, every statement is prepared unnamed,
+    /// in the same round trip as it runs. `scripts/test` runs the fleet demo
+    /// and `tests/pgbouncer.rs` through a real PgBouncer this way.
+    pub fn statement_cache(mut self, cache: bool) -> Self {
+        self.statement_cache = cache;
+        self
+    }
+
+    /// A label for this instance in the history and fleet tables (for
+    /// example the service name). Defaults to the executable's name.
+    pub fn label(mut self, label: &str) -> Self {
+        self.label = label.to_owned();
+        self
+    }
+
+    /// Registers a Rust step that runs in `version`'s expand phase after its
+    /// SQL, in batches: `batch` is called repeatedly, each call in its own
+    /// transaction, until it returns 0 (rows changed). It must be idempotent
+    /// (a rerun after a crash calls it again), for example
+    /// `INSERT … SELECT … WHERE NOT EXISTS (…) LIMIT 1000`.
+    pub fn backfill<F>(mut self, version: u32, name: &str, batch: F) -> Self
+    where
+        F: Fn(&mut B::Connection) -> diesel::QueryResult<usize> + Send + Sync + 'static,
+    {
+        self.steps.push(Step {
+            version,
+            name: name.to_owned(),
+            batch: Box::new(batch),
+        });
+        self
+    }
+
+    /// Opens the database: validates the configuration, builds the pool,
+    /// creates the metadata tables on first use (applying version 1's
+    /// `expand.sql` to an empty database), and checks every applied phase's
+    /// checksum against the catalog.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPrefix`], [`Error::InvalidVersion`],
+    /// [`Error::InvalidSetting`], [`Error::EmptyServedRange`],
+    /// [`Error::ServedBeyondCatalog`], [`Error::BackfillBeyondCatalog`],
+    /// [`Error::PrefixTaken`], [`Error::Connect`],
+    /// [`Error::NotAdopted`] (tables but no metadata, and no baseline),
+    /// [`Error::BaselineMismatch`], [`Error::MetadataCorrupt`],
+    /// [`Error::ChecksumDrift`], [`Error::PhaseFailed`] (version 1's SQL).
+    pub fn open(self) -> Result<Tandem<B>> {
+        let prefix = Prefix::new(&self.prefix)?;
+        let latest = self.catalog.latest();
+        let version_arg = |value: u32, context: &'static str| {
+            Version::new(value).ok_or(Error::InvalidVersion {
+                value: i64::from(value),
+                context,
+            })
+        };
+        let (first, last) = match &self.serves {
+            Some(range) => (
+                version_arg(*range.start(), "serves")?,
+                version_arg(*range.end(), "serves")?,
+            ),
+            None => (latest.previous().unwrap_or(latest), latest),
+        };
+        if first > last {
+            return Err(Error::EmptyServedRange { first, last });
+        }
+        if last > latest {
+            return Err(Error::ServedBeyondCatalog {
+                first,
+                last,
+                latest,
+            });
+        }
+        for step in &self.steps {
+            let v = version_arg(step.version, "backfill")?;
+            if v > latest {
+                return Err(Error::BackfillBeyondCatalog {
+                    step: step.name.clone(),
+                    version: v,
+                    latest,
+                });
+            }
+        }
+        let baseline = self
+            .baseline
+            .map(|b| version_arg(b, "baseline"))
+            .transpose()?;
+        if let Some(b) = baseline.filter(|b| *b > latest) {
+            return Err(Error::UnknownVersion { version: b, latest });
+        }
+
+        bounded(
+            "poll_interval",
+            self.poll_interval,
+            "the fleet acknowledges a switch within about one interval",
+        )?;
+        bounded(
+            "connection_timeout",
+            self.settings.connection_timeout,
+            "a call waits this long for a pooled connection",
+        )?;
+        bounded(
+            "writer_policy (patience)",
+            self.writer.patience,
+            "the switch's polling per attempt",
+        )?;
+        bounded(
+            "writer_policy (escalation)",
+            self.writer.escalation,
+            "the longest a call can be made to wait for the switch",
+        )?;
+        bounded(
+            "lock_timeout",
+            self.lock_timeout,
+            "a phase statement's wait for a table lock",
+        )?;
+        bounded(
+            "switch_timeout",
+            self.switch_timeout,
+            "the most a switch (or switch back) waits for the fleet and the schema lock",
+        )?;
+
+        let target = redact(&self.url);
+        let secrets = Secrets::of(&self.url);
+        let connect_error = |message: String| Error::Connect {
+            target: target.clone(),
+            message: secrets.redact(&message),
+        };
+        // A URL libpq would misread quotes pieces of its password in its
+        // error: refuse it before it gets there.
+        if let Some(reason) = crate::redact::malformed_url_password(&self.url) {
+            return Err(connect_error(reason.to_owned()));
+        }
+        let mut settings = self.settings;
+        let (manager, backend_customizer) = B::configure_pool(&self.url, &mut settings);
+        let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
+            if self.statement_cache {
+                backend_customizer
+            } else {
+                Some(Box::new(NoStatementCache(backend_customizer)))
+            };
+        // One connection first, outside the pool: a database that cannot be
+        // opened at all (refused, no such file or directory, not a database,
+        // bad credentials) is reported with its cause at once, instead of
+        // after the pool's `connection_timeout` as "timed out".
+        {
+            use r2d2::ManageConnection as _;
+            let mut probe = manager
+                .connect()
+                .map_err(|e| connect_error(e.to_string()))?;
+            if let Some(customizer) = &customizer {
+                customizer
+                    .on_acquire(&mut probe)
+                    .map_err(|e| connect_error(e.to_string()))?;
+            }
+        }
+        let mut builder = Pool::builder()
+            .max_size(settings.max_size)
+            .min_idle(Some(1))
+            .connection_timeout(settings.connection_timeout)
+            .test_on_check_out(settings.test_on_check_out)
+            .idle_timeout(settings.idle_timeout)
+            .max_lifetime(settings.max_lifetime)
+            .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
+        if let Some(customizer) = customizer {
+            builder = builder.connection_customizer(customizer);
+        }
+        let pool = builder
+            .build(manager)
+            .map_err(|e| connect_error(e.to_string()))?;
+
+        let (instance, host) = instance_id(&self.label);
+        let meta = Meta::new(&prefix);
+        let mut conn = pool.get().map_err(|e| pool_error(&e, &secrets))?;
+        let live = initialize::<B>(&mut *conn, &meta, &self.catalog, baseline, &instance)?;
+        drop(conn);
+        let lease = match self.lease {
+            Some(lease) => bounded_by(
+                "lease",
+                lease,
+                MAX_LEASE,
+                "a fleet row claiming a longer lease is read as this long",
+            )?,
+            None => (self.poll_interval * 10).min(MAX_LEASE),
+        }
+        .max(self.poll_interval * 2);
+        let me = Instance {
+            id: instance.clone(),
+            host,
+            pid: i64::from(std::process::id()),
+            label: self.label.clone(),
+            first,
+            last,
+            observed_epoch: 0,
+            lease_until_ms: 0,
+            // What this binary's catalog says of each version it serves:
+            // the switch compares it across the fleet.
+            catalog: Some(
+                (first.get()..=last.get())
+                    .filter_map(Version::new)
+                    .map(|v| format!("{v}={}", self.catalog.digest(v, B::NAME)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        };
+        let lock_key = meta.lock_key();
+        let inner = Inner {
+            pool,
+            meta,
+            catalog: self.catalog,
+            first,
+            last,
+            live: AtomicU32::new(live.get()),
+            lock: SchemaLock::default(),
+            write_gate: parking_lot::FairMutex::new(()),
+            queue_writers: self.queue_writers,
+            instance,
+            steps: self.steps,
+            writer: self.writer,
+            lock_timeout: self.lock_timeout,
+            switch_timeout: self.switch_timeout,
+            orphaned_leases: parking_lot::Mutex::new(Vec::new()),
+            target,
+            path: AtomicU8::new(fleet::LOCKING),
+            me,
+            poll_interval: self.poll_interval,
+            lease,
+            lease_deadline: AtomicU64::new(0),
+            fleet_paused: AtomicBool::new(false),
+            renewals_held: AtomicBool::new(false),
+            adopted_epoch: parking_lot::Mutex::new(i64::MIN),
+            adopted_copy: AtomicI64::new(i64::MIN),
+            renewed_at: AtomicU64::new(0),
+            cached_epoch: parking_lot::Mutex::new(i64::MIN),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            poller: parking_lot::Mutex::new(Vec::new()),
+            lock_key,
+            secrets,
+        };
+        let inner = Arc::new(inner);
+        let db = Tandem {
+            life: Some(Arc::new(Lifetime {
+                inner: Arc::clone(&inner),
+            })),
+            inner,
+        };
+        db.verify_checksums(&mut *db.connection()?)?;
+        db.join_fleet()?;
+        let threads = vec![
+            crate::fleet::spawn_poller(&db.inner)?,
+            crate::fleet::spawn_watchdog(&db.inner)?,
+            crate::fleet::spawn_confirmer(&db.inner)?,
+        ];
+        *db.inner.poller.lock() = threads;
+        tracing::info!(database = %db.inner.target, live = %live, serves = ?(first, last), "tandem opened");
+        Ok(db)
+    }
+}
+
+impl<B: Backend> Tandem<B> {
+    /// Starts configuring a handle on the database at `url` (SQLite: a file
+    /// path or `:memory:`; PostgreSQL: a `postgres://` URL) with `catalog`.
+    pub fn builder(url: &str, catalog: Catalog) -> Builder<B> {
+        Builder {
+            url: url.to_owned(),
+            catalog,
+            prefix: Prefix::default().as_str().to_owned(),
+            serves: None,
+            baseline: None,
+            settings: PoolSettings {
+                max_size: 10,
+                connection_timeout: Duration::from_secs(30),
+                test_on_check_out: false,
+                idle_timeout: Some(Duration::from_secs(600)),
+                max_lifetime: Some(Duration::from_secs(1800)),
+            },
+            steps: Vec::new(),
+            writer: WriterPolicy::default(),
+            lock_timeout: Duration::from_millis(100),
+            switch_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(200),
+            lease: None,
+            queue_writers: true,
+            statement_cache: true,
+            label: std::env::args()
+                .next()
+                .and_then(|a| a.rsplit('/').next().map(str::to_owned))
+                .unwrap_or_else(|| "tandem".to_owned()),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! What `open` needs besides the builder: the first start's initialization
+//! (serialized across processes), the connection customizers, the instance id.
+
+use super::*;
+
+/// Creates the metadata on first use, or checks it; returns the live version.
+pub(super) fn initialize<B: Backend>(
+    conn: &mut B::Connection,
+    meta: &Meta,
+    catalog: &Catalog,
+    baseline: Option<Version>,
+    instance: &str,
+) -> Result<Version> {
+    B::write_transaction(conn, |c| {
+        // Several instances starting at once on an empty database: one
+        // creates the metadata and applies version 1, the others wait here
+        // and then find it (transaction-scoped: nothing stays on a pooled
+        // connection).
+        B::serialize_initialization(c, meta.init_key())?;
+        let now = meta::now_ms();
+        let state_exists = Meta::table_exists::<B>(c, meta.state_table())?;
+        meta.check_tables::<B>(c, state_exists)?;
+        if state_exists {
+            let state = meta.read_state::<B>(c)?;
+            if let Some(requested) = baseline {
+                let baselined = meta
+                    .history::<B>(c)?
+                    .iter()
+                    .any(|h| h.phase == meta::BASELINE && h.version == requested);
+                if !baselined {
+                    return Err(Error::BaselineMismatch {
+                        requested,
+                        live: state.version,
+                    });
+                }
+            }
+            return Ok(state.version);
+        }
+        let tables = Meta::count::<B>(c, B::user_tables_sql(), &[])?;
+        match baseline {
+            Some(version) => {
+                meta.create::<B>(c, version)?;
+                meta.record::<B>(
+                    c,
+                    version,
+                    meta::BASELINE,
+                    "-",
+                    now,
+                    Some(now),
+                    meta::APPLIED,
+                    instance,
+                    None,
+                )?;
+                tracing::info!(%version, "adopted existing database by baseline");
+                Ok(version)
+            }
+            None if tables > 0 => Err(Error::NotAdopted {
+                prefix: meta.state_table().trim_end_matches("state").to_owned(),
+                tables,
+            }),
+            None => {
+                let first = Version::FIRST;
+                let sql = catalog
+                    .phase(first, Phase::Expand, B::NAME)
+                    .ok_or_else(|| Error::UnknownVersion {
+                        version: first,
+                        latest: catalog.latest(),
+                    })?;
+                c.batch_execute(sql.text)
+                    .map_err(|source| Error::PhaseFailed {
+                        version: first,
+                        phase: Phase::Expand,
+                        source,
+                    })?;
+                meta.create::<B>(c, first)?;
+                meta.record::<B>(
+                    c,
+                    first,
+                    Phase::Expand.as_str(),
+                    sql.checksum,
+                    now,
+                    Some(meta::now_ms()),
+                    meta::APPLIED,
+                    instance,
+                    None,
+                )?;
+                tracing::info!("installed version 1 on an empty database");
+                Ok(first)
+            }
+        }
+    })
+}
+
+use diesel::connection::SimpleConnection as _;
+
+/// Turns diesel's prepared-statement cache off on every new connection
+/// (`Builder::statement_cache(false)`), after the backend's own settings.
+pub(super) struct NoStatementCache<C: 'static>(
+    pub(super) Option<Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>>,
+);
+
+impl<C: 'static> fmt::Debug for NoStatementCache<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NoStatementCache")
+    }
+}
+
+impl<C: diesel::Connection + 'static> CustomizeConnection<C, diesel::r2d2::Error>
+    for NoStatementCache<C>
+{
+    fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
+        if let Some(inner) = &self.0 {
+            inner.on_acquire(conn)?;
+        }
+        conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        Ok(())
+    }
+}
+
+/// r2d2's error handler: connection errors logged through `tracing`, with
+/// every piece of the password masked (r2d2's default logs the driver's
+/// message as it is, through `log`).
+#[derive(Debug)]
+pub(super) struct LogConnectionErrors(pub(super) Secrets);
+
+impl<E: fmt::Display> r2d2::HandleError<E> for LogConnectionErrors {
+    fn handle_error(&self, error: E) {
+        tracing::warn!(error = %self.0.redact(&error.to_string()), "database connection failed");
+    }
+}
+
+/// (`host:pid:label:nonce`, host), unique per handle.
+pub(super) fn instance_id(label: &str) -> (String, String) {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let nonce = hasher.finish() & 0xffff_ffff;
+    (
+        format!("{host}:{}:{label}:{nonce:08x}", std::process::id()),
+        host,
+    )
+}

@@ -1,0 +1,143 @@
+//! Deploying mode: the switch's coordination with the fleet (moving every
+//! instance to the locking path, waiting for acknowledgements, giving notice).
+
+use super::*;
+
+impl<B: Backend> Upgrader<'_, B> {
+    /// How long the upgrader waits for the fleet to acknowledge a change: a
+    /// live instance acknowledges within a poll interval or two once its
+    /// steady calls have drained (which may take the writer policy's whole
+    /// budget under load), and a dead one drops out a lease after its lease
+    /// expired (see `Meta::live_instances`).
+    pub(super) fn fleet_timeout(&self) -> Duration {
+        let w = &self.db.inner.writer;
+        let drain = w
+            .patience
+            .saturating_add(w.escalation)
+            .saturating_mul(w.attempts.max(1));
+        (self.db.inner.lease.saturating_mul(2))
+            .max(drain)
+            .saturating_add(self.db.inner.poll_interval.saturating_mul(4))
+            .min(crate::handle::FOREVER)
+            .min(self.budget().unwrap_or(crate::handle::FOREVER))
+    }
+
+    /// Sets deploying mode, moves this instance to the locking path, and waits
+    /// for every other live instance to acknowledge (having drained its steady
+    /// calls). If they do not, returns to steady mode and fails.
+    pub(super) fn enter_deploying(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+    ) -> Result<Duration> {
+        let epoch = self.db.write_transaction(conn, |c| {
+            self.db
+                .inner
+                .meta
+                .set_mode::<B>(c, Mode::Deploying, &self.owner)
+        })?;
+        tracing::info!(
+            epoch,
+            "deploying mode: waiting for the fleet to move to the locking path"
+        );
+        let asked = Instant::now();
+        self.leave_steady_path(conn, epoch, version, phase)?;
+        self.step("switch: deploying, before fleet acknowledgement")?;
+        // Notice runs from the commit of deploying mode (it is over by now).
+        let notice_until = asked + self.db.notice();
+        self.await_acknowledged(conn, epoch, version, phase, Some(notice_until))?;
+        Ok(asked.elapsed())
+    }
+
+    /// In deploying mode: moves this instance to the locking path, its
+    /// steady calls in flight drained (not just flagged). The fleet's
+    /// acknowledgements cover the *other* instances only, so an upgrader
+    /// must do this itself before it switches — also when it resumes
+    /// deploying mode that a crashed upgrader set, which its own poller may
+    /// not have adopted yet. If the calls do not drain in time, returns the
+    /// fleet to steady mode and fails.
+    pub(super) fn leave_steady_path(
+        &self,
+        conn: &mut B::Connection,
+        epoch: i64,
+        version: Version,
+        phase: Phase,
+    ) -> Result<()> {
+        let asked = Instant::now();
+        let deadline = asked + self.fleet_timeout();
+        loop {
+            // The wait can outlast a short upgrade lease: keep it.
+            self.renew_lease(conn)?;
+            // A successful refresh adopted deploying mode (draining) or a
+            // later state; either way the path it left is the one to check.
+            match self.db.refresh() {
+                Ok(_) if self.db.on_drained_locking_path() => return Ok(()),
+                Ok(_) | Err(Error::LockTimeout { .. }) if Instant::now() < deadline => {}
+                Ok(_) => {
+                    self.leave_deploying(conn)?;
+                    return Err(Error::FleetNotAcknowledged {
+                        phase,
+                        version,
+                        epoch,
+                        waited: asked.elapsed(),
+                        instances: vec![format!(
+                            "{} (this instance: its calls did not drain)",
+                            self.db.instance_id()
+                        )],
+                    });
+                }
+                Err(e) => {
+                    self.leave_deploying(conn)?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for every live instance to acknowledge `epoch` (and, until
+    /// `notice_until`, those in the renewal grace); if they do not, returns
+    /// the fleet to steady mode and fails.
+    pub(super) fn await_acknowledged(
+        &self,
+        conn: &mut B::Connection,
+        epoch: i64,
+        version: Version,
+        phase: Phase,
+        notice_until: Option<Instant>,
+    ) -> Result<()> {
+        let waited = Instant::now();
+        let behind =
+            self.db
+                .await_fleet(conn, epoch, self.fleet_timeout(), notice_until, &mut |c| {
+                    self.renew_lease(c)
+                })?;
+        if behind.is_empty() {
+            return Ok(());
+        }
+        self.leave_deploying(conn)?;
+        Err(Error::FleetNotAcknowledged {
+            phase,
+            version,
+            epoch,
+            waited: waited.elapsed(),
+            instances: behind.iter().map(Instance::describe).collect(),
+        })
+    }
+
+    /// Returns to steady mode and adopts it locally.
+    pub(super) fn leave_deploying(&self, conn: &mut B::Connection) -> Result<()> {
+        self.db.write_transaction(conn, |c| {
+            self.db
+                .inner
+                .meta
+                .set_mode::<B>(c, Mode::Steady, &self.owner)
+        })?;
+        // If calls are slow to drain the poller adopts steady mode later; the
+        // locking path is safe meanwhile.
+        if let Err(e) = self.db.refresh() {
+            tracing::debug!(error = %e, "steady mode set; this instance adopts it on its next poll");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! Expand: the next version's additive SQL in one transaction, then its
+//! Rust steps (backfill) in batches, resumable.
+
+use super::*;
+
+impl<B: Backend> Upgrader<'_, B> {
+    pub(super) fn expand_locked(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
+        let started = Instant::now();
+        let state = self.read_state(conn)?;
+        let latest = self.db.catalog().latest();
+        let target = state.version.next().filter(|t| *t <= latest);
+        let target = match (state.phase, target) {
+            (StatePhase::Expanded, Some(target)) => {
+                return Ok(PhaseReport::done(target, Phase::Expand))
+            }
+            (StatePhase::Switched, _) => {
+                return Err(Self::out_of_order(
+                    Phase::Expand,
+                    state.version.next().unwrap_or(state.version),
+                    &state,
+                    "contract the live version first: at most two versions may be in use",
+                ))
+            }
+            (_, None) => {
+                return Err(Error::UnknownVersion {
+                    version: state.version.next().unwrap_or(state.version),
+                    latest,
+                })
+            }
+            (_, Some(target)) => target,
+        };
+        let mut report = PhaseReport::new(target, Phase::Expand);
+        let checksum = self.db.phase_checksum(target, Phase::Expand);
+        let sql = self
+            .db
+            .catalog()
+            .phase(target, Phase::Expand, B::NAME)
+            .map(|s| s.text.to_owned())
+            .unwrap_or_default();
+        let meta = &self.db.inner.meta;
+
+        let resumed = meta.history::<B>(conn)?.iter().any(|h| {
+            h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == meta::RUNNING
+        });
+        if !resumed {
+            self.step("expand: before SQL")?;
+            let now = meta::now_ms();
+            let applied = self.kept(|| {
+                self.phase_tx(conn, |c| {
+                    self.recheck(c, &state)?;
+                    run_sql(c, &sql, target, Phase::Expand)?;
+                    self.claim(c)?;
+                    self.step("expand: SQL run, before commit")?;
+                    self.journal(c, target, Phase::Expand, &checksum, now, meta::RUNNING)
+                })
+            });
+            if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &applied {
+                self.journal_failure(conn, target, Phase::Expand, &checksum, now, e);
+            }
+            report.attempts = applied?;
+            tracing::info!(version = %target, "expand SQL applied");
+            self.step("expand: SQL committed")?;
+        } else {
+            tracing::info!(version = %target, "resuming expand: SQL already applied");
+        }
+
+        for step in self
+            .db
+            .inner
+            .steps
+            .iter()
+            .filter(|s| s.version == target.get())
+        {
+            loop {
+                self.renew_lease(conn)?;
+                self.step("expand: before backfill batch")?;
+                let batches = report.batches;
+                let changed = self
+                    .kept(|| {
+                        self.db.write_transaction(conn, |c| -> Result<usize> {
+                            let changed = (step.batch)(c).map_err(|source| Error::StepFailed {
+                                version: target,
+                                step: step.name.clone(),
+                                batches,
+                                source,
+                            })?;
+                            self.claim(c)?;
+                            Ok(changed)
+                        })
+                    })
+                    .map_err(|e| match e {
+                        // The transaction around the batch (its claim, commit).
+                        Error::Query(source) => Error::StepFailed {
+                            version: target,
+                            step: step.name.clone(),
+                            batches,
+                            source,
+                        },
+                        e => e,
+                    })?;
+                if changed == 0 {
+                    break;
+                }
+                report.batches += 1;
+            }
+        }
+
+        self.step("expand: before finishing")?;
+        self.db.write_transaction(conn, |c| -> Result<()> {
+            let now = meta::now_ms();
+            self.recheck(c, &state)?;
+            self.transition(
+                c,
+                (state.version, StatePhase::Stable),
+                (state.version, StatePhase::Expanded),
+            )?;
+            meta.finish_running::<B>(c, target, Phase::Expand, now)?;
+            self.step("expand: finished, before commit")
+        })?;
+        report.duration = started.elapsed();
+        tracing::info!(version = %target, batches = report.batches, duration = ?report.duration, "expand done");
+        Ok(report)
+    }
+}

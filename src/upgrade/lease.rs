@@ -1,0 +1,298 @@
+//! The upgrade lease: taken before a command, renewed while it works (a keeper
+//! thread beside long statements), retaken as phases commit, and cleaned up
+//! after it whatever happened.
+
+use super::*;
+
+impl<B: Backend> Upgrader<'_, B> {
+    pub(super) fn with_lease<T>(
+        &self,
+        f: impl FnOnce(&mut B::Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.db.connection()?;
+        self.acquire_lease(&mut conn)?;
+        let result = self
+            .db
+            .verify_checksums(&mut conn)
+            .and_then(|()| f(&mut conn));
+        if matches!(result, Err(Error::InjectedCrash { .. })) {
+            return result; // a "crashed" upgrader leaves everything as a dead process would
+        }
+        // After a failure the connection may be the broken part: clean up on
+        // a fresh one (returning this one to the pool first).
+        let conn = if result.is_err() {
+            drop(conn);
+            None
+        } else {
+            Some(conn)
+        };
+        self.clean_up(conn);
+        result
+    }
+
+    /// Whatever the command did: the fleet does not stay in deploying mode
+    /// (a failed switch, or one an earlier upgrader crashed in), and the
+    /// lease is given up. While the database cannot be reached (a server
+    /// restarting, a connection killed) this retries with backoff, for up to
+    /// the lease; a write lock held elsewhere (a frozen SQLite writer) gets
+    /// a short wait only. What cannot be done is left to the next command,
+    /// which, in this process, takes the lease over at once.
+    pub(super) fn clean_up(&self, mut conn: Option<crate::handle::Conn<B>>) {
+        let meta = &self.db.inner.meta;
+        let deadline = Instant::now() + self.lease.min(Duration::from_secs(30));
+        let mut backoff = Backoff::default();
+        loop {
+            let attempt = (|| -> Result<()> {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => {
+                        // Not the pool's full `connection_timeout` per try.
+                        let wait = deadline
+                            .saturating_duration_since(Instant::now())
+                            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+                        let fresh =
+                            self.db.inner.pool.get_timeout(wait).map_err(|e| {
+                                crate::handle::pool_error(&e, &self.db.inner.secrets)
+                            })?;
+                        conn.insert(fresh)
+                    }
+                };
+                B::set_busy_wait(c, Some(CLEANUP_WAIT))?;
+                // Not behind this process's write gate, nor a poller tick
+                // (either may be waiting out a frozen writer): the poller
+                // adopts steady mode on its next tick.
+                if meta.read_state::<B>(c)?.mode == Mode::Deploying {
+                    B::write_transaction(c, |c| meta.set_mode::<B>(c, Mode::Steady, &self.owner))?;
+                }
+                meta.release_lease::<B>(c, &self.owner)?;
+                B::set_busy_wait(c, None)?;
+                Ok(())
+            })();
+            let e = match attempt {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if matches!(e, Error::UpgraderBusy { .. }) {
+                // The lease is no longer ours: its holder owns the state now.
+                tracing::debug!(error = %e, "the upgrade lease was no longer ours at cleanup");
+                return;
+            }
+            let busy = matches!(&e, Error::Query(q) if B::is_transient(q));
+            if busy || Instant::now() >= deadline {
+                tracing::warn!(error = %e, "could not return the fleet to steady mode and release the upgrade lease; the next upgrader command will (in this process at once; elsewhere once the lease expires)");
+                self.db
+                    .inner
+                    .orphaned_leases
+                    .lock()
+                    .push(self.owner.clone());
+                if let Some(c) = conn.as_mut() {
+                    let _ = B::set_busy_wait(c, None);
+                }
+                return;
+            }
+            tracing::debug!(error = %e, "cleanup after the command failed; retrying on a fresh connection");
+            conn = None;
+            self.db.sweep_pool();
+            backoff.wait();
+        }
+    }
+
+    pub(super) fn acquire_lease(&self, conn: &mut B::Connection) -> Result<()> {
+        let deadline = Instant::now() + self.wait_for_lease;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            // The lease alone excludes: no session lock, so nothing stays on
+            // a pooled connection (a crashed holder's lease expires).
+            let holder = self.db.write_transaction(conn, |c| {
+                self.db
+                    .inner
+                    .meta
+                    .try_lease::<B>(c, &self.owner, self.lease_ms())
+            })?;
+            match holder {
+                None => {
+                    self.last_renewal.set(Some(Instant::now()));
+                    return Ok(());
+                }
+                Some((holder, left)) => {
+                    if self.take_over(conn, &holder)? {
+                        self.last_renewal.set(Some(Instant::now()));
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::UpgraderBusy {
+                            holder,
+                            expires_in_ms: left,
+                        });
+                    }
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Takes the lease over from `holder` if it is an upgrader of this
+    /// process whose command returned without releasing it.
+    pub(super) fn take_over(&self, conn: &mut B::Connection, holder: &str) -> Result<bool> {
+        let orphaned = self
+            .db
+            .inner
+            .orphaned_leases
+            .lock()
+            .iter()
+            .any(|o| o == holder);
+        if !orphaned {
+            return Ok(false);
+        }
+        let taken = self.db.write_transaction(conn, |c| {
+            self.db
+                .inner
+                .meta
+                .take_over_lease::<B>(c, &self.owner, holder, self.lease_ms())
+        })?;
+        self.db.inner.orphaned_leases.lock().retain(|o| o != holder);
+        if taken {
+            tracing::info!(
+                from = holder,
+                "took over the upgrade lease this process left behind"
+            );
+        }
+        Ok(taken)
+    }
+
+    /// The upgrade lease in milliseconds (of the database's clock).
+    pub(super) fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Renews the lease when a third of it has passed (during long phases).
+    pub(super) fn renew_lease(&self, conn: &mut B::Connection) -> Result<()> {
+        self.bound_waits(conn)?;
+        let due = self
+            .last_renewal
+            .get()
+            .is_none_or(|t| t.elapsed() >= self.lease / 3);
+        if due {
+            let holder = self.db.write_transaction(conn, |c| {
+                self.db
+                    .inner
+                    .meta
+                    .try_lease::<B>(c, &self.owner, self.lease_ms())
+            })?;
+            if let Some((holder, left)) = holder {
+                return Err(Error::UpgraderBusy {
+                    holder,
+                    expires_in_ms: left,
+                });
+            }
+            self.last_renewal.set(Some(Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// What is left of the running switch's `switch_timeout`, if one runs.
+    pub(super) fn budget(&self) -> Option<Duration> {
+        self.switch_deadline
+            .get()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// During a switch: the connection waits for SQLite's write lock no
+    /// longer than the switch has left.
+    pub(super) fn bound_waits(&self, conn: &mut B::Connection) -> Result<()> {
+        if let Some(left) = self.budget() {
+            B::set_busy_wait(conn, Some(left.max(Duration::from_millis(1))))?;
+        }
+        Ok(())
+    }
+
+    /// Inside a phase transaction, after its long statements: takes the
+    /// lease anew (ours, or lapsed and nobody else's), so the transaction
+    /// commits only while this upgrader holds it, with a fresh expiry.
+    pub(super) fn claim(&self, c: &mut B::Connection) -> Result<()> {
+        match self
+            .db
+            .inner
+            .meta
+            .try_lease::<B>(c, &self.owner, self.lease_ms())?
+        {
+            None => Ok(()),
+            Some((holder, left)) => Err(Error::UpgraderBusy {
+                holder,
+                expires_in_ms: left,
+            }),
+        }
+    }
+
+    /// Runs `f` (a phase's statements, a backfill batch) with a keeper
+    /// beside it: a thread that renews the upgrade lease on a connection of
+    /// its own every third of the lease, so that a statement longer than the
+    /// lease keeps it and no second upgrader gets in meanwhile. (On SQLite
+    /// the keeper queues behind the phase's write lock; [`claim`](Self::claim)
+    /// then retakes the lease as the phase commits. A one-connection pool
+    /// has no connection to spare for it: the claim alone.)
+    pub(super) fn kept<T>(&self, f: impl FnOnce() -> T) -> T {
+        let done = AtomicBool::new(false);
+        let (db, owner, lease) = (self.db, self.owner.as_str(), self.lease);
+        let out = thread::scope(|s| {
+            let keeper = thread::Builder::new()
+                .name("tandem-lease-keeper".to_owned())
+                .spawn_scoped(s, || keep_lease(db, owner, lease, &done));
+            let out = f();
+            done.store(true, Ordering::Release);
+            match keeper {
+                Ok(keeper) => {
+                    keeper.thread().unpark();
+                    if keeper.join().is_err() {
+                        tracing::warn!("the upgrade lease keeper panicked");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no lease keeper thread: a statement longer than the lease may lose it")
+                }
+            }
+            out
+        });
+        self.last_renewal.set(Some(Instant::now()));
+        out
+    }
+}
+
+/// How long the cleanup after a command waits for SQLite's write lock.
+const CLEANUP_WAIT: Duration = Duration::from_millis(250);
+
+/// The lease keeper's loop (see [`Upgrader::kept`]): renews `owner`'s
+/// upgrade lease every third of `lease` until `done`.
+fn keep_lease<B: Backend>(db: &Tandem<B>, owner: &str, lease: Duration, done: &AtomicBool) {
+    let every = (lease / 3).max(Duration::from_millis(1));
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
+    let mut conn = None;
+    loop {
+        thread::park_timeout(every);
+        if done.load(Ordering::Acquire) {
+            return;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match db.inner.pool.get_timeout(every) {
+                Ok(c) => conn.insert(c),
+                Err(_) => continue,
+            },
+        };
+        let renewed = db.write_transaction(&mut **c, |c| {
+            db.inner.meta.try_lease::<B>(c, owner, lease_ms)
+        });
+        match renewed {
+            Ok(None) => tracing::trace!(owner, "upgrade lease renewed during a phase"),
+            Ok(Some((holder, _))) => {
+                tracing::warn!(owner, holder = %holder, "the upgrade lease was taken over during a phase; the phase will not commit");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not renew the upgrade lease during a phase; retrying");
+                conn = None;
+            }
+        }
+    }
+}

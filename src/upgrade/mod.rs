@@ -1,0 +1,545 @@
+//! The upgrader: expand, switch, contract (and switch back), journaled in
+//! the history table, resumable after a crash, one at a time.
+//!
+//! ## Exclusion
+//!
+//! Every command first takes the upgrade lease: a compare-and-set of
+//! `owner`/`owner_until` on the state row inside a write transaction
+//! (SQLite `BEGIN IMMEDIATE`). A second upgrader, in this process or
+//! another, gets [`Error::UpgraderBusy`] naming the holder, or waits
+//! ([`Upgrader::wait_for_lease`]). A crashed holder's lease expires.
+//! Every state transition is itself a compare-and-set that requires the
+//! lease, so an upgrader whose lease was taken over cannot write.
+//!
+//! ## Crash safety
+//!
+//! Each phase's SQL, its history row and its state change commit in one
+//! transaction, so a crash leaves the phase either wholly applied or not at
+//! all. The one exception is expand's Rust steps (batched backfill), which
+//! run after expand's SQL in their own transactions: the history row says
+//! `running` until they finish and the state row still says `stable`; the
+//! same command run again skips the SQL and resumes the steps.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::handle::Tandem;
+use crate::lock::WriterPolicy;
+use crate::meta::{self, Instance, Mode, State, StatePhase};
+use crate::retry::{lock_conflict, Backoff, Retry};
+use crate::version::{Phase, Version};
+
+mod contract;
+mod deploying;
+mod expand;
+mod lease;
+mod switch;
+
+/// A Rust step of a version's expand phase (see [`Builder::backfill`](crate::Builder::backfill)).
+pub(crate) struct Step<B: Backend> {
+    pub(crate) version: u32,
+    pub(crate) name: String,
+    #[allow(clippy::type_complexity)]
+    pub(crate) batch: Box<dyn Fn(&mut B::Connection) -> diesel::QueryResult<usize> + Send + Sync>,
+}
+
+/// What one phase did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PhaseReport {
+    /// The version the phase belongs to.
+    pub version: Version,
+    /// The phase.
+    pub phase: Phase,
+    /// The phase had already been applied; nothing was done.
+    pub already_done: bool,
+    /// Wall time of the phase.
+    pub duration: Duration,
+    /// Backfill batches committed (expand only).
+    pub batches: u64,
+    /// For switch and switch back: how long the writer waited for the schema
+    /// write lock.
+    pub writer_wait: Duration,
+    /// For switch and switch back: how long the write lock was held.
+    pub held: Duration,
+    /// For switch and switch back: whether the writer had to escalate.
+    pub escalated: bool,
+    /// Attempts of the phase's transaction: 1, plus one per retry after a
+    /// lock conflict (`lock_timeout`, deadlock, busy). 0 when the phase
+    /// had already been applied, or (expand) its SQL had been applied
+    /// before a resume.
+    pub attempts: u32,
+    /// For switch and switch back with other live instances: how long the
+    /// fleet took to acknowledge deploying mode.
+    pub fleet_ack: Option<Duration>,
+}
+
+impl PhaseReport {
+    fn new(version: Version, phase: Phase) -> Self {
+        PhaseReport {
+            version,
+            phase,
+            already_done: false,
+            duration: Duration::ZERO,
+            batches: 0,
+            writer_wait: Duration::ZERO,
+            held: Duration::ZERO,
+            escalated: false,
+            attempts: 0,
+            fleet_ack: None,
+        }
+    }
+
+    fn done(version: Version, phase: Phase) -> Self {
+        PhaseReport {
+            already_done: true,
+            ..PhaseReport::new(version, phase)
+        }
+    }
+}
+
+/// Runs upgrade phases through a [`Tandem`] handle. Made by
+/// [`Tandem::upgrader`].
+///
+/// ```
+/// # fn main() -> Result<(), tandem::Error> {
+/// let db = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", tandem::demo::catalog()?).open()?;
+/// assert_eq!(db.live_version().get(), 1);
+/// db.upgrader().upgrade_to(2)?; // expand, switch, contract
+/// assert_eq!(db.live_version().get(), 2);
+/// # Ok(()) }
+/// ```
+pub struct Upgrader<'t, B: Backend> {
+    db: &'t Tandem<B>,
+    owner: String,
+    lease: Duration,
+    wait_for_lease: Duration,
+    crash_at: Option<usize>,
+    halt_at: Option<(usize, std::path::PathBuf)>,
+    steps_taken: Cell<usize>,
+    last_renewal: Cell<Option<Instant>>,
+    /// While a switch runs: when its waits must end (`switch_timeout`).
+    switch_deadline: Cell<Option<Instant>>,
+    /// While a switch runs: (the version switched to, the live version).
+    switch_versions: Cell<Option<(Version, Version)>>,
+}
+
+impl<B: Backend> fmt::Debug for Upgrader<'_, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgrader")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Distinguishes upgraders of one handle from each other.
+static UPGRADER_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl<'t, B: Backend> Upgrader<'t, B> {
+    pub(crate) fn new(db: &'t Tandem<B>) -> Self {
+        let seq = UPGRADER_SEQ.fetch_add(1, Ordering::Relaxed);
+        Upgrader {
+            db,
+            owner: format!("{}#u{seq}", db.instance_id()),
+            lease: Duration::from_secs(30),
+            wait_for_lease: Duration::ZERO,
+            crash_at: None,
+            halt_at: None,
+            steps_taken: Cell::new(0),
+            last_renewal: Cell::new(None),
+            switch_deadline: Cell::new(None),
+            switch_versions: Cell::new(None),
+        }
+    }
+
+    /// How long the upgrade lease lasts without renewal; a crashed upgrader
+    /// blocks others for at most this long. Renewed during long phases.
+    /// Defaults to 30 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Wait up to `timeout` for another upgrader's lease instead of failing
+    /// at once with [`Error::UpgraderBusy`]. Defaults to no wait.
+    /// `Duration::MAX` waits as long as it takes (any timeout is capped at
+    /// 100 years).
+    pub fn wait_for_lease(mut self, timeout: Duration) -> Self {
+        self.wait_for_lease = timeout.min(crate::handle::FOREVER);
+        self
+    }
+
+    /// Test hook: fail with [`Error::InjectedCrash`] at step boundary `step`
+    /// (1-based), leaving the lease held as a crashed process would.
+    #[doc(hidden)]
+    pub fn crash_at(mut self, step: usize) -> Self {
+        self.crash_at = Some(step);
+        self
+    }
+
+    /// Test hook: at step boundary `step`, create the file `marker` and stop
+    /// there for good, so that a test can SIGKILL the process at exactly that
+    /// point.
+    #[doc(hidden)]
+    pub fn halt_at(mut self, step: usize, marker: impl Into<std::path::PathBuf>) -> Self {
+        self.halt_at = Some((step, marker.into()));
+        self
+    }
+
+    /// Test hook: step boundaries passed so far.
+    #[doc(hidden)]
+    pub fn steps_taken(&self) -> usize {
+        self.steps_taken.get()
+    }
+
+    /// This upgrader's id in the state and history tables.
+    pub fn id(&self) -> &str {
+        &self.owner
+    }
+
+    /// Applies the next version's expand phase: its SQL in one transaction,
+    /// then its Rust steps in batches. The live version is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UpgraderBusy`], [`Error::PhaseOutOfOrder`] (a switched version
+    /// is not contracted yet), [`Error::UnknownVersion`] (nothing to expand),
+    /// [`Error::ChecksumDrift`], [`Error::PhaseFailed`], [`Error::StepFailed`].
+    pub fn expand(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.expand_locked(conn))
+    }
+
+    /// Switches the live version to the expanded one: `switch.sql` and the
+    /// version bump in one transaction, under the schema write lock. Calls in
+    /// flight finish first; calls arriving meanwhile wait, then run with the
+    /// new version's bindings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PhaseOutOfOrder`] (not expanded), [`Error::SwitchRefused`]
+    /// (this binary could not serve the new version), [`Error::LockTimeout`]
+    /// (database unchanged), [`Error::PhaseFailed`], and as [`expand`](Upgrader::expand).
+    pub fn switch(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.switch_locked(conn, Phase::Switch))
+    }
+
+    /// Undoes the switch (before contract): `switch_back.sql` and the version
+    /// bump back, under the schema write lock, as the switch does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PhaseOutOfOrder`] (not in the switch window),
+    /// [`Error::NoSwitchBack`], and as [`switch`](Upgrader::switch).
+    pub fn switch_back(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.switch_locked(conn, Phase::SwitchBack))
+    }
+
+    /// Removes the previous version's structures (`contract.sql`). Only after
+    /// the switch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PhaseOutOfOrder`] (contract before switch), and as
+    /// [`expand`](Upgrader::expand).
+    pub fn contract(&self) -> Result<PhaseReport> {
+        self.with_lease(|conn| self.contract_locked(conn))
+    }
+
+    /// Runs every remaining phase of every version up to `target`, from
+    /// wherever the database stands (1→2→3 and further), ending contracted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownVersion`] (target not in the catalog),
+    /// [`Error::NotRollForward`], and those of the phases.
+    pub fn upgrade_to(&self, target: u32) -> Result<Vec<PhaseReport>> {
+        let latest = self.db.catalog().latest();
+        let target = Version::new(target).ok_or(Error::InvalidVersion {
+            value: i64::from(target),
+            context: "upgrade_to",
+        })?;
+        if target > latest {
+            return Err(Error::UnknownVersion {
+                version: target,
+                latest,
+            });
+        }
+        self.with_lease(|conn| {
+            let mut reports = Vec::new();
+            loop {
+                let state = self.read_state(conn)?;
+                if state.version > target {
+                    return Err(Error::NotRollForward {
+                        live: state.version,
+                        target,
+                    });
+                }
+                let report = match state.phase {
+                    StatePhase::Stable if state.version == target => return Ok(reports),
+                    StatePhase::Expanded if state.version == target => return Ok(reports),
+                    StatePhase::Stable => self.expand_locked(conn)?,
+                    StatePhase::Expanded => self.switch_locked(conn, Phase::Switch)?,
+                    StatePhase::Switched => self.contract_locked(conn)?,
+                };
+                reports.push(report);
+            }
+        })
+    }
+
+    /// Removes an instance's row from the fleet table, whatever its lease
+    /// says, and journals it in the history table (phase `evict`, the row as
+    /// it was in `detail`). Returns that description.
+    ///
+    /// For a row whose instance is gone but whose lease says otherwise (a
+    /// ghost: a hand-written row, a clock that was far ahead), which holds
+    /// every switch back until it expires (at most two hours from when a
+    /// switch first sees it). Evict only instances you know are stopped: a
+    /// live one registers again on its next poll, but a switch in between
+    /// would not wait for its calls. `SwitchRefused` and
+    /// `FleetNotAcknowledged` name the ids; [`Tandem::instances`] lists them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownInstance`] if no row has that id, [`Error::UpgraderBusy`],
+    /// or a database error.
+    pub fn evict(&self, instance_id: &str) -> Result<String> {
+        self.with_lease(|conn| {
+            self.db.write_transaction(conn, |c| -> Result<String> {
+                let state = self.db.inner.meta.read_state::<B>(c)?;
+                let described =
+                    self.db
+                        .inner
+                        .meta
+                        .evict::<B>(c, instance_id)?
+                        .ok_or_else(|| Error::UnknownInstance {
+                            id: instance_id.to_owned(),
+                        })?;
+                let now = meta::now_ms();
+                self.db.inner.meta.record::<B>(
+                    c,
+                    state.version,
+                    meta::EVICT,
+                    "-",
+                    now,
+                    Some(now),
+                    meta::APPLIED,
+                    &self.owner,
+                    Some(&described),
+                )?;
+                tracing::warn!(instance = %described, "evicted from the fleet table");
+                Ok(described)
+            })
+        })
+    }
+
+    /// A step boundary: where the crash-injection hook may strike.
+    fn step(&self, at: &str) -> Result<()> {
+        let n = self.steps_taken.get() + 1;
+        self.steps_taken.set(n);
+        if let Some((_, marker)) = self.halt_at.as_ref().filter(|(k, _)| *k == n) {
+            tracing::warn!(step = n, at, "halting for the test to kill this process");
+            let _ = std::fs::write(marker, at);
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        if self.crash_at == Some(n) {
+            tracing::warn!(step = n, at, "injected crash");
+            return Err(Error::InjectedCrash {
+                step: n,
+                at: at.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn read_state(&self, conn: &mut B::Connection) -> Result<State> {
+        let state = self.db.inner.meta.read_state::<B>(conn)?;
+        let latest = self.db.catalog().latest();
+        if state.version > latest {
+            return Err(Error::UnknownVersion {
+                version: state.version,
+                latest,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Inside a phase transaction: the state is still what the phase was
+    /// planned on, and this upgrader still holds the lease.
+    fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<()> {
+        let now_state = self.db.inner.meta.read_state::<B>(conn)?;
+        if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
+            return Err(Error::UpgraderBusy {
+                holder: now_state
+                    .upgrader
+                    .unwrap_or_else(|| "nobody (our lease expired)".to_owned()),
+                expires_in_ms: 0,
+            });
+        }
+        if (now_state.version, now_state.phase) != (planned.version, planned.phase) {
+            return Err(Error::MetadataCorrupt {
+                table: self.db.inner.meta.state_table().to_owned(),
+                detail: format!(
+                    "the state changed under the upgrade lease (planned {} {}, found {} {})",
+                    planned.version,
+                    planned.phase.as_str(),
+                    now_state.version,
+                    now_state.phase.as_str()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Inside a phase transaction: moves the state row `from` -> `to` under
+    /// this upgrader's lease; returns the row's new epoch.
+    fn transition(
+        &self,
+        c: &mut B::Connection,
+        from: (Version, StatePhase),
+        to: (Version, StatePhase),
+    ) -> Result<i64> {
+        let meta = &self.db.inner.meta;
+        meta.transition::<B>(c, from, to, &self.owner)?
+            .ok_or_else(|| Error::MetadataCorrupt {
+                table: meta.state_table().to_owned(),
+                detail: format!(
+                    "the state row left {} {} under the upgrade lease of {}",
+                    from.0,
+                    from.1.as_str(),
+                    self.owner
+                ),
+            })
+    }
+
+    fn out_of_order(
+        attempted: Phase,
+        version: Version,
+        state: &State,
+        hint: &'static str,
+    ) -> Error {
+        Error::PhaseOutOfOrder {
+            attempted,
+            version,
+            live: state.version,
+            state: state.phase.as_str(),
+            hint,
+        }
+    }
+
+    /// A phase transaction: under a short `lock_timeout` where the backend
+    /// has one, and retried with backoff and jitter while it hits lock
+    /// conflicts. A phase thus gives way to application calls instead of
+    /// making them queue behind it, and gives up its locks long before
+    /// PostgreSQL's deadlock detector could pick a call as the victim.
+    /// Returns the attempts it took.
+    fn phase_tx(
+        &self,
+        conn: &mut B::Connection,
+        body: impl Fn(&mut B::Connection) -> Result<()>,
+    ) -> Result<u32> {
+        let attempts = self.db.inner.writer.attempts.max(1);
+        let mut backoff = Backoff::default();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.db.write_transaction(conn, |c| {
+                self.db.ddl_preamble(c)?;
+                body(c)
+            });
+            match result {
+                Ok(()) => return Ok(attempt),
+                Err(e) => match lock_conflict::<B>(e, attempt, attempts) {
+                    Retry::Again => backoff.wait(),
+                    Retry::Stop(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Appends the history row of a phase that is `applied` (finished now)
+    /// or `running`, inside the phase's transaction.
+    fn journal(
+        &self,
+        c: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+        checksum: &str,
+        started: i64,
+        outcome: &str,
+    ) -> Result<()> {
+        let finished = (outcome != meta::RUNNING).then(meta::now_ms);
+        self.db.inner.meta.record::<B>(
+            c,
+            version,
+            phase.as_str(),
+            checksum,
+            started,
+            finished,
+            outcome,
+            &self.owner,
+            None,
+        )
+    }
+
+    /// Journals a failed phase in its own transaction (the phase's own rolled back).
+    fn journal_failure(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+        checksum: &str,
+        started: i64,
+        error: &Error,
+    ) {
+        let detail = error.to_string();
+        let result = self.db.write_transaction(conn, |c| {
+            self.db.inner.meta.record::<B>(
+                c,
+                version,
+                phase.as_str(),
+                checksum,
+                started,
+                Some(meta::now_ms()),
+                meta::FAILED,
+                &self.owner,
+                Some(&detail),
+            )
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not journal the failed phase");
+        }
+    }
+}
+
+/// Runs a phase's SQL; a database error becomes [`Error::PhaseFailed`].
+fn run_sql<C: SimpleConnection>(
+    conn: &mut C,
+    sql: &str,
+    version: Version,
+    phase: Phase,
+) -> Result<()> {
+    conn.batch_execute(sql)
+        .map_err(|source| Error::PhaseFailed {
+            version,
+            phase,
+            source,
+        })
+}
+
+/// For states the match arms above have ruled out.
+#[cold]
+fn unreachable_state<T>() -> Result<T> {
+    Err(Error::MetadataCorrupt {
+        table: "state".to_owned(),
+        detail: "version out of range".to_owned(),
+    })
+}
