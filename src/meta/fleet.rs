@@ -1,0 +1,248 @@
+//! The fleet table: one row per instance, with its lease and acknowledgement.
+
+use super::*;
+
+impl Meta {
+    /// Inserts or replaces this instance's fleet row, its lease running
+    /// `lease_ms` from the database's clock (`me.lease_until_ms` is ignored).
+    pub(crate) fn register<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        me: &Instance,
+        lease_ms: i64,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!("DELETE FROM {} WHERE id = $1", self.fleet),
+            &[Bind::Text(&me.id)],
+        )?;
+        B::execute(
+            conn,
+            &format!(
+                "INSERT INTO {} (id, host, pid, label, min_version, max_version, observed_epoch, lease_until, started_at, catalog) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, {now} + $8, {now}, $9)",
+                self.fleet,
+                now = B::now_ms_sql()
+            ),
+            &[
+                Bind::Text(&me.id),
+                Bind::Text(&me.host),
+                Bind::I64(me.pid),
+                Bind::Text(&me.label),
+                Bind::I64(me.first.as_i64()),
+                Bind::I64(me.last.as_i64()),
+                Bind::I64(me.observed_epoch),
+                Bind::I64(lease_ms),
+                Bind::OptText(me.catalog.as_deref()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Renews this instance's lease for `lease_ms` of the database's clock.
+    /// Returns false if the row is gone (expired and removed).
+    pub(crate) fn renew<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        let n = B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET lease_until = {} + $1 WHERE id = $2",
+                self.fleet,
+                B::now_ms_sql()
+            ),
+            &[Bind::I64(lease_ms), Bind::Text(id)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Acknowledges the state epoch this instance has acted on. Ticks are
+    /// serialized, so acknowledgements only go back when the state row's
+    /// epoch did (a restore): then the lower one is the truth.
+    pub(crate) fn acknowledge<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+        epoch: i64,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET observed_epoch = $1 WHERE id = $2 AND observed_epoch <> $1",
+                self.fleet
+            ),
+            &[Bind::I64(epoch), Bind::Text(id)],
+        )?;
+        Ok(())
+    }
+
+    /// Removes this instance's fleet row (clean shutdown).
+    pub(crate) fn deregister<B: Backend>(&self, conn: &mut B::Connection, id: &str) -> Result<()> {
+        B::execute(
+            conn,
+            &format!("DELETE FROM {} WHERE id = $1", self.fleet),
+            &[Bind::Text(id)],
+        )?;
+        Ok(())
+    }
+
+    /// Instances whose lease had not expired `grace` ms before `now`. Rows
+    /// expired before that are removed on the way: a dead instance leaves
+    /// with its lease. Callers pass one lease as the grace: an instance left
+    /// the steady path by itself at three quarters of its lease, and the rest
+    /// gives calls it had in flight (which may be waiting on the database)
+    /// time to finish. All instances of a fleet should use the same lease. A lease that reaches further than the longest any
+    /// instance can take (`MAX_LEASE` from `now`: a row no live instance
+    /// wrote, a ghost) is cut to that first, so it expires in time.
+    pub(crate) fn live_instances<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        grace: i64,
+    ) -> Result<Vec<Instance>> {
+        let now = B::now_ms_sql();
+        let capped = B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET lease_until = {now} + $1 WHERE lease_until > {now} + $1",
+                self.fleet
+            ),
+            &[Bind::I64(crate::fleet::millis(crate::handle::MAX_LEASE))],
+        )?;
+        if capped > 0 {
+            tracing::warn!(
+                rows = capped,
+                "fleet rows with leases longer than any instance takes: cut to two hours"
+            );
+        }
+        // Rows stay for the renewal grace past that: an instance whose
+        // renewals a long write holds back may still be alive (see
+        // `noticed_instances`).
+        B::execute(
+            conn,
+            &format!("DELETE FROM {} WHERE lease_until <= {now} - $1", self.fleet),
+            &[Bind::I64(grace.saturating_add(crate::fleet::millis(
+                crate::fleet::RENEWAL_GRACE,
+            )))],
+        )?;
+        let rows: Vec<FleetRow> = B::load(
+            conn,
+            &format!(
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
+                 FROM {} WHERE lease_until > {now} - $1 ORDER BY id",
+                self.fleet
+            ),
+            &[Bind::I64(grace)],
+        )?;
+        rows.into_iter().map(|r| self.to_instance(r)).collect()
+    }
+
+    /// Instances past `grace` but within the renewal grace after it: dead,
+    /// or alive with their renewals held back by a long write (SQLite's
+    /// write lock during a phase). Such an instance may still be on the
+    /// steady path by confirmation reads, so a switch gives it notice
+    /// (deploying mode, then `Tandem::notice`) before it goes on without it.
+    pub(crate) fn noticed_instances<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        grace: i64,
+    ) -> Result<Vec<Instance>> {
+        let now = B::now_ms_sql();
+        let rows: Vec<FleetRow> = B::load(
+            conn,
+            &format!(
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
+                 FROM {} WHERE lease_until <= {now} - $1 AND lease_until > {now} - $2 ORDER BY id",
+                self.fleet
+            ),
+            &[
+                Bind::I64(grace),
+                Bind::I64(grace.saturating_add(crate::fleet::millis(crate::fleet::RENEWAL_GRACE))),
+            ],
+        )?;
+        rows.into_iter().map(|r| self.to_instance(r)).collect()
+    }
+
+    /// One statement, one snapshot, no write: the state row's epoch and
+    /// mode, and whether `id`'s fleet row is there. `None` without a state row.
+    pub(crate) fn confirm<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+    ) -> Result<Option<ConfirmRow>> {
+        let rows: Vec<ConfirmRow> = B::load(
+            conn,
+            &format!(
+                "SELECT s.epoch AS epoch, s.mode AS mode, \
+                 (SELECT count(*) FROM {} f WHERE f.id = $1) AS mine \
+                 FROM {} s WHERE s.id = 1",
+                self.fleet, self.state
+            ),
+            &[Bind::Text(id)],
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn to_instance(&self, r: FleetRow) -> Result<Instance> {
+        let bad = |v: i64| {
+            self.corrupt(
+                &self.fleet,
+                format!(
+                    "instance {}: version {v} is not a positive version number",
+                    r.id
+                ),
+            )
+        };
+        let first = Version::from_i64(r.min_version).ok_or_else(|| bad(r.min_version))?;
+        let last = Version::from_i64(r.max_version).ok_or_else(|| bad(r.max_version))?;
+        Ok(Instance {
+            id: r.id,
+            host: r.host,
+            pid: r.pid,
+            label: r.label,
+            first,
+            last,
+            observed_epoch: r.observed_epoch,
+            lease_until_ms: r.lease_until,
+            catalog: r.catalog,
+        })
+    }
+
+    /// Removes instance `id`'s fleet row, whatever its lease says, and
+    /// returns what it said (`None` if there is no such row). A row with
+    /// impossible versions is exactly what one evicts: it is described as
+    /// stored, not refused.
+    pub(crate) fn evict<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+    ) -> Result<Option<String>> {
+        let rows: Vec<FleetRow> = B::load(
+            conn,
+            &format!(
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
+                 FROM {} WHERE id = $1",
+                self.fleet
+            ),
+            &[Bind::Text(id)],
+        )?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let described = format!(
+            "{} ({}, pid {}, serves {}..={}, id {}, acknowledged epoch {}, lease until {} ms)",
+            row.label,
+            row.host,
+            row.pid,
+            row.min_version,
+            row.max_version,
+            row.id,
+            row.observed_epoch,
+            row.lease_until
+        );
+        self.deregister::<B>(conn, id)?;
+        Ok(Some(described))
+    }
+}

@@ -1,0 +1,101 @@
+//! The history table: one row per phase applied, running or failed.
+
+use super::*;
+
+impl Meta {
+    /// Appends a history row.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: &str,
+        checksum: &str,
+        started: i64,
+        finished: Option<i64>,
+        outcome: &str,
+        by: &str,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!(
+                "INSERT INTO {} (version, phase, checksum, started_at, finished_at, outcome, by_instance, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                self.history
+            ),
+            &[
+                Bind::I64(version.as_i64()),
+                Bind::Text(phase),
+                Bind::Text(checksum),
+                Bind::I64(started),
+                Bind::OptI64(finished),
+                Bind::Text(outcome),
+                Bind::Text(by),
+                Bind::OptText(detail),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks the `running` row of (version, phase) applied.
+    pub(crate) fn finish_running<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        phase: Phase,
+        now: i64,
+    ) -> Result<()> {
+        B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET outcome = $1, finished_at = $2 WHERE version = $3 AND phase = $4 AND outcome = $5",
+                self.history
+            ),
+            &[
+                Bind::Text(APPLIED),
+                Bind::I64(now),
+                Bind::I64(version.as_i64()),
+                Bind::Text(phase.as_str()),
+                Bind::Text(RUNNING),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every history row, oldest first.
+    pub(crate) fn history<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+    ) -> Result<Vec<HistoryEntry>> {
+        let rows: Vec<HistoryRow> = B::load(
+            conn,
+            &format!(
+                "SELECT version, phase, checksum, started_at, finished_at, outcome, by_instance, detail \
+                 FROM {} ORDER BY id",
+                self.history
+            ),
+            &[],
+        )?;
+        rows.into_iter()
+            .map(|r| {
+                let version = Version::from_i64(r.version).ok_or_else(|| {
+                    self.corrupt(
+                        &self.history,
+                        format!("version {} is not a positive version number", r.version),
+                    )
+                })?;
+                Ok(HistoryEntry {
+                    version,
+                    phase: r.phase,
+                    checksum: r.checksum,
+                    started_at_ms: r.started_at,
+                    finished_at_ms: r.finished_at,
+                    outcome: r.outcome,
+                    by: r.by_instance,
+                    detail: r.detail,
+                })
+            })
+            .collect()
+    }
+}
