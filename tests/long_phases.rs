@@ -307,7 +307,7 @@ reads_during_a_long_phase!(
     common::pg_setup
 );
 
-/// The other side of confirmation reads (`src/fleet.rs`): an
+/// The other side of confirmation reads (`src/fleet/mod.rs`): an
 /// instance whose renewals are held back (its row past the lease and its
 /// grace) stays on the steady path by reading that nothing changed; a
 /// switch then gives it notice (deploying mode, half a lease) and it leaves
