@@ -39,6 +39,8 @@ use crate::version::{Phase, Version};
 mod contract;
 mod deploying;
 mod expand;
+mod journal;
+use journal::run_sql;
 mod lease;
 mod switch;
 
@@ -434,105 +436,6 @@ impl<'t, B: Backend> Upgrader<'t, B> {
             hint,
         }
     }
-
-    /// A phase transaction: under a short `lock_timeout` where the backend
-    /// has one, and retried with backoff and jitter while it hits lock
-    /// conflicts. A phase thus gives way to application calls instead of
-    /// making them queue behind it, and gives up its locks long before
-    /// PostgreSQL's deadlock detector could pick a call as the victim.
-    /// Returns the attempts it took.
-    fn phase_tx(
-        &self,
-        conn: &mut B::Connection,
-        body: impl Fn(&mut B::Connection) -> Result<()>,
-    ) -> Result<u32> {
-        let attempts = self.db.inner.writer.attempts.max(1);
-        let mut backoff = Backoff::default();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self.db.write_transaction(conn, |c| {
-                self.db.ddl_preamble(c)?;
-                body(c)
-            });
-            match result {
-                Ok(()) => return Ok(attempt),
-                Err(e) => match lock_conflict::<B>(e, attempt, attempts) {
-                    Retry::Again => backoff.wait(),
-                    Retry::Stop(e) => return Err(e),
-                },
-            }
-        }
-    }
-
-    /// Appends the history row of a phase that is `applied` (finished now)
-    /// or `running`, inside the phase's transaction.
-    fn journal(
-        &self,
-        c: &mut B::Connection,
-        version: Version,
-        phase: Phase,
-        checksum: &str,
-        started: i64,
-        outcome: &str,
-    ) -> Result<()> {
-        let finished = (outcome != meta::RUNNING).then(meta::now_ms);
-        self.db.inner.meta.record::<B>(
-            c,
-            version,
-            phase.as_str(),
-            checksum,
-            started,
-            finished,
-            outcome,
-            &self.owner,
-            None,
-        )
-    }
-
-    /// Journals a failed phase in its own transaction (the phase's own rolled back).
-    fn journal_failure(
-        &self,
-        conn: &mut B::Connection,
-        version: Version,
-        phase: Phase,
-        checksum: &str,
-        started: i64,
-        error: &Error,
-    ) {
-        let detail = error.to_string();
-        let result = self.db.write_transaction(conn, |c| {
-            self.db.inner.meta.record::<B>(
-                c,
-                version,
-                phase.as_str(),
-                checksum,
-                started,
-                Some(meta::now_ms()),
-                meta::FAILED,
-                &self.owner,
-                Some(&detail),
-            )
-        });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not journal the failed phase");
-        }
-    }
-}
-
-/// Runs a phase's SQL; a database error becomes [`Error::PhaseFailed`].
-fn run_sql<C: SimpleConnection>(
-    conn: &mut C,
-    sql: &str,
-    version: Version,
-    phase: Phase,
-) -> Result<()> {
-    conn.batch_execute(sql)
-        .map_err(|source| Error::PhaseFailed {
-            version,
-            phase,
-            source,
-        })
 }
 
 /// For states the match arms above have ruled out.

@@ -43,99 +43,14 @@ impl<B: Backend> Upgrader<'_, B> {
     ) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
-        // (from, to): the state before and after, and the version whose files run.
-        let (owner_version, to) = match (phase, state.phase) {
-            (Phase::Switch, StatePhase::Switched) => {
-                return Ok(PhaseReport::done(state.version, phase))
-            }
-            (Phase::Switch, StatePhase::Expanded) => {
-                let Some(target) = state.version.next() else {
-                    return unreachable_state();
-                };
-                (target, (target, StatePhase::Switched))
-            }
-            (Phase::Switch, _) => {
-                return Err(Self::out_of_order(
-                    phase,
-                    state.version.next().unwrap_or(state.version),
-                    &state,
-                    "run expand first",
-                ))
-            }
-            (_, StatePhase::Switched) => {
-                let Some(previous) = state.version.previous() else {
-                    return unreachable_state();
-                };
-                (state.version, (previous, StatePhase::Expanded))
-            }
-            (_, StatePhase::Expanded) => {
-                let version = state.version.next().unwrap_or(state.version);
-                if self.already_switched_back(conn, version)? {
-                    return Ok(PhaseReport::done(version, phase));
-                }
-                return Err(Self::out_of_order(
-                    phase,
-                    version,
-                    &state,
-                    "switch back is possible only between switch and contract",
-                ));
-            }
-            (_, _) => {
-                return Err(Self::out_of_order(
-                    phase,
-                    state.version,
-                    &state,
-                    "switch back is possible only between switch and contract",
-                ))
-            }
+        let (owner_version, to) = match self.switch_plan(conn, phase, &state)? {
+            Plan::Done(report) => return Ok(report),
+            Plan::Run { files, to } => (files, to),
         };
         let catalog = self.db.catalog();
-        if phase == Phase::SwitchBack
-            && catalog
-                .phase(owner_version, Phase::Switch, B::NAME)
-                .is_some()
-            && catalog
-                .phase(owner_version, Phase::SwitchBack, B::NAME)
-                .is_none()
-        {
-            return Err(Error::NoSwitchBack {
-                version: owner_version,
-            });
-        }
-        // Invariant 3: every live instance must be able to serve the version
-        // switched to (this one included).
         let me = self.db.instance_id().to_owned();
         let grace = crate::fleet::millis(self.db.inner.lease);
-        let (instances, noticed) = self.db.write_transaction(conn, |c| -> Result<_> {
-            let meta = &self.db.inner.meta;
-            Ok((
-                meta.live_instances::<B>(c, grace)?,
-                meta.noticed_instances::<B>(c, grace)?,
-            ))
-        })?;
-        let served = self.db.served_versions();
-        let mut lacking: Vec<String> = instances
-            .iter()
-            .filter(|i| i.id != me && !i.serves(to.0))
-            .map(Instance::describe)
-            .collect();
-        if served.contains(&state.version) && !served.contains(&to.0) {
-            lacking.insert(
-                0,
-                format!(
-                    "{me} (this instance, serves {}..={})",
-                    served.start(),
-                    served.end()
-                ),
-            );
-        }
-        if !lacking.is_empty() {
-            return Err(Error::SwitchRefused {
-                version: to.0,
-                instances: lacking,
-            });
-        }
-        self.check_catalogs(&instances, state.version, to.0)?;
+        let (instances, noticed) = self.fleet_ready(conn, &state, to.0)?;
 
         self.switch_versions.set(Some((to.0, state.version)));
         let checksum = self.db.phase_checksum(owner_version, phase);
@@ -208,11 +123,7 @@ impl<B: Backend> Upgrader<'_, B> {
                         // we looked may lack the new version, or, alone before,
                         // we now need deploying mode.
                         let live = meta.live_instances::<B>(c, grace)?;
-                        let lacking: Vec<String> = live
-                            .iter()
-                            .filter(|i| i.id != me && !i.serves(to.0))
-                            .map(Instance::describe)
-                            .collect();
+                        let lacking = self.lacking(&live, to.0);
                         if !lacking.is_empty() {
                             return Err(Error::SwitchRefused {
                                 version: to.0,
@@ -293,28 +204,8 @@ impl<B: Backend> Upgrader<'_, B> {
                         backoff.wait_at_most(self.budget());
                     }
                     Retry::Stop(e) => {
-                        // If the commit reached the database before the error (a lost
-                        // connection), adopt what the database says, under the lock.
                         if !matches!(e, Error::InjectedCrash { .. }) {
-                            // On this command's connection first: a one-connection
-                            // pool (SQLite `:memory:`) has no other to give. If it
-                            // is the broken part, on a fresh one, briefly.
-                            let meta = &self.db.inner.meta;
-                            let actual = meta.read_state::<B>(conn).or_else(|_| {
-                                let mut fresh = self
-                                    .db
-                                    .inner
-                                    .pool
-                                    .get_timeout(Duration::from_secs(2))
-                                    .map_err(|e| {
-                                        crate::handle::pool_error(&e, &self.db.inner.secrets)
-                                    })?;
-                                meta.read_state::<B>(&mut fresh)
-                            });
-                            if let Ok(actual) = actual {
-                                self.db
-                                    .cache_state(actual.epoch, actual.version, None, true);
-                            }
+                            self.adopt_after_failure(conn);
                         }
                         drop(guard);
                         if matches!(e, Error::PhaseFailed { .. } | Error::PhaseContended { .. }) {
@@ -327,18 +218,7 @@ impl<B: Backend> Upgrader<'_, B> {
         }
         self.step("switch: committed")?;
         if deploying {
-            // Let the fleet see the new version (they are on the locking path,
-            // so lagging is safe), then return everyone to the steady path.
-            let epoch = self.read_state(conn)?.epoch;
-            let behind =
-                self.db
-                    .await_fleet(conn, epoch, self.fleet_timeout(), None, &mut |c| {
-                        self.renew_lease(c)
-                    })?;
-            if !behind.is_empty() {
-                tracing::warn!(behind = behind.len(), "some instances have not seen the switch yet; they stay on the locking path until they do");
-            }
-            self.leave_deploying(conn)?;
+            self.after_deploying_commit(conn)?;
         }
         report.duration = started.elapsed();
         tracing::info!(
@@ -346,6 +226,162 @@ impl<B: Backend> Upgrader<'_, B> {
             escalated = report.escalated, deploying, "{phase} done"
         );
         Ok(report)
+    }
+
+    /// What a switch (or switch back) from `state` does: nothing (done
+    /// already), or run `files`' SQL and move the state row `to`.
+    fn switch_plan(&self, conn: &mut B::Connection, phase: Phase, state: &State) -> Result<Plan> {
+        // (from, to): the state before and after, and the version whose files run.
+        let (owner_version, to) = match (phase, state.phase) {
+            (Phase::Switch, StatePhase::Switched) => {
+                return Ok(Plan::Done(PhaseReport::done(state.version, phase)))
+            }
+            (Phase::Switch, StatePhase::Expanded) => {
+                let Some(target) = state.version.next() else {
+                    return unreachable_state();
+                };
+                (target, (target, StatePhase::Switched))
+            }
+            (Phase::Switch, _) => {
+                return Err(Self::out_of_order(
+                    phase,
+                    state.version.next().unwrap_or(state.version),
+                    state,
+                    "run expand first",
+                ))
+            }
+            (_, StatePhase::Switched) => {
+                let Some(previous) = state.version.previous() else {
+                    return unreachable_state();
+                };
+                (state.version, (previous, StatePhase::Expanded))
+            }
+            (_, StatePhase::Expanded) => {
+                let version = state.version.next().unwrap_or(state.version);
+                if self.already_switched_back(conn, version)? {
+                    return Ok(Plan::Done(PhaseReport::done(version, phase)));
+                }
+                return Err(Self::out_of_order(
+                    phase,
+                    version,
+                    state,
+                    "switch back is possible only between switch and contract",
+                ));
+            }
+            (_, _) => {
+                return Err(Self::out_of_order(
+                    phase,
+                    state.version,
+                    state,
+                    "switch back is possible only between switch and contract",
+                ))
+            }
+        };
+        let catalog = self.db.catalog();
+        if phase == Phase::SwitchBack
+            && catalog
+                .phase(owner_version, Phase::Switch, B::NAME)
+                .is_some()
+            && catalog
+                .phase(owner_version, Phase::SwitchBack, B::NAME)
+                .is_none()
+        {
+            return Err(Error::NoSwitchBack {
+                version: owner_version,
+            });
+        }
+        Ok(Plan::Run {
+            files: owner_version,
+            to,
+        })
+    }
+
+    /// Invariant 3: every live instance must be able to serve the version
+    /// switched to (this one included), and agree on its SQL (invariant
+    /// 10). Returns the live instances and those in the renewal grace.
+    fn fleet_ready(
+        &self,
+        conn: &mut B::Connection,
+        state: &State,
+        to: Version,
+    ) -> Result<(Vec<Instance>, Vec<Instance>)> {
+        let me = self.db.instance_id();
+        let grace = crate::fleet::millis(self.db.inner.lease);
+        let (instances, noticed) = self.db.write_transaction(conn, |c| -> Result<_> {
+            let meta = &self.db.inner.meta;
+            Ok((
+                meta.live_instances::<B>(c, grace)?,
+                meta.noticed_instances::<B>(c, grace)?,
+            ))
+        })?;
+        let served = self.db.served_versions();
+        let mut lacking = self.lacking(&instances, to);
+        if served.contains(&state.version) && !served.contains(&to) {
+            lacking.insert(
+                0,
+                format!(
+                    "{me} (this instance, serves {}..={})",
+                    served.start(),
+                    served.end()
+                ),
+            );
+        }
+        if !lacking.is_empty() {
+            return Err(Error::SwitchRefused {
+                version: to,
+                instances: lacking,
+            });
+        }
+        self.check_catalogs(&instances, state.version, to)?;
+        Ok((instances, noticed))
+    }
+
+    /// The other instances among `instances` whose binaries lack `version`.
+    fn lacking(&self, instances: &[Instance], version: Version) -> Vec<String> {
+        let me = self.db.instance_id();
+        instances
+            .iter()
+            .filter(|i| i.id != me && !i.serves(version))
+            .map(Instance::describe)
+            .collect()
+    }
+
+    /// After a failed switch transaction: if the commit reached the
+    /// database before the error (a lost connection), adopt what the
+    /// database says, still under the in-process lock. On this command's
+    /// connection first (a one-connection pool, SQLite `:memory:`, has no
+    /// other to give); if it is the broken part, on a fresh one, briefly.
+    fn adopt_after_failure(&self, conn: &mut B::Connection) {
+        let meta = &self.db.inner.meta;
+        let actual = meta.read_state::<B>(conn).or_else(|_| {
+            let mut fresh = self
+                .db
+                .inner
+                .pool
+                .get_timeout(Duration::from_secs(2))
+                .map_err(|e| crate::handle::pool_error(&e, &self.db.inner.secrets))?;
+            meta.read_state::<B>(&mut fresh)
+        });
+        if let Ok(actual) = actual {
+            self.db
+                .cache_state(actual.epoch, actual.version, None, true);
+        }
+    }
+
+    /// After a switch committed in deploying mode: let the fleet see the
+    /// new version (they are on the locking path, so lagging is safe), then
+    /// return everyone to the steady path.
+    fn after_deploying_commit(&self, conn: &mut B::Connection) -> Result<()> {
+        let epoch = self.read_state(conn)?.epoch;
+        let behind = self
+            .db
+            .await_fleet(conn, epoch, self.fleet_timeout(), None, &mut |c| {
+                self.renew_lease(c)
+            })?;
+        if !behind.is_empty() {
+            tracing::warn!(behind = behind.len(), "some instances have not seen the switch yet; they stay on the locking path until they do");
+        }
+        self.leave_deploying(conn)
     }
 
     /// Invariant 10: no switch while a live instance's SQL for the version
@@ -432,4 +468,15 @@ impl<B: Backend> Upgrader<'_, B> {
         });
         Ok(last.is_some_and(|h| h.phase == "switch_back"))
     }
+}
+
+/// What a switch (or switch back) does from the state it found.
+enum Plan {
+    /// Nothing: it was done already.
+    Done(PhaseReport),
+    /// Run `files`' SQL and move the state row to `to`.
+    Run {
+        files: Version,
+        to: (Version, StatePhase),
+    },
 }
