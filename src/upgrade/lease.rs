@@ -103,12 +103,7 @@ impl<B: Backend> Upgrader<'_, B> {
         loop {
             // The lease alone excludes: no session lock, so nothing stays on
             // a pooled connection (a crashed holder's lease expires).
-            let holder = self.db.write_transaction(conn, |c| {
-                self.db
-                    .inner
-                    .meta
-                    .try_lease::<B>(c, &self.owner, self.lease_ms())
-            })?;
+            let holder = self.db.write_transaction(conn, |c| self.try_lease(c))?;
             match holder {
                 None => {
                     self.last_renewal.set(Some(Instant::now()));
@@ -174,12 +169,7 @@ impl<B: Backend> Upgrader<'_, B> {
             .get()
             .is_none_or(|t| t.elapsed() >= self.lease / 3);
         if due {
-            let holder = self.db.write_transaction(conn, |c| {
-                self.db
-                    .inner
-                    .meta
-                    .try_lease::<B>(c, &self.owner, self.lease_ms())
-            })?;
+            let holder = self.db.write_transaction(conn, |c| self.try_lease(c))?;
             if let Some((holder, left)) = holder {
                 return Err(Error::UpgraderBusy {
                     holder,
@@ -207,16 +197,20 @@ impl<B: Backend> Upgrader<'_, B> {
         Ok(())
     }
 
+    /// Takes or renews the lease inside the current transaction: `None`,
+    /// or the other holder and the milliseconds its lease has left.
+    fn try_lease(&self, c: &mut B::Connection) -> Result<Option<(String, i64)>> {
+        self.db
+            .inner
+            .meta
+            .try_lease::<B>(c, &self.owner, self.lease_ms())
+    }
+
     /// Inside a phase transaction, after its long statements: takes the
     /// lease anew (ours, or lapsed and nobody else's), so the transaction
     /// commits only while this upgrader holds it, with a fresh expiry.
     pub(super) fn claim(&self, c: &mut B::Connection) -> Result<()> {
-        match self
-            .db
-            .inner
-            .meta
-            .try_lease::<B>(c, &self.owner, self.lease_ms())?
-        {
+        match self.try_lease(c)? {
             None => Ok(()),
             Some((holder, left)) => Err(Error::UpgraderBusy {
                 holder,
