@@ -192,12 +192,14 @@ mod dispatch;
 mod fleet;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod handle;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod limits;
 #[cfg(any(feature = "sqlite", feature = "postgres", all(test, tandem_loom)))]
 mod lock;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod meta;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod retry;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod store;
 #[cfg(all(feature = "testing", any(feature = "sqlite", feature = "postgres")))]
 pub mod testing;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -224,7 +226,7 @@ pub use handle::{Builder, Conn, Tandem};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use lock::WriterPolicy;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use meta::{HistoryEntry, Instance, Mode, Prefix, State, StatePhase};
+pub use store::{HistoryEntry, Instance, Mode, Prefix, State, StatePhase};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use upgrade::{PhaseReport, Upgrader};
 

@@ -56,6 +56,14 @@ pub trait MetaRow: diesel::QueryableByName<diesel::pg::Pg> + 'static {}
 #[cfg(all(not(feature = "sqlite"), feature = "postgres"))]
 impl<T> MetaRow for T where T: diesel::QueryableByName<diesel::pg::Pg> + 'static {}
 
+/// The row of a `SELECT … AS n` count, for the backends' own probes and
+/// the store.
+#[derive(diesel::QueryableByName)]
+pub(crate) struct CountRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(crate) n: i64,
+}
+
 /// Pool settings a backend may adjust (an in-memory SQLite database must
 /// live on exactly one connection that is never closed).
 #[derive(Debug, Clone)]

@@ -89,7 +89,7 @@ impl Backend for Postgres {
     }
 
     fn try_enter_exclusive(conn: &mut PgConnection, key: i64) -> QueryResult<bool> {
-        let rows: Vec<crate::meta::CountRow> = Self::load(
+        let rows: Vec<super::CountRow> = Self::load(
             conn,
             "SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END::BIGINT AS n",
             &[Bind::I64(key)],

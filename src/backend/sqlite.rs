@@ -106,7 +106,7 @@ impl Backend for Sqlite {
         state_table: &str,
         _key: i64,
     ) -> QueryResult<i64> {
-        let rows: Vec<crate::meta::CountRow> = Self::load(
+        let rows: Vec<super::CountRow> = Self::load(
             conn,
             &format!("SELECT version AS n FROM {state_table} WHERE id = 1"),
             &[],

@@ -50,14 +50,9 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::handle::{Inner, Tandem};
-use crate::meta::{Instance, Mode, State};
+use crate::limits::{millis, FOREVER, RENEWAL_GRACE};
+use crate::store::{Instance, Mode, State};
 use crate::version::Version;
-
-/// How long past its lease (and its grace) a fleet row still gets notice
-/// from a switch, and how far past its last renewal an instance's
-/// confirmation reads may keep it on the steady path: long writes up to
-/// about this long do not stall its calls.
-pub(crate) const RENEWAL_GRACE: Duration = Duration::from_secs(30);
 
 /// Calls take the steady path: the cached version under the in-process lock.
 pub(crate) const STEADY: u8 = 0;
@@ -108,7 +103,7 @@ impl<B: Backend> Tandem<B> {
         else {
             return;
         };
-        let row = match inner.meta.confirm::<B>(&mut conn, &inner.me.id) {
+        let row = match inner.store.confirm::<B>(&mut conn, &inner.me.id) {
             Ok(Some(row)) => row,
             Ok(None) => return,
             Err(e) => {
@@ -152,9 +147,9 @@ impl<B: Backend> Tandem<B> {
             let mut conn = self.connection()?;
             // The lease runs from the database's clock, not this host's.
             let (state, renewed) = self.write_transaction(&mut conn, |c| -> Result<_> {
-                let state = inner.meta.read_state::<B>(c)?;
+                let state = inner.store.read_state::<B>(c)?;
                 let renewed = inner
-                    .meta
+                    .store
                     .renew::<B>(c, &inner.me.id, millis(inner.lease))?;
                 Ok((state, renewed))
             })?;
@@ -188,7 +183,7 @@ impl<B: Backend> Tandem<B> {
             self.set_adopted(&mut adopted, fresh.epoch);
             let mut conn = self.connection()?;
             self.write_transaction(&mut conn, |c| {
-                inner.meta.acknowledge::<B>(c, &inner.me.id, fresh.epoch)
+                inner.store.acknowledge::<B>(c, &inner.me.id, fresh.epoch)
             })?;
             return Ok(fresh);
         }
@@ -197,7 +192,7 @@ impl<B: Backend> Tandem<B> {
         self.set_adopted(&mut adopted, state.epoch);
         let mut conn = self.connection()?;
         self.write_transaction(&mut conn, |c| {
-            inner.meta.acknowledge::<B>(c, &inner.me.id, state.epoch)
+            inner.store.acknowledge::<B>(c, &inner.me.id, state.epoch)
         })?;
         Ok(state)
     }
@@ -213,11 +208,11 @@ impl<B: Backend> Tandem<B> {
         let inner = &self.inner;
         self.write_transaction(conn, |c| -> Result<State> {
             let key = inner.lock_key;
-            B::enter_shared(c, inner.meta.prefix(), inner.meta.state_table(), key)?;
-            let state = inner.meta.read_state::<B>(c)?;
+            B::enter_shared(c, inner.store.prefix(), inner.store.state_table(), key)?;
+            let state = inner.store.read_state::<B>(c)?;
             let mut me = inner.me.clone();
             me.observed_epoch = if acknowledge { state.epoch } else { 0 };
-            inner.meta.register::<B>(c, &me, millis(inner.lease))?;
+            inner.store.register::<B>(c, &me, millis(inner.lease))?;
             Ok(state)
         })
     }
@@ -230,7 +225,7 @@ impl<B: Backend> Tandem<B> {
         let inner = &self.inner;
         let _drained = self.drain(Version::FIRST)?;
         let mut conn = self.connection()?;
-        let state = self.write_transaction(&mut conn, |c| inner.meta.read_state::<B>(c))?;
+        let state = self.write_transaction(&mut conn, |c| inner.store.read_state::<B>(c))?;
         self.cache_state(
             state.epoch,
             state.version,
@@ -375,7 +370,7 @@ impl<B: Backend> Tandem<B> {
         let mut conn = self.connection()?;
         self.write_transaction(&mut conn, |c| {
             self.inner
-                .meta
+                .store
                 .live_instances::<B>(c, millis(self.inner.lease))
         })
     }
@@ -392,15 +387,15 @@ impl<B: Backend> Tandem<B> {
         notice_until: Option<Instant>,
         between_polls: &mut dyn FnMut(&mut B::Connection) -> Result<()>,
     ) -> Result<Vec<Instance>> {
-        let deadline = Instant::now() + timeout.min(crate::handle::FOREVER);
+        let deadline = Instant::now() + timeout.min(FOREVER);
         loop {
             let noticing = notice_until.is_some_and(|n| Instant::now() < n);
             let (instances, current) = self.write_transaction(conn, |c| -> Result<_> {
-                let current = self.inner.meta.read_state::<B>(c)?.epoch;
+                let current = self.inner.store.read_state::<B>(c)?.epoch;
                 let grace = millis(self.inner.lease);
-                let mut live = self.inner.meta.live_instances::<B>(c, grace)?;
+                let mut live = self.inner.store.live_instances::<B>(c, grace)?;
                 if noticing {
-                    live.extend(self.inner.meta.noticed_instances::<B>(c, grace)?);
+                    live.extend(self.inner.store.noticed_instances::<B>(c, grace)?);
                 }
                 Ok((live, current))
             })?;
@@ -448,10 +443,6 @@ impl<B: Backend> Tandem<B> {
     pub fn hold_renewals(&self, held: bool) {
         self.inner.renewals_held.store(held, Ordering::Release);
     }
-}
-
-pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 mod threads;

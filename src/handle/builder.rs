@@ -2,6 +2,7 @@
 
 use super::setup::{initialize, instance_id, LogConnectionErrors, NoStatementCache};
 use super::*;
+use crate::limits::{bounded, bounded_by, MAX_LEASE};
 
 /// Configures and opens a [`Tandem`]. Made by [`Tandem::builder`].
 pub struct Builder<B: Backend> {
@@ -327,9 +328,9 @@ impl<B: Backend> Builder<B> {
             .map_err(|e| connect_error(e.to_string()))?;
 
         let (instance, host) = instance_id(&self.label);
-        let meta = Meta::new(&prefix);
+        let store = Store::new(&prefix);
         let mut conn = pool.get().map_err(|e| pool_error(&e, &secrets))?;
-        let live = initialize::<B>(&mut *conn, &meta, &self.catalog, baseline, &instance)?;
+        let live = initialize::<B>(&mut *conn, &store, &self.catalog, baseline, &instance)?;
         drop(conn);
         let lease = match self.lease {
             Some(lease) => bounded_by(
@@ -360,10 +361,10 @@ impl<B: Backend> Builder<B> {
                     .join(","),
             ),
         };
-        let lock_key = meta.lock_key();
+        let lock_key = store.lock_key();
         let inner = Inner {
             pool,
-            meta,
+            store,
             catalog: self.catalog,
             first,
             last,

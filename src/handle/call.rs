@@ -191,12 +191,12 @@ impl<B: Backend> Tandem<B> {
         let start = Instant::now();
         let raw = B::enter_shared(
             conn,
-            inner.meta.prefix(),
-            inner.meta.state_table(),
+            inner.store.prefix(),
+            inner.store.state_table(),
             inner.lock_key,
         )
         .map_err(|e| match e {
-            diesel::result::Error::NotFound => inner.meta.state_row_missing(),
+            diesel::result::Error::NotFound => inner.store.state_row_missing(),
             e => Error::Query(e),
         })?;
         inner.lock.record_wait(start.elapsed());
@@ -223,7 +223,7 @@ impl<B: Backend> Tandem<B> {
             Some(live) if live < first => Error::Upgrading { live, first, last },
             Some(live) => Error::VersionNotServed { live, first, last },
             None => Error::MetadataCorrupt {
-                table: self.inner.meta.state_table().to_owned(),
+                table: self.inner.store.state_table().to_owned(),
                 detail: "live version 0".to_owned(),
             },
         }

@@ -15,46 +15,10 @@ use crate::dispatch::{Repository, Session};
 use crate::error::{Error, Result};
 use crate::fleet;
 use crate::lock::{SchemaLock, WriterPolicy};
-use crate::meta::{self, HistoryEntry, Instance, Meta, Prefix, State};
 use crate::redact::{redact, Secrets};
+use crate::store::{self, HistoryEntry, Instance, Prefix, State, Store};
 use crate::upgrade::{Step, Upgrader};
 use crate::version::{Phase, Version};
-
-/// The cap of every wait a setting can ask for: `Duration::MAX` means "as
-/// long as it takes", and 100 years is that long without overflowing an
-/// `Instant`.
-pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// The largest `poll_interval`, `connection_timeout` and `lock_timeout`, and
-/// the largest `WriterPolicy` durations: an hour.
-pub(crate) const MAX_SETTING: Duration = Duration::from_secs(3600);
-
-/// The longest fleet lease: two of the longest poll intervals. It also
-/// bounds how long a fleet row whose instance is gone can hold a switch
-/// back: a row claiming a longer lease is read as this long.
-pub(crate) const MAX_LEASE: Duration = Duration::from_secs(2 * 3600);
-
-/// Refuses a duration setting above [`MAX_SETTING`].
-fn bounded(setting: &'static str, value: Duration, why: &'static str) -> Result<Duration> {
-    bounded_by(setting, value, MAX_SETTING, why)
-}
-
-fn bounded_by(
-    setting: &'static str,
-    value: Duration,
-    max: Duration,
-    why: &'static str,
-) -> Result<Duration> {
-    if value > max {
-        return Err(Error::InvalidSetting {
-            setting,
-            value,
-            max,
-            why,
-        });
-    }
-    Ok(value)
-}
 
 /// A pooled connection of backend `B`.
 pub type Conn<B> = PooledConnection<ConnectionManager<<B as Backend>::Connection>>;
@@ -91,7 +55,7 @@ impl<B: Backend> fmt::Debug for Tandem<B> {
 
 pub(crate) struct Inner<B: Backend> {
     pub(crate) pool: Pool<ConnectionManager<B::Connection>>,
-    pub(crate) meta: Meta,
+    pub(crate) store: Store,
     pub(crate) catalog: Catalog,
     pub(crate) first: Version,
     pub(crate) last: Version,
@@ -177,7 +141,7 @@ impl<B: Backend> Inner<B> {
         let _ticks = self.adopted_epoch.lock();
         match self.pool.get_timeout(Duration::from_secs(2)) {
             Ok(mut conn) => {
-                if let Err(e) = self.meta.deregister::<B>(&mut conn, &self.me.id) {
+                if let Err(e) = self.store.deregister::<B>(&mut conn, &self.me.id) {
                     tracing::warn!(error = %e, "could not leave the fleet table; the row expires with its lease");
                 }
             }
@@ -252,7 +216,7 @@ impl<B: Backend> Tandem<B> {
     /// [`Error::MetadataCorrupt`] or a database error.
     pub fn state(&self) -> Result<State> {
         let mut conn = self.connection()?;
-        self.inner.meta.read_state::<B>(&mut *conn)
+        self.inner.store.read_state::<B>(&mut *conn)
     }
 
     /// Every applied, running or failed phase, oldest first.
@@ -262,7 +226,7 @@ impl<B: Backend> Tandem<B> {
     /// A database error.
     pub fn history(&self) -> Result<Vec<HistoryEntry>> {
         let mut conn = self.connection()?;
-        self.inner.meta.history::<B>(&mut *conn)
+        self.inner.store.history::<B>(&mut *conn)
     }
 
     /// Reads the state row now and adopts it (as the background poller does
@@ -297,11 +261,11 @@ impl<B: Backend> Tandem<B> {
     /// for the versions the catalog has.
     pub(crate) fn verify_checksums(&self, conn: &mut B::Connection) -> Result<()> {
         let latest = self.inner.catalog.latest();
-        for entry in self.inner.meta.history::<B>(conn)? {
+        for entry in self.inner.store.history::<B>(conn)? {
             let Some(phase) = Phase::parse(&entry.phase) else {
                 continue;
             };
-            if entry.outcome == meta::FAILED {
+            if entry.outcome == store::FAILED {
                 continue;
             }
             // A version newer than this binary's catalog was applied by a

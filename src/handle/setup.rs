@@ -6,7 +6,7 @@ use super::*;
 /// Creates the metadata on first use, or checks it; returns the live version.
 pub(super) fn initialize<B: Backend>(
     conn: &mut B::Connection,
-    meta: &Meta,
+    store: &Store,
     catalog: &Catalog,
     baseline: Option<Version>,
     instance: &str,
@@ -16,17 +16,17 @@ pub(super) fn initialize<B: Backend>(
         // creates the metadata and applies version 1, the others wait here
         // and then find it (transaction-scoped: nothing stays on a pooled
         // connection).
-        B::serialize_initialization(c, meta.init_key())?;
-        let now = meta::now_ms();
-        let state_exists = Meta::table_exists::<B>(c, meta.state_table())?;
-        meta.check_tables::<B>(c, state_exists)?;
+        B::serialize_initialization(c, store.init_key())?;
+        let now = store::now_ms();
+        let state_exists = Store::table_exists::<B>(c, store.state_table())?;
+        store.check_tables::<B>(c, state_exists)?;
         if state_exists {
-            let state = meta.read_state::<B>(c)?;
+            let state = store.read_state::<B>(c)?;
             if let Some(requested) = baseline {
-                let baselined = meta
+                let baselined = store
                     .history::<B>(c)?
                     .iter()
-                    .any(|h| h.phase == meta::BASELINE && h.version == requested);
+                    .any(|h| h.phase == store::BASELINE && h.version == requested);
                 if !baselined {
                     return Err(Error::BaselineMismatch {
                         requested,
@@ -36,18 +36,18 @@ pub(super) fn initialize<B: Backend>(
             }
             return Ok(state.version);
         }
-        let tables = Meta::count::<B>(c, B::user_tables_sql(), &[])?;
+        let tables = Store::count::<B>(c, B::user_tables_sql(), &[])?;
         match baseline {
             Some(version) => {
-                meta.create::<B>(c, version)?;
-                meta.record::<B>(
+                store.create::<B>(c, version)?;
+                store.record::<B>(
                     c,
                     version,
-                    meta::BASELINE,
+                    store::BASELINE,
                     "-",
                     now,
                     Some(now),
-                    meta::APPLIED,
+                    store::APPLIED,
                     instance,
                     None,
                 )?;
@@ -55,7 +55,7 @@ pub(super) fn initialize<B: Backend>(
                 Ok(version)
             }
             None if tables > 0 => Err(Error::NotAdopted {
-                prefix: meta.state_table().trim_end_matches("state").to_owned(),
+                prefix: store.state_table().trim_end_matches("state").to_owned(),
                 tables,
             }),
             None => {
@@ -72,15 +72,15 @@ pub(super) fn initialize<B: Backend>(
                         phase: Phase::Expand,
                         source,
                     })?;
-                meta.create::<B>(c, first)?;
-                meta.record::<B>(
+                store.create::<B>(c, first)?;
+                store.record::<B>(
                     c,
                     first,
                     Phase::Expand.as_str(),
                     sql.checksum,
                     now,
-                    Some(meta::now_ms()),
-                    meta::APPLIED,
+                    Some(store::now_ms()),
+                    store::APPLIED,
                     instance,
                     None,
                 )?;

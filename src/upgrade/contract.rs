@@ -30,7 +30,7 @@ impl<B: Backend> Upgrader<'_, B> {
         // each must have acknowledged the switched state.
         self.await_acknowledged(conn, state.epoch, version, Phase::Contract, None)?;
         self.step("contract: before SQL")?;
-        let now = meta::now_ms();
+        let now = store::now_ms();
         let result = self.kept(|| {
             self.phase_tx(conn, |c| {
                 self.recheck(c, &state)?;
@@ -44,7 +44,7 @@ impl<B: Backend> Upgrader<'_, B> {
                     (version, StatePhase::Switched),
                     (version, StatePhase::Stable),
                 )?;
-                self.journal(c, version, Phase::Contract, &checksum, now, meta::APPLIED)
+                self.journal(c, version, Phase::Contract, &checksum, now, store::APPLIED)
             })
         });
         if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &result {

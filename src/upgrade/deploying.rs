@@ -8,7 +8,7 @@ impl<B: Backend> Upgrader<'_, B> {
     /// live instance acknowledges within a poll interval or two once its
     /// steady calls have drained (which may take the writer policy's whole
     /// budget under load), and a dead one drops out a lease after its lease
-    /// expired (see `Meta::live_instances`).
+    /// expired (see `Store::live_instances`).
     pub(super) fn fleet_timeout(&self) -> Duration {
         let w = &self.db.inner.writer;
         let drain = w
@@ -18,8 +18,8 @@ impl<B: Backend> Upgrader<'_, B> {
         (self.db.inner.lease.saturating_mul(2))
             .max(drain)
             .saturating_add(self.db.inner.poll_interval.saturating_mul(4))
-            .min(crate::handle::FOREVER)
-            .min(self.budget().unwrap_or(crate::handle::FOREVER))
+            .min(crate::limits::FOREVER)
+            .min(self.budget().unwrap_or(crate::limits::FOREVER))
     }
 
     /// Sets deploying mode, moves this instance to the locking path, and waits
@@ -34,7 +34,7 @@ impl<B: Backend> Upgrader<'_, B> {
         let epoch = self.db.write_transaction(conn, |c| {
             self.db
                 .inner
-                .meta
+                .store
                 .set_mode::<B>(c, Mode::Deploying, &self.owner)
         })?;
         tracing::info!(
@@ -130,7 +130,7 @@ impl<B: Backend> Upgrader<'_, B> {
         self.db.write_transaction(conn, |c| {
             self.db
                 .inner
-                .meta
+                .store
                 .set_mode::<B>(c, Mode::Steady, &self.owner)
         })?;
         // If calls are slow to drain the poller adopts steady mode later; the

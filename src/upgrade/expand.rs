@@ -37,21 +37,21 @@ impl<B: Backend> Upgrader<'_, B> {
             .phase(target, Phase::Expand, B::NAME)
             .map(|s| s.text.to_owned())
             .unwrap_or_default();
-        let meta = &self.db.inner.meta;
+        let store = &self.db.inner.store;
 
-        let resumed = meta.history::<B>(conn)?.iter().any(|h| {
-            h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == meta::RUNNING
+        let resumed = store.history::<B>(conn)?.iter().any(|h| {
+            h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == store::RUNNING
         });
         if !resumed {
             self.step("expand: before SQL")?;
-            let now = meta::now_ms();
+            let now = store::now_ms();
             let applied = self.kept(|| {
                 self.phase_tx(conn, |c| {
                     self.recheck(c, &state)?;
                     run_sql(c, &sql, target, Phase::Expand)?;
                     self.claim(c)?;
                     self.step("expand: SQL run, before commit")?;
-                    self.journal(c, target, Phase::Expand, &checksum, now, meta::RUNNING)
+                    self.journal(c, target, Phase::Expand, &checksum, now, store::RUNNING)
                 })
             });
             if let Err(e @ (Error::PhaseFailed { .. } | Error::PhaseContended { .. })) = &applied {
@@ -107,14 +107,14 @@ impl<B: Backend> Upgrader<'_, B> {
 
         self.step("expand: before finishing")?;
         self.db.write_transaction(conn, |c| -> Result<()> {
-            let now = meta::now_ms();
+            let now = store::now_ms();
             self.recheck(c, &state)?;
             self.transition(
                 c,
                 (state.version, StatePhase::Stable),
                 (state.version, StatePhase::Expanded),
             )?;
-            meta.finish_running::<B>(c, target, Phase::Expand, now)?;
+            store.finish_running::<B>(c, target, Phase::Expand, now)?;
             self.step("expand: finished, before commit")
         })?;
         report.duration = started.elapsed();

@@ -45,8 +45,8 @@ impl<B: Backend> Upgrader<'_, B> {
         started: i64,
         outcome: &str,
     ) -> Result<()> {
-        let finished = (outcome != meta::RUNNING).then(meta::now_ms);
-        self.db.inner.meta.record::<B>(
+        let finished = (outcome != store::RUNNING).then(store::now_ms);
+        self.db.inner.store.record::<B>(
             c,
             version,
             phase.as_str(),
@@ -71,14 +71,14 @@ impl<B: Backend> Upgrader<'_, B> {
     ) {
         let detail = error.to_string();
         let result = self.db.write_transaction(conn, |c| {
-            self.db.inner.meta.record::<B>(
+            self.db.inner.store.record::<B>(
                 c,
                 version,
                 phase.as_str(),
                 checksum,
                 started,
-                Some(meta::now_ms()),
-                meta::FAILED,
+                Some(store::now_ms()),
+                store::FAILED,
                 &self.owner,
                 Some(&detail),
             )

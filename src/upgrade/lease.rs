@@ -38,7 +38,7 @@ impl<B: Backend> Upgrader<'_, B> {
     /// a short wait only. What cannot be done is left to the next command,
     /// which, in this process, takes the lease over at once.
     pub(super) fn clean_up(&self, mut conn: Option<crate::handle::Conn<B>>) {
-        let meta = &self.db.inner.meta;
+        let store = &self.db.inner.store;
         let deadline = Instant::now() + self.lease.min(Duration::from_secs(30));
         let mut backoff = Backoff::default();
         loop {
@@ -61,10 +61,10 @@ impl<B: Backend> Upgrader<'_, B> {
                 // Not behind this process's write gate, nor a poller tick
                 // (either may be waiting out a frozen writer): the poller
                 // adopts steady mode on its next tick.
-                if meta.read_state::<B>(c)?.mode == Mode::Deploying {
-                    B::write_transaction(c, |c| meta.set_mode::<B>(c, Mode::Steady, &self.owner))?;
+                if store.read_state::<B>(c)?.mode == Mode::Deploying {
+                    B::write_transaction(c, |c| store.set_mode::<B>(c, Mode::Steady, &self.owner))?;
                 }
-                meta.release_lease::<B>(c, &self.owner)?;
+                store.release_lease::<B>(c, &self.owner)?;
                 B::set_busy_wait(c, None)?;
                 Ok(())
             })();
@@ -143,7 +143,7 @@ impl<B: Backend> Upgrader<'_, B> {
         let taken = self.db.write_transaction(conn, |c| {
             self.db
                 .inner
-                .meta
+                .store
                 .take_over_lease::<B>(c, &self.owner, holder, self.lease_ms())
         })?;
         self.db.inner.orphaned_leases.lock().retain(|o| o != holder);
@@ -202,7 +202,7 @@ impl<B: Backend> Upgrader<'_, B> {
     fn try_lease(&self, c: &mut B::Connection) -> Result<Option<(String, i64)>> {
         self.db
             .inner
-            .meta
+            .store
             .try_lease::<B>(c, &self.owner, self.lease_ms())
     }
 
@@ -275,7 +275,7 @@ fn keep_lease<B: Backend>(db: &Tandem<B>, owner: &str, lease: Duration, done: &A
             },
         };
         let renewed = db.write_transaction(&mut **c, |c| {
-            db.inner.meta.try_lease::<B>(c, owner, lease_ms)
+            db.inner.store.try_lease::<B>(c, owner, lease_ms)
         });
         match renewed {
             Ok(None) => tracing::trace!(owner, "upgrade lease renewed during a phase"),

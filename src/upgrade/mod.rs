@@ -32,8 +32,8 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::handle::Tandem;
 use crate::lock::WriterPolicy;
-use crate::meta::{self, Instance, Mode, State, StatePhase};
 use crate::retry::{lock_conflict, Backoff, Retry};
+use crate::store::{self, Instance, Mode, State, StatePhase};
 use crate::version::{Phase, Version};
 
 mod contract;
@@ -174,7 +174,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// `Duration::MAX` waits as long as it takes (any timeout is capped at
     /// 100 years).
     pub fn wait_for_lease(mut self, timeout: Duration) -> Self {
-        self.wait_for_lease = timeout.min(crate::handle::FOREVER);
+        self.wait_for_lease = timeout.min(crate::limits::FOREVER);
         self
     }
 
@@ -314,24 +314,24 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     pub fn evict(&self, instance_id: &str) -> Result<String> {
         self.with_lease(|conn| {
             self.db.write_transaction(conn, |c| -> Result<String> {
-                let state = self.db.inner.meta.read_state::<B>(c)?;
+                let state = self.db.inner.store.read_state::<B>(c)?;
                 let described =
                     self.db
                         .inner
-                        .meta
+                        .store
                         .evict::<B>(c, instance_id)?
                         .ok_or_else(|| Error::UnknownInstance {
                             id: instance_id.to_owned(),
                         })?;
-                let now = meta::now_ms();
-                self.db.inner.meta.record::<B>(
+                let now = store::now_ms();
+                self.db.inner.store.record::<B>(
                     c,
                     state.version,
-                    meta::EVICT,
+                    store::EVICT,
                     "-",
                     now,
                     Some(now),
-                    meta::APPLIED,
+                    store::APPLIED,
                     &self.owner,
                     Some(&described),
                 )?;
@@ -363,7 +363,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     }
 
     fn read_state(&self, conn: &mut B::Connection) -> Result<State> {
-        let state = self.db.inner.meta.read_state::<B>(conn)?;
+        let state = self.db.inner.store.read_state::<B>(conn)?;
         let latest = self.db.catalog().latest();
         if state.version > latest {
             return Err(Error::UnknownVersion {
@@ -377,7 +377,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// Inside a phase transaction: the state is still what the phase was
     /// planned on, and this upgrader still holds the lease.
     fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<()> {
-        let now_state = self.db.inner.meta.read_state::<B>(conn)?;
+        let now_state = self.db.inner.store.read_state::<B>(conn)?;
         if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
             return Err(Error::UpgraderBusy {
                 holder: now_state
@@ -388,7 +388,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
         if (now_state.version, now_state.phase) != (planned.version, planned.phase) {
             return Err(Error::MetadataCorrupt {
-                table: self.db.inner.meta.state_table().to_owned(),
+                table: self.db.inner.store.state_table().to_owned(),
                 detail: format!(
                     "the state changed under the upgrade lease (planned {} {}, found {} {})",
                     planned.version,
@@ -409,10 +409,11 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         from: (Version, StatePhase),
         to: (Version, StatePhase),
     ) -> Result<i64> {
-        let meta = &self.db.inner.meta;
-        meta.transition::<B>(c, from, to, &self.owner)?
+        let store = &self.db.inner.store;
+        store
+            .transition::<B>(c, from, to, &self.owner)?
             .ok_or_else(|| Error::MetadataCorrupt {
-                table: meta.state_table().to_owned(),
+                table: store.state_table().to_owned(),
                 detail: format!(
                     "the state row left {} {} under the upgrade lease of {}",
                     from.0,

@@ -49,7 +49,7 @@ impl<B: Backend> Upgrader<'_, B> {
         };
         let catalog = self.db.catalog();
         let me = self.db.instance_id().to_owned();
-        let grace = crate::fleet::millis(self.db.inner.lease);
+        let grace = crate::limits::millis(self.db.inner.lease);
         let (instances, noticed) = self.fleet_ready(conn, &state, to.0)?;
 
         self.switch_versions.set(Some((to.0, state.version)));
@@ -57,7 +57,7 @@ impl<B: Backend> Upgrader<'_, B> {
         let sql = catalog
             .phase(owner_version, phase, B::NAME)
             .map(|s| s.text.to_owned());
-        let meta = &self.db.inner.meta;
+        let store = &self.db.inner.store;
         let policy = self.db.inner.writer;
         let mut report = PhaseReport::new(owner_version, phase);
         // With other live instances, the fleet moves to the locking path first.
@@ -110,7 +110,7 @@ impl<B: Backend> Upgrader<'_, B> {
                 Some(guard)
             };
             let held_from = Instant::now();
-            let now = meta::now_ms();
+            let now = store::now_ms();
             let result =
                 self.db
                     .write_transaction(conn, |c| -> Result<(Option<i64>, Duration, bool)> {
@@ -122,7 +122,7 @@ impl<B: Backend> Upgrader<'_, B> {
                         // register under the shared one): one that joined since
                         // we looked may lack the new version, or, alone before,
                         // we now need deploying mode.
-                        let live = meta.live_instances::<B>(c, grace)?;
+                        let live = store.live_instances::<B>(c, grace)?;
                         let lacking = self.lacking(&live, to.0);
                         if !lacking.is_empty() {
                             return Err(Error::SwitchRefused {
@@ -133,7 +133,7 @@ impl<B: Backend> Upgrader<'_, B> {
                         self.check_catalogs(&live, state.version, to.0)?;
                         if !deploying
                             && (live.iter().any(|i| i.id != me)
-                                || meta
+                                || store
                                     .noticed_instances::<B>(c, grace)?
                                     .iter()
                                     .any(|i| i.id != me))
@@ -145,7 +145,7 @@ impl<B: Backend> Upgrader<'_, B> {
                         }
                         self.step("switch: SQL run, before commit")?;
                         let epoch = self.transition(c, (state.version, state.phase), to)?;
-                        self.journal(c, owner_version, phase, &checksum, now, meta::APPLIED)?;
+                        self.journal(c, owner_version, phase, &checksum, now, store::APPLIED)?;
                         Ok((Some(epoch), db_wait, db_escalated))
                     });
             match result {
@@ -306,12 +306,12 @@ impl<B: Backend> Upgrader<'_, B> {
         to: Version,
     ) -> Result<(Vec<Instance>, Vec<Instance>)> {
         let me = self.db.instance_id();
-        let grace = crate::fleet::millis(self.db.inner.lease);
+        let grace = crate::limits::millis(self.db.inner.lease);
         let (instances, noticed) = self.db.write_transaction(conn, |c| -> Result<_> {
-            let meta = &self.db.inner.meta;
+            let store = &self.db.inner.store;
             Ok((
-                meta.live_instances::<B>(c, grace)?,
-                meta.noticed_instances::<B>(c, grace)?,
+                store.live_instances::<B>(c, grace)?,
+                store.noticed_instances::<B>(c, grace)?,
             ))
         })?;
         let served = self.db.served_versions();
@@ -352,15 +352,15 @@ impl<B: Backend> Upgrader<'_, B> {
     /// connection first (a one-connection pool, SQLite `:memory:`, has no
     /// other to give); if it is the broken part, on a fresh one, briefly.
     fn adopt_after_failure(&self, conn: &mut B::Connection) {
-        let meta = &self.db.inner.meta;
-        let actual = meta.read_state::<B>(conn).or_else(|_| {
+        let store = &self.db.inner.store;
+        let actual = store.read_state::<B>(conn).or_else(|_| {
             let mut fresh = self
                 .db
                 .inner
                 .pool
                 .get_timeout(Duration::from_secs(2))
                 .map_err(|e| crate::handle::pool_error(&e, &self.db.inner.secrets))?;
-            meta.read_state::<B>(&mut fresh)
+            store.read_state::<B>(&mut fresh)
         });
         if let Ok(actual) = actual {
             self.db
@@ -460,10 +460,10 @@ impl<B: Backend> Upgrader<'_, B> {
         conn: &mut B::Connection,
         version: Version,
     ) -> Result<bool> {
-        let history = self.db.inner.meta.history::<B>(conn)?;
+        let history = self.db.inner.store.history::<B>(conn)?;
         let last = history.iter().rev().find(|h| {
             h.version == version
-                && h.outcome == meta::APPLIED
+                && h.outcome == store::APPLIED
                 && (h.phase == "switch" || h.phase == "switch_back")
         });
         Ok(last.is_some_and(|h| h.phase == "switch_back"))

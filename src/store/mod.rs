@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 
-use crate::backend::{Backend, Bind};
+use crate::backend::{Backend, Bind, CountRow};
 use crate::error::{Error, Result};
 use crate::version::{Phase, Version};
 
@@ -257,12 +257,6 @@ struct NameRow {
 }
 
 #[derive(QueryableByName)]
-pub(crate) struct CountRow {
-    #[diesel(sql_type = BigInt)]
-    pub(crate) n: i64,
-}
-
-#[derive(QueryableByName)]
 pub(crate) struct StateRow {
     #[diesel(sql_type = BigInt)]
     version: i64,
@@ -337,16 +331,16 @@ pub(crate) const EVICT: &str = "evict";
 
 /// The metadata tables of one prefix, and the SQL that reads and writes them.
 #[derive(Debug, Clone)]
-pub(crate) struct Meta {
+pub(crate) struct Store {
     prefix: String,
     state: String,
     history: String,
     fleet: String,
 }
 
-impl Meta {
-    pub(crate) fn new(prefix: &Prefix) -> Meta {
-        Meta {
+impl Store {
+    pub(crate) fn new(prefix: &Prefix) -> Store {
+        Store {
             prefix: prefix.as_str().to_owned(),
             state: format!("{prefix}state"),
             history: format!("{prefix}history"),

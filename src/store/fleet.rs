@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Meta {
+impl Store {
     /// Inserts or replaces this instance's fleet row, its lease running
     /// `lease_ms` from the database's clock (`me.lease_until_ms` is ignored).
     pub(crate) fn register<B: Backend>(
@@ -109,7 +109,7 @@ impl Meta {
                 "UPDATE {} SET lease_until = {now} + $1 WHERE lease_until > {now} + $1",
                 self.fleet
             ),
-            &[Bind::I64(crate::fleet::millis(crate::handle::MAX_LEASE))],
+            &[Bind::I64(crate::limits::millis(crate::limits::MAX_LEASE))],
         )?;
         if capped > 0 {
             tracing::warn!(
@@ -123,8 +123,8 @@ impl Meta {
         B::execute(
             conn,
             &format!("DELETE FROM {} WHERE lease_until <= {now} - $1", self.fleet),
-            &[Bind::I64(grace.saturating_add(crate::fleet::millis(
-                crate::fleet::RENEWAL_GRACE,
+            &[Bind::I64(grace.saturating_add(crate::limits::millis(
+                crate::limits::RENEWAL_GRACE,
             )))],
         )?;
         let rows: Vec<FleetRow> = B::load(
@@ -159,7 +159,7 @@ impl Meta {
             ),
             &[
                 Bind::I64(grace),
-                Bind::I64(grace.saturating_add(crate::fleet::millis(crate::fleet::RENEWAL_GRACE))),
+                Bind::I64(grace.saturating_add(crate::limits::millis(crate::limits::RENEWAL_GRACE))),
             ],
         )?;
         rows.into_iter().map(|r| self.to_instance(r)).collect()

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Meta {
+impl Store {
     /// Appends a history row.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record<B: Backend>(

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Meta {
+impl Store {
     /// Reads the state row. The database's clock decides whether the
     /// upgrader lease has expired.
     pub(crate) fn read_state<B: Backend>(&self, conn: &mut B::Connection) -> Result<State> {

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Meta {
+impl Store {
     pub(crate) fn count<B: Backend>(
         conn: &mut B::Connection,
         sql: &str,
@@ -13,7 +13,7 @@ impl Meta {
     }
 
     pub(crate) fn table_exists<B: Backend>(conn: &mut B::Connection, table: &str) -> Result<bool> {
-        Ok(Meta::count::<B>(conn, B::table_exists_sql(), &[Bind::Text(table)])? > 0)
+        Ok(Store::count::<B>(conn, B::table_exists_sql(), &[Bind::Text(table)])? > 0)
     }
 
     /// Checks that the tables under this prefix are tandem's: with the state
