@@ -199,6 +199,8 @@ mod lock;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod retry;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod shared;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod store;
 #[cfg(all(feature = "testing", any(feature = "sqlite", feature = "postgres")))]
 pub mod testing;

@@ -25,7 +25,7 @@ fn a_state_row_read_before_a_switch_is_not_adopted_after_it() {
     db.upgrader().switch().unwrap();
     assert_eq!((db.live_version().get(), db.steady()), (2, true));
     // The rest of a tick that read the state before the switch.
-    db.adopt(&read_before).unwrap();
+    super::adopt(&db.shared, &read_before).unwrap();
     assert_eq!(
         db.live_version().get(),
         2,
@@ -71,9 +71,9 @@ fn a_call_checks_the_lease_itself() {
     assert_eq!((which().unwrap(), db.steady()), (2, true));
     // Resumed after the pause: the cache says version 1 and the lease
     // deadline has passed; the watchdog (a 50 ms tick) has not run yet.
-    db.inner.live.store(1, Ordering::Release);
-    db.inner.lease_deadline.store(0, Ordering::Release);
+    db.shared.live.store(1, Ordering::Release);
+    db.shared.lease_deadline.store(0, Ordering::Release);
     assert!(!db.steady());
     assert_eq!(which().unwrap(), 2, "a call trusted a stale lease");
-    assert_eq!(db.inner.path.load(Ordering::Acquire), super::UNDRAINED);
+    assert_eq!(db.shared.path.load(), crate::shared::CallPath::Undrained);
 }

@@ -5,8 +5,8 @@ use super::*;
 
 /// Starts the poller of `inner`. It holds only a weak reference, so dropping
 /// the last handle stops it.
-pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::Thread> {
-    let weak: Weak<Inner<B>> = Arc::downgrade(inner);
+pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Shared<B>>) -> Result<thread::Thread> {
+    let weak: Weak<Shared<B>> = Arc::downgrade(inner);
     let shutdown: Arc<AtomicBool> = Arc::clone(&inner.shutdown);
     let interval = inner.poll_interval;
     let handle = thread::Builder::new()
@@ -16,21 +16,20 @@ pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::
             if shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let Some(inner) = weak.upgrade() else { return };
-            let db = Tandem::internal(inner);
+            let Some(shared) = weak.upgrade() else { return };
             // First: after a pause, stop trusting a stale lease before anything else.
-            db.check_lease();
-            if !db.inner.fleet_paused.load(Ordering::Acquire)
-                && !db.inner.renewals_held.load(Ordering::Acquire)
+            check_lease(&shared);
+            if !shared.fleet_paused.load(Ordering::Acquire)
+                && !shared.renewals_held.load(Ordering::Acquire)
             {
-                if let Err(e) = db.poll_once() {
+                if let Err(e) = poll_once(&shared) {
                     tracing::warn!(error = %e, "fleet poll failed");
                     // Perhaps the server restarted: no broken connection
                     // stays in the pool for a call to find.
-                    db.sweep_pool();
+                    shared.sweep_pool();
                 }
             }
-            db.check_lease();
+            check_lease(&shared);
         })
         .map_err(|e| Error::Connect {
             target: inner.target.clone(),
@@ -42,8 +41,8 @@ pub(crate) fn spawn_poller<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::
 /// Starts the confirmer of `inner` (see the module's "Confirmation
 /// reads"): every poll interval, if the last renewal is more than two poll
 /// intervals old (the poller is held back), a confirmation read.
-pub(crate) fn spawn_confirmer<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::Thread> {
-    let weak: Weak<Inner<B>> = Arc::downgrade(inner);
+pub(crate) fn spawn_confirmer<B: Backend>(inner: &Arc<Shared<B>>) -> Result<thread::Thread> {
+    let weak: Weak<Shared<B>> = Arc::downgrade(inner);
     let shutdown: Arc<AtomicBool> = Arc::clone(&inner.shutdown);
     let interval = inner.poll_interval;
     let late = coarsetime::Duration::from(interval.saturating_mul(2));
@@ -60,7 +59,7 @@ pub(crate) fn spawn_confirmer<B: Backend>(inner: &Arc<Inner<B>>) -> Result<threa
             }
             let renewed = coarsetime::Instant::from_ticks(inner.renewed_at.load(Ordering::Acquire));
             if coarsetime::Instant::now() > renewed + late {
-                Tandem::internal(inner).confirm_steady();
+                confirm_steady(&inner);
             }
         })
         .map_err(|e| Error::Connect {
@@ -74,8 +73,8 @@ pub(crate) fn spawn_confirmer<B: Backend>(inner: &Arc<Inner<B>>) -> Result<threa
 /// poller stuck in a slow database call (SQLite's busy handler, a network
 /// stall) cannot keep the steady path open past the lease. It drops the
 /// steady flag as soon as the local lease deadline passes.
-pub(crate) fn spawn_watchdog<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread::Thread> {
-    let weak: Weak<Inner<B>> = Arc::downgrade(inner);
+pub(crate) fn spawn_watchdog<B: Backend>(inner: &Arc<Shared<B>>) -> Result<thread::Thread> {
+    let weak: Weak<Shared<B>> = Arc::downgrade(inner);
     let shutdown: Arc<AtomicBool> = Arc::clone(&inner.shutdown);
     let tick = (inner.lease / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
     let handle = thread::Builder::new()
@@ -86,7 +85,7 @@ pub(crate) fn spawn_watchdog<B: Backend>(inner: &Arc<Inner<B>>) -> Result<thread
                 return;
             }
             let Some(inner) = weak.upgrade() else { return };
-            Tandem::internal(inner).check_lease();
+            check_lease(&inner);
         })
         .map_err(|e| Error::Connect {
             target: inner.target.clone(),

@@ -12,7 +12,7 @@ pub struct Builder<B: Backend> {
     serves: Option<RangeInclusive<u32>>,
     baseline: Option<u32>,
     settings: PoolSettings,
-    steps: Vec<Step<B>>,
+    backfills: Vec<Backfill<B>>,
     writer: WriterPolicy,
     lock_timeout: Duration,
     switch_timeout: Duration,
@@ -181,7 +181,7 @@ impl<B: Backend> Builder<B> {
     where
         F: Fn(&mut B::Connection) -> diesel::QueryResult<usize> + Send + Sync + 'static,
     {
-        self.steps.push(Step {
+        self.backfills.push(Backfill {
             version,
             name: name.to_owned(),
             batch: Box::new(batch),
@@ -229,7 +229,7 @@ impl<B: Backend> Builder<B> {
                 latest,
             });
         }
-        for step in &self.steps {
+        for step in &self.backfills {
             let v = version_arg(step.version, "backfill")?;
             if v > latest {
                 return Err(Error::BackfillBeyondCatalog {
@@ -362,7 +362,7 @@ impl<B: Backend> Builder<B> {
             ),
         };
         let lock_key = store.lock_key();
-        let inner = Inner {
+        let shared = Shared {
             pool,
             store,
             catalog: self.catalog,
@@ -373,13 +373,13 @@ impl<B: Backend> Builder<B> {
             write_gate: parking_lot::FairMutex::new(()),
             queue_writers: self.queue_writers,
             instance,
-            steps: self.steps,
+            backfills: self.backfills,
             writer: self.writer,
             lock_timeout: self.lock_timeout,
             switch_timeout: self.switch_timeout,
             orphaned_leases: parking_lot::Mutex::new(Vec::new()),
             target,
-            path: AtomicU8::new(fleet::LOCKING),
+            path: PathCell::new(CallPath::Locking),
             me,
             poll_interval: self.poll_interval,
             lease,
@@ -391,26 +391,24 @@ impl<B: Backend> Builder<B> {
             renewed_at: AtomicU64::new(0),
             cached_epoch: parking_lot::Mutex::new(i64::MIN),
             shutdown: Arc::new(AtomicBool::new(false)),
-            poller: parking_lot::Mutex::new(Vec::new()),
+            threads: parking_lot::Mutex::new(Vec::new()),
             lock_key,
             secrets,
         };
-        let inner = Arc::new(inner);
+        let shared = Arc::new(shared);
         let db = Tandem {
-            life: Some(Arc::new(Lifetime {
-                inner: Arc::clone(&inner),
-            })),
-            inner,
+            member: Arc::new(Membership::new(Arc::clone(&shared))),
+            shared,
         };
-        db.verify_checksums(&mut *db.connection()?)?;
-        db.join_fleet()?;
+        db.shared.verify_checksums(&mut *db.connection()?)?;
+        fleet::join_fleet(&db.shared)?;
         let threads = vec![
-            crate::fleet::spawn_poller(&db.inner)?,
-            crate::fleet::spawn_watchdog(&db.inner)?,
-            crate::fleet::spawn_confirmer(&db.inner)?,
+            fleet::spawn_poller(&db.shared)?,
+            fleet::spawn_watchdog(&db.shared)?,
+            fleet::spawn_confirmer(&db.shared)?,
         ];
-        *db.inner.poller.lock() = threads;
-        tracing::info!(database = %db.inner.target, live = %live, serves = ?(first, last), "tandem opened");
+        *db.shared.threads.lock() = threads;
+        tracing::info!(database = %db.shared.target, live = %live, serves = ?(first, last), "tandem opened");
         Ok(db)
     }
 }
@@ -432,7 +430,7 @@ impl<B: Backend> Tandem<B> {
                 idle_timeout: Some(Duration::from_secs(600)),
                 max_lifetime: Some(Duration::from_secs(1800)),
             },
-            steps: Vec::new(),
+            backfills: Vec::new(),
             writer: WriterPolicy::default(),
             lock_timeout: Duration::from_millis(100),
             switch_timeout: Duration::from_secs(10),

@@ -37,19 +37,18 @@ impl<B: Backend> Tandem<B> {
         E: From<Error>,
     {
         let mut conn = self.connection()?;
-        let read = self.inner.lock.read();
-        let result =
-            if self.inner.path.load(Ordering::Acquire) == fleet::STEADY && self.lease_fresh() {
-                let version = self.served_live()?;
-                let binding = repository.get(version)?;
-                let result = f(binding, &mut Session::new(&mut *conn, version));
-                drop(read);
-                result
-            } else {
-                drop(read);
-                self.check_lease();
-                self.call_locking(&mut *conn, repository, f)
-            };
+        let read = self.shared.lock.read();
+        let result = if self.shared.steady() {
+            let version = self.served_live()?;
+            let binding = repository.get(version)?;
+            let result = f(binding, &mut Session::new(&mut *conn, version));
+            drop(read);
+            result
+        } else {
+            drop(read);
+            fleet::check_lease(&self.shared);
+            self.call_locking(&mut *conn, repository, f)
+        };
         if result.is_err() {
             self.after_failure(conn);
         }
@@ -65,31 +64,7 @@ impl<B: Backend> Tandem<B> {
     fn after_failure(&self, mut conn: Conn<B>) {
         if diesel::r2d2::R2D2Connection::is_broken(&mut *conn) {
             drop(conn);
-            self.sweep_pool();
-        }
-    }
-
-    /// Pings every idle pooled connection once (none is handed out
-    /// meanwhile) and lets the pool discard those that fail.
-    #[cold]
-    pub(crate) fn sweep_pool(&self) {
-        let pool = &self.inner.pool;
-        let mut good = Vec::new();
-        let mut broken = 0u32;
-        for _ in 0..pool.max_size() {
-            let Some(mut c) = pool.try_get() else { break };
-            if diesel::r2d2::R2D2Connection::ping(&mut *c).is_ok() {
-                good.push(c);
-            } else {
-                broken += 1; // dropped broken: the pool discards it
-            }
-        }
-        drop(good);
-        if broken > 0 {
-            tracing::warn!(
-                broken,
-                "discarded pooled connections the database had closed (a restart, a terminated backend)"
-            );
+            self.shared.sweep_pool();
         }
     }
 
@@ -108,15 +83,15 @@ impl<B: Backend> Tandem<B> {
         F: FnOnce(&R, &mut Session<'_, B>) -> Result<T, E>,
         E: From<Error>,
     {
-        let result: Result<T, Locked<E>> = self.write_transaction(conn, |c| {
-            let version = self.enter_shared(c).map_err(Locked::Tandem)?;
-            let binding = repository.get(version).map_err(Locked::Tandem)?;
-            f(binding, &mut Session::new(c, version)).map_err(Locked::App)
+        let result: Result<T, CallError<E>> = self.shared.write_transaction(conn, |c| {
+            let version = self.enter_shared(c).map_err(CallError::Tandem)?;
+            let binding = repository.get(version).map_err(CallError::Tandem)?;
+            f(binding, &mut Session::new(c, version)).map_err(CallError::App)
         });
         result.map_err(|e| match e {
-            Locked::App(e) => e,
-            Locked::Tandem(e) => E::from(e),
-            Locked::Db(e) => E::from(Error::Query(e)),
+            CallError::App(e) => e,
+            CallError::Tandem(e) => E::from(e),
+            CallError::Db(e) => E::from(Error::Query(e)),
         })
     }
 
@@ -142,18 +117,18 @@ impl<B: Backend> Tandem<B> {
         E: From<Error> + From<diesel::result::Error>,
     {
         let mut conn = self.connection()?;
-        let read = self.inner.lock.read();
-        let result = if self.inner.path.load(Ordering::Acquire) == fleet::STEADY
-            && self.lease_fresh()
-        {
+        let read = self.shared.lock.read();
+        let result = if self.shared.steady() {
             let version = self.served_live()?;
-            let result = self.write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
+            let result = self
+                .shared
+                .write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
             drop(read);
             result
         } else {
             drop(read);
-            self.check_lease();
-            self.write_transaction(&mut conn, |c| {
+            fleet::check_lease(&self.shared);
+            self.shared.write_transaction(&mut conn, |c| {
                 let version = self.enter_shared(c)?;
                 f(&mut Session::new(c, version))
             })
@@ -164,66 +139,46 @@ impl<B: Backend> Tandem<B> {
         result
     }
 
-    /// A write transaction behind this process's write gate (where the
-    /// backend queues writers). Callers holding the schema lock take it first.
-    pub(crate) fn write_transaction<T, E, F>(&self, conn: &mut B::Connection, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut B::Connection) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        let _gate =
-            (B::QUEUE_WRITERS && self.inner.queue_writers).then(|| self.inner.write_gate.lock());
-        B::write_transaction(conn, f)
-    }
-
-    /// Sets the phase lock timeout inside the current transaction.
-    pub(crate) fn ddl_preamble(&self, conn: &mut B::Connection) -> Result<()> {
-        if let Some(sql) = B::lock_timeout_sql(self.inner.lock_timeout) {
-            B::execute(conn, &sql, &[])?;
-        }
-        Ok(())
-    }
-
     /// Locking path: the database's shared schema lock and the live version,
     /// inside the current transaction. Its duration counts as lock wait.
     fn enter_shared(&self, conn: &mut B::Connection) -> Result<Version> {
-        let inner = &self.inner;
+        let shared = &self.shared;
         let start = Instant::now();
         let raw = B::enter_shared(
             conn,
-            inner.store.prefix(),
-            inner.store.state_table(),
-            inner.lock_key,
+            shared.store.prefix(),
+            shared.store.state_table(),
+            shared.lock_key,
         )
         .map_err(|e| match e {
-            diesel::result::Error::NotFound => inner.store.state_row_missing(),
+            diesel::result::Error::NotFound => shared.store.state_row_missing(),
             e => Error::Query(e),
         })?;
-        inner.lock.record_wait(start.elapsed());
+        shared.lock.record_wait(start.elapsed());
         let live = u32::try_from(raw).unwrap_or(0);
         match Version::new(live) {
-            Some(v) if v >= inner.first && v <= inner.last => Ok(v),
+            Some(v) if v >= shared.first && v <= shared.last => Ok(v),
             _ => Err(self.not_served(live)),
         }
     }
 
     #[inline]
     fn served_live(&self) -> Result<Version> {
-        let live = self.inner.live.load(Ordering::Acquire);
+        let live = self.shared.live.load(Ordering::Acquire);
         match Version::new(live) {
-            Some(v) if v >= self.inner.first && v <= self.inner.last => Ok(v),
+            Some(v) if v >= self.shared.first && v <= self.shared.last => Ok(v),
             _ => Err(self.not_served(live)),
         }
     }
 
     #[cold]
     fn not_served(&self, live: u32) -> Error {
-        let (first, last) = (self.inner.first, self.inner.last);
+        let (first, last) = (self.shared.first, self.shared.last);
         match Version::new(live) {
             Some(live) if live < first => Error::Upgrading { live, first, last },
             Some(live) => Error::VersionNotServed { live, first, last },
             None => Error::MetadataCorrupt {
-                table: self.inner.store.state_table().to_owned(),
+                table: self.shared.store.state_table().to_owned(),
                 detail: "live version 0".to_owned(),
             },
         }
@@ -232,14 +187,14 @@ impl<B: Backend> Tandem<B> {
 
 /// The error of a locking-path call: the application's, tandem's, or the
 /// transaction's own.
-enum Locked<E> {
+enum CallError<E> {
     App(E),
     Tandem(Error),
     Db(diesel::result::Error),
 }
 
-impl<E> From<diesel::result::Error> for Locked<E> {
+impl<E> From<diesel::result::Error> for CallError<E> {
     fn from(e: diesel::result::Error) -> Self {
-        Locked::Db(e)
+        CallError::Db(e)
     }
 }

@@ -3,8 +3,8 @@
 
 use super::*;
 
-impl<B: Backend> Upgrader<'_, B> {
-    pub(super) fn contract_locked(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
+impl<B: Backend> Upgrader<B> {
+    pub(super) fn contract_leased(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
         match state.phase {
@@ -20,10 +20,10 @@ impl<B: Backend> Upgrader<'_, B> {
             }
         }
         let version = state.version;
-        let checksum = self.db.phase_checksum(version, Phase::Contract);
+        let checksum = self.shared.phase_checksum(version, Phase::Contract);
         let sql = self
-            .db
-            .catalog()
+            .shared
+            .catalog
             .phase(version, Phase::Contract, B::NAME)
             .map(|s| s.text.to_owned());
         // Invariant 3: no live instance may still use the previous version:

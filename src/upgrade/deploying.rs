@@ -3,21 +3,21 @@
 
 use super::*;
 
-impl<B: Backend> Upgrader<'_, B> {
+impl<B: Backend> Upgrader<B> {
     /// How long the upgrader waits for the fleet to acknowledge a change: a
     /// live instance acknowledges within a poll interval or two once its
     /// steady calls have drained (which may take the writer policy's whole
     /// budget under load), and a dead one drops out a lease after its lease
     /// expired (see `Store::live_instances`).
     pub(super) fn fleet_timeout(&self) -> Duration {
-        let w = &self.db.inner.writer;
+        let w = &self.shared.writer;
         let drain = w
             .patience
             .saturating_add(w.escalation)
             .saturating_mul(w.attempts.max(1));
-        (self.db.inner.lease.saturating_mul(2))
+        (self.shared.lease.saturating_mul(2))
             .max(drain)
-            .saturating_add(self.db.inner.poll_interval.saturating_mul(4))
+            .saturating_add(self.shared.poll_interval.saturating_mul(4))
             .min(crate::limits::FOREVER)
             .min(self.budget().unwrap_or(crate::limits::FOREVER))
     }
@@ -31,9 +31,8 @@ impl<B: Backend> Upgrader<'_, B> {
         version: Version,
         phase: Phase,
     ) -> Result<Duration> {
-        let epoch = self.db.write_transaction(conn, |c| {
-            self.db
-                .inner
+        let epoch = self.shared.write_transaction(conn, |c| {
+            self.shared
                 .store
                 .set_mode::<B>(c, Mode::Deploying, &self.owner)
         })?;
@@ -45,7 +44,7 @@ impl<B: Backend> Upgrader<'_, B> {
         self.leave_steady_path(conn, epoch, version, phase)?;
         self.step("switch: deploying, before fleet acknowledgement")?;
         // Notice runs from the commit of deploying mode (it is over by now).
-        let notice_until = asked + self.db.notice();
+        let notice_until = asked + fleet::notice(&self.shared);
         self.await_acknowledged(conn, epoch, version, phase, Some(notice_until))?;
         Ok(asked.elapsed())
     }
@@ -71,8 +70,8 @@ impl<B: Backend> Upgrader<'_, B> {
             self.renew_lease(conn)?;
             // A successful refresh adopted deploying mode (draining) or a
             // later state; either way the path it left is the one to check.
-            match self.db.refresh() {
-                Ok(_) if self.db.on_drained_locking_path() => return Ok(()),
+            match fleet::poll_once(&self.shared) {
+                Ok(_) if fleet::on_drained_locking_path(&self.shared) => return Ok(()),
                 Ok(_) | Err(Error::LockTimeout { .. }) if Instant::now() < deadline => {}
                 Ok(_) => {
                     self.leave_deploying(conn)?;
@@ -83,7 +82,7 @@ impl<B: Backend> Upgrader<'_, B> {
                         waited: asked.elapsed(),
                         instances: vec![format!(
                             "{} (this instance: its calls did not drain)",
-                            self.db.instance_id()
+                            self.shared.instance.as_str()
                         )],
                     });
                 }
@@ -107,11 +106,14 @@ impl<B: Backend> Upgrader<'_, B> {
         notice_until: Option<Instant>,
     ) -> Result<()> {
         let waited = Instant::now();
-        let behind =
-            self.db
-                .await_fleet(conn, epoch, self.fleet_timeout(), notice_until, &mut |c| {
-                    self.renew_lease(c)
-                })?;
+        let behind = fleet::await_fleet(
+            &self.shared,
+            conn,
+            epoch,
+            self.fleet_timeout(),
+            notice_until,
+            &mut |c| self.renew_lease(c),
+        )?;
         if behind.is_empty() {
             return Ok(());
         }
@@ -127,15 +129,14 @@ impl<B: Backend> Upgrader<'_, B> {
 
     /// Returns to steady mode and adopts it locally.
     pub(super) fn leave_deploying(&self, conn: &mut B::Connection) -> Result<()> {
-        self.db.write_transaction(conn, |c| {
-            self.db
-                .inner
+        self.shared.write_transaction(conn, |c| {
+            self.shared
                 .store
                 .set_mode::<B>(c, Mode::Steady, &self.owner)
         })?;
         // If calls are slow to drain the poller adopts steady mode later; the
         // locking path is safe meanwhile.
-        if let Err(e) = self.db.refresh() {
+        if let Err(e) = fleet::poll_once(&self.shared) {
             tracing::debug!(error = %e, "steady mode set; this instance adopts it on its next poll");
         }
         Ok(())

@@ -3,11 +3,11 @@
 
 use super::*;
 
-impl<B: Backend> Upgrader<'_, B> {
-    pub(super) fn expand_locked(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
+impl<B: Backend> Upgrader<B> {
+    pub(super) fn expand_leased(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
-        let latest = self.db.catalog().latest();
+        let latest = self.shared.catalog.latest();
         let target = state.version.next().filter(|t| *t <= latest);
         let target = match (state.phase, target) {
             (StatePhase::Expanded, Some(target)) => {
@@ -30,14 +30,14 @@ impl<B: Backend> Upgrader<'_, B> {
             (_, Some(target)) => target,
         };
         let mut report = PhaseReport::new(target, Phase::Expand);
-        let checksum = self.db.phase_checksum(target, Phase::Expand);
+        let checksum = self.shared.phase_checksum(target, Phase::Expand);
         let sql = self
-            .db
-            .catalog()
+            .shared
+            .catalog
             .phase(target, Phase::Expand, B::NAME)
             .map(|s| s.text.to_owned())
             .unwrap_or_default();
-        let store = &self.db.inner.store;
+        let store = &self.shared.store;
 
         let resumed = store.history::<B>(conn)?.iter().any(|h| {
             h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == store::RUNNING
@@ -65,9 +65,8 @@ impl<B: Backend> Upgrader<'_, B> {
         }
 
         for step in self
-            .db
-            .inner
-            .steps
+            .shared
+            .backfills
             .iter()
             .filter(|s| s.version == target.get())
         {
@@ -77,7 +76,7 @@ impl<B: Backend> Upgrader<'_, B> {
                 let batches = report.batches;
                 let changed = self
                     .kept(|| {
-                        self.db.write_transaction(conn, |c| -> Result<usize> {
+                        self.shared.write_transaction(conn, |c| -> Result<usize> {
                             let changed = (step.batch)(c).map_err(|source| Error::StepFailed {
                                 version: target,
                                 step: step.name.clone(),
@@ -106,7 +105,7 @@ impl<B: Backend> Upgrader<'_, B> {
         }
 
         self.step("expand: before finishing")?;
-        self.db.write_transaction(conn, |c| -> Result<()> {
+        self.shared.write_transaction(conn, |c| -> Result<()> {
             let now = store::now_ms();
             self.recheck(c, &state)?;
             self.transition(

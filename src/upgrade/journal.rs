@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<B: Backend> Upgrader<'_, B> {
+impl<B: Backend> Upgrader<B> {
     /// A phase transaction: under a short `lock_timeout` where the backend
     /// has one, and retried with backoff and jitter while it hits lock
     /// conflicts. A phase thus gives way to application calls instead of
@@ -15,13 +15,13 @@ impl<B: Backend> Upgrader<'_, B> {
         conn: &mut B::Connection,
         body: impl Fn(&mut B::Connection) -> Result<()>,
     ) -> Result<u32> {
-        let attempts = self.db.inner.writer.attempts.max(1);
+        let attempts = self.shared.writer.attempts.max(1);
         let mut backoff = Backoff::default();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.db.write_transaction(conn, |c| {
-                self.db.ddl_preamble(c)?;
+            let result = self.shared.write_transaction(conn, |c| {
+                self.shared.ddl_preamble(c)?;
                 body(c)
             });
             match result {
@@ -46,7 +46,7 @@ impl<B: Backend> Upgrader<'_, B> {
         outcome: &str,
     ) -> Result<()> {
         let finished = (outcome != store::RUNNING).then(store::now_ms);
-        self.db.inner.store.record::<B>(
+        self.shared.store.record::<B>(
             c,
             version,
             phase.as_str(),
@@ -70,8 +70,8 @@ impl<B: Backend> Upgrader<'_, B> {
         error: &Error,
     ) {
         let detail = error.to_string();
-        let result = self.db.write_transaction(conn, |c| {
-            self.db.inner.store.record::<B>(
+        let result = self.shared.write_transaction(conn, |c| {
+            self.shared.store.record::<B>(
                 c,
                 version,
                 phase.as_str(),

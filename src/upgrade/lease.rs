@@ -4,15 +4,15 @@
 
 use super::*;
 
-impl<B: Backend> Upgrader<'_, B> {
+impl<B: Backend> Upgrader<B> {
     pub(super) fn with_lease<T>(
         &self,
         f: impl FnOnce(&mut B::Connection) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.db.connection()?;
+        let mut conn = self.shared.connection()?;
         self.acquire_lease(&mut conn)?;
         let result = self
-            .db
+            .shared
             .verify_checksums(&mut conn)
             .and_then(|()| f(&mut conn));
         if matches!(result, Err(Error::InjectedCrash { .. })) {
@@ -37,8 +37,8 @@ impl<B: Backend> Upgrader<'_, B> {
     /// the lease; a write lock held elsewhere (a frozen SQLite writer) gets
     /// a short wait only. What cannot be done is left to the next command,
     /// which, in this process, takes the lease over at once.
-    pub(super) fn clean_up(&self, mut conn: Option<crate::handle::Conn<B>>) {
-        let store = &self.db.inner.store;
+    pub(super) fn clean_up(&self, mut conn: Option<crate::shared::Conn<B>>) {
+        let store = &self.shared.store;
         let deadline = Instant::now() + self.lease.min(Duration::from_secs(30));
         let mut backoff = Backoff::default();
         loop {
@@ -50,10 +50,11 @@ impl<B: Backend> Upgrader<'_, B> {
                         let wait = deadline
                             .saturating_duration_since(Instant::now())
                             .clamp(Duration::from_millis(100), Duration::from_secs(2));
-                        let fresh =
-                            self.db.inner.pool.get_timeout(wait).map_err(|e| {
-                                crate::handle::pool_error(&e, &self.db.inner.secrets)
-                            })?;
+                        let fresh = self
+                            .shared
+                            .pool
+                            .get_timeout(wait)
+                            .map_err(|e| crate::shared::pool_error(&e, &self.shared.secrets))?;
                         conn.insert(fresh)
                     }
                 };
@@ -80,11 +81,7 @@ impl<B: Backend> Upgrader<'_, B> {
             let busy = matches!(&e, Error::Query(q) if B::is_transient(q));
             if busy || Instant::now() >= deadline {
                 tracing::warn!(error = %e, "could not return the fleet to steady mode and release the upgrade lease; the next upgrader command will (in this process at once; elsewhere once the lease expires)");
-                self.db
-                    .inner
-                    .orphaned_leases
-                    .lock()
-                    .push(self.owner.clone());
+                self.shared.orphaned_leases.lock().push(self.owner.clone());
                 if let Some(c) = conn.as_mut() {
                     let _ = B::set_busy_wait(c, None);
                 }
@@ -92,7 +89,7 @@ impl<B: Backend> Upgrader<'_, B> {
             }
             tracing::debug!(error = %e, "cleanup after the command failed; retrying on a fresh connection");
             conn = None;
-            self.db.sweep_pool();
+            self.shared.sweep_pool();
             backoff.wait();
         }
     }
@@ -103,7 +100,7 @@ impl<B: Backend> Upgrader<'_, B> {
         loop {
             // The lease alone excludes: no session lock, so nothing stays on
             // a pooled connection (a crashed holder's lease expires).
-            let holder = self.db.write_transaction(conn, |c| self.try_lease(c))?;
+            let holder = self.shared.write_transaction(conn, |c| self.try_lease(c))?;
             match holder {
                 None => {
                     self.last_renewal.set(Some(Instant::now()));
@@ -131,8 +128,7 @@ impl<B: Backend> Upgrader<'_, B> {
     /// process whose command returned without releasing it.
     pub(super) fn take_over(&self, conn: &mut B::Connection, holder: &str) -> Result<bool> {
         let orphaned = self
-            .db
-            .inner
+            .shared
             .orphaned_leases
             .lock()
             .iter()
@@ -140,13 +136,12 @@ impl<B: Backend> Upgrader<'_, B> {
         if !orphaned {
             return Ok(false);
         }
-        let taken = self.db.write_transaction(conn, |c| {
-            self.db
-                .inner
+        let taken = self.shared.write_transaction(conn, |c| {
+            self.shared
                 .store
                 .take_over_lease::<B>(c, &self.owner, holder, self.lease_ms())
         })?;
-        self.db.inner.orphaned_leases.lock().retain(|o| o != holder);
+        self.shared.orphaned_leases.lock().retain(|o| o != holder);
         if taken {
             tracing::info!(
                 from = holder,
@@ -169,7 +164,7 @@ impl<B: Backend> Upgrader<'_, B> {
             .get()
             .is_none_or(|t| t.elapsed() >= self.lease / 3);
         if due {
-            let holder = self.db.write_transaction(conn, |c| self.try_lease(c))?;
+            let holder = self.shared.write_transaction(conn, |c| self.try_lease(c))?;
             if let Some((holder, left)) = holder {
                 return Err(Error::UpgraderBusy {
                     holder,
@@ -200,8 +195,7 @@ impl<B: Backend> Upgrader<'_, B> {
     /// Takes or renews the lease inside the current transaction: `None`,
     /// or the other holder and the milliseconds its lease has left.
     fn try_lease(&self, c: &mut B::Connection) -> Result<Option<(String, i64)>> {
-        self.db
-            .inner
+        self.shared
             .store
             .try_lease::<B>(c, &self.owner, self.lease_ms())
     }
@@ -228,11 +222,11 @@ impl<B: Backend> Upgrader<'_, B> {
     /// has no connection to spare for it: the claim alone.)
     pub(super) fn kept<T>(&self, f: impl FnOnce() -> T) -> T {
         let done = AtomicBool::new(false);
-        let (db, owner, lease) = (self.db, self.owner.as_str(), self.lease);
+        let (shared, owner, lease) = (&*self.shared, self.owner.as_str(), self.lease);
         let out = thread::scope(|s| {
             let keeper = thread::Builder::new()
                 .name("tandem-lease-keeper".to_owned())
-                .spawn_scoped(s, || keep_lease(db, owner, lease, &done));
+                .spawn_scoped(s, || keep_lease(shared, owner, lease, &done));
             let out = f();
             done.store(true, Ordering::Release);
             match keeper {
@@ -258,7 +252,7 @@ const CLEANUP_WAIT: Duration = Duration::from_millis(250);
 
 /// The lease keeper's loop (see [`Upgrader::kept`]): renews `owner`'s
 /// upgrade lease every third of `lease` until `done`.
-fn keep_lease<B: Backend>(db: &Tandem<B>, owner: &str, lease: Duration, done: &AtomicBool) {
+fn keep_lease<B: Backend>(shared: &Shared<B>, owner: &str, lease: Duration, done: &AtomicBool) {
     let every = (lease / 3).max(Duration::from_millis(1));
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
     let mut conn = None;
@@ -269,13 +263,13 @@ fn keep_lease<B: Backend>(db: &Tandem<B>, owner: &str, lease: Duration, done: &A
         }
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match db.inner.pool.get_timeout(every) {
+            None => match shared.pool.get_timeout(every) {
                 Ok(c) => conn.insert(c),
                 Err(_) => continue,
             },
         };
-        let renewed = db.write_transaction(&mut **c, |c| {
-            db.inner.store.try_lease::<B>(c, owner, lease_ms)
+        let renewed = shared.write_transaction(&mut **c, |c| {
+            shared.store.try_lease::<B>(c, owner, lease_ms)
         });
         match renewed {
             Ok(None) => tracing::trace!(owner, "upgrade lease renewed during a phase"),

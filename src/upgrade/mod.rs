@@ -23,6 +23,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,10 @@ use diesel::connection::SimpleConnection;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::handle::Tandem;
+use crate::fleet::{self, Membership};
 use crate::lock::WriterPolicy;
 use crate::retry::{lock_conflict, Backoff, Retry};
+use crate::shared::Shared;
 use crate::store::{self, Instance, Mode, State, StatePhase};
 use crate::version::{Phase, Version};
 
@@ -43,14 +45,6 @@ mod journal;
 use journal::run_sql;
 mod lease;
 mod switch;
-
-/// A Rust step of a version's expand phase (see [`Builder::backfill`](crate::Builder::backfill)).
-pub(crate) struct Step<B: Backend> {
-    pub(crate) version: u32,
-    pub(crate) name: String,
-    #[allow(clippy::type_complexity)]
-    pub(crate) batch: Box<dyn Fn(&mut B::Connection) -> diesel::QueryResult<usize> + Send + Sync>,
-}
 
 /// What one phase did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +101,11 @@ impl PhaseReport {
     }
 }
 
-/// Runs upgrade phases through a [`Tandem`] handle. Made by
-/// [`Tandem::upgrader`].
+/// Runs upgrade phases on a [`Tandem`](crate::Tandem) handle's database,
+/// sharing its pool and schema lock. Made by
+/// [`Tandem::upgrader`](crate::Tandem::upgrader); owned (no borrow of the
+/// handle), so it can move into a thread or a task. While it lives, the
+/// handle's instance stays in the fleet.
 ///
 /// ```
 /// # fn main() -> Result<(), tandem::Error> {
@@ -118,8 +115,10 @@ impl PhaseReport {
 /// assert_eq!(db.live_version().get(), 2);
 /// # Ok(()) }
 /// ```
-pub struct Upgrader<'t, B: Backend> {
-    db: &'t Tandem<B>,
+pub struct Upgrader<B: Backend> {
+    shared: Arc<Shared<B>>,
+    /// Keeps this instance in the fleet while the upgrader lives.
+    _member: Arc<Membership<B>>,
     owner: String,
     lease: Duration,
     wait_for_lease: Duration,
@@ -133,7 +132,7 @@ pub struct Upgrader<'t, B: Backend> {
     switch_versions: Cell<Option<(Version, Version)>>,
 }
 
-impl<B: Backend> fmt::Debug for Upgrader<'_, B> {
+impl<B: Backend> fmt::Debug for Upgrader<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upgrader")
             .field("owner", &self.owner)
@@ -144,12 +143,13 @@ impl<B: Backend> fmt::Debug for Upgrader<'_, B> {
 /// Distinguishes upgraders of one handle from each other.
 static UPGRADER_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-impl<'t, B: Backend> Upgrader<'t, B> {
-    pub(crate) fn new(db: &'t Tandem<B>) -> Self {
+impl<B: Backend> Upgrader<B> {
+    pub(crate) fn new(shared: Arc<Shared<B>>, member: Arc<Membership<B>>) -> Self {
         let seq = UPGRADER_SEQ.fetch_add(1, Ordering::Relaxed);
         Upgrader {
-            db,
-            owner: format!("{}#u{seq}", db.instance_id()),
+            owner: format!("{}#u{seq}", shared.instance),
+            shared,
+            _member: member,
             lease: Duration::from_secs(30),
             wait_for_lease: Duration::ZERO,
             crash_at: None,
@@ -215,7 +215,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// is not contracted yet), [`Error::UnknownVersion`] (nothing to expand),
     /// [`Error::ChecksumDrift`], [`Error::PhaseFailed`], [`Error::StepFailed`].
     pub fn expand(&self) -> Result<PhaseReport> {
-        self.with_lease(|conn| self.expand_locked(conn))
+        self.with_lease(|conn| self.expand_leased(conn))
     }
 
     /// Switches the live version to the expanded one: `switch.sql` and the
@@ -229,7 +229,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// (this binary could not serve the new version), [`Error::LockTimeout`]
     /// (database unchanged), [`Error::PhaseFailed`], and as [`expand`](Upgrader::expand).
     pub fn switch(&self) -> Result<PhaseReport> {
-        self.with_lease(|conn| self.switch_locked(conn, Phase::Switch))
+        self.with_lease(|conn| self.switch_leased(conn, Phase::Switch))
     }
 
     /// Undoes the switch (before contract): `switch_back.sql` and the version
@@ -240,7 +240,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// [`Error::PhaseOutOfOrder`] (not in the switch window),
     /// [`Error::NoSwitchBack`], and as [`switch`](Upgrader::switch).
     pub fn switch_back(&self) -> Result<PhaseReport> {
-        self.with_lease(|conn| self.switch_locked(conn, Phase::SwitchBack))
+        self.with_lease(|conn| self.switch_leased(conn, Phase::SwitchBack))
     }
 
     /// Removes the previous version's structures (`contract.sql`). Only after
@@ -251,7 +251,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// [`Error::PhaseOutOfOrder`] (contract before switch), and as
     /// [`expand`](Upgrader::expand).
     pub fn contract(&self) -> Result<PhaseReport> {
-        self.with_lease(|conn| self.contract_locked(conn))
+        self.with_lease(|conn| self.contract_leased(conn))
     }
 
     /// Runs every remaining phase of every version up to `target`, from
@@ -262,7 +262,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// [`Error::UnknownVersion`] (target not in the catalog),
     /// [`Error::NotRollForward`], and those of the phases.
     pub fn upgrade_to(&self, target: u32) -> Result<Vec<PhaseReport>> {
-        let latest = self.db.catalog().latest();
+        let latest = self.shared.catalog.latest();
         let target = Version::new(target).ok_or(Error::InvalidVersion {
             value: i64::from(target),
             context: "upgrade_to",
@@ -286,9 +286,9 @@ impl<'t, B: Backend> Upgrader<'t, B> {
                 let report = match state.phase {
                     StatePhase::Stable if state.version == target => return Ok(reports),
                     StatePhase::Expanded if state.version == target => return Ok(reports),
-                    StatePhase::Stable => self.expand_locked(conn)?,
-                    StatePhase::Expanded => self.switch_locked(conn, Phase::Switch)?,
-                    StatePhase::Switched => self.contract_locked(conn)?,
+                    StatePhase::Stable => self.expand_leased(conn)?,
+                    StatePhase::Expanded => self.switch_leased(conn, Phase::Switch)?,
+                    StatePhase::Switched => self.contract_leased(conn)?,
                 };
                 reports.push(report);
             }
@@ -305,7 +305,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// switch first sees it). Evict only instances you know are stopped: a
     /// live one registers again on its next poll, but a switch in between
     /// would not wait for its calls. `SwitchRefused` and
-    /// `FleetNotAcknowledged` name the ids; [`Tandem::instances`] lists them.
+    /// `FleetNotAcknowledged` name the ids; [`Tandem::instances`](crate::Tandem::instances) lists them.
     ///
     /// # Errors
     ///
@@ -313,18 +313,17 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// or a database error.
     pub fn evict(&self, instance_id: &str) -> Result<String> {
         self.with_lease(|conn| {
-            self.db.write_transaction(conn, |c| -> Result<String> {
-                let state = self.db.inner.store.read_state::<B>(c)?;
-                let described =
-                    self.db
-                        .inner
-                        .store
-                        .evict::<B>(c, instance_id)?
-                        .ok_or_else(|| Error::UnknownInstance {
-                            id: instance_id.to_owned(),
-                        })?;
+            self.shared.write_transaction(conn, |c| -> Result<String> {
+                let state = self.shared.store.read_state::<B>(c)?;
+                let described = self
+                    .shared
+                    .store
+                    .evict::<B>(c, instance_id)?
+                    .ok_or_else(|| Error::UnknownInstance {
+                        id: instance_id.to_owned(),
+                    })?;
                 let now = store::now_ms();
-                self.db.inner.store.record::<B>(
+                self.shared.store.record::<B>(
                     c,
                     state.version,
                     store::EVICT,
@@ -363,8 +362,8 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     }
 
     fn read_state(&self, conn: &mut B::Connection) -> Result<State> {
-        let state = self.db.inner.store.read_state::<B>(conn)?;
-        let latest = self.db.catalog().latest();
+        let state = self.shared.store.read_state::<B>(conn)?;
+        let latest = self.shared.catalog.latest();
         if state.version > latest {
             return Err(Error::UnknownVersion {
                 version: state.version,
@@ -377,7 +376,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
     /// Inside a phase transaction: the state is still what the phase was
     /// planned on, and this upgrader still holds the lease.
     fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<()> {
-        let now_state = self.db.inner.store.read_state::<B>(conn)?;
+        let now_state = self.shared.store.read_state::<B>(conn)?;
         if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
             return Err(Error::UpgraderBusy {
                 holder: now_state
@@ -388,7 +387,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         }
         if (now_state.version, now_state.phase) != (planned.version, planned.phase) {
             return Err(Error::MetadataCorrupt {
-                table: self.db.inner.store.state_table().to_owned(),
+                table: self.shared.store.state_table().to_owned(),
                 detail: format!(
                     "the state changed under the upgrade lease (planned {} {}, found {} {})",
                     planned.version,
@@ -409,7 +408,7 @@ impl<'t, B: Backend> Upgrader<'t, B> {
         from: (Version, StatePhase),
         to: (Version, StatePhase),
     ) -> Result<i64> {
-        let store = &self.db.inner.store;
+        let store = &self.shared.store;
         store
             .transition::<B>(c, from, to, &self.owner)?
             .ok_or_else(|| Error::MetadataCorrupt {

@@ -3,18 +3,18 @@
 
 use super::*;
 
-impl<B: Backend> Upgrader<'_, B> {
+impl<B: Backend> Upgrader<B> {
     /// The switch (or switch back) within `switch_timeout`: every wait
     /// before the commit is bounded by what is left of it; a lock conflict
     /// past it is [`Error::LockTimeout`].
-    pub(super) fn switch_locked(
+    pub(super) fn switch_leased(
         &self,
         conn: &mut B::Connection,
         phase: Phase,
     ) -> Result<PhaseReport> {
         let started = Instant::now();
         self.switch_deadline
-            .set(Some(started + self.db.inner.switch_timeout));
+            .set(Some(started + self.shared.switch_timeout));
         let result = self.switch_within(conn, phase);
         self.switch_deadline.set(None);
         if let Err(e) = B::set_busy_wait(conn, None) {
@@ -23,7 +23,7 @@ impl<B: Backend> Upgrader<'_, B> {
         let versions = self.switch_versions.take();
         match (result, versions) {
             (Err(Error::Query(e)), Some((version, live)))
-                if B::is_transient(&e) && started.elapsed() >= self.db.inner.switch_timeout =>
+                if B::is_transient(&e) && started.elapsed() >= self.shared.switch_timeout =>
             {
                 Err(Error::LockTimeout {
                     version,
@@ -47,18 +47,18 @@ impl<B: Backend> Upgrader<'_, B> {
             Plan::Done(report) => return Ok(report),
             Plan::Run { files, to } => (files, to),
         };
-        let catalog = self.db.catalog();
-        let me = self.db.instance_id().to_owned();
-        let grace = crate::limits::millis(self.db.inner.lease);
+        let catalog = &self.shared.catalog;
+        let me = self.shared.instance.as_str().to_owned();
+        let grace = crate::limits::millis(self.shared.lease);
         let (instances, noticed) = self.fleet_ready(conn, &state, to.0)?;
 
         self.switch_versions.set(Some((to.0, state.version)));
-        let checksum = self.db.phase_checksum(owner_version, phase);
+        let checksum = self.shared.phase_checksum(owner_version, phase);
         let sql = catalog
             .phase(owner_version, phase, B::NAME)
             .map(|s| s.text.to_owned());
-        let store = &self.db.inner.store;
-        let policy = self.db.inner.writer;
+        let store = &self.shared.store;
+        let policy = self.shared.writer;
         let mut report = PhaseReport::new(owner_version, phase);
         // With other live instances, the fleet moves to the locking path first.
         // Rows in the renewal grace get notice too (deploying mode, then a
@@ -68,7 +68,7 @@ impl<B: Backend> Upgrader<'_, B> {
             // Resuming deploying mode a crashed upgrader set: this instance
             // may still be steady (its poller has not adopted it yet).
             self.leave_steady_path(conn, state.epoch, owner_version, phase)?;
-            let notice_until = Instant::now() + self.db.notice();
+            let notice_until = Instant::now() + fleet::notice(&self.shared);
             self.await_acknowledged(conn, state.epoch, owner_version, phase, Some(notice_until))?;
         } else if instances.iter().chain(noticed.iter()).any(|i| i.id != me) {
             report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
@@ -95,8 +95,7 @@ impl<B: Backend> Upgrader<'_, B> {
                 None
             } else {
                 let guard = self
-                    .db
-                    .inner
+                    .shared
                     .lock
                     .write(&policy)
                     .map_err(|g| Error::LockTimeout {
@@ -112,11 +111,11 @@ impl<B: Backend> Upgrader<'_, B> {
             let held_from = Instant::now();
             let now = store::now_ms();
             let result =
-                self.db
+                self.shared
                     .write_transaction(conn, |c| -> Result<(Option<i64>, Duration, bool)> {
                         let (db_wait, db_escalated) =
                             self.enter_exclusive(c, &policy, to.0, state.version)?;
-                        self.db.ddl_preamble(c)?;
+                        self.shared.ddl_preamble(c)?;
                         self.recheck(c, &state)?;
                         // The fleet again, under the exclusive lock (instances
                         // register under the shared one): one that joined since
@@ -158,7 +157,7 @@ impl<B: Backend> Upgrader<'_, B> {
                     // Forced: the row this switch just wrote is the truth,
                     // even if the epoch went backwards (a restore) since
                     // this process cached one.
-                    self.db.cache_state(epoch, to.0, None, true);
+                    self.shared.cache_state(epoch, to.0, None, true);
                     report.writer_wait += db_wait;
                     report.escalated |= db_escalated;
                     report.held = held_from.elapsed().saturating_sub(db_wait);
@@ -277,7 +276,7 @@ impl<B: Backend> Upgrader<'_, B> {
                 ))
             }
         };
-        let catalog = self.db.catalog();
+        let catalog = &self.shared.catalog;
         if phase == Phase::SwitchBack
             && catalog
                 .phase(owner_version, Phase::Switch, B::NAME)
@@ -305,16 +304,16 @@ impl<B: Backend> Upgrader<'_, B> {
         state: &State,
         to: Version,
     ) -> Result<(Vec<Instance>, Vec<Instance>)> {
-        let me = self.db.instance_id();
-        let grace = crate::limits::millis(self.db.inner.lease);
-        let (instances, noticed) = self.db.write_transaction(conn, |c| -> Result<_> {
-            let store = &self.db.inner.store;
+        let me = self.shared.instance.as_str();
+        let grace = crate::limits::millis(self.shared.lease);
+        let (instances, noticed) = self.shared.write_transaction(conn, |c| -> Result<_> {
+            let store = &self.shared.store;
             Ok((
                 store.live_instances::<B>(c, grace)?,
                 store.noticed_instances::<B>(c, grace)?,
             ))
         })?;
-        let served = self.db.served_versions();
+        let served = self.shared.served();
         let mut lacking = self.lacking(&instances, to);
         if served.contains(&state.version) && !served.contains(&to) {
             lacking.insert(
@@ -338,7 +337,7 @@ impl<B: Backend> Upgrader<'_, B> {
 
     /// The other instances among `instances` whose binaries lack `version`.
     fn lacking(&self, instances: &[Instance], version: Version) -> Vec<String> {
-        let me = self.db.instance_id();
+        let me = self.shared.instance.as_str();
         instances
             .iter()
             .filter(|i| i.id != me && !i.serves(version))
@@ -352,18 +351,17 @@ impl<B: Backend> Upgrader<'_, B> {
     /// connection first (a one-connection pool, SQLite `:memory:`, has no
     /// other to give); if it is the broken part, on a fresh one, briefly.
     fn adopt_after_failure(&self, conn: &mut B::Connection) {
-        let store = &self.db.inner.store;
+        let store = &self.shared.store;
         let actual = store.read_state::<B>(conn).or_else(|_| {
             let mut fresh = self
-                .db
-                .inner
+                .shared
                 .pool
                 .get_timeout(Duration::from_secs(2))
-                .map_err(|e| crate::handle::pool_error(&e, &self.db.inner.secrets))?;
+                .map_err(|e| crate::shared::pool_error(&e, &self.shared.secrets))?;
             store.read_state::<B>(&mut fresh)
         });
         if let Ok(actual) = actual {
-            self.db
+            self.shared
                 .cache_state(actual.epoch, actual.version, None, true);
         }
     }
@@ -373,11 +371,14 @@ impl<B: Backend> Upgrader<'_, B> {
     /// return everyone to the steady path.
     fn after_deploying_commit(&self, conn: &mut B::Connection) -> Result<()> {
         let epoch = self.read_state(conn)?.epoch;
-        let behind = self
-            .db
-            .await_fleet(conn, epoch, self.fleet_timeout(), None, &mut |c| {
-                self.renew_lease(c)
-            })?;
+        let behind = fleet::await_fleet(
+            &self.shared,
+            conn,
+            epoch,
+            self.fleet_timeout(),
+            None,
+            &mut |c| self.renew_lease(c),
+        )?;
         if !behind.is_empty() {
             tracing::warn!(behind = behind.len(), "some instances have not seen the switch yet; they stay on the locking path until they do");
         }
@@ -394,8 +395,8 @@ impl<B: Backend> Upgrader<'_, B> {
         from: Version,
         to: Version,
     ) -> Result<()> {
-        let me = self.db.instance_id();
-        let catalog = self.db.catalog();
+        let me = self.shared.instance.as_str();
+        let catalog = &self.shared.catalog;
         let disagreeing: Vec<String> = instances
             .iter()
             .filter(|i| i.id != me)
@@ -428,7 +429,7 @@ impl<B: Backend> Upgrader<'_, B> {
         version: Version,
         live: Version,
     ) -> Result<(Duration, bool)> {
-        let key = self.db.inner.lock_key;
+        let key = self.shared.lock_key;
         let start = Instant::now();
         let polite_until = start + policy.patience;
         let mut backoff = Duration::from_micros(50);
@@ -460,7 +461,7 @@ impl<B: Backend> Upgrader<'_, B> {
         conn: &mut B::Connection,
         version: Version,
     ) -> Result<bool> {
-        let history = self.db.inner.store.history::<B>(conn)?;
+        let history = self.shared.store.history::<B>(conn)?;
         let last = history.iter().rev().find(|h| {
             h.version == version
                 && h.outcome == store::APPLIED
