@@ -20,6 +20,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tandem::testing::faults::FleetFaults as _;
 
 use criterion::{Criterion, Throughput};
 use diesel::connection::SimpleConnection;
@@ -193,7 +194,7 @@ suite!(
 
 /// A demo database at version 1 with `ROWS` accounts on `url`.
 fn sqlite_db(url: &str) -> Tandem<Sqlite> {
-    let db = Tandem::<Sqlite>::builder(url, tandem::demo::catalog().unwrap())
+    let db = Tandem::<Sqlite>::builder(url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=1)
         .pool_size(4)
         .open()
@@ -267,7 +268,7 @@ mod pg {
             None => server.clone(),
         };
         {
-            let db = Tandem::<Postgres>::builder(&url, tandem::demo::catalog().unwrap())
+            let db = Tandem::<Postgres>::builder(&url, tandem::testing::demo::catalog().unwrap())
                 .serves(1..=1)
                 // One connection: raw diesel and tandem then talk to the very
                 // same server process (placement on the VM's cores otherwise

@@ -230,7 +230,7 @@ fn open<B: Backend>(
     statement_cache: bool,
     backfill: Backfill<B>,
 ) -> Result<Tandem<B>, Failure> {
-    Ok(Tandem::<B>::builder(url, tandem::demo::catalog()?)
+    Ok(Tandem::<B>::builder(url, tandem::testing::demo::catalog()?)
         .serves(1..=2)
         .pool_size(u32::try_from(pool)? + 2)
         .statement_cache(statement_cache)
@@ -370,7 +370,7 @@ where
     AccountsV1: Accounts<B::Connection>,
     AccountsV2: Accounts<B::Connection>,
 {
-    let demo = tandem::demo::catalog()?;
+    let demo = tandem::testing::demo::catalog()?;
     let v1 = demo
         .phase(tandem::Version::FIRST, tandem::Phase::Expand, B::NAME)
         .ok_or("the demo catalog has no version 1")?
@@ -851,7 +851,7 @@ fn main() -> Result<(), Failure> {
         true,
         &o,
         &mut sqlite_fresh,
-        tandem::demo::backfill_emails,
+        tandem::testing::demo::backfill_emails,
     )?);
 
     if let Some(url) = &o.database_url {
@@ -869,7 +869,7 @@ fn main() -> Result<(), Failure> {
                 true,
                 &o,
                 &mut pg_fresh,
-                tandem::demo::backfill_emails,
+                tandem::testing::demo::backfill_emails,
             );
             drop(created);
             outcomes.push(outcome?);
@@ -886,7 +886,7 @@ fn main() -> Result<(), Failure> {
                     false,
                     &o,
                     &mut bouncer_fresh,
-                    tandem::demo::backfill_emails,
+                    tandem::testing::demo::backfill_emails,
                 );
                 drop(created);
                 outcomes.push(outcome?);

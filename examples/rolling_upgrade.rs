@@ -252,7 +252,7 @@ fn open<B: Backend>(
     backfill: Backfill<B>,
 ) -> Result<Tandem<B>, Box<dyn std::error::Error>> {
     let pool = o.threads;
-    Ok(Tandem::<B>::builder(url, tandem::demo::catalog()?)
+    Ok(Tandem::<B>::builder(url, tandem::testing::demo::catalog()?)
         .queue_writers(o.queue_writers)
         .statement_cache(o.statement_cache)
         .serves(1..=2)
@@ -523,7 +523,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match o.database_url.clone() {
         Some(url) if url.starts_with("postgres") => {
             #[cfg(feature = "postgres")]
-            return run::<tandem::Postgres>(&o, &url, tandem::demo::backfill_emails);
+            return run::<tandem::Postgres>(&o, &url, tandem::testing::demo::backfill_emails);
             #[cfg(not(feature = "postgres"))]
             return Err(format!(
                 "{} is a PostgreSQL URL: build with --features postgres (or --all-features)",
@@ -531,11 +531,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .into());
         }
-        Some(path) => run::<tandem::Sqlite>(&o, &path, tandem::demo::backfill_emails),
+        Some(path) => run::<tandem::Sqlite>(&o, &path, tandem::testing::demo::backfill_emails),
         None => {
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("rolling.db").to_string_lossy().into_owned();
-            run::<tandem::Sqlite>(&o, &path, tandem::demo::backfill_emails)
+            run::<tandem::Sqlite>(&o, &path, tandem::testing::demo::backfill_emails)
         }
     }
 }

@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let side = args.next().unwrap_or_else(|| "tandem".to_owned());
     let n: i64 = args.next().map_or(Ok(1000), |s| s.parse())?;
-    let db = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog()?)
+    let db = Tandem::<Sqlite>::builder(":memory:", tandem::testing::demo::catalog()?)
         .serves(1..=1)
         // Under valgrind the process runs some 50 times slower: a long lease
         // keeps every measured call on the steady path.

@@ -124,8 +124,8 @@
 //! impl Referrals for ReferralsV2 { fn count(&self) -> u32 { 0 } }
 //!
 //! # fn main() -> Result<(), tandem::Error> {
-//! let db = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog()?)
-//!     .backfill(2, "copy emails", tandem::demo::backfill_emails)
+//! let db = Tandem::<Sqlite>::builder(":memory:", tandem::testing::demo::catalog()?)
+//!     .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
 //!     .open()?;
 //! let referrals = Repository::<dyn Referrals>::builder("referrals")
 //!     .binding(2, Arc::new(ReferralsV2))

@@ -79,9 +79,9 @@
 //!
 //! # fn main() -> Result<(), tandem::Error> {
 //! // Open the database (here in memory) with the catalog, serving versions 1 and 2.
-//! let db = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog()?)
+//! let db = Tandem::<Sqlite>::builder(":memory:", tandem::testing::demo::catalog()?)
 //!     .serves(1..=2)
-//!     .backfill(2, "copy emails", tandem::demo::backfill_emails)
+//!     .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
 //!     .open()?;
 //! let accounts = Repository::<dyn Accounts>::builder("accounts")
 //!     .binding(1, Arc::new(AccountsV1))
@@ -166,8 +166,9 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-// `include_catalog!` names `::tandem`, which must resolve inside this crate too.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+// `include_catalog!` names `::tandem`, which must resolve inside this crate too
+// (the demo catalog of `testing::demo`).
+#[cfg(all(feature = "testing", any(feature = "sqlite", feature = "postgres")))]
 extern crate self as tandem;
 
 pub mod build;
@@ -183,9 +184,7 @@ mod sql_check;
 mod version;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub mod backend;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub mod demo;
+mod backend;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod dispatch;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -228,7 +227,7 @@ pub use handle::{Builder, Conn, Tandem};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use lock::WriterPolicy;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use store::{HistoryEntry, Instance, Mode, Prefix, State, StatePhase};
+pub use store::{HistoryEntry, HistoryPhase, Instance, Mode, Outcome, Prefix, State, StatePhase};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use upgrade::{PhaseReport, Upgrader};
 

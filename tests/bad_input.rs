@@ -11,6 +11,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tandem::testing::faults::{FleetFaults as _, UpgraderFaults as _};
 
 use common::{catalog, THREE_VERSIONS};
 use diesel::prelude::*;
@@ -52,9 +53,9 @@ struct SqliteKit;
 impl Kit for SqliteKit {
     type B = tandem::Sqlite;
     fn open(url: &str) -> Tandem<Self::B> {
-        Tandem::<Self::B>::builder(url, tandem::demo::catalog().unwrap())
+        Tandem::<Self::B>::builder(url, tandem::testing::demo::catalog().unwrap())
             .serves(1..=2)
-            .backfill(2, "copy emails", tandem::demo::backfill_emails)
+            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
             .open()
             .unwrap()
     }
@@ -96,9 +97,9 @@ struct PgKit;
 impl Kit for PgKit {
     type B = tandem::Postgres;
     fn open(url: &str) -> Tandem<Self::B> {
-        Tandem::<Self::B>::builder(url, tandem::demo::catalog().unwrap())
+        Tandem::<Self::B>::builder(url, tandem::testing::demo::catalog().unwrap())
             .serves(1..=2)
-            .backfill(2, "copy emails", tandem::demo::backfill_emails)
+            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
             .open()
             .unwrap()
     }
@@ -194,7 +195,7 @@ fn unchanged<K: Kit, T>(url: &str, case: impl FnOnce() -> T) -> T {
 /// The demo on `url` with a 20 ms poll and a 100 ms lease: a lease that goes
 /// stale quickly once it cannot be renewed.
 fn short_lease<K: Kit>(url: &str) -> Tandem<K::B> {
-    Tandem::<K::B>::builder(url, tandem::demo::catalog().unwrap())
+    Tandem::<K::B>::builder(url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .poll_interval(Duration::from_millis(20))
         .lease(Duration::from_millis(100))
@@ -275,7 +276,7 @@ fn c02_live_version_newer_than_the_binary<K: Kit>() {
         return;
     };
     K::open(&url).upgrader().upgrade_to(2).unwrap();
-    let old = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+    let old = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=1)
         .open()
         .unwrap();
@@ -297,7 +298,7 @@ fn c03_metadata_missing_on_an_existing_schema<K: Kit>() {
     };
     K::exec(&url, "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT, email TEXT); INSERT INTO accounts VALUES (1, 'a', 'a@x');");
     unchanged::<K, _>(&url, || {
-        let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .open()
             .unwrap_err();
         assert!(
@@ -314,7 +315,7 @@ fn tampered<K: Kit>(sql: &str, detail: &str) {
     };
     K::exec(&url, sql);
     unchanged::<K, _>(&url, || {
-        let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .open()
             .unwrap_err();
         match &err {
@@ -540,7 +541,7 @@ fn c16_switch_while_an_instance_lacks_the_version<K: Kit>() {
         return;
     };
     let db = K::open(&url);
-    let _old = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+    let _old = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=1)
         .label("old-binary")
         .open()
@@ -562,7 +563,7 @@ fn c17_invalid_prefix<K: Kit>() {
         return;
     };
     unchanged::<K, _>(&url, || {
-        let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .prefix("x; DROP TABLE y")
             .open()
             .unwrap_err();
@@ -580,7 +581,7 @@ fn c18_password_never_shown<K: Kit>() {
     // A connection that fails: the error names the target, redacted.
     let err = Tandem::<K::B>::builder(
         &K::unreachable_url(secret),
-        tandem::demo::catalog().unwrap(),
+        tandem::testing::demo::catalog().unwrap(),
     )
     .connection_timeout(Duration::from_millis(300))
     .open()
@@ -600,7 +601,7 @@ fn c18_password_never_shown<K: Kit>() {
         db.upgrader().upgrade_to(2).unwrap();
         K::exec(&url, "UPDATE tandem_state SET phase = 'halfway'");
         // Whether opening or upgrading notices first, the error is typed.
-        let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .open()
             .and_then(|db| db.upgrader().upgrade_to(2).map(|_| ()))
             .unwrap_err();
@@ -619,7 +620,7 @@ fn c19_pool_exhausted<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+    let db = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .pool_size(1)
         .connection_timeout(Duration::from_millis(200))
         .poll_interval(Duration::from_secs(5))
@@ -641,7 +642,7 @@ fn c20_an_expired_lease_never_takes_the_steady_path<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+    let db = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .poll_interval(Duration::from_millis(20))
         .lease(Duration::from_millis(150))
         .open()
@@ -752,7 +753,7 @@ fn c25_baseline_that_contradicts_the_metadata<K: Kit>() {
         return;
     };
     unchanged::<K, _>(&url, || {
-        let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .baseline(2)
             .open()
             .unwrap_err();
@@ -841,7 +842,7 @@ fn c27_settings_at_their_maximum<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let builder = || Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap());
+    let builder = || Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap());
     let huge = Duration::MAX;
     let policy = |patience, escalation| tandem::WriterPolicy {
         patience,
@@ -955,7 +956,7 @@ fn c31_a_prefix_whose_tables_are_the_applications<K: Kit>() {
          INSERT INTO app_history VALUES (1, 'signup');",
     );
     let before = fingerprint::<K>(&url);
-    let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+    let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .prefix("app_")
         .baseline(1)
         .open()
@@ -971,7 +972,7 @@ fn c31_a_prefix_whose_tables_are_the_applications<K: Kit>() {
         &url,
         "CREATE TABLE app2_state (id INTEGER PRIMARY KEY, value TEXT);",
     );
-    let err = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+    let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .prefix("app2_")
         .open()
         .unwrap_err();
@@ -988,7 +989,7 @@ fn c32_a_ghost_fleet_row<K: Kit>() {
     let Some((_d, url)) = seeded::<K>() else {
         return;
     };
-    let db = Tandem::<K::B>::builder(&url, tandem::demo::catalog().unwrap())
+    let db = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .poll_interval(Duration::from_millis(20))
         .lease(Duration::from_millis(200))
@@ -1319,15 +1320,16 @@ fn c34_messages_say_what_is_wrong() {
     );
     assert!(!err.to_string().contains("deploy a binary"), "{err}");
 
-    let err = Tandem::<tandem::Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap())
-        .serves(
-            #[allow(clippy::reversed_empty_ranges)]
-            {
-                2..=1
-            },
-        )
-        .open()
-        .unwrap_err();
+    let err =
+        Tandem::<tandem::Sqlite>::builder(":memory:", tandem::testing::demo::catalog().unwrap())
+            .serves(
+                #[allow(clippy::reversed_empty_ranges)]
+                {
+                    2..=1
+                },
+            )
+            .open()
+            .unwrap_err();
     assert!(
         matches!(err, Error::EmptyServedRange { first, last } if (first.get(), last.get()) == (2, 1)),
         "{err:?}"
@@ -1336,7 +1338,7 @@ fn c34_messages_say_what_is_wrong() {
     says(&err, "serves(1..=2)");
 
     // A kit failure, as `main() -> Result<(), Box<dyn Error>>` would print it.
-    let kit = tandem::testing::Kit::sqlite(tandem::demo::catalog().unwrap());
+    let kit = tandem::testing::Kit::sqlite(tandem::testing::demo::catalog().unwrap());
     let failure = kit.transition(5).unwrap_err();
     let boxed: Box<dyn std::error::Error> = Box::new(failure);
     assert_eq!(format!("{boxed:?}"), boxed.to_string());
@@ -1452,8 +1454,9 @@ fn c37_passwords_in_every_spelling() {
     ];
     let leaks = |shown: &str| shown.contains("Zk7") || shown.contains("Qw9");
     for url in spellings {
-        let builder = Tandem::<tandem::Postgres>::builder(url, tandem::demo::catalog().unwrap())
-            .connection_timeout(Duration::from_millis(300));
+        let builder =
+            Tandem::<tandem::Postgres>::builder(url, tandem::testing::demo::catalog().unwrap())
+                .connection_timeout(Duration::from_millis(300));
         let debug = format!("{builder:?}");
         assert!(!leaks(&debug), "{url}: the builder's Debug shows {debug}");
         let started = std::time::Instant::now();
@@ -1471,11 +1474,12 @@ fn c37_passwords_in_every_spelling() {
     // A pool that cannot open connections logs through tandem's handler
     // (tracing, redacted), not r2d2's default (`log`, verbatim).
     if let Some((_d, url)) = PgKit::fresh_with_password("Zk7Qw9") {
-        let db = Tandem::<tandem::Postgres>::builder(&url, tandem::demo::catalog().unwrap())
-            .connection_timeout(Duration::from_millis(300))
-            .poll_interval(Duration::from_secs(5))
-            .open()
-            .unwrap();
+        let db =
+            Tandem::<tandem::Postgres>::builder(&url, tandem::testing::demo::catalog().unwrap())
+                .connection_timeout(Duration::from_millis(300))
+                .poll_interval(Duration::from_secs(5))
+                .open()
+                .unwrap();
         let name = url.rsplit('/').next().unwrap().to_owned();
         let admin = std::env::var("PG_DATABASE_URL").unwrap();
         PgKit::exec(
@@ -1538,7 +1542,7 @@ fn c38_permanent_connection_errors_fail_fast() {
             url,
             cause,
             Box::new(move || {
-                Tandem::<tandem::Sqlite>::builder(&u, tandem::demo::catalog().unwrap())
+                Tandem::<tandem::Sqlite>::builder(&u, tandem::testing::demo::catalog().unwrap())
                     .open()
                     .map(|_| ())
             }),
@@ -1554,7 +1558,7 @@ fn c38_permanent_connection_errors_fail_fast() {
             url,
             cause,
             Box::new(move || {
-                Tandem::<tandem::Postgres>::builder(&u, tandem::demo::catalog().unwrap())
+                Tandem::<tandem::Postgres>::builder(&u, tandem::testing::demo::catalog().unwrap())
                     .open()
                     .map(|_| ())
             }),

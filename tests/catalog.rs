@@ -12,7 +12,7 @@ fn v(n: u32) -> Version {
 
 #[test]
 fn embedded_catalog_equals_the_folder() {
-    let embedded = tandem::demo::catalog().unwrap();
+    let embedded = tandem::testing::demo::catalog().unwrap();
     let loaded =
         Catalog::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema_versions")).unwrap();
     assert_eq!(embedded.latest(), v(2));

@@ -39,12 +39,12 @@ fn faketime() -> Option<PathBuf> {
 }
 
 fn open(url: &str, label: &str, serves: std::ops::RangeInclusive<u32>) -> Tandem<Postgres> {
-    Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
+    Tandem::<Postgres>::builder(url, tandem::testing::demo::catalog().unwrap())
         .serves(serves)
         .label(label)
         .poll_interval(Duration::from_millis(50))
         .lease(LEASE)
-        .backfill(2, "copy emails", tandem::demo::backfill_emails)
+        .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
         .open()
         .unwrap()
 }

@@ -306,7 +306,7 @@ fn calls_arriving_during_the_switch_wait_and_run_with_the_new_version() {
 #[test]
 fn a_switch_that_cannot_get_the_lock_gives_up_cleanly() {
     let (_dir, url) = temp_db();
-    let db = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+    let db = Tandem::<Sqlite>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .writer_policy(WriterPolicy {
             patience: Duration::from_millis(10),
             escalation: Duration::from_millis(5),

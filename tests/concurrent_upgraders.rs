@@ -56,10 +56,10 @@ macro_rules! race_suite {
         fn $test() {
             type B = $backend;
             let open = |url: &str, label: &str| {
-                Tandem::<B>::builder(url, tandem::demo::catalog().unwrap())
+                Tandem::<B>::builder(url, tandem::testing::demo::catalog().unwrap())
                     .label(label)
                     .statement_cache($statement_cache)
-                    .backfill(2, "copy emails", tandem::demo::backfill_emails)
+                    .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
                     .open()
                     .unwrap()
             };

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+use tandem::testing::faults::UpgraderFaults as _;
 
 use common::{accounts_on, AccountsOn};
 use tandem::{Backend, Error, StatePhase, Tandem};
@@ -87,11 +88,11 @@ macro_rules! crash_suite {
         fn $test() {
             type B = $backend;
             let open = |url: &str, label: &str| {
-                Tandem::<B>::builder(url, tandem::demo::catalog().unwrap())
+                Tandem::<B>::builder(url, tandem::testing::demo::catalog().unwrap())
                     .label(label)
                     .poll_interval(Duration::from_millis(20))
                     .lease(Duration::from_millis(200))
-                    .backfill(2, "copy emails", tandem::demo::backfill_emails)
+                    .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
                     .open()
                     .unwrap()
             };

@@ -6,6 +6,7 @@
 mod common;
 
 use std::time::Duration;
+use tandem::testing::faults::UpgraderFaults as _;
 
 use common::{accounts, columns, db_version, open_demo, raw, temp_db};
 use tandem::{Error, StatePhase};
@@ -84,7 +85,7 @@ fn crash_at_every_step_then_rerun_finishes_the_job() {
             (2, StatePhase::Stable, None),
             "step {k}"
         );
-        let history: Vec<(u32, String, String)> = second
+        let history: Vec<(u32, tandem::HistoryPhase, tandem::Outcome)> = second
             .history()
             .unwrap()
             .into_iter()
@@ -93,7 +94,7 @@ fn crash_at_every_step_then_rerun_finishes_the_job() {
         for phase in ["expand", "switch", "contract"] {
             let applied = history
                 .iter()
-                .filter(|(v, p, o)| *v == 2 && p == phase && o == "applied")
+                .filter(|(v, p, o)| *v == 2 && *p == phase && *o == "applied")
                 .count();
             assert_eq!(
                 applied, 1,
@@ -101,7 +102,7 @@ fn crash_at_every_step_then_rerun_finishes_the_job() {
             );
         }
         assert!(
-            !history.iter().any(|(_, _, o)| o == "running"),
+            !history.iter().any(|(_, _, o)| *o == "running"),
             "step {k}: {history:?}"
         );
 

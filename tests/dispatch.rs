@@ -163,7 +163,7 @@ fn missing_bindings_fail_before_any_query() {
 fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
     let (_dir, url) = temp_db();
     drop(open_demo(&url)); // database at version 1
-    let newer_only = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+    let newer_only = Tandem::<Sqlite>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(2..=2)
         .open()
         .unwrap();
@@ -191,12 +191,12 @@ fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
 
 #[test]
 fn serving_beyond_the_catalog_is_refused() {
-    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap())
+    let err = Tandem::<Sqlite>::builder(":memory:", tandem::testing::demo::catalog().unwrap())
         .serves(1..=3)
         .open()
         .unwrap_err();
     assert!(matches!(err, Error::ServedBeyondCatalog { .. }), "{err:?}");
-    let err = Tandem::<Sqlite>::builder(":memory:", tandem::demo::catalog().unwrap())
+    let err = Tandem::<Sqlite>::builder(":memory:", tandem::testing::demo::catalog().unwrap())
         .serves(0..=1)
         .open()
         .unwrap_err();

@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
+use tandem::testing::faults::UpgraderFaults as _;
 
 use common::{open_demo, temp_db};
 use tandem::{Error, StatePhase};

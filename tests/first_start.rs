@@ -34,7 +34,7 @@ fn opener<B: Backend>() -> bool {
         assert!(Instant::now() < deadline, "never told to go");
         thread::sleep(Duration::from_micros(200));
     }
-    let outcome = match Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+    let outcome = match Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .open()
     {
@@ -104,7 +104,7 @@ fn rounds<B: Backend>(test: &str, fresh: impl Fn() -> Option<(Box<dyn std::any::
         for r in &results {
             assert_eq!(r, "ok", "round {round}: {results:?}");
         }
-        let db = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+        let db = Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .serves(1..=2)
             .open()
             .unwrap();

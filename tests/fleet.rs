@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
+use tandem::testing::faults::{FleetFaults as _, UpgraderFaults as _};
 
 use common::{accounts_on, AccountsOn};
 use tandem::{Backend, Error, Mode, StatePhase, Tandem};
@@ -87,12 +88,12 @@ macro_rules! fleet_suite {
 
             /// Opens the demo on `url` as an instance serving `serves`, with a short poll.
             fn instance(url: &str, label: &str, serves: std::ops::RangeInclusive<u32>, poll_ms: u64) -> Tandem<B> {
-                Tandem::<B>::builder(url, tandem::demo::catalog().unwrap())
+                Tandem::<B>::builder(url, tandem::testing::demo::catalog().unwrap())
                     .serves(serves)
                     .label(label)
                     .pool_size(10)
                     .poll_interval(Duration::from_millis(poll_ms))
-                    .backfill(2, "copy emails", tandem::demo::backfill_emails)
+                    .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
                     .open()
                     .unwrap()
             }
@@ -153,7 +154,7 @@ macro_rules! fleet_suite {
             #[test]
             fn a_stale_lease_takes_the_locking_path() {
                 let Some((_guard, url)) = $setup("a_stale_lease_takes_the_locking_path") else { return };
-                let db = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                let db = Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                     .poll_interval(Duration::from_millis(20))
                     .lease(Duration::from_millis(200))
                     .open()
@@ -185,7 +186,7 @@ macro_rules! fleet_suite {
             fn a_steady_call_in_flight_when_the_lease_goes_stale_holds_back_the_switch() {
                 let Some((_guard, url)) = $setup("a_steady_call_in_flight_when_the_lease") else { return };
                 let open = |label: &str| {
-                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                         .poll_interval(Duration::from_millis(20))
                         .lease(Duration::from_millis(400))
                         .label(label)
@@ -245,7 +246,7 @@ macro_rules! fleet_suite {
             fn an_upgrader_resuming_deploying_mode_drains_its_own_calls_first() {
                 let Some((_guard, url)) = $setup("an_upgrader_resuming_deploying") else { return };
                 let open = |label: &str| {
-                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                         .poll_interval(Duration::from_millis(20))
                         .lease(Duration::from_secs(3))
                         .label(label)
@@ -370,7 +371,7 @@ macro_rules! fleet_suite {
             fn an_old_instance_joining_while_the_fleet_acknowledges_stops_the_switch() {
                 let Some((_guard, url)) = $setup("an_old_instance_joining_while") else { return };
                 let open = |label: &str, serves: std::ops::RangeInclusive<u32>| {
-                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                         .serves(serves)
                         .poll_interval(Duration::from_millis(20))
                         .lease(Duration::from_secs(3))
@@ -410,7 +411,7 @@ macro_rules! fleet_suite {
             fn a_dead_instance_drops_out_and_the_switch_proceeds_without_it() {
                 let Some((_guard, url)) = $setup("a_dead_instance_drops_out") else { return };
                 let open = |label: &str| {
-                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                         .poll_interval(Duration::from_millis(20))
                         .lease(Duration::from_millis(200))
                         .label(label)
@@ -434,13 +435,13 @@ macro_rules! fleet_suite {
             #[test]
             fn a_stuck_instance_blocks_the_switch_with_a_typed_error() {
                 let Some((_guard, url)) = $setup("a_stuck_instance_blocks_the_switch") else { return };
-                let upgrader_side = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                let upgrader_side = Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                     .poll_interval(Duration::from_millis(20))
                     .lease(Duration::from_millis(100))
                     .label("upgrader")
                     .open()
                     .unwrap();
-                let stuck = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                let stuck = Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                     .poll_interval(Duration::from_millis(20))
                     .lease(Duration::from_secs(60))
                     .label("stuck")
@@ -468,7 +469,7 @@ macro_rules! fleet_suite {
             #[test]
             fn contract_waits_for_every_instance_and_bad_fleet_rows_are_refused() {
                 let Some((_guard, url)) = $setup("contract_waits_for_every_instance") else { return };
-                let db = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                let db = Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                     .poll_interval(Duration::from_millis(20))
                     .lease(Duration::from_millis(100))
                     .open()
@@ -560,7 +561,7 @@ macro_rules! fleet_suite {
             #[test]
             fn an_old_binary_restarted_mid_deploy_serves_what_it_can() {
                 let Some((_guard, url)) = $setup("an_old_binary_restarted_mid_deploy") else { return };
-                let full = tandem::demo::catalog().unwrap();
+                let full = tandem::testing::demo::catalog().unwrap();
                 let v1 = full.phase(tandem::Version::FIRST, tandem::Phase::Expand, B::NAME).unwrap().text.to_owned();
                 let old_catalog = || common::catalog(&[("0001_accounts/expand.sql", v1.as_str())]);
                 let new = instance(&url, "new", 1..=2, 20);
@@ -611,7 +612,7 @@ macro_rules! fleet_suite {
             #[test]
             fn a_live_instance_with_other_sql_for_the_version_stops_the_switch() {
                 let Some((_guard, url)) = $setup("a_live_instance_with_other_sql") else { return };
-                let full = tandem::demo::catalog().unwrap();
+                let full = tandem::testing::demo::catalog().unwrap();
                 let mut files: Vec<(String, String)> = Vec::new();
                 for v in 1..=2u32 {
                     let version = tandem::Version::new(v).unwrap();
@@ -657,7 +658,7 @@ macro_rules! fleet_suite {
                 use tandem::diesel::connection::SimpleConnection;
                 let Some((_guard, url)) = $setup("an_acknowledgement_from_before_a_restore") else { return };
                 let open = |label: &str| {
-                    Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+                    Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                         .serves(1..=2)
                         .label(label)
                         .poll_interval(Duration::from_millis(20))

@@ -19,7 +19,7 @@ use tandem::{Backend, Error, Mode, StatePhase, Tandem};
 const BOUND: Duration = Duration::from_secs(2);
 
 fn open<B: Backend>(url: &str, label: &str) -> Tandem<B> {
-    Tandem::<B>::builder(url, tandem::demo::catalog().unwrap())
+    Tandem::<B>::builder(url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .label(label)
         .poll_interval(Duration::from_millis(50))

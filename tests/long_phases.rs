@@ -6,6 +6,7 @@ mod common;
 
 use std::thread;
 use std::time::{Duration, Instant};
+use tandem::testing::faults::FleetFaults as _;
 
 use tandem::{Backend, Error, StatePhase, Tandem};
 

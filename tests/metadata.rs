@@ -168,7 +168,7 @@ fn damaged_metadata_is_refused_and_left_alone() {
         let (_dir, url) = temp_db();
         drop(open_demo(&url));
         raw(&url).batch_execute(tamper).unwrap();
-        let err = Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<Sqlite>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .open()
             .unwrap_err();
         match &err {

@@ -22,6 +22,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+use tandem::testing::faults::UpgraderFaults as _;
 
 use diesel::prelude::*;
 use proptest::prelude::*;

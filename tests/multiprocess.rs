@@ -247,13 +247,13 @@ macro_rules! fleet_of_processes {
         fn $test() {
             type B = $backend;
             let open = |url: &str, label: &str, serves: std::ops::RangeInclusive<u32>| {
-                Tandem::<B>::builder(url, tandem::demo::catalog().unwrap())
+                Tandem::<B>::builder(url, tandem::testing::demo::catalog().unwrap())
                     .serves(serves)
                     .label(label)
                     .poll_interval(Duration::from_millis(50))
                     .pool_size(THREADS as u32 + 2)
                     .statement_cache($statement_cache)
-                    .backfill(2, "copy emails", tandem::demo::backfill_emails)
+                    .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
                     .open()
                     .unwrap()
             };
@@ -341,7 +341,7 @@ macro_rules! fleet_of_processes {
                 (2, tandem::StatePhase::Stable, tandem::Mode::Steady)
             );
             // Started once more now, the old binary is told what to deploy.
-            let late = Tandem::<B>::builder(&url, tandem::demo::catalog().unwrap())
+            let late = Tandem::<B>::builder(&url, tandem::testing::demo::catalog().unwrap())
                 .serves(1..=1)
                 .label("old-late")
                 .statement_cache($statement_cache)

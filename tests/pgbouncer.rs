@@ -21,7 +21,7 @@ use tandem::{Error, Postgres, StatePhase, Tandem};
 use common::pgbouncer_setup as through_pgbouncer;
 
 fn open(url: &str, label: &str, slow_backfill: bool) -> Tandem<Postgres> {
-    Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
+    Tandem::<Postgres>::builder(url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .label(label)
         .statement_cache(false)
@@ -31,7 +31,7 @@ fn open(url: &str, label: &str, slow_backfill: bool) -> Tandem<Postgres> {
             if slow_backfill {
                 thread::sleep(Duration::from_millis(500));
             }
-            tandem::demo::backfill_emails(conn)
+            tandem::testing::demo::backfill_emails(conn)
         })
         .open()
         .unwrap()

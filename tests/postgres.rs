@@ -32,10 +32,10 @@ mod pg {
     use common::AccountsOn as AccountsOnPg;
 
     fn open(pg: &PgDb) -> Tandem<Postgres> {
-        Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+        Tandem::<Postgres>::builder(&pg.url, tandem::testing::demo::catalog().unwrap())
             .serves(1..=2)
             .pool_size(12)
-            .backfill(2, "copy emails", tandem::demo::backfill_emails)
+            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
             .open()
             .unwrap()
     }
@@ -184,7 +184,7 @@ mod pg {
             return;
         };
         // Invalid prefix: refused before any table is created.
-        let err = Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<Postgres>::builder(&pg.url, tandem::testing::demo::catalog().unwrap())
             .prefix("x; DROP TABLE y")
             .open()
             .unwrap_err();
@@ -207,7 +207,7 @@ mod pg {
 
         // Unreachable server: a clear error without the password.
         let url = "postgres://someone:sup3rsecret@127.0.0.1:1/nowhere";
-        let err = Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
+        let err = Tandem::<Postgres>::builder(url, tandem::testing::demo::catalog().unwrap())
             .connection_timeout(Duration::from_millis(300))
             .open()
             .unwrap_err();
@@ -292,15 +292,16 @@ mod upgraders {
     use std::time::{Duration, Instant};
 
     use super::common::pg::PgDb;
+    use tandem::testing::faults::UpgraderFaults as _;
     use tandem::{Error, Postgres, StatePhase, Tandem};
 
     fn open(pg: &PgDb, slow_backfill: bool) -> Tandem<Postgres> {
-        Tandem::<Postgres>::builder(&pg.url, tandem::demo::catalog().unwrap())
+        Tandem::<Postgres>::builder(&pg.url, tandem::testing::demo::catalog().unwrap())
             .backfill(2, "copy emails", move |conn| {
                 if slow_backfill {
                     std::thread::sleep(Duration::from_millis(700));
                 }
-                tandem::demo::backfill_emails(conn)
+                tandem::testing::demo::backfill_emails(conn)
             })
             .open()
             .unwrap()

@@ -22,6 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::accounts_on;
+use tandem::testing::faults::FleetFaults as _;
 use tandem::{Mode, Postgres, StatePhase, Tandem};
 
 /// A throwaway cluster on a loopback port, stopped and removed on drop.
@@ -162,7 +163,7 @@ impl Drop for Cluster {
 }
 
 fn open(url: &str, label: &str, slow_backfill: Option<Arc<AtomicUsize>>) -> Tandem<Postgres> {
-    Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
+    Tandem::<Postgres>::builder(url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .label(label)
         .poll_interval(Duration::from_millis(50))
@@ -170,7 +171,7 @@ fn open(url: &str, label: &str, slow_backfill: Option<Arc<AtomicUsize>>) -> Tand
         .connection_timeout(Duration::from_secs(5))
         .switch_timeout(Duration::from_secs(20))
         .backfill(2, "copy emails", move |conn| {
-            let copied = tandem::demo::backfill_emails(conn)?;
+            let copied = tandem::testing::demo::backfill_emails(conn)?;
             if let Some(batches) = &slow_backfill {
                 // Inside the batch's transaction, after its statement.
                 batches.fetch_add(1, Ordering::SeqCst);
@@ -258,7 +259,7 @@ fn assert_clean(db: &Tandem<Postgres>, version: u32, phase: StatePhase) {
 
 /// Every acknowledged write reads back through version 2.
 fn assert_no_lost_write(url: &str, acked: &[(i64, String)]) {
-    let db = Tandem::<Postgres>::builder(url, tandem::demo::catalog().unwrap())
+    let db = Tandem::<Postgres>::builder(url, tandem::testing::demo::catalog().unwrap())
         .serves(2..=2)
         .label("checker")
         .open()
@@ -342,7 +343,7 @@ fn a_restart_mid_switch_leaves_steady_mode_and_no_lease() {
     let app = open(&url, "app", None);
     // Another instance that does not acknowledge (paused): the switch
     // waits in deploying mode.
-    let other = Tandem::<Postgres>::builder(&url, tandem::demo::catalog().unwrap())
+    let other = Tandem::<Postgres>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .label("paused")
         .poll_interval(Duration::from_millis(50))
@@ -452,7 +453,7 @@ fn broken_connections_are_not_handed_out_again() {
     };
     let url = cluster.url();
     // A slow poller, so that calls, not its ticks, meet the broken ones.
-    let db = Tandem::<Postgres>::builder(&url, tandem::demo::catalog().unwrap())
+    let db = Tandem::<Postgres>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=2)
         .label("idle")
         .poll_interval(Duration::from_secs(10))

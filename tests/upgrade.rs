@@ -20,7 +20,7 @@ fn phases(db: &Tandem<Sqlite>) -> Vec<(u32, String, String)> {
     db.history()
         .unwrap()
         .into_iter()
-        .map(|h| (h.version.get(), h.phase, h.outcome))
+        .map(|h| (h.version.get(), h.phase.to_string(), h.outcome.to_string()))
         .collect()
 }
 
@@ -469,13 +469,13 @@ fn a_failed_backfill_resumes_where_it_stopped() {
     let fail_once = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let build = |fail: Arc<AtomicBool>, calls: Arc<std::sync::atomic::AtomicUsize>| {
-        Tandem::<Sqlite>::builder(&url, tandem::demo::catalog().unwrap())
+        Tandem::<Sqlite>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .backfill(2, "copy emails", move |conn| {
                 // The second batch fails once (a transient problem, say).
                 if calls.fetch_add(1, Ordering::SeqCst) == 1 && fail.swap(false, Ordering::SeqCst) {
                     return Err(diesel::result::Error::RollbackTransaction);
                 }
-                tandem::demo::backfill_emails(conn)
+                tandem::testing::demo::backfill_emails(conn)
             })
             .open()
             .unwrap()

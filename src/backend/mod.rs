@@ -83,8 +83,9 @@ pub struct PoolSettings {
 /// A database tandem can drive. Implemented by [`Sqlite`] and [`Postgres`];
 /// sealed.
 ///
-/// The methods are primitives used by tandem's shared upgrade and metadata
-/// logic; applications do not call them.
+/// Applications name it in bounds (`B: Backend`) and use its `Connection`
+/// type; its other items are the primitives tandem's own layers run on
+/// (hidden, and their argument types unreachable outside the crate).
 pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// The diesel connection type bindings receive.
     type Connection: diesel::Connection + R2D2Connection + Send + 'static;
@@ -96,6 +97,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// gate before reaching the database. SQLite allows one writer at a time
     /// and its busy handler sleeps 1 to 100 ms between retries, unfairly; a
     /// fair in-process queue hands the write lock over in microseconds.
+    #[doc(hidden)]
     const QUEUE_WRITERS: bool;
 
     /// Runs one statement of tandem's metadata SQL with `binds` (`$1`, `$2`, …).
@@ -103,6 +105,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// The database error.
+    #[doc(hidden)]
     fn execute(conn: &mut Self::Connection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize>;
 
     /// Loads rows of tandem's metadata SQL.
@@ -110,6 +113,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// The database error.
+    #[doc(hidden)]
     fn load<T: MetaRow>(
         conn: &mut Self::Connection,
         sql: &str,
@@ -123,6 +127,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// `f`'s error, or the database error of `BEGIN` or `COMMIT`.
+    #[doc(hidden)]
     fn write_transaction<T, E, F>(conn: &mut Self::Connection, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self::Connection) -> Result<T, E>,
@@ -131,6 +136,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// Statements run once when the metadata tables are created, after them
     /// (PostgreSQL: the function that takes the shared schema lock and reads
     /// the version in one round trip).
+    #[doc(hidden)]
     fn metadata_extras(prefix: &str, state_table: &str) -> Vec<String>;
 
     /// Inside a call's transaction on the locking path: takes the shared
@@ -140,6 +146,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// The database error.
+    #[doc(hidden)]
     fn enter_shared(
         conn: &mut Self::Connection,
         prefix: &str,
@@ -154,6 +161,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// The database error.
+    #[doc(hidden)]
     fn try_enter_exclusive(conn: &mut Self::Connection, key: i64) -> QueryResult<bool>;
 
     /// Inside the switch's transaction: queues for the exclusive side for at
@@ -163,6 +171,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// A lock-timeout error, or another database error.
+    #[doc(hidden)]
     fn enter_exclusive_within(
         conn: &mut Self::Connection,
         key: i64,
@@ -177,11 +186,13 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// The database error.
+    #[doc(hidden)]
     fn serialize_initialization(conn: &mut Self::Connection, key: i64) -> QueryResult<()>;
 
     /// SQL that bounds, for the rest of the current transaction, how long a
     /// statement waits for a lock; `None` where waits are bounded otherwise
     /// (SQLite's `busy_timeout`).
+    #[doc(hidden)]
     fn lock_timeout_sql(timeout: Duration) -> Option<String>;
 
     /// Bounds how long this connection's statements wait for the database's
@@ -192,34 +203,42 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// # Errors
     ///
     /// The database error.
+    #[doc(hidden)]
     fn set_busy_wait(conn: &mut Self::Connection, wait: Option<Duration>) -> QueryResult<()>;
 
     /// Whether an error is a passing lock conflict worth retrying
     /// (SQLite busy, PostgreSQL lock timeout or deadlock).
+    #[doc(hidden)]
     fn is_transient(error: &diesel::result::Error) -> bool;
 
     /// SQL returning one row with a `BIGINT` column `n`: whether table `$1`
     /// exists (1) or not (0).
+    #[doc(hidden)]
     fn table_exists_sql() -> &'static str;
 
     /// SQL returning one row with a `BIGINT` column `n`: how many
     /// application tables the database holds.
+    #[doc(hidden)]
     fn user_tables_sql() -> &'static str;
 
     /// Column type of an auto-increment primary key.
+    #[doc(hidden)]
     fn serial_primary_key() -> &'static str;
 
     /// The SQL function that returns the larger of two values (`MAX` with
     /// two arguments on SQLite, `GREATEST` on PostgreSQL).
+    #[doc(hidden)]
     fn greatest_sql() -> &'static str;
 
     /// An SQL expression for the database's clock, in milliseconds since
     /// the Unix epoch (`BIGINT`). Every lease, expiry and cutoff that
     /// crosses processes is computed with it, never with a host's clock.
+    #[doc(hidden)]
     fn now_ms_sql() -> &'static str;
 
     /// SQL returning one row with a `TEXT` column `name` per column of
     /// table `$1` (none if the table does not exist).
+    #[doc(hidden)]
     fn column_names_sql() -> &'static str;
 
     /// Adjusts pool settings for `url` and returns the connection manager
@@ -229,6 +248,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     ///
     /// None for the built-in backends; reserved for URL validation.
     #[allow(clippy::type_complexity)]
+    #[doc(hidden)]
     fn configure_pool(
         url: &str,
         settings: &mut PoolSettings,

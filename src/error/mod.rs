@@ -487,15 +487,30 @@ pub enum Error {
         message: String,
     },
 
-    /// Raised by the crash-injection hook used in tests; never in production.
-    #[doc(hidden)]
-    #[error("injected crash at step {step} ({at})")]
+    /// Raised by the fault injection of [`testing::faults`](crate::testing::faults)
+    /// (the `testing` feature): the upgrader stopped at step boundary
+    /// `step`, leaving its lease held as a crashed process would.
+    #[cfg(feature = "testing")]
+    #[error("injected crash at step {step} ({at}): a test's fault injection, never in production")]
     InjectedCrash {
         /// Step index.
         step: usize,
         /// Step name.
         at: String,
     },
+}
+
+impl Error {
+    /// Whether this is the fault injection's crash (an upgrader that must
+    /// leave everything as a crashed process would).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn is_injected_crash(&self) -> bool {
+        #[cfg(feature = "testing")]
+        if matches!(self, Error::InjectedCrash { .. }) {
+            return true;
+        }
+        false
+    }
 }
 
 mod catalog;

@@ -3,7 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::{demo, Sqlite, Tandem};
+use crate::testing::demo;
+use crate::{Sqlite, Tandem};
 
 /// A poller tick reads the state row, then adopts it. A switch that
 /// commits in between (this instance alone: no deploying mode, so no

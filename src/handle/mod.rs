@@ -153,21 +153,6 @@ impl<B: Backend> Tandem<B> {
         self.shared.steady()
     }
 
-    /// Test hook: stop (or resume) renewing the lease, as a paused process or
-    /// an unreachable database would.
-    #[doc(hidden)]
-    pub fn pause_fleet(&self, paused: bool) {
-        self.shared.fleet_paused.store(paused, Ordering::Release);
-    }
-
-    /// Test hook: stop (or resume) renewing the lease and acknowledging,
-    /// but keep the confirmation reads, as a long write holding SQLite's
-    /// lock back would.
-    #[doc(hidden)]
-    pub fn hold_renewals(&self, held: bool) {
-        self.shared.renewals_held.store(held, Ordering::Release);
-    }
-
     /// The longest any call has waited for the schema read lock since the
     /// last [`reset_max_lock_wait`](Tandem::reset_max_lock_wait).
     pub fn max_lock_wait(&self) -> Duration {

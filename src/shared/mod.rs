@@ -246,7 +246,7 @@ impl<B: Backend> Shared<B> {
     pub(crate) fn verify_checksums(&self, conn: &mut B::Connection) -> Result<()> {
         let latest = self.catalog.latest();
         for entry in self.store.history::<B>(conn)? {
-            let Some(phase) = Phase::parse(&entry.phase) else {
+            let Some(phase) = entry.phase.phase() else {
                 continue;
             };
             if entry.outcome == store::FAILED {

@@ -87,11 +87,11 @@ impl Store {
                 })?;
                 Ok(HistoryEntry {
                     version,
-                    phase: r.phase,
+                    phase: HistoryPhase::parse(r.phase),
                     checksum: r.checksum,
                     started_at_ms: r.started_at,
                     finished_at_ms: r.finished_at,
-                    outcome: r.outcome,
+                    outcome: Outcome::parse(r.outcome),
                     by: r.by_instance,
                     detail: r.detail,
                 })

@@ -15,6 +15,9 @@ use crate::backend::{Backend, Bind, CountRow};
 use crate::error::{Error, Result};
 use crate::version::{Phase, Version};
 
+mod entry;
+pub use entry::{HistoryPhase, Outcome};
+
 /// A validated metadata table prefix (default `tandem_`).
 ///
 /// ```
@@ -158,9 +161,8 @@ pub struct State {
 pub struct HistoryEntry {
     /// The version the phase belongs to.
     pub version: Version,
-    /// `expand`, `switch`, `switch_back`, `contract`, `baseline`, or
-    /// `evict` (an instance removed from the fleet table by an operator).
-    pub phase: String,
+    /// What the row records: a phase, a baseline or an eviction.
+    pub phase: HistoryPhase,
     /// SHA-256 of the phase's SQL (of the empty text when the version has no
     /// file for the phase; `-` for a baseline).
     pub checksum: String,
@@ -168,8 +170,9 @@ pub struct HistoryEntry {
     pub started_at_ms: i64,
     /// Milliseconds since the Unix epoch, when finished.
     pub finished_at_ms: Option<i64>,
-    /// `applied`, `running` (SQL applied, Rust steps pending), or `failed`.
-    pub outcome: String,
+    /// How it ended: applied, running (SQL applied, backfills pending), or
+    /// failed.
+    pub outcome: Outcome,
     /// The instance that ran it (host:pid:nonce).
     pub by: String,
     /// The error, for a failed phase.

@@ -82,8 +82,8 @@
 //!     .binding(2, Arc::new(V2))
 //!     .build()?;
 //! // The demo catalog: version 2 moves `accounts.email` into `account_emails`.
-//! let kit = Kit::sqlite_in_memory(tandem::demo::catalog()?)
-//!     .configure(|b| b.backfill(2, "copy emails", tandem::demo::backfill_emails));
+//! let kit = Kit::sqlite_in_memory(tandem::testing::demo::catalog()?)
+//!     .configure(|b| b.backfill(2, "copy emails", tandem::testing::demo::backfill_emails));
 //! let change = kit.transition(2)?;
 //!
 //! // Each binding, in each state where it must work.
@@ -110,6 +110,9 @@
 //! # main().unwrap();
 //! # }
 //! ```
+
+pub mod demo;
+pub mod faults;
 
 use std::fmt;
 use std::marker::PhantomData;

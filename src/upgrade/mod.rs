@@ -109,7 +109,7 @@ impl PhaseReport {
 ///
 /// ```
 /// # fn main() -> Result<(), tandem::Error> {
-/// let db = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", tandem::demo::catalog()?).open()?;
+/// let db = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", tandem::testing::demo::catalog()?).open()?;
 /// assert_eq!(db.live_version().get(), 1);
 /// db.upgrader().upgrade_to(2)?; // expand, switch, contract
 /// assert_eq!(db.live_version().get(), 2);
@@ -122,9 +122,10 @@ pub struct Upgrader<B: Backend> {
     owner: String,
     lease: Duration,
     wait_for_lease: Duration,
-    crash_at: Option<usize>,
-    halt_at: Option<(usize, std::path::PathBuf)>,
-    steps_taken: Cell<usize>,
+    /// Fault injection, set only through `tandem::testing::faults`.
+    pub(crate) crash_at: Option<usize>,
+    pub(crate) halt_at: Option<(usize, std::path::PathBuf)>,
+    pub(crate) steps_taken: Cell<usize>,
     last_renewal: Cell<Option<Instant>>,
     /// While a switch runs: when its waits must end (`switch_timeout`).
     switch_deadline: Cell<Option<Instant>>,
@@ -176,29 +177,6 @@ impl<B: Backend> Upgrader<B> {
     pub fn wait_for_lease(mut self, timeout: Duration) -> Self {
         self.wait_for_lease = timeout.min(crate::limits::FOREVER);
         self
-    }
-
-    /// Test hook: fail with [`Error::InjectedCrash`] at step boundary `step`
-    /// (1-based), leaving the lease held as a crashed process would.
-    #[doc(hidden)]
-    pub fn crash_at(mut self, step: usize) -> Self {
-        self.crash_at = Some(step);
-        self
-    }
-
-    /// Test hook: at step boundary `step`, create the file `marker` and stop
-    /// there for good, so that a test can SIGKILL the process at exactly that
-    /// point.
-    #[doc(hidden)]
-    pub fn halt_at(mut self, step: usize, marker: impl Into<std::path::PathBuf>) -> Self {
-        self.halt_at = Some((step, marker.into()));
-        self
-    }
-
-    /// Test hook: step boundaries passed so far.
-    #[doc(hidden)]
-    pub fn steps_taken(&self) -> usize {
-        self.steps_taken.get()
     }
 
     /// This upgrader's id in the state and history tables.
@@ -340,10 +318,20 @@ impl<B: Backend> Upgrader<B> {
         })
     }
 
-    /// A step boundary: where the crash-injection hook may strike.
+    /// A step boundary: where the fault injection of
+    /// `tandem::testing::faults` may strike (never without the `testing`
+    /// feature, which alone can set it).
     fn step(&self, at: &str) -> Result<()> {
         let n = self.steps_taken.get() + 1;
         self.steps_taken.set(n);
+        if self.halt_at.is_none() && self.crash_at.is_none() {
+            return Ok(());
+        }
+        self.fault(n, at)
+    }
+
+    #[cold]
+    fn fault(&self, n: usize, at: &str) -> Result<()> {
         if let Some((_, marker)) = self.halt_at.as_ref().filter(|(k, _)| *k == n) {
             tracing::warn!(step = n, at, "halting for the test to kill this process");
             let _ = std::fs::write(marker, at);
@@ -351,6 +339,7 @@ impl<B: Backend> Upgrader<B> {
                 thread::sleep(Duration::from_secs(3600));
             }
         }
+        #[cfg(feature = "testing")]
         if self.crash_at == Some(n) {
             tracing::warn!(step = n, at, "injected crash");
             return Err(Error::InjectedCrash {

@@ -203,7 +203,7 @@ impl<B: Backend> Upgrader<B> {
                         backoff.wait_at_most(self.budget());
                     }
                     Retry::Stop(e) => {
-                        if !matches!(e, Error::InjectedCrash { .. }) {
+                        if !e.is_injected_crash() {
                             self.adopt_after_failure(conn);
                         }
                         drop(guard);

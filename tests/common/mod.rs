@@ -71,9 +71,9 @@ pub fn db_version(conn: &mut SqliteConnection) -> i64 {
 
 /// The demo database with its backfill, on `url`.
 pub fn open_demo(url: &str) -> Tandem<Sqlite> {
-    Tandem::<Sqlite>::builder(url, tandem::demo::catalog().expect("demo catalog"))
+    Tandem::<Sqlite>::builder(url, tandem::testing::demo::catalog().expect("demo catalog"))
         .serves(1..=2)
-        .backfill(2, "copy emails", tandem::demo::backfill_emails)
+        .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
         .open()
         .expect("open demo database")
 }

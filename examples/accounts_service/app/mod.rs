@@ -35,7 +35,7 @@ pub fn backfill_primary_emails<C>(c: &mut C) -> QueryResult<usize>
 where
     C: Connection,
     diesel::query_builder::SqlQuery:
-        ExecuteDsl<C> + for<'a> LoadQuery<'a, C, tandem::demo::Missing>,
+        ExecuteDsl<C> + for<'a> LoadQuery<'a, C, tandem::testing::demo::Missing>,
 {
     const MISSING: &str = "FROM accounts a WHERE a.email <> '' AND NOT EXISTS \
          (SELECT 1 FROM account_emails e WHERE e.account_id = a.id AND e.is_primary)";
@@ -48,7 +48,7 @@ where
         return Ok(copied);
     }
     // Nothing copied: every candidate was filled concurrently, or none is left.
-    let left: Vec<tandem::demo::Missing> = RunQueryDsl::load(
+    let left: Vec<tandem::testing::demo::Missing> = RunQueryDsl::load(
         diesel::sql_query(format!("SELECT a.id {MISSING} LIMIT 1")),
         c,
     )?;
