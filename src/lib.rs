@@ -159,7 +159,17 @@
 //! ## Backends
 //!
 //! SQLite (feature `sqlite`, default, bundled) and PostgreSQL (feature
-//! `postgres`).
+//! `postgres`). The `testing` feature adds [`testing`]: the two-version test
+//! kit, fault injection and the demo schema the examples here use.
+//!
+//! ## Layers
+//!
+//! Inside, the modules import one way (the README's "Architecture" has the
+//! table): the backends' primitives, then the store (the only code that
+//! runs SQL on tandem's own tables), then the state one opened database
+//! shares, then the fleet and the upgrader, then serving ([`Tandem`],
+//! [`Builder`]), and this page's re-exports on top. The invariants the
+//! layers keep between them are stated once, in [`protocol`].
 
 #![deny(missing_docs)]
 // Library code reports errors; it never panics on a reachable path.
