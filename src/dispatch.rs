@@ -32,9 +32,20 @@ use crate::version::Version;
 /// # Ok::<(), tandem::Error>(())
 /// ```
 pub struct Repository<R: ?Sized> {
-    name: String,
+    name: Arc<str>,
     first: Version,
-    bindings: Vec<Arc<R>>,
+    bindings: Arc<[Arc<R>]>,
+}
+
+/// Cheap: two reference counts, no allocation (hold one per thread or task).
+impl<R: ?Sized> Clone for Repository<R> {
+    fn clone(&self) -> Self {
+        Repository {
+            name: Arc::clone(&self.name),
+            first: self.first,
+            bindings: Arc::clone(&self.bindings),
+        }
+    }
 }
 
 impl<R: ?Sized> fmt::Debug for Repository<R> {
@@ -88,7 +99,7 @@ impl<R: ?Sized> Repository<R> {
     fn no_binding(&self, live: Version) -> Error {
         let versions = self.versions();
         Error::NoBinding {
-            repository: self.name.clone(),
+            repository: self.name.to_string(),
             live,
             first: *versions.start(),
             last: *versions.end(),
@@ -168,7 +179,7 @@ impl<R: ?Sized> RepositoryBuilder<R> {
             }
         }
         Ok(Repository {
-            name: self.name,
+            name: self.name.into(),
             first,
             bindings: entries.into_iter().map(|(_, b)| b).collect(),
         })
@@ -269,6 +280,22 @@ mod tests {
                 other => panic!("expected NoBinding, got {:?}", other.map(|b| b.version())),
             }
         }
+    }
+
+    #[test]
+    fn a_clone_shares_the_bindings() {
+        let repo = Repository::<dyn Named>::builder("r")
+            .binding(1, Arc::new(Fake(1)))
+            .binding(2, Arc::new(Fake(2)))
+            .build()
+            .unwrap();
+        let copy = repo.clone();
+        assert!(Arc::ptr_eq(&repo.bindings, &copy.bindings));
+        assert!(Arc::ptr_eq(&repo.name, &copy.name));
+        let moved = std::thread::spawn(move || copy.get(v(2)).map(|b| b.version()))
+            .join()
+            .unwrap();
+        assert_eq!(moved.unwrap(), 2);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!    (additive; version 1's is the initial schema), optionally
 //!    `switch.sql`, `switch_back.sql`, `contract.sql`, and per-backend
 //!    overrides such as `expand.postgres.sql`. Embed the folder with
-//!    [`build::embed_catalog`] in `build.rs` and [`include_catalog!`].
+//!    [`embed_catalog!`] (validated as it expands).
 //! 2. Define a repository trait and one binding per version.
 //! 3. Open a [`Tandem`] handle and build a [`Repository`] of the bindings.
 //! 4. Serve through [`Tandem::call`] and [`Tandem::unit_of_work`].
@@ -162,6 +162,18 @@
 //! `postgres`). The `testing` feature adds [`testing`]: the two-version test
 //! kit, fault injection and the demo schema the examples here use.
 //!
+//! ## Embedding the catalog
+//!
+//! [`embed_catalog!`] reads `schema_versions/` (relative to the package
+//! root) as it expands and validates it with the code that
+//! [`Catalog::from_dir`] runs: a missing or malformed folder fails the
+//! build, naming the file at fault.
+//!
+//! ```compile_fail
+//! // error: embed_catalog!("no_such_folder"): cannot read …/no_such_folder: No such file or directory
+//! let catalog = tandem::embed_catalog!("no_such_folder");
+//! ```
+//!
 //! ## Layers
 //!
 //! Inside, the modules import one way (the README's "Architecture" has the
@@ -176,25 +188,30 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-// `include_catalog!` names `::tandem`, which must resolve inside this crate too
+// `embed_catalog!` names `::tandem`, which must resolve inside this crate too
 // (the demo catalog of `testing::demo`).
 #[cfg(all(feature = "testing", any(feature = "sqlite", feature = "postgres")))]
 extern crate self as tandem;
 
-pub mod build;
-mod catalog;
-#[doc(hidden)]
-pub mod embed;
 mod error;
 pub mod guide;
 pub mod protocol;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod redact;
-mod sql_check;
-mod version;
+
+/// The catalog layer, a crate of its own (`tandem-catalog`) so that
+/// `embed_catalog!` can validate a folder as it expands.
+mod catalog {
+    pub(crate) use tandem_catalog::{sha256_hex, Catalog};
+}
+mod version {
+    pub(crate) use tandem_catalog::{Phase, Version};
+}
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod backend;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod backoff;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod dispatch;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -216,11 +233,13 @@ pub mod testing;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod upgrade;
 
-pub use catalog::{Catalog, CatalogVersion, EmbeddedCatalog, EmbeddedFile, PhaseSql};
-pub use error::{CatalogError, Error, Result};
+pub use error::{Error, Result};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use redact::redact;
-pub use version::{Phase, Version};
+pub use tandem_catalog::{
+    Catalog, CatalogError, CatalogVersion, EmbeddedCatalog, EmbeddedFile, Phase, PhaseSql, Version,
+};
+pub use tandem_macros::embed_catalog;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use backend::Backend;
@@ -245,16 +264,3 @@ pub use upgrade::{PhaseReport, Upgrader};
 #[cfg(all(doctest, feature = "sqlite"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
-/// Expands to the `&'static EmbeddedCatalog` written by
-/// [`build::embed_catalog`] in the application's build script.
-///
-/// ```ignore
-/// let catalog = tandem::Catalog::from_embedded(tandem::include_catalog!())?;
-/// ```
-#[macro_export]
-macro_rules! include_catalog {
-    () => {
-        include!(concat!(env!("OUT_DIR"), "/tandem_catalog.rs"))
-    };
-}

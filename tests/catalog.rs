@@ -161,26 +161,6 @@ fn malformed_catalogs_are_typed_errors_naming_the_file() {
 }
 
 #[test]
-fn build_helper_refuses_malformed_folders_and_writes_includes() {
-    let bad = write_catalog(&[("0001_a/expand.sql", ""), ("0003_c/expand.sql", "x")]);
-    let err = tandem::build::embed_catalog(bad.path()).unwrap_err();
-    assert!(
-        matches!(err, CatalogError::Empty { .. } | CatalogError::Gap { .. }),
-        "{err:?}"
-    );
-
-    // A valid folder: the generated source includes every file by absolute path.
-    let good = write_catalog(&[
-        ("0001_a/expand.sql", "CREATE TABLE a (id INTEGER);"),
-        ("README.md", "notes"),
-    ]);
-    let source = tandem::embed::generate("schema_versions", good.path()).unwrap();
-    assert!(source.contains("\"0001_a/expand.sql\""), "{source}");
-    assert!(source.contains("include_bytes!"), "{source}");
-    assert!(source.contains("\"README.md\""), "{source}");
-}
-
-#[test]
 fn catalog_phase_lookup_of_unknown_versions_is_none() {
     let dir = write_catalog(&[("0001_a/expand.sql", "CREATE TABLE a (id INTEGER);")]);
     write_files(dir.path(), &[("0001_a/notes.md", "ignored")]);

@@ -9,6 +9,8 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection};
 use diesel::result::QueryResult;
 use diesel::{RunQueryDsl, SqliteConnection};
 
+use crate::backoff::Backoff;
+
 use super::{bound_query, is_lock_conflict, Backend, Bind, MetaRow, PoolSettings};
 
 /// The embedded SQLite backend (bundled; nothing to install).
@@ -39,15 +41,16 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
         // the busy handler, while another process does the same (several
         // instances starting together): retry it within the busy timeout.
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-        let mut pause = Duration::from_millis(1);
+        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
         loop {
             match conn.batch_execute(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             ) {
                 Ok(()) => return Ok(()),
                 Err(e) if Sqlite::is_transient(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    backoff.wait_at_most(Some(
+                        deadline.saturating_duration_since(std::time::Instant::now()),
+                    ));
                 }
                 Err(e) => return Err(diesel::r2d2::Error::QueryError(e)),
             }

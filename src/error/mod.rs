@@ -513,5 +513,4 @@ impl Error {
     }
 }
 
-mod catalog;
-pub use catalog::CatalogError;
+pub use tandem_catalog::CatalogError;

@@ -205,162 +205,16 @@ impl<B: Backend> Builder<B> {
     /// [`Error::ChecksumDrift`], [`Error::PhaseFailed`] (version 1's SQL).
     pub fn open(self) -> Result<Tandem<B>> {
         let prefix = Prefix::new(&self.prefix)?;
-        let latest = self.catalog.latest();
-        let version_arg = |value: u32, context: &'static str| {
-            Version::new(value).ok_or(Error::InvalidVersion {
-                value: i64::from(value),
-                context,
-            })
-        };
-        let (first, last) = match &self.serves {
-            Some(range) => (
-                version_arg(*range.start(), "serves")?,
-                version_arg(*range.end(), "serves")?,
-            ),
-            None => (latest.previous().unwrap_or(latest), latest),
-        };
-        if first > last {
-            return Err(Error::EmptyServedRange { first, last });
-        }
-        if last > latest {
-            return Err(Error::ServedBeyondCatalog {
-                first,
-                last,
-                latest,
-            });
-        }
-        for step in &self.backfills {
-            let v = version_arg(step.version, "backfill")?;
-            if v > latest {
-                return Err(Error::BackfillBeyondCatalog {
-                    step: step.name.clone(),
-                    version: v,
-                    latest,
-                });
-            }
-        }
-        let baseline = self
-            .baseline
-            .map(|b| version_arg(b, "baseline"))
-            .transpose()?;
-        if let Some(b) = baseline.filter(|b| *b > latest) {
-            return Err(Error::UnknownVersion { version: b, latest });
-        }
-
-        bounded(
-            "poll_interval",
-            self.poll_interval,
-            "the fleet acknowledges a switch within about one interval",
-        )?;
-        bounded(
-            "connection_timeout",
-            self.settings.connection_timeout,
-            "a call waits this long for a pooled connection",
-        )?;
-        bounded(
-            "writer_policy (patience)",
-            self.writer.patience,
-            "the switch's polling per attempt",
-        )?;
-        bounded(
-            "writer_policy (escalation)",
-            self.writer.escalation,
-            "the longest a call can be made to wait for the switch",
-        )?;
-        bounded(
-            "lock_timeout",
-            self.lock_timeout,
-            "a phase statement's wait for a table lock",
-        )?;
-        bounded(
-            "switch_timeout",
-            self.switch_timeout,
-            "the most a switch (or switch back) waits for the fleet and the schema lock",
-        )?;
-
-        let target = redact(&self.url);
-        let secrets = Secrets::of(&self.url);
-        let connect_error = |message: String| Error::Connect {
-            target: target.clone(),
-            message: secrets.redact(&message),
-        };
-        // A URL libpq would misread quotes pieces of its password in its
-        // error: refuse it before it gets there.
-        if let Some(reason) = crate::redact::malformed_url_password(&self.url) {
-            return Err(connect_error(reason.to_owned()));
-        }
-        let mut settings = self.settings;
-        let (manager, backend_customizer) = B::configure_pool(&self.url, &mut settings);
-        let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
-            if self.statement_cache {
-                backend_customizer
-            } else {
-                Some(Box::new(NoStatementCache(backend_customizer)))
-            };
-        // One connection first, outside the pool: a database that cannot be
-        // opened at all (refused, no such file or directory, not a database,
-        // bad credentials) is reported with its cause at once, instead of
-        // after the pool's `connection_timeout` as "timed out".
-        {
-            use r2d2::ManageConnection as _;
-            let mut probe = manager
-                .connect()
-                .map_err(|e| connect_error(e.to_string()))?;
-            if let Some(customizer) = &customizer {
-                customizer
-                    .on_acquire(&mut probe)
-                    .map_err(|e| connect_error(e.to_string()))?;
-            }
-        }
-        let mut builder = Pool::builder()
-            .max_size(settings.max_size)
-            .min_idle(Some(1))
-            .connection_timeout(settings.connection_timeout)
-            .test_on_check_out(settings.test_on_check_out)
-            .idle_timeout(settings.idle_timeout)
-            .max_lifetime(settings.max_lifetime)
-            .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
-        if let Some(customizer) = customizer {
-            builder = builder.connection_customizer(customizer);
-        }
-        let pool = builder
-            .build(manager)
-            .map_err(|e| connect_error(e.to_string()))?;
-
+        let (first, last, baseline) = self.versions()?;
+        self.check_bounds()?;
+        let (pool, target, secrets) = self.pool()?;
         let (instance, host) = instance_id(&self.label);
         let store = Store::new(&prefix);
         let mut conn = pool.get().map_err(|e| pool_error(&e, &secrets))?;
         let live = initialize::<B>(&mut *conn, &store, &self.catalog, baseline, &instance)?;
         drop(conn);
-        let lease = match self.lease {
-            Some(lease) => bounded_by(
-                "lease",
-                lease,
-                MAX_LEASE,
-                "a fleet row claiming a longer lease is read as this long",
-            )?,
-            None => (self.poll_interval * 10).min(MAX_LEASE),
-        }
-        .max(self.poll_interval * 2);
-        let me = Instance {
-            id: instance.clone(),
-            host,
-            pid: i64::from(std::process::id()),
-            label: self.label.clone(),
-            first,
-            last,
-            observed_epoch: 0,
-            lease_until_ms: 0,
-            // What this binary's catalog says of each version it serves:
-            // the switch compares it across the fleet.
-            catalog: Some(
-                (first.get()..=last.get())
-                    .filter_map(Version::new)
-                    .map(|v| format!("{v}={}", self.catalog.digest(v, B::NAME)))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        };
+        let lease = self.fleet_lease()?;
+        let me = self.instance_row(&instance, host, first, last);
         let lock_key = store.lock_key();
         let shared = Shared {
             pool,
@@ -410,6 +264,189 @@ impl<B: Backend> Builder<B> {
         *db.shared.threads.lock() = threads;
         tracing::info!(database = %db.shared.target, live = %live, serves = ?(first, last), "tandem opened");
         Ok(db)
+    }
+
+    /// The fleet lease: as set (bounded), or ten poll intervals; at least two.
+    fn fleet_lease(&self) -> Result<Duration> {
+        let lease = match self.lease {
+            Some(lease) => bounded_by(
+                "lease",
+                lease,
+                MAX_LEASE,
+                "a fleet row claiming a longer lease is read as this long",
+            )?,
+            None => (self.poll_interval * 10).min(MAX_LEASE),
+        };
+        Ok(lease.max(self.poll_interval * 2))
+    }
+
+    /// This instance's fleet row as it registers.
+    fn instance_row(&self, id: &str, host: String, first: Version, last: Version) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            host,
+            pid: i64::from(std::process::id()),
+            label: self.label.clone(),
+            first,
+            last,
+            observed_epoch: 0,
+            lease_until_ms: 0,
+            // What this binary's catalog says of each version it serves:
+            // the switch compares it across the fleet.
+            catalog: Some(
+                (first.get()..=last.get())
+                    .filter_map(Version::new)
+                    .map(|v| format!("{v}={}", self.catalog.digest(v, B::NAME)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        }
+    }
+
+    /// The served range and the baseline, checked against the catalog.
+    fn versions(&self) -> Result<(Version, Version, Option<Version>)> {
+        let latest = self.catalog.latest();
+        let version_arg = |value: u32, context: &'static str| {
+            Version::new(value).ok_or(Error::InvalidVersion {
+                value: i64::from(value),
+                context,
+            })
+        };
+        let (first, last) = match &self.serves {
+            Some(range) => (
+                version_arg(*range.start(), "serves")?,
+                version_arg(*range.end(), "serves")?,
+            ),
+            None => (latest.previous().unwrap_or(latest), latest),
+        };
+        if first > last {
+            return Err(Error::EmptyServedRange { first, last });
+        }
+        if last > latest {
+            return Err(Error::ServedBeyondCatalog {
+                first,
+                last,
+                latest,
+            });
+        }
+        for step in &self.backfills {
+            let v = version_arg(step.version, "backfill")?;
+            if v > latest {
+                return Err(Error::BackfillBeyondCatalog {
+                    step: step.name.clone(),
+                    version: v,
+                    latest,
+                });
+            }
+        }
+        let baseline = self
+            .baseline
+            .map(|b| version_arg(b, "baseline"))
+            .transpose()?;
+        if let Some(b) = baseline.filter(|b| *b > latest) {
+            return Err(Error::UnknownVersion { version: b, latest });
+        }
+
+        Ok((first, last, baseline))
+    }
+
+    /// Every duration setting within its bound.
+    fn check_bounds(&self) -> Result<()> {
+        bounded(
+            "poll_interval",
+            self.poll_interval,
+            "the fleet acknowledges a switch within about one interval",
+        )?;
+        bounded(
+            "connection_timeout",
+            self.settings.connection_timeout,
+            "a call waits this long for a pooled connection",
+        )?;
+        bounded(
+            "writer_policy (patience)",
+            self.writer.patience,
+            "the switch's polling per attempt",
+        )?;
+        bounded(
+            "writer_policy (escalation)",
+            self.writer.escalation,
+            "the longest a call can be made to wait for the switch",
+        )?;
+        bounded(
+            "lock_timeout",
+            self.lock_timeout,
+            "a phase statement's wait for a table lock",
+        )?;
+        bounded(
+            "switch_timeout",
+            self.switch_timeout,
+            "the most a switch (or switch back) waits for the fleet and the schema lock",
+        )?;
+
+        Ok(())
+    }
+
+    /// The connection pool, after one probe connection (the database's own
+    /// error at once, not a pool timeout); the redacted target and the
+    /// password's pieces for messages.
+    #[allow(clippy::type_complexity)]
+    fn pool(
+        &self,
+    ) -> Result<(
+        Pool<diesel::r2d2::ConnectionManager<B::Connection>>,
+        String,
+        Secrets,
+    )> {
+        let target = redact(&self.url);
+        let secrets = Secrets::of(&self.url);
+        let connect_error = |message: String| Error::Connect {
+            target: target.clone(),
+            message: secrets.redact(&message),
+        };
+        // A URL libpq would misread quotes pieces of its password in its
+        // error: refuse it before it gets there.
+        if let Some(reason) = crate::redact::malformed_url_password(&self.url) {
+            return Err(connect_error(reason.to_owned()));
+        }
+        let mut settings = self.settings.clone();
+        let (manager, backend_customizer) = B::configure_pool(&self.url, &mut settings);
+        let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
+            if self.statement_cache {
+                backend_customizer
+            } else {
+                Some(Box::new(NoStatementCache(backend_customizer)))
+            };
+        // One connection first, outside the pool: a database that cannot be
+        // opened at all (refused, no such file or directory, not a database,
+        // bad credentials) is reported with its cause at once, instead of
+        // after the pool's `connection_timeout` as "timed out".
+        {
+            use r2d2::ManageConnection as _;
+            let mut probe = manager
+                .connect()
+                .map_err(|e| connect_error(e.to_string()))?;
+            if let Some(customizer) = &customizer {
+                customizer
+                    .on_acquire(&mut probe)
+                    .map_err(|e| connect_error(e.to_string()))?;
+            }
+        }
+        let mut builder = Pool::builder()
+            .max_size(settings.max_size)
+            .min_idle(Some(1))
+            .connection_timeout(settings.connection_timeout)
+            .test_on_check_out(settings.test_on_check_out)
+            .idle_timeout(settings.idle_timeout)
+            .max_lifetime(settings.max_lifetime)
+            .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
+        if let Some(customizer) = customizer {
+            builder = builder.connection_customizer(customizer);
+        }
+        let pool = builder
+            .build(manager)
+            .map_err(|e| connect_error(e.to_string()))?;
+
+        Ok((pool, target, secrets))
     }
 }
 

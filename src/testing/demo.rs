@@ -8,16 +8,18 @@ use diesel::{Connection, QueryResult, RunQueryDsl};
 use crate::catalog::Catalog;
 use crate::error::CatalogError;
 
-/// The demo catalog, embedded at compile time.
+/// The demo catalog, embedded at compile time with
+/// [`embed_catalog!`](crate::embed_catalog) (tandem's own
+/// `schema_versions/`).
 ///
 /// # Errors
 ///
-/// Never in a released build (the build script validated it); the
-/// [`CatalogError`] otherwise.
+/// Never: `embed_catalog!` validated it as it expanded; the signature is
+/// that of [`Catalog::from_embedded`].
 pub fn catalog() -> Result<Catalog, CatalogError> {
     static CATALOG: once_cell::sync::OnceCell<Catalog> = once_cell::sync::OnceCell::new();
     CATALOG
-        .get_or_try_init(|| Catalog::from_embedded(crate::include_catalog!()))
+        .get_or_try_init(|| Catalog::from_embedded(crate::embed_catalog!("schema_versions")))
         .cloned()
 }
 

@@ -7,17 +7,10 @@ impl<B: Backend> Upgrader<B> {
     pub(super) fn contract_leased(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
-        match state.phase {
-            StatePhase::Switched => {}
-            StatePhase::Stable => return Ok(PhaseReport::done(state.version, Phase::Contract)),
-            StatePhase::Expanded => {
-                return Err(Self::out_of_order(
-                    Phase::Contract,
-                    state.version.next().unwrap_or(state.version),
-                    &state,
-                    "switch first: contract removes what the live version still uses",
-                ))
-            }
+        match self.plan(&state, Phase::Contract)? {
+            plan::Next::Run { .. } => {}
+            plan::Next::Done(version) => return Ok(PhaseReport::done(version, Phase::Contract)),
+            plan::Next::DoneIfSwitchedBack { .. } => return unreachable_state(),
         }
         let version = state.version;
         let checksum = self.shared.phase_checksum(version, Phase::Contract);

@@ -2,32 +2,16 @@
 //! Rust steps (backfill) in batches, resumable.
 
 use super::*;
+use crate::shared::Backfill;
 
 impl<B: Backend> Upgrader<B> {
     pub(super) fn expand_leased(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
-        let latest = self.shared.catalog.latest();
-        let target = state.version.next().filter(|t| *t <= latest);
-        let target = match (state.phase, target) {
-            (StatePhase::Expanded, Some(target)) => {
-                return Ok(PhaseReport::done(target, Phase::Expand))
-            }
-            (StatePhase::Switched, _) => {
-                return Err(Self::out_of_order(
-                    Phase::Expand,
-                    state.version.next().unwrap_or(state.version),
-                    &state,
-                    "contract the live version first: at most two versions may be in use",
-                ))
-            }
-            (_, None) => {
-                return Err(Error::UnknownVersion {
-                    version: state.version.next().unwrap_or(state.version),
-                    latest,
-                })
-            }
-            (_, Some(target)) => target,
+        let target = match self.plan(&state, Phase::Expand)? {
+            plan::Next::Run { files, .. } => files,
+            plan::Next::Done(target) => return Ok(PhaseReport::done(target, Phase::Expand)),
+            plan::Next::DoneIfSwitchedBack { .. } => return unreachable_state(),
         };
         let mut report = PhaseReport::new(target, Phase::Expand);
         let checksum = self.shared.phase_checksum(target, Phase::Expand);
@@ -64,44 +48,13 @@ impl<B: Backend> Upgrader<B> {
             tracing::info!(version = %target, "resuming expand: SQL already applied");
         }
 
-        for step in self
+        for backfill in self
             .shared
             .backfills
             .iter()
             .filter(|s| s.version == target.get())
         {
-            loop {
-                self.renew_lease(conn)?;
-                self.step("expand: before backfill batch")?;
-                let batches = report.batches;
-                let changed = self
-                    .kept(|| {
-                        self.shared.write_transaction(conn, |c| -> Result<usize> {
-                            let changed = (step.batch)(c).map_err(|source| Error::StepFailed {
-                                version: target,
-                                step: step.name.clone(),
-                                batches,
-                                source,
-                            })?;
-                            self.claim(c)?;
-                            Ok(changed)
-                        })
-                    })
-                    .map_err(|e| match e {
-                        // The transaction around the batch (its claim, commit).
-                        Error::Query(source) => Error::StepFailed {
-                            version: target,
-                            step: step.name.clone(),
-                            batches,
-                            source,
-                        },
-                        e => e,
-                    })?;
-                if changed == 0 {
-                    break;
-                }
-                report.batches += 1;
-            }
+            report.batches += self.run_backfill(conn, target, backfill, report.batches)?;
         }
 
         self.step("expand: before finishing")?;
@@ -119,5 +72,50 @@ impl<B: Backend> Upgrader<B> {
         report.duration = started.elapsed();
         tracing::info!(version = %target, batches = report.batches, duration = ?report.duration, "expand done");
         Ok(report)
+    }
+
+    /// Runs `backfill`'s batches, each in a transaction of its own under the
+    /// kept lease, until one changes nothing; returns the batches committed
+    /// (`before`: those of earlier backfills of the same expand, for errors).
+    fn run_backfill(
+        &self,
+        conn: &mut B::Connection,
+        target: Version,
+        backfill: &Backfill<B>,
+        before: u64,
+    ) -> Result<u64> {
+        let mut done = 0;
+        loop {
+            self.renew_lease(conn)?;
+            self.step("expand: before backfill batch")?;
+            let batches = before + done;
+            let changed = self
+                .kept(|| {
+                    self.shared.write_transaction(conn, |c| -> Result<usize> {
+                        let changed = (backfill.batch)(c).map_err(|source| Error::StepFailed {
+                            version: target,
+                            step: backfill.name.clone(),
+                            batches,
+                            source,
+                        })?;
+                        self.claim(c)?;
+                        Ok(changed)
+                    })
+                })
+                .map_err(|e| match e {
+                    // The transaction around the batch (its claim, commit).
+                    Error::Query(source) => Error::StepFailed {
+                        version: target,
+                        step: backfill.name.clone(),
+                        batches,
+                        source,
+                    },
+                    e => e,
+                })?;
+            if changed == 0 {
+                return Ok(done);
+            }
+            done += 1;
+        }
     }
 }

@@ -30,10 +30,11 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 
 use crate::backend::Backend;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::fleet::{self, Membership};
 use crate::lock::WriterPolicy;
-use crate::retry::{lock_conflict, Backoff, Retry};
+use crate::retry::{lock_conflict, Retry};
 use crate::shared::Shared;
 use crate::store::{self, Instance, Mode, State, StatePhase};
 use crate::version::{Phase, Version};
@@ -44,6 +45,7 @@ mod expand;
 mod journal;
 use journal::run_sql;
 mod lease;
+mod plan;
 mod switch;
 
 /// What one phase did.
@@ -255,18 +257,16 @@ impl<B: Backend> Upgrader<B> {
             let mut reports = Vec::new();
             loop {
                 let state = self.read_state(conn)?;
-                if state.version > target {
-                    return Err(Error::NotRollForward {
-                        live: state.version,
-                        target,
-                    });
-                }
-                let report = match state.phase {
-                    StatePhase::Stable if state.version == target => return Ok(reports),
-                    StatePhase::Expanded if state.version == target => return Ok(reports),
-                    StatePhase::Stable => self.expand_leased(conn)?,
-                    StatePhase::Expanded => self.switch_leased(conn, Phase::Switch)?,
-                    StatePhase::Switched => self.contract_leased(conn)?,
+                let at = plan::At {
+                    version: state.version,
+                    phase: state.phase,
+                };
+                let report = match plan::toward(at, target) {
+                    Err(live) => return Err(Error::NotRollForward { live, target }),
+                    Ok(None) => return Ok(reports),
+                    Ok(Some(Phase::Expand)) => self.expand_leased(conn)?,
+                    Ok(Some(Phase::Contract)) => self.contract_leased(conn)?,
+                    Ok(Some(phase)) => self.switch_leased(conn, phase)?,
                 };
                 reports.push(report);
             }
@@ -411,23 +411,19 @@ impl<B: Backend> Upgrader<B> {
             })
     }
 
-    fn out_of_order(
-        attempted: Phase,
-        version: Version,
-        state: &State,
-        hint: &'static str,
-    ) -> Error {
-        Error::PhaseOutOfOrder {
-            attempted,
-            version,
-            live: state.version,
-            state: state.phase.as_str(),
-            hint,
-        }
+    /// What `phase` does from `state` (see [`plan`]), refusals as errors.
+    fn plan(&self, state: &State, phase: Phase) -> Result<plan::Next> {
+        let at = plan::At {
+            version: state.version,
+            phase: state.phase,
+        };
+        let latest = self.shared.catalog.latest();
+        plan::next(at, phase, latest)
+            .map_err(|r| r.into_error(at, latest, self.shared.store.state_table()))
     }
 }
 
-/// For states the match arms above have ruled out.
+/// For plan answers the command cannot get (a switch back's from expand).
 #[cold]
 fn unreachable_state<T>() -> Result<T> {
     Err(Error::MetadataCorrupt {

@@ -47,172 +47,61 @@ impl<B: Backend> Upgrader<B> {
             Plan::Done(report) => return Ok(report),
             Plan::Run { files, to } => (files, to),
         };
-        let catalog = &self.shared.catalog;
-        let me = self.shared.instance.as_str().to_owned();
-        let grace = crate::limits::millis(self.shared.lease);
         let (instances, noticed) = self.fleet_ready(conn, &state, to.0)?;
-
         self.switch_versions.set(Some((to.0, state.version)));
-        let checksum = self.shared.phase_checksum(owner_version, phase);
-        let sql = catalog
-            .phase(owner_version, phase, B::NAME)
-            .map(|s| s.text.to_owned());
-        let store = &self.shared.store;
-        let policy = self.shared.writer;
+        let job = SwitchJob {
+            sql: self
+                .shared
+                .catalog
+                .phase(owner_version, phase, B::NAME)
+                .map(|s| s.text.to_owned()),
+            checksum: self.shared.phase_checksum(owner_version, phase),
+            me: self.shared.instance.clone(),
+            grace: crate::limits::millis(self.shared.lease),
+            state,
+            owner_version,
+            phase,
+            to,
+            started,
+        };
         let mut report = PhaseReport::new(owner_version, phase);
         // With other live instances, the fleet moves to the locking path first.
         // Rows in the renewal grace get notice too (deploying mode, then a
         // wait): their instances may be alive with their renewals held back.
-        let mut deploying = state.mode == Mode::Deploying;
+        let mut deploying = job.state.mode == Mode::Deploying;
         if deploying {
             // Resuming deploying mode a crashed upgrader set: this instance
             // may still be steady (its poller has not adopted it yet).
-            self.leave_steady_path(conn, state.epoch, owner_version, phase)?;
+            self.leave_steady_path(conn, job.state.epoch, owner_version, phase)?;
             let notice_until = Instant::now() + fleet::notice(&self.shared);
-            self.await_acknowledged(conn, state.epoch, owner_version, phase, Some(notice_until))?;
-        } else if instances.iter().chain(noticed.iter()).any(|i| i.id != me) {
+            self.await_acknowledged(
+                conn,
+                job.state.epoch,
+                owner_version,
+                phase,
+                Some(notice_until),
+            )?;
+        } else if instances
+            .iter()
+            .chain(noticed.iter())
+            .any(|i| i.id != job.me)
+        {
             report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
             deploying = true;
         }
         let mut backoff = Backoff::default();
         loop {
             if report.attempts > 0 && self.budget() == Some(Duration::ZERO) {
-                return Err(Error::LockTimeout {
-                    version: to.0,
-                    live: state.version,
-                    attempts: report.attempts,
-                    waited: started.elapsed(),
-                });
+                return Err(job.timed_out(report.attempts));
             }
             report.attempts += 1;
-            self.renew_lease(conn)?;
-            self.step("switch: before write lock")?;
-            // Alone, this process's steady calls are the only readers: drain
-            // them in-process. In deploying mode every call takes the database
-            // lock instead. (Calls take the in-process lock before the
-            // database's, and so does this: no lock-order inversion.)
-            let guard = if deploying {
-                None
-            } else {
-                let guard = self
-                    .shared
-                    .lock
-                    .write(&policy)
-                    .map_err(|g| Error::LockTimeout {
-                        version: to.0,
-                        live: state.version,
-                        attempts: g.attempts,
-                        waited: g.waited,
-                    })?;
-                report.writer_wait += guard.waited;
-                report.escalated |= guard.escalated;
-                Some(guard)
-            };
-            let held_from = Instant::now();
-            let now = store::now_ms();
-            let result =
-                self.shared
-                    .write_transaction(conn, |c| -> Result<(Option<i64>, Duration, bool)> {
-                        let (db_wait, db_escalated) =
-                            self.enter_exclusive(c, &policy, to.0, state.version)?;
-                        self.shared.ddl_preamble(c)?;
-                        self.recheck(c, &state)?;
-                        // The fleet again, under the exclusive lock (instances
-                        // register under the shared one): one that joined since
-                        // we looked may lack the new version, or, alone before,
-                        // we now need deploying mode.
-                        let live = store.live_instances::<B>(c, grace)?;
-                        let lacking = self.lacking(&live, to.0);
-                        if !lacking.is_empty() {
-                            return Err(Error::SwitchRefused {
-                                version: to.0,
-                                instances: lacking,
-                            });
-                        }
-                        self.check_catalogs(&live, state.version, to.0)?;
-                        if !deploying
-                            && (live.iter().any(|i| i.id != me)
-                                || store
-                                    .noticed_instances::<B>(c, grace)?
-                                    .iter()
-                                    .any(|i| i.id != me))
-                        {
-                            return Ok((None, db_wait, db_escalated));
-                        }
-                        if let Some(sql) = &sql {
-                            run_sql(c, sql, owner_version, phase)?;
-                        }
-                        self.step("switch: SQL run, before commit")?;
-                        let epoch = self.transition(c, (state.version, state.phase), to)?;
-                        self.journal(c, owner_version, phase, &checksum, now, store::APPLIED)?;
-                        Ok((Some(epoch), db_wait, db_escalated))
-                    });
-            match result {
-                Ok((Some(epoch), db_wait, db_escalated)) => {
-                    // Alone, still under the write lock: calls after this see
-                    // the new version. (In deploying mode calls read it from
-                    // the database.) Tagged with the new row's epoch, so a
-                    // poller tick that read the row before the switch cannot
-                    // put the old version back.
-                    // Forced: the row this switch just wrote is the truth,
-                    // even if the epoch went backwards (a restore) since
-                    // this process cached one.
-                    self.shared.cache_state(epoch, to.0, None, true);
-                    report.writer_wait += db_wait;
-                    report.escalated |= db_escalated;
-                    report.held = held_from.elapsed().saturating_sub(db_wait);
-                    drop(guard);
-                    break;
-                }
-                Ok((None, _, _)) => {
-                    drop(guard);
+            match self.switch_attempt(conn, &job, deploying, &mut report)? {
+                Attempt::Committed => break,
+                Attempt::NeedsDeploying => {
                     report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
                     deploying = true;
                 }
-                Err(Error::LockTimeout { .. }) if report.attempts < policy.attempts.max(1) => {
-                    drop(guard);
-                    backoff.wait_at_most(self.budget());
-                }
-                Err(Error::LockTimeout { version, live, .. }) => {
-                    drop(guard);
-                    return Err(Error::LockTimeout {
-                        version,
-                        live,
-                        attempts: report.attempts,
-                        waited: started.elapsed(),
-                    });
-                }
-                // SQLite's write lock, busy past the wait the budget allowed.
-                Err(Error::Query(e)) if B::is_transient(&e) => {
-                    drop(guard);
-                    if report.attempts >= policy.attempts.max(1)
-                        || self.budget() == Some(Duration::ZERO)
-                    {
-                        return Err(Error::LockTimeout {
-                            version: to.0,
-                            live: state.version,
-                            attempts: report.attempts,
-                            waited: started.elapsed(),
-                        });
-                    }
-                    backoff.wait_at_most(self.budget());
-                }
-                Err(e) => match lock_conflict::<B>(e, report.attempts, policy.attempts.max(1)) {
-                    Retry::Again => {
-                        drop(guard);
-                        backoff.wait_at_most(self.budget());
-                    }
-                    Retry::Stop(e) => {
-                        if !e.is_injected_crash() {
-                            self.adopt_after_failure(conn);
-                        }
-                        drop(guard);
-                        if matches!(e, Error::PhaseFailed { .. } | Error::PhaseContended { .. }) {
-                            self.journal_failure(conn, owner_version, phase, &checksum, now, &e);
-                        }
-                        return Err(e);
-                    }
-                },
+                Attempt::Retry => backoff.wait_at_most(self.budget()),
             }
         }
         self.step("switch: committed")?;
@@ -221,59 +110,163 @@ impl<B: Backend> Upgrader<B> {
         }
         report.duration = started.elapsed();
         tracing::info!(
-            from = %state.version, to = %to.0, writer_wait = ?report.writer_wait, held = ?report.held,
+            from = %job.state.version, to = %to.0, writer_wait = ?report.writer_wait, held = ?report.held,
             escalated = report.escalated, deploying, "{phase} done"
         );
         Ok(report)
     }
 
+    /// One attempt of a switch: the in-process write lock when alone (this
+    /// process's steady calls drained), then the transaction. A lock
+    /// conflict with attempts and budget left is [`Attempt::Retry`]; any
+    /// other failure is final, and (unless the switch gave up waiting) the
+    /// state is adopted again under the write lock and a failed phase
+    /// journaled before it returns.
+    fn switch_attempt(
+        &self,
+        conn: &mut B::Connection,
+        job: &SwitchJob,
+        deploying: bool,
+        report: &mut PhaseReport,
+    ) -> Result<Attempt> {
+        self.renew_lease(conn)?;
+        self.step("switch: before write lock")?;
+        let policy = self.shared.writer;
+        let attempts = policy.attempts.max(1);
+        // Alone, this process's steady calls are the only readers: drain
+        // them in-process. In deploying mode every call takes the database
+        // lock instead. (Calls take the in-process lock before the
+        // database's, and so does this: no lock-order inversion.)
+        let guard = if deploying {
+            None
+        } else {
+            let guard = self
+                .shared
+                .lock
+                .write(&policy)
+                .map_err(|g| Error::LockTimeout {
+                    version: job.to.0,
+                    live: job.state.version,
+                    attempts: g.attempts,
+                    waited: g.waited,
+                })?;
+            report.writer_wait += guard.waited;
+            report.escalated |= guard.escalated;
+            Some(guard)
+        };
+        let held_from = Instant::now();
+        let now = store::now_ms();
+        let result = self
+            .shared
+            .write_transaction(conn, |c| self.switch_transaction(c, job, deploying, now));
+        let e = match result {
+            Ok((Some(epoch), db_wait, db_escalated)) => {
+                // Alone, still under the write lock: calls after this see
+                // the new version. (In deploying mode calls read it from
+                // the database.) Tagged with the new row's epoch, so a
+                // poller tick that read the row before the switch cannot
+                // put the old version back.
+                // Forced: the row this switch just wrote is the truth,
+                // even if the epoch went backwards (a restore) since
+                // this process cached one.
+                self.shared.cache_state(epoch, job.to.0, None, true);
+                report.writer_wait += db_wait;
+                report.escalated |= db_escalated;
+                report.held = held_from.elapsed().saturating_sub(db_wait);
+                return Ok(Attempt::Committed);
+            }
+            Ok((None, _, _)) => return Ok(Attempt::NeedsDeploying),
+            Err(Error::LockTimeout { .. }) if report.attempts < attempts => {
+                return Ok(Attempt::Retry)
+            }
+            Err(Error::LockTimeout { .. }) => return Err(job.timed_out(report.attempts)),
+            // SQLite's write lock, busy past the wait the budget allowed.
+            Err(Error::Query(e)) if B::is_transient(&e) => {
+                if report.attempts >= attempts || self.budget() == Some(Duration::ZERO) {
+                    return Err(job.timed_out(report.attempts));
+                }
+                return Ok(Attempt::Retry);
+            }
+            Err(e) => match lock_conflict::<B>(e, report.attempts, attempts) {
+                Retry::Again => return Ok(Attempt::Retry),
+                Retry::Stop(e) => e,
+            },
+        };
+        if !e.is_injected_crash() {
+            self.adopt_after_failure(conn);
+        }
+        drop(guard);
+        if matches!(e, Error::PhaseFailed { .. } | Error::PhaseContended { .. }) {
+            let (version, phase) = (job.owner_version, job.phase);
+            self.journal_failure(conn, version, phase, &job.checksum, now, &e);
+        }
+        Err(e)
+    }
+
+    /// The switch's transaction: the exclusive schema lock, the state and
+    /// the fleet checked again under it, the SQL, the state row moved and
+    /// journaled. `(None, …)`: alone before, it now needs deploying mode.
+    fn switch_transaction(
+        &self,
+        c: &mut B::Connection,
+        job: &SwitchJob,
+        deploying: bool,
+        now: i64,
+    ) -> Result<(Option<i64>, Duration, bool)> {
+        let store = &self.shared.store;
+        let (from, to) = (job.state.version, job.to.0);
+        let (db_wait, db_escalated) = self.enter_exclusive(c, &self.shared.writer, to, from)?;
+        self.shared.ddl_preamble(c)?;
+        self.recheck(c, &job.state)?;
+        // The fleet again, under the exclusive lock (instances register
+        // under the shared one): one that joined since we looked may lack
+        // the new version, or, alone before, we now need deploying mode.
+        let live = store.live_instances::<B>(c, job.grace)?;
+        let lacking = self.lacking(&live, to);
+        if !lacking.is_empty() {
+            return Err(Error::SwitchRefused {
+                version: to,
+                instances: lacking,
+            });
+        }
+        self.check_catalogs(&live, from, to)?;
+        let others = |rows: &[Instance]| rows.iter().any(|i| i.id != job.me);
+        if !deploying && (others(&live) || others(&store.noticed_instances::<B>(c, job.grace)?)) {
+            return Ok((None, db_wait, db_escalated));
+        }
+        if let Some(sql) = &job.sql {
+            run_sql(c, sql, job.owner_version, job.phase)?;
+        }
+        self.step("switch: SQL run, before commit")?;
+        let epoch = self.transition(c, (job.state.version, job.state.phase), job.to)?;
+        self.journal(
+            c,
+            job.owner_version,
+            job.phase,
+            &job.checksum,
+            now,
+            store::APPLIED,
+        )?;
+        Ok((Some(epoch), db_wait, db_escalated))
+    }
+
     /// What a switch (or switch back) from `state` does: nothing (done
     /// already), or run `files`' SQL and move the state row `to`.
     fn switch_plan(&self, conn: &mut B::Connection, phase: Phase, state: &State) -> Result<Plan> {
-        // (from, to): the state before and after, and the version whose files run.
-        let (owner_version, to) = match (phase, state.phase) {
-            (Phase::Switch, StatePhase::Switched) => {
-                return Ok(Plan::Done(PhaseReport::done(state.version, phase)))
-            }
-            (Phase::Switch, StatePhase::Expanded) => {
-                let Some(target) = state.version.next() else {
-                    return unreachable_state();
-                };
-                (target, (target, StatePhase::Switched))
-            }
-            (Phase::Switch, _) => {
-                return Err(Self::out_of_order(
-                    phase,
-                    state.version.next().unwrap_or(state.version),
-                    state,
-                    "run expand first",
-                ))
-            }
-            (_, StatePhase::Switched) => {
-                let Some(previous) = state.version.previous() else {
-                    return unreachable_state();
-                };
-                (state.version, (previous, StatePhase::Expanded))
-            }
-            (_, StatePhase::Expanded) => {
-                let version = state.version.next().unwrap_or(state.version);
+        // The version whose files run, and the state after.
+        let (owner_version, to) = match self.plan(state, phase)? {
+            plan::Next::Run { files, to } => (files, to),
+            plan::Next::Done(version) => return Ok(Plan::Done(PhaseReport::done(version, phase))),
+            plan::Next::DoneIfSwitchedBack { version, refusal } => {
                 if self.already_switched_back(conn, version)? {
                     return Ok(Plan::Done(PhaseReport::done(version, phase)));
                 }
-                return Err(Self::out_of_order(
-                    phase,
-                    version,
-                    state,
-                    "switch back is possible only between switch and contract",
-                ));
-            }
-            (_, _) => {
-                return Err(Self::out_of_order(
-                    phase,
-                    state.version,
-                    state,
-                    "switch back is possible only between switch and contract",
-                ))
+                let at = plan::At {
+                    version: state.version,
+                    phase: state.phase,
+                };
+                let latest = self.shared.catalog.latest();
+                return Err(refusal.into_error(at, latest, self.shared.store.state_table()));
             }
         };
         let catalog = &self.shared.catalog;
@@ -432,7 +425,7 @@ impl<B: Backend> Upgrader<B> {
         let key = self.shared.lock_key;
         let start = Instant::now();
         let polite_until = start + policy.patience;
-        let mut backoff = Duration::from_micros(50);
+        let mut backoff = Backoff::polling(Duration::from_micros(50), Duration::from_millis(2));
         loop {
             if B::try_enter_exclusive(c, key)? {
                 return Ok((start.elapsed(), false));
@@ -441,8 +434,7 @@ impl<B: Backend> Upgrader<B> {
             if now >= polite_until {
                 break;
             }
-            thread::sleep(backoff.min(polite_until - now));
-            backoff = (backoff * 2).min(Duration::from_millis(2));
+            backoff.wait_at_most(Some(polite_until - now));
         }
         match B::enter_exclusive_within(c, key, policy.escalation) {
             Ok(()) => Ok((start.elapsed(), true)),
@@ -480,4 +472,44 @@ enum Plan {
         files: Version,
         to: (Version, StatePhase),
     },
+}
+
+/// What one switch (or switch back) runs, fixed before its attempts.
+struct SwitchJob {
+    /// The state row the switch was planned on.
+    state: State,
+    /// The version whose files the phase runs (the new one for a switch,
+    /// the one switched back from for a switch back).
+    owner_version: Version,
+    phase: Phase,
+    /// Where the state row goes.
+    to: (Version, StatePhase),
+    sql: Option<String>,
+    checksum: String,
+    /// This instance's id.
+    me: String,
+    /// The fleet lease in milliseconds.
+    grace: i64,
+    started: Instant,
+}
+
+impl SwitchJob {
+    /// The switch gave up: its budget is spent or its attempts are.
+    fn timed_out(&self, attempts: u32) -> Error {
+        Error::LockTimeout {
+            version: self.to.0,
+            live: self.state.version,
+            attempts,
+            waited: self.started.elapsed(),
+        }
+    }
+}
+
+/// How an attempt of the switch ended, when it did not fail.
+enum Attempt {
+    Committed,
+    /// Alone when it started, it found other instances: deploying mode first.
+    NeedsDeploying,
+    /// A lock conflict, nothing changed: back off and try again.
+    Retry,
 }

@@ -17,12 +17,11 @@ use tandem::{Backend, Builder, Catalog, Error, Repository, Session, Tandem};
 
 use repos::{Accounts, Addresses, Emails, Plans, V1, V2, V3};
 
-/// The catalog in `examples/accounts_service/schema_versions` (an
-/// application would embed it with `tandem::build::embed_catalog`).
+/// The catalog in `examples/accounts_service/schema_versions`, embedded at
+/// compile time (an application's own folder is usually `schema_versions`).
 pub fn catalog() -> Result<Catalog, tandem::CatalogError> {
-    Catalog::from_dir(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/accounts_service/schema_versions"
+    Catalog::from_embedded(tandem::embed_catalog!(
+        "examples/accounts_service/schema_versions"
     ))
 }
 

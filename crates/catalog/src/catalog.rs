@@ -11,9 +11,9 @@
 //!   0002_account_emails/expand.postgres.sql  optional: wins over expand.sql on PostgreSQL
 //! ```
 //!
-//! Applications embed it at compile time with [`build::embed_catalog`](crate::build::embed_catalog)
-//! and [`include_catalog!`](crate::include_catalog); tools load it from a folder
-//! with [`Catalog::from_dir`].
+//! Applications embed it at compile time with `tandem::embed_catalog!`
+//! (which validates it as it expands); tools load it from a folder with
+//! [`Catalog::from_dir`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,7 +29,7 @@ use crate::version::{Phase, Version};
 pub(crate) const BACKEND_NAMES: [&str; 2] = ["sqlite", "postgres"];
 
 /// One file of a catalog embedded in the binary. Produced by
-/// [`include_catalog!`](crate::include_catalog); not usually written by hand.
+/// `tandem::embed_catalog!`; not usually written by hand.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedFile {
     /// Path relative to the catalog folder, with `/` separators.
@@ -69,7 +69,6 @@ struct PhaseFile {
     /// Checksums an earlier release may have recorded for the same text:
     /// it hashed the bytes as checked out (CRLF or LF, with or without a
     /// UTF-8 byte order mark). Read where a backend verifies history.
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     legacy: Vec<String>,
     file: String,
 }
@@ -125,9 +124,9 @@ impl CatalogVersion {
 /// let dir = tempfile::tempdir()?;
 /// std::fs::create_dir(dir.path().join("0001_init"))?;
 /// std::fs::write(dir.path().join("0001_init/expand.sql"), "CREATE TABLE t (id INTEGER PRIMARY KEY);")?;
-/// let catalog = tandem::Catalog::from_dir(dir.path())?;
+/// let catalog = tandem_catalog::Catalog::from_dir(dir.path())?;
 /// assert_eq!(catalog.latest().get(), 1);
-/// let expand = catalog.phase(catalog.latest(), tandem::Phase::Expand, "sqlite").unwrap();
+/// let expand = catalog.phase(catalog.latest(), tandem_catalog::Phase::Expand, "sqlite").unwrap();
 /// assert_eq!(expand.checksum.len(), 64);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -149,13 +148,13 @@ impl Catalog {
         Catalog::parse(root, read_tree(root)?)
     }
 
-    /// Validates a catalog embedded with [`include_catalog!`](crate::include_catalog).
+    /// Validates a catalog embedded with `tandem::embed_catalog!`.
     ///
     /// # Errors
     ///
-    /// As [`Catalog::from_dir`]; the build helper already refused a malformed
-    /// folder at compile time, so this fails only if the files were edited
-    /// by hand.
+    /// As [`Catalog::from_dir`]; `embed_catalog!` already refused a
+    /// malformed folder at compile time, so this fails only for an
+    /// `EmbeddedCatalog` written by hand.
     pub fn from_embedded(embedded: &EmbeddedCatalog) -> Result<Catalog, CatalogError> {
         let tree = embedded
             .files
@@ -189,8 +188,7 @@ impl Catalog {
     /// A digest of `version`'s SQL for `backend`: SHA-256 over the checksums
     /// of its four phases (of the empty text for a phase without a file).
     /// Two binaries agree on a version exactly when their digests match.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn digest(&self, version: Version, backend: &str) -> String {
+    pub fn digest(&self, version: Version, backend: &str) -> String {
         let mut all = String::new();
         for phase in Phase::ALL {
             let checksum = self
@@ -209,14 +207,7 @@ impl Catalog {
     /// normalized text, or one an earlier release recorded for the same text
     /// checked out with other line endings or a byte order mark. A phase
     /// without a file has the checksum of the empty text.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn accepts(
-        &self,
-        version: Version,
-        phase: Phase,
-        backend: &str,
-        recorded: &str,
-    ) -> bool {
+    pub fn accepts(&self, version: Version, phase: Phase, backend: &str, recorded: &str) -> bool {
         match self.get(version).and_then(|v| v.pick(phase, backend)) {
             Some(f) => f.checksum == recorded || f.legacy.iter().any(|l| l == recorded),
             None => sha256_hex("") == recorded,
@@ -407,7 +398,14 @@ fn legacy_checksums(text: &str) -> Vec<String> {
 }
 
 /// Lowercase hex SHA-256 of a phase's text, as stored in the history table.
-pub(crate) fn sha256_hex(text: &str) -> String {
+///
+/// ```
+/// assert_eq!(
+///     tandem_catalog::sha256_hex(""),
+///     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/// );
+/// ```
+pub fn sha256_hex(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     let mut hex = String::with_capacity(64);
     for byte in digest {
@@ -420,7 +418,7 @@ pub(crate) fn sha256_hex(text: &str) -> String {
 pub(crate) type Tree = Vec<(PathBuf, Option<Vec<u8>>)>;
 
 /// Every file below `root` (one level of folders), relative paths, skipping
-/// dot-files. Shared by [`Catalog::from_dir`] and the build helper.
+/// dot-files. Shared by [`Catalog::from_dir`] and [`embeddable_files`].
 pub(crate) fn read_tree(root: &Path) -> Result<Tree, CatalogError> {
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -460,6 +458,31 @@ pub(crate) fn read_tree(root: &Path) -> Result<Tree, CatalogError> {
         }
     }
     Ok(tree)
+}
+
+/// For `tandem::embed_catalog!`: validates the catalog folder `root` as
+/// [`Catalog::from_dir`] does and lists its files (relative paths with `/`
+/// separators, sorted), each to be embedded with `include_bytes!`.
+///
+/// # Errors
+///
+/// The [`CatalogError`] of [`Catalog::from_dir`].
+#[doc(hidden)]
+pub fn embeddable_files(root: &Path) -> Result<Vec<String>, CatalogError> {
+    let tree = read_tree(root)?;
+    Catalog::parse(root, tree.clone())?;
+    let mut files: Vec<String> = tree
+        .into_iter()
+        .filter(|(_, bytes)| bytes.is_some())
+        .map(|(rel, _)| {
+            rel.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -126,3 +126,32 @@ fn error_messages_name_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn embeddable_files_refuses_malformed_folders_and_lists_the_files() {
+    let bad = tempfile::tempdir().unwrap();
+    for (path, text) in [("0001_a/expand.sql", ""), ("0003_c/expand.sql", "x")] {
+        let path = bad.path().join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+    let err = embeddable_files(bad.path()).unwrap_err();
+    assert!(
+        matches!(err, CatalogError::Empty { .. } | CatalogError::Gap { .. }),
+        "{err:?}"
+    );
+
+    let good = tempfile::tempdir().unwrap();
+    fs::create_dir(good.path().join("0001_a")).unwrap();
+    fs::write(
+        good.path().join("0001_a/expand.sql"),
+        "CREATE TABLE a (id INTEGER);",
+    )
+    .unwrap();
+    fs::write(good.path().join("0001_a/.hidden"), "skipped").unwrap();
+    fs::write(good.path().join("README.md"), "notes").unwrap();
+    assert_eq!(
+        embeddable_files(good.path()).unwrap(),
+        ["0001_a/expand.sql", "README.md"]
+    );
+}

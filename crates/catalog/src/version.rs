@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 /// tier; a binary serves a contiguous range of them (usually N-1 and N).
 ///
 /// ```
-/// use tandem::Version;
+/// use tandem_catalog::Version;
 /// let v = Version::new(2).ok_or("zero is not a version")?;
 /// assert_eq!(v.get(), 2);
 /// assert_eq!(v.previous(), Version::new(1));
@@ -48,13 +48,12 @@ impl Version {
 
     /// Reads a version stored as a database integer; `None` if it is not a
     /// positive 32-bit number (a corrupted metadata row).
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-    pub(crate) fn from_i64(n: i64) -> Option<Version> {
+    pub fn from_i64(n: i64) -> Option<Version> {
         u32::try_from(n).ok().and_then(Version::new)
     }
 
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-    pub(crate) fn as_i64(self) -> i64 {
+    /// The version as a database integer.
+    pub fn as_i64(self) -> i64 {
         i64::from(self.get())
     }
 }
@@ -109,7 +108,9 @@ impl Phase {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Phase> {
+    /// The phase named `s` (`"expand"`, `"switch"`, `"switch_back"`,
+    /// `"contract"`), as the history table stores it.
+    pub fn parse(s: &str) -> Option<Phase> {
         Phase::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
