@@ -29,8 +29,9 @@ impl Backoff {
         }
     }
 
-    /// Without jitter: for polling a lock while readers keep priority, where
-    /// the wait is the polling interval itself.
+    /// Without jitter: for polling (a lock while readers keep priority, a
+    /// lease, SQLite's WAL switch), where the wait is the polling interval
+    /// itself.
     pub(crate) fn polling(first: Duration, cap: Duration) -> Self {
         Backoff {
             jitter: false,

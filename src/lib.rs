@@ -201,6 +201,7 @@ mod redact;
 
 /// The catalog layer, a crate of its own (`tandem-catalog`) so that
 /// `embed_catalog!` can validate a folder as it expands.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod catalog {
     pub(crate) use tandem_catalog::{sha256_hex, Catalog};
 }

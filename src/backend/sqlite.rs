@@ -41,7 +41,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
         // the busy handler, while another process does the same (several
         // instances starting together): retry it within the busy timeout.
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+        let mut backoff = Backoff::polling(Duration::from_millis(1), Duration::from_millis(50));
         loop {
             match conn.batch_execute(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",

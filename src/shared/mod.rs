@@ -117,7 +117,7 @@ pub(crate) struct Shared<B: Backend> {
     pub(crate) lease: Duration,
     /// When the lease, last renewed, stops counting as fresh.
     pub(crate) lease_deadline: AtomicU64,
-    /// Test hook: the poller renews nothing (`Tandem::pause_fleet`).
+    /// Test hook: the poller renews nothing (`testing::faults::FleetFaults::pause_fleet`).
     pub(crate) fleet_paused: AtomicBool,
     /// Test hook: the poller renews nothing, the confirmer still reads.
     pub(crate) renewals_held: AtomicBool,

@@ -10,7 +10,9 @@ impl<B: Backend> Upgrader<B> {
         match self.plan(&state, Phase::Contract)? {
             plan::Next::Run { .. } => {}
             plan::Next::Done(version) => return Ok(PhaseReport::done(version, Phase::Contract)),
-            plan::Next::DoneIfSwitchedBack { .. } => return unreachable_state(),
+            plan::Next::DoneIfSwitchedBack { .. } => {
+                return unreachable_state(self.shared.store.state_table())
+            }
         }
         let version = state.version;
         let checksum = self.shared.phase_checksum(version, Phase::Contract);

@@ -11,7 +11,9 @@ impl<B: Backend> Upgrader<B> {
         let target = match self.plan(&state, Phase::Expand)? {
             plan::Next::Run { files, .. } => files,
             plan::Next::Done(target) => return Ok(PhaseReport::done(target, Phase::Expand)),
-            plan::Next::DoneIfSwitchedBack { .. } => return unreachable_state(),
+            plan::Next::DoneIfSwitchedBack { .. } => {
+                return unreachable_state(self.shared.store.state_table())
+            }
         };
         let mut report = PhaseReport::new(target, Phase::Expand);
         let checksum = self.shared.phase_checksum(target, Phase::Expand);

@@ -96,7 +96,7 @@ impl<B: Backend> Upgrader<B> {
 
     pub(super) fn acquire_lease(&self, conn: &mut B::Connection) -> Result<()> {
         let deadline = Instant::now() + self.wait_for_lease;
-        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
+        let mut backoff = Backoff::polling(Duration::from_millis(5), Duration::from_millis(200));
         loop {
             // The lease alone excludes: no session lock, so nothing stays on
             // a pooled connection (a crashed holder's lease expires).

@@ -425,9 +425,9 @@ impl<B: Backend> Upgrader<B> {
 
 /// For plan answers the command cannot get (a switch back's from expand).
 #[cold]
-fn unreachable_state<T>() -> Result<T> {
+fn unreachable_state<T>(state_table: &str) -> Result<T> {
     Err(Error::MetadataCorrupt {
-        table: "state".to_owned(),
+        table: state_table.to_owned(),
         detail: "version out of range".to_owned(),
     })
 }

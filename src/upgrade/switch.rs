@@ -118,7 +118,8 @@ impl<B: Backend> Upgrader<B> {
 
     /// One attempt of a switch: the in-process write lock when alone (this
     /// process's steady calls drained), then the transaction. A lock
-    /// conflict with attempts and budget left is [`Attempt::Retry`]; any
+    /// conflict with attempts left (and, for SQLite busy, budget left; the
+    /// loop checks the budget before each attempt) is [`Attempt::Retry`]; any
     /// other failure is final, and (unless the switch gave up waiting) the
     /// state is adopted again under the write lock and a failed phase
     /// journaled before it returns.
