@@ -500,17 +500,4 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// Whether this is the fault injection's crash (an upgrader that must
-    /// leave everything as a crashed process would).
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn is_injected_crash(&self) -> bool {
-        #[cfg(feature = "testing")]
-        if matches!(self, Error::InjectedCrash { .. }) {
-            return true;
-        }
-        false
-    }
-}
-
 pub use tandem_catalog::CatalogError;

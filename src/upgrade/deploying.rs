@@ -1,5 +1,7 @@
 //! Deploying mode: the switch's coordination with the fleet (moving every
-//! instance to the locking path, waiting for acknowledgements, giving notice).
+//! instance to the locking path, waiting for acknowledgements, giving notice),
+//! and the fleet checks before and under the exclusive lock (every live
+//! instance serves the new version and agrees on its SQL).
 
 use super::*;
 
@@ -140,5 +142,88 @@ impl<B: Backend> Upgrader<B> {
             tracing::debug!(error = %e, "steady mode set; this instance adopts it on its next poll");
         }
         Ok(())
+    }
+
+    /// Invariant 3: every live instance must be able to serve the version
+    /// switched to (this one included), and agree on its SQL (invariant
+    /// 10). Returns the live instances and those in the renewal grace.
+    pub(super) fn fleet_ready(
+        &self,
+        conn: &mut B::Connection,
+        state: &State,
+        to: Version,
+    ) -> Result<(Vec<Instance>, Vec<Instance>)> {
+        let me = self.shared.instance.as_str();
+        let grace = crate::limits::millis(self.shared.lease);
+        let (instances, noticed) = self.shared.write_transaction(conn, |c| -> Result<_> {
+            let store = &self.shared.store;
+            Ok((
+                store.live_instances::<B>(c, grace)?,
+                store.noticed_instances::<B>(c, grace)?,
+            ))
+        })?;
+        let served = self.shared.served();
+        let mut lacking = self.lacking(&instances, to);
+        if served.contains(&state.version) && !served.contains(&to) {
+            lacking.insert(
+                0,
+                format!(
+                    "{me} (this instance, serves {}..={})",
+                    served.start(),
+                    served.end()
+                ),
+            );
+        }
+        if !lacking.is_empty() {
+            return Err(Error::SwitchRefused {
+                version: to,
+                instances: lacking,
+            });
+        }
+        self.check_catalogs(&instances, state.version, to)?;
+        Ok((instances, noticed))
+    }
+
+    /// The other instances among `instances` whose binaries lack `version`.
+    pub(super) fn lacking(&self, instances: &[Instance], version: Version) -> Vec<String> {
+        let me = self.shared.instance.as_str();
+        instances
+            .iter()
+            .filter(|i| i.id != me && !i.serves(version))
+            .map(Instance::describe)
+            .collect()
+    }
+
+    /// Invariant 10: no switch while a live instance's SQL for the version
+    /// switched from or to differs from this binary's (which matches what
+    /// the database applied: checked as every command starts). Rows from
+    /// releases that did not record their catalog are not compared.
+    pub(super) fn check_catalogs(
+        &self,
+        instances: &[Instance],
+        from: Version,
+        to: Version,
+    ) -> Result<()> {
+        let me = self.shared.instance.as_str();
+        let catalog = &self.shared.catalog;
+        let disagreeing: Vec<String> = instances
+            .iter()
+            .filter(|i| i.id != me)
+            .filter(|i| {
+                [from, to].into_iter().any(|v| {
+                    i.digest(v)
+                        .is_some_and(|theirs| theirs != catalog.digest(v, B::NAME))
+                })
+            })
+            .map(Instance::describe)
+            .collect();
+        if disagreeing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::CatalogDisagrees {
+            from,
+            to,
+            instances: disagreeing,
+        })
     }
 }

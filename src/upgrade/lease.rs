@@ -15,7 +15,7 @@ impl<B: Backend> Upgrader<B> {
             .shared
             .verify_checksums(&mut conn)
             .and_then(|()| f(&mut conn));
-        if result.as_ref().is_err_and(Error::is_injected_crash) {
+        if result.as_ref().is_err_and(is_injected_crash) {
             return result; // a "crashed" upgrader leaves everything as a dead process would
         }
         // After a failure the connection may be the broken part: clean up on

@@ -431,3 +431,15 @@ fn unreachable_state<T>(state_table: &str) -> Result<T> {
         detail: "version out of range".to_owned(),
     })
 }
+
+/// Whether `e` is the fault injection's crash (an upgrader that must leave
+/// everything as a crashed process would; never without the `testing`
+/// feature).
+fn is_injected_crash(e: &Error) -> bool {
+    #[cfg(feature = "testing")]
+    if matches!(e, Error::InjectedCrash { .. }) {
+        return true;
+    }
+    let _ = e;
+    false
+}

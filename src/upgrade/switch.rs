@@ -193,7 +193,7 @@ impl<B: Backend> Upgrader<B> {
                 Retry::Stop(e) => e,
             },
         };
-        if !e.is_injected_crash() {
+        if !is_injected_crash(&e) {
             self.adopt_after_failure(conn);
         }
         drop(guard);
@@ -289,56 +289,6 @@ impl<B: Backend> Upgrader<B> {
         })
     }
 
-    /// Invariant 3: every live instance must be able to serve the version
-    /// switched to (this one included), and agree on its SQL (invariant
-    /// 10). Returns the live instances and those in the renewal grace.
-    fn fleet_ready(
-        &self,
-        conn: &mut B::Connection,
-        state: &State,
-        to: Version,
-    ) -> Result<(Vec<Instance>, Vec<Instance>)> {
-        let me = self.shared.instance.as_str();
-        let grace = crate::limits::millis(self.shared.lease);
-        let (instances, noticed) = self.shared.write_transaction(conn, |c| -> Result<_> {
-            let store = &self.shared.store;
-            Ok((
-                store.live_instances::<B>(c, grace)?,
-                store.noticed_instances::<B>(c, grace)?,
-            ))
-        })?;
-        let served = self.shared.served();
-        let mut lacking = self.lacking(&instances, to);
-        if served.contains(&state.version) && !served.contains(&to) {
-            lacking.insert(
-                0,
-                format!(
-                    "{me} (this instance, serves {}..={})",
-                    served.start(),
-                    served.end()
-                ),
-            );
-        }
-        if !lacking.is_empty() {
-            return Err(Error::SwitchRefused {
-                version: to,
-                instances: lacking,
-            });
-        }
-        self.check_catalogs(&instances, state.version, to)?;
-        Ok((instances, noticed))
-    }
-
-    /// The other instances among `instances` whose binaries lack `version`.
-    fn lacking(&self, instances: &[Instance], version: Version) -> Vec<String> {
-        let me = self.shared.instance.as_str();
-        instances
-            .iter()
-            .filter(|i| i.id != me && !i.serves(version))
-            .map(Instance::describe)
-            .collect()
-    }
-
     /// After a failed switch transaction: if the commit reached the
     /// database before the error (a lost connection), adopt what the
     /// database says, still under the in-process lock. On this command's
@@ -377,39 +327,6 @@ impl<B: Backend> Upgrader<B> {
             tracing::warn!(behind = behind.len(), "some instances have not seen the switch yet; they stay on the locking path until they do");
         }
         self.leave_deploying(conn)
-    }
-
-    /// Invariant 10: no switch while a live instance's SQL for the version
-    /// switched from or to differs from this binary's (which matches what
-    /// the database applied: checked as every command starts). Rows from
-    /// releases that did not record their catalog are not compared.
-    pub(super) fn check_catalogs(
-        &self,
-        instances: &[Instance],
-        from: Version,
-        to: Version,
-    ) -> Result<()> {
-        let me = self.shared.instance.as_str();
-        let catalog = &self.shared.catalog;
-        let disagreeing: Vec<String> = instances
-            .iter()
-            .filter(|i| i.id != me)
-            .filter(|i| {
-                [from, to].into_iter().any(|v| {
-                    i.digest(v)
-                        .is_some_and(|theirs| theirs != catalog.digest(v, B::NAME))
-                })
-            })
-            .map(Instance::describe)
-            .collect();
-        if disagreeing.is_empty() {
-            return Ok(());
-        }
-        Err(Error::CatalogDisagrees {
-            from,
-            to,
-            instances: disagreeing,
-        })
     }
 
     /// Inside the switch's transaction: the database's exclusive schema lock.
