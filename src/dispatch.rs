@@ -236,6 +236,37 @@ impl<'c, B: Backend> Session<'c, B> {
     }
 }
 
+/// The version a call runs with, from the live version as read (the
+/// process's cache on the steady path, the state row under the shared lock
+/// on the locking path): one the binary serves, or the typed error before
+/// any of the call's statements run. `state_table` names the table a
+/// version no row can hold came from.
+#[inline]
+pub(crate) fn serve(
+    live: i64,
+    served: &RangeInclusive<Version>,
+    state_table: &str,
+) -> Result<Version> {
+    match u32::try_from(live).ok().and_then(Version::new) {
+        Some(v) if served.contains(&v) => Ok(v),
+        Some(live) => Err(not_served(live, served)),
+        None => Err(Error::MetadataCorrupt {
+            table: state_table.to_owned(),
+            detail: format!("live version {live}"),
+        }),
+    }
+}
+
+#[cold]
+fn not_served(live: Version, served: &RangeInclusive<Version>) -> Error {
+    let (first, last) = (*served.start(), *served.end());
+    if live < first {
+        Error::Upgrading { live, first, last }
+    } else {
+        Error::VersionNotServed { live, first, last }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +360,43 @@ mod tests {
         assert!(
             matches!(gap, Error::BindingGap { before, after, .. } if before == v(1) && after == v(3))
         );
+    }
+
+    /// The locking path's dispatch on the fake backend: the version read
+    /// under the database's shared lock picks the binding, and a version
+    /// the binary does not serve fails before any statement of the call.
+    #[test]
+    fn the_version_read_under_the_shared_lock_picks_the_binding() {
+        use crate::backend::fake::{Fake as FakeBackend, FakeDb};
+        use crate::backend::Locks;
+        let repo = Repository::<dyn Named>::builder("r")
+            .bindings(1..=2, Arc::new(Fake(1)))
+            .binding(3, Arc::new(Fake(3)))
+            .build()
+            .unwrap();
+        let served = v(2)..=v(3);
+        let call = |db: &std::sync::Arc<FakeDb>| -> Result<u32> {
+            let mut conn = db.connect();
+            let live = FakeBackend::enter_shared(&mut conn, "t_", "t_state", 1)?;
+            let version = serve(live, &served, "t_state")?;
+            Ok(repo.get(version)?.version())
+        };
+        assert_eq!(call(&FakeDb::new(2)).unwrap(), 1);
+        assert_eq!(call(&FakeDb::new(3)).unwrap(), 3);
+        assert!(matches!(
+            call(&FakeDb::new(1)),
+            Err(Error::Upgrading { live, first, last }) if live == v(1) && first == v(2) && last == v(3)
+        ));
+        assert!(matches!(
+            call(&FakeDb::new(4)),
+            Err(Error::VersionNotServed { live, .. }) if live == v(4)
+        ));
+        for corrupt in [0, -1, i64::from(u32::MAX) + 1] {
+            let e = call(&FakeDb::new(corrupt)).unwrap_err();
+            assert!(
+                matches!(&e, Error::MetadataCorrupt { table, detail } if table == "t_state" && detail == &format!("live version {corrupt}")),
+                "{e}"
+            );
+        }
     }
 }

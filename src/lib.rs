@@ -242,12 +242,12 @@ pub use tandem_catalog::{
 };
 pub use tandem_macros::embed_catalog;
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use backend::Backend;
 #[cfg(feature = "postgres")]
 pub use backend::Postgres;
 #[cfg(feature = "sqlite")]
 pub use backend::Sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use backend::{Backend, Dialect, Locks};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use diesel;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -1591,7 +1591,7 @@ fn c38_permanent_connection_errors_fail_fast() {
 #[test]
 fn c39_lock_conflicts_are_recognized() {
     use diesel::connection::SimpleConnection;
-    use tandem::Backend as _;
+    use tandem::Locks as _;
     let (_d, url) = common::temp_db();
     let mut first = common::raw(&url);
     first

@@ -1,15 +1,31 @@
-//! The backend boundary: SQL dialect and lock primitives, nothing else.
-//! Ordering, validation and journaling live once, in the shared modules.
+//! The backend boundary, in three traits: [`Dialect`] (pure SQL text),
+//! [`Locks`] (the database's side of the schema lock, and which errors are
+//! passing lock conflicts) and [`Backend`] (statements, transactions,
+//! pooling, and whether writers queue in-process). Ordering, validation and
+//! journaling live once, in the layers above; a backend is one file that
+//! implements the three (see `fake.rs`, the unit tests' backend).
 
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, R2D2Connection};
 use diesel::result::QueryResult;
 
+mod dialect;
+#[cfg(test)]
+pub(crate) mod fake;
+mod locks;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+
+pub use dialect::Dialect;
+pub(crate) use locks::exclusive_within;
+#[cfg(feature = "postgres")]
+pub use locks::Direct;
+#[cfg(feature = "sqlite")]
+pub use locks::Queued;
+pub use locks::{Locks, WriteGate};
 
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
@@ -80,27 +96,36 @@ pub struct PoolSettings {
     pub max_lifetime: Option<Duration>,
 }
 
-/// A database tandem can drive. Implemented by [`Sqlite`] and [`Postgres`];
-/// sealed.
+/// A database tandem can drive: its [`Dialect`] (SQL text), its [`Locks`]
+/// (the database's side of the schema lock, on its connection type), and
+/// the I/O, transactions and pooling here. Implemented by [`Sqlite`] and
+/// [`Postgres`]; sealed.
 ///
 /// Applications name it in bounds (`B: Backend`) and use its `Connection`
 /// type; its other items are the primitives tandem's own layers run on
-/// (hidden, and their argument types unreachable outside the crate).
-pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
+/// (hidden, and their argument types unreachable outside the crate). A new
+/// backend is one file implementing the three traits; nothing in the
+/// store, fleet or upgrade code names a backend.
+pub trait Backend:
+    Dialect + Locks<<Self as Backend>::Connection> + Send + Sync + Sized + 'static
+{
     /// The diesel connection type bindings receive.
     type Connection: diesel::Connection + R2D2Connection + Send + 'static;
 
-    /// Backend name, as used in catalog overrides (`expand.sqlite.sql`).
+    /// Backend name, as used in catalog overrides (`expand.sqlite.sql`);
+    /// one of `tandem_catalog`'s known backend names.
     const NAME: &'static str;
 
-    /// Whether write transactions of one process queue on an in-process
-    /// gate before reaching the database. SQLite allows one writer at a time
-    /// and its busy handler sleeps 1 to 100 ms between retries, unfairly; a
-    /// fair in-process queue hands the write lock over in microseconds.
+    /// How this process's write transactions reach the database: through a
+    /// fair in-process queue ([`Queued`], SQLite: one writer at a time, and
+    /// its busy handler sleeps 1 to 100 ms between retries, unfairly; the
+    /// queue hands the write lock over in microseconds) or straight
+    /// ([`Direct`], PostgreSQL: row locks queue writers fairly).
     #[doc(hidden)]
-    const QUEUE_WRITERS: bool;
+    type Writers: WriteGate;
 
-    /// Runs one statement of tandem's metadata SQL with `binds` (`$1`, `$2`, …).
+    /// Runs one statement of tandem's metadata SQL with `binds`, one per
+    /// `?` placeholder in order (see [`Dialect::placeholders`]).
     ///
     /// # Errors
     ///
@@ -108,7 +133,7 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     #[doc(hidden)]
     fn execute(conn: &mut Self::Connection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize>;
 
-    /// Loads rows of tandem's metadata SQL.
+    /// Loads rows of tandem's metadata SQL (placeholders as in `execute`).
     ///
     /// # Errors
     ///
@@ -133,120 +158,8 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
         F: FnOnce(&mut Self::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>;
 
-    /// Statements run once when the metadata tables are created, after them
-    /// (PostgreSQL: the function that takes the shared schema lock and reads
-    /// the version in one round trip).
-    #[doc(hidden)]
-    fn metadata_extras(prefix: &str, state_table: &str) -> Vec<String>;
-
-    /// Inside a call's transaction on the locking path: takes the shared
-    /// side of the database schema lock `key` and returns the live version as
-    /// stored, read after the lock was granted. One round trip.
-    ///
-    /// # Errors
-    ///
-    /// The database error.
-    #[doc(hidden)]
-    fn enter_shared(
-        conn: &mut Self::Connection,
-        prefix: &str,
-        state_table: &str,
-        key: i64,
-    ) -> QueryResult<i64>;
-
-    /// Inside the switch's transaction: takes the exclusive side of the
-    /// database schema lock `key` if it is free, without queueing (queued
-    /// exclusive requests would stall every new reader behind them).
-    ///
-    /// # Errors
-    ///
-    /// The database error.
-    #[doc(hidden)]
-    fn try_enter_exclusive(conn: &mut Self::Connection, key: i64) -> QueryResult<bool>;
-
-    /// Inside the switch's transaction: queues for the exclusive side for at
-    /// most `timeout` (the bounded escalation); on timeout the transaction
-    /// is aborted with a lock-timeout error and the readers behind it run.
-    ///
-    /// # Errors
-    ///
-    /// A lock-timeout error, or another database error.
-    #[doc(hidden)]
-    fn enter_exclusive_within(
-        conn: &mut Self::Connection,
-        key: i64,
-        timeout: Duration,
-    ) -> QueryResult<()>;
-
-    /// Inside the transaction that creates or checks the metadata at open:
-    /// waits until no other process is doing the same (PostgreSQL: the
-    /// transaction-scoped advisory lock `key`); until commit, this one is
-    /// alone. SQLite's `BEGIN IMMEDIATE` already holds its only write lock.
-    ///
-    /// # Errors
-    ///
-    /// The database error.
-    #[doc(hidden)]
-    fn serialize_initialization(conn: &mut Self::Connection, key: i64) -> QueryResult<()>;
-
-    /// SQL that bounds, for the rest of the current transaction, how long a
-    /// statement waits for a lock; `None` where waits are bounded otherwise
-    /// (SQLite's `busy_timeout`).
-    #[doc(hidden)]
-    fn lock_timeout_sql(timeout: Duration) -> Option<String>;
-
-    /// Bounds how long this connection's statements wait for the database's
-    /// write lock from now on (`None`: the default again). SQLite: its
-    /// `busy_timeout`; a no-op where waits are bounded per statement
-    /// (PostgreSQL: `lock_timeout` and the switch's escalation bound).
-    ///
-    /// # Errors
-    ///
-    /// The database error.
-    #[doc(hidden)]
-    fn set_busy_wait(conn: &mut Self::Connection, wait: Option<Duration>) -> QueryResult<()>;
-
-    /// Whether an error is a passing lock conflict worth retrying
-    /// (SQLite busy, PostgreSQL lock timeout or deadlock).
-    #[doc(hidden)]
-    fn is_transient(error: &diesel::result::Error) -> bool;
-
-    /// SQL returning one row with a `BIGINT` column `n`: whether table `$1`
-    /// exists (1) or not (0).
-    #[doc(hidden)]
-    fn table_exists_sql() -> &'static str;
-
-    /// SQL returning one row with a `BIGINT` column `n`: how many
-    /// application tables the database holds.
-    #[doc(hidden)]
-    fn user_tables_sql() -> &'static str;
-
-    /// Column type of an auto-increment primary key.
-    #[doc(hidden)]
-    fn serial_primary_key() -> &'static str;
-
-    /// The SQL function that returns the larger of two values (`MAX` with
-    /// two arguments on SQLite, `GREATEST` on PostgreSQL).
-    #[doc(hidden)]
-    fn greatest_sql() -> &'static str;
-
-    /// An SQL expression for the database's clock, in milliseconds since
-    /// the Unix epoch (`BIGINT`). Every lease, expiry and cutoff that
-    /// crosses processes is computed with it, never with a host's clock.
-    #[doc(hidden)]
-    fn now_ms_sql() -> &'static str;
-
-    /// SQL returning one row with a `TEXT` column `name` per column of
-    /// table `$1` (none if the table does not exist).
-    #[doc(hidden)]
-    fn column_names_sql() -> &'static str;
-
     /// Adjusts pool settings for `url` and returns the connection manager
     /// and a customizer applied to every new connection.
-    ///
-    /// # Errors
-    ///
-    /// None for the built-in backends; reserved for URL validation.
     #[allow(clippy::type_complexity)]
     #[doc(hidden)]
     fn configure_pool(
@@ -258,7 +171,8 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     );
 }
 
-mod sealed {
+pub(crate) mod sealed {
+    /// Implemented only inside tandem.
     pub trait Sealed {}
 }
 
@@ -279,21 +193,3 @@ macro_rules! bound_query {
     }};
 }
 pub(crate) use bound_query;
-
-/// Whether a diesel error is a passing lock conflict: by its kind where
-/// diesel has one (`SerializationFailure`, SQLSTATE 40001), else by the
-/// server's message, matched against `messages` (each backend lists its own
-/// and says why text is all there is).
-pub(crate) fn is_lock_conflict(error: &diesel::result::Error, messages: &[&str]) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
-    match error {
-        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-        // A closed connection is not a conflict: retrying on it fails again.
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => false,
-        Error::DatabaseError(_, info) => {
-            let message = info.message();
-            messages.iter().any(|m| message.contains(m))
-        }
-        _ => false,
-    }
-}

@@ -6,7 +6,10 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection};
 use diesel::result::QueryResult;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
-use super::{bound_query, is_lock_conflict, Backend, Bind, MetaRow, PoolSettings};
+use std::borrow::Cow;
+
+use super::locks::is_lock_conflict;
+use super::{bound_query, Backend, Bind, Dialect, Direct, Locks, MetaRow, PoolSettings};
 
 /// PostgreSQL's messages (`lc_messages = 'C'`) for the lock conflicts that
 /// diesel gives no kind: 55P03 `lock_not_available` ("canceling statement
@@ -33,28 +36,9 @@ pub struct Postgres;
 
 impl super::sealed::Sealed for Postgres {}
 
-impl Backend for Postgres {
-    type Connection = PgConnection;
-    const NAME: &'static str = "postgres";
-    const QUEUE_WRITERS: bool = false;
-    fn execute(conn: &mut PgConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
-        bound_query!(diesel::pg::Pg, sql, binds).execute(conn)
-    }
-
-    fn load<T: MetaRow>(
-        conn: &mut PgConnection,
-        sql: &str,
-        binds: &[Bind<'_>],
-    ) -> QueryResult<Vec<T>> {
-        bound_query!(diesel::pg::Pg, sql, binds).load::<T>(conn)
-    }
-
-    fn write_transaction<T, E, F>(conn: &mut PgConnection, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut PgConnection) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        conn.transaction(f)
+impl Dialect for Postgres {
+    fn placeholders(sql: &str) -> Cow<'_, str> {
+        super::dialect::numbered(sql)
     }
 
     fn metadata_extras(prefix: &str, state_table: &str) -> Vec<String> {
@@ -68,6 +52,43 @@ impl Backend for Postgres {
         )]
     }
 
+    fn lock_timeout_sql(timeout: Duration) -> Option<String> {
+        Some(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            timeout.as_millis().max(1)
+        ))
+    }
+
+    fn table_exists_sql() -> &'static str {
+        "SELECT count(*) AS n FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = ?"
+    }
+
+    fn user_tables_sql() -> &'static str {
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema()"
+    }
+
+    fn serial_primary_key() -> &'static str {
+        "BIGSERIAL PRIMARY KEY"
+    }
+
+    fn greatest_sql() -> &'static str {
+        "GREATEST"
+    }
+
+    /// `clock_timestamp()`: the server's clock as the statement runs (not
+    /// `now()`, the transaction's start).
+    fn now_ms_sql() -> &'static str {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT"
+    }
+
+    fn column_names_sql() -> &'static str {
+        "SELECT column_name::text AS name FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = ?"
+    }
+}
+
+impl Locks<PgConnection> for Postgres {
     /// `pg_advisory_xact_lock_shared`, released at commit: no session state
     /// is left on the pooled connection (works behind a transaction pooler).
     /// <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS>
@@ -80,7 +101,7 @@ impl Backend for Postgres {
         // NULL when the state row is missing: reported as `NotFound`.
         let rows: Vec<MaybeCount> = Self::load(
             conn,
-            &format!("SELECT {prefix}enter($1) AS n"),
+            &format!("SELECT {prefix}enter(?) AS n"),
             &[Bind::I64(key)],
         )?;
         rows.first()
@@ -91,7 +112,7 @@ impl Backend for Postgres {
     fn try_enter_exclusive(conn: &mut PgConnection, key: i64) -> QueryResult<bool> {
         let rows: Vec<super::CountRow> = Self::load(
             conn,
-            "SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END::BIGINT AS n",
+            "SELECT CASE WHEN pg_try_advisory_xact_lock(?) THEN 1 ELSE 0 END::BIGINT AS n",
             &[Bind::I64(key)],
         )?;
         Ok(rows.first().is_some_and(|r| r.n == 1))
@@ -110,12 +131,12 @@ impl Backend for Postgres {
             ),
             &[],
         )?;
-        Self::execute(conn, "SELECT pg_advisory_xact_lock($1)", &[Bind::I64(key)])?;
+        Self::execute(conn, "SELECT pg_advisory_xact_lock(?)", &[Bind::I64(key)])?;
         Ok(())
     }
 
     fn serialize_initialization(conn: &mut PgConnection, key: i64) -> QueryResult<()> {
-        Self::execute(conn, "SELECT pg_advisory_xact_lock($1)", &[Bind::I64(key)])?;
+        Self::execute(conn, "SELECT pg_advisory_xact_lock(?)", &[Bind::I64(key)])?;
         Ok(())
     }
 
@@ -123,13 +144,6 @@ impl Backend for Postgres {
     /// escalation bound): nothing to set.
     fn set_busy_wait(_conn: &mut PgConnection, _wait: Option<Duration>) -> QueryResult<()> {
         Ok(())
-    }
-
-    fn lock_timeout_sql(timeout: Duration) -> Option<String> {
-        Some(format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            timeout.as_millis().max(1)
-        ))
     }
 
     /// Serialization failures by kind (SQLSTATE 40001). Lock timeouts
@@ -144,33 +158,31 @@ impl Backend for Postgres {
     fn is_transient(error: &diesel::result::Error) -> bool {
         is_lock_conflict(error, PG_LOCK_CONFLICTS)
     }
+}
 
-    fn table_exists_sql() -> &'static str {
-        "SELECT count(*) AS n FROM information_schema.tables \
-         WHERE table_schema = current_schema() AND table_name = $1"
+impl Backend for Postgres {
+    type Connection = PgConnection;
+    const NAME: &'static str = "postgres";
+    type Writers = Direct;
+
+    fn execute(conn: &mut PgConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
+        bound_query!(diesel::pg::Pg, &*Self::placeholders(sql), binds).execute(conn)
     }
 
-    fn user_tables_sql() -> &'static str {
-        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema()"
+    fn load<T: MetaRow>(
+        conn: &mut PgConnection,
+        sql: &str,
+        binds: &[Bind<'_>],
+    ) -> QueryResult<Vec<T>> {
+        bound_query!(diesel::pg::Pg, &*Self::placeholders(sql), binds).load::<T>(conn)
     }
 
-    fn greatest_sql() -> &'static str {
-        "GREATEST"
-    }
-
-    /// `clock_timestamp()`: the server's clock as the statement runs (not
-    /// `now()`, the transaction's start).
-    fn now_ms_sql() -> &'static str {
-        "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT"
-    }
-
-    fn column_names_sql() -> &'static str {
-        "SELECT column_name::text AS name FROM information_schema.columns \
-         WHERE table_schema = current_schema() AND table_name = $1"
-    }
-
-    fn serial_primary_key() -> &'static str {
-        "BIGSERIAL PRIMARY KEY"
+    fn write_transaction<T, E, F>(conn: &mut PgConnection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        conn.transaction(f)
     }
 
     fn configure_pool(

@@ -11,7 +11,8 @@ use diesel::{RunQueryDsl, SqliteConnection};
 
 use crate::backoff::Backoff;
 
-use super::{bound_query, is_lock_conflict, Backend, Bind, MetaRow, PoolSettings};
+use super::locks::is_lock_conflict;
+use super::{bound_query, Backend, Bind, Dialect, Locks, MetaRow, PoolSettings, Queued};
 
 /// The embedded SQLite backend (bundled; nothing to install).
 ///
@@ -72,34 +73,43 @@ fn is_in_memory(url: &str) -> bool {
         || url.contains("mode=memory")
 }
 
-impl Backend for Sqlite {
-    type Connection = SqliteConnection;
-    const NAME: &'static str = "sqlite";
-    const QUEUE_WRITERS: bool = true;
-    fn execute(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
-        bound_query!(diesel::sqlite::Sqlite, sql, binds).execute(conn)
-    }
-
-    fn load<T: MetaRow>(
-        conn: &mut SqliteConnection,
-        sql: &str,
-        binds: &[Bind<'_>],
-    ) -> QueryResult<Vec<T>> {
-        bound_query!(diesel::sqlite::Sqlite, sql, binds).load::<T>(conn)
-    }
-
-    fn write_transaction<T, E, F>(conn: &mut SqliteConnection, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut SqliteConnection) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        conn.immediate_transaction(f)
-    }
-
+impl Dialect for Sqlite {
     fn metadata_extras(_prefix: &str, _state_table: &str) -> Vec<String> {
         Vec::new()
     }
 
+    fn lock_timeout_sql(_timeout: Duration) -> Option<String> {
+        None
+    }
+
+    fn table_exists_sql() -> &'static str {
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?"
+    }
+
+    fn user_tables_sql() -> &'static str {
+        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    }
+
+    fn serial_primary_key() -> &'static str {
+        "INTEGER PRIMARY KEY"
+    }
+
+    fn greatest_sql() -> &'static str {
+        "MAX"
+    }
+
+    /// SQLite's clock: the clock of the host the database file is on, as
+    /// every process using the file runs there.
+    fn now_ms_sql() -> &'static str {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    }
+
+    fn column_names_sql() -> &'static str {
+        "SELECT name FROM pragma_table_info(?)"
+    }
+}
+
+impl Locks<SqliteConnection> for Sqlite {
     /// The call's transaction began with `BEGIN IMMEDIATE`: holding SQLite's
     /// write lock excludes the switch, and the version read now stays true
     /// until commit.
@@ -138,10 +148,6 @@ impl Backend for Sqlite {
         Ok(())
     }
 
-    fn lock_timeout_sql(_timeout: Duration) -> Option<String> {
-        None
-    }
-
     fn set_busy_wait(conn: &mut SqliteConnection, wait: Option<Duration>) -> QueryResult<()> {
         let ms = wait.unwrap_or(BUSY_TIMEOUT).min(BUSY_TIMEOUT).as_millis();
         conn.batch_execute(&format!("PRAGMA busy_timeout = {ms};"))
@@ -153,31 +159,31 @@ impl Backend for Sqlite {
     fn is_transient(error: &diesel::result::Error) -> bool {
         is_lock_conflict(error, &["database is locked", "database table is locked"])
     }
+}
 
-    fn table_exists_sql() -> &'static str {
-        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1"
+impl Backend for Sqlite {
+    type Connection = SqliteConnection;
+    const NAME: &'static str = "sqlite";
+    type Writers = Queued;
+
+    fn execute(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
+        bound_query!(diesel::sqlite::Sqlite, sql, binds).execute(conn)
     }
 
-    fn user_tables_sql() -> &'static str {
-        "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    fn load<T: MetaRow>(
+        conn: &mut SqliteConnection,
+        sql: &str,
+        binds: &[Bind<'_>],
+    ) -> QueryResult<Vec<T>> {
+        bound_query!(diesel::sqlite::Sqlite, sql, binds).load::<T>(conn)
     }
 
-    fn serial_primary_key() -> &'static str {
-        "INTEGER PRIMARY KEY"
-    }
-
-    fn greatest_sql() -> &'static str {
-        "MAX"
-    }
-
-    /// SQLite's clock: the clock of the host the database file is on, as
-    /// every process using the file runs there.
-    fn now_ms_sql() -> &'static str {
-        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
-    }
-
-    fn column_names_sql() -> &'static str {
-        "SELECT name FROM pragma_table_info($1)"
+    fn write_transaction<T, E, F>(conn: &mut SqliteConnection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut SqliteConnection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        conn.immediate_transaction(f)
     }
 
     fn configure_pool(

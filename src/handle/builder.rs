@@ -224,7 +224,7 @@ impl<B: Backend> Builder<B> {
             last,
             live: AtomicU32::new(live.get()),
             lock: SchemaLock::default(),
-            write_gate: parking_lot::FairMutex::new(()),
+            write_gate: Default::default(),
             queue_writers: self.queue_writers,
             instance,
             backfills: self.backfills,

@@ -155,33 +155,17 @@ impl<B: Backend> Tandem<B> {
             e => Error::Query(e),
         })?;
         shared.lock.record_wait(start.elapsed());
-        let live = u32::try_from(raw).unwrap_or(0);
-        match Version::new(live) {
-            Some(v) if v >= shared.first && v <= shared.last => Ok(v),
-            _ => Err(self.not_served(live)),
-        }
+        dispatch::serve(raw, &shared.served(), shared.store.state_table())
     }
 
     #[inline]
     fn served_live(&self) -> Result<Version> {
         let live = self.shared.live.load(Ordering::Acquire);
-        match Version::new(live) {
-            Some(v) if v >= self.shared.first && v <= self.shared.last => Ok(v),
-            _ => Err(self.not_served(live)),
-        }
-    }
-
-    #[cold]
-    fn not_served(&self, live: u32) -> Error {
-        let (first, last) = (self.shared.first, self.shared.last);
-        match Version::new(live) {
-            Some(live) if live < first => Error::Upgrading { live, first, last },
-            Some(live) => Error::VersionNotServed { live, first, last },
-            None => Error::MetadataCorrupt {
-                table: self.shared.store.state_table().to_owned(),
-                detail: "live version 0".to_owned(),
-            },
-        }
+        dispatch::serve(
+            i64::from(live),
+            &self.shared.served(),
+            self.shared.store.state_table(),
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use diesel::r2d2::{CustomizeConnection, Pool};
 
 use crate::backend::{Backend, PoolSettings};
 use crate::catalog::Catalog;
-use crate::dispatch::{Repository, Session};
+use crate::dispatch::{self, Repository, Session};
 use crate::error::{Error, Result};
 use crate::fleet::{self, Membership};
 use crate::lock::{SchemaLock, WriterPolicy};

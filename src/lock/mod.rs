@@ -246,39 +246,39 @@ impl<R: RawLock> SchemaLock<R> {
         ReadGuard { _guard: guard }
     }
 
-    /// Takes the write side under `policy`.
+    /// Takes the write side under `policy`: each attempt polls politely,
+    /// then escalates for a bounded time ([`poll_then_queue`]).
     pub(crate) fn write(&self, policy: &WriterPolicy) -> Result<WriteGuard<'_, R>, WriterGaveUp> {
         let start = Instant::now();
         for _attempt in 0..policy.attempts.max(1) {
-            let polite_until = Instant::now() + policy.patience;
-            let mut backoff = Duration::from_micros(50);
-            loop {
-                if let Some(guard) = self.rw.try_write() {
+            let taken = poll_then_queue(
+                &mut (),
+                policy.patience,
+                policy.escalation,
+                |()| Ok::<_, std::convert::Infallible>(self.rw.try_write()),
+                |(), bound| {
+                    self.escalating.store(true, Ordering::Release);
+                    let guard = self.rw.try_write_for(bound);
+                    self.escalating.store(false, Ordering::Release);
+                    Ok(guard)
+                },
+            );
+            match taken {
+                Ok(Some(t)) => {
+                    if t.escalated {
+                        tracing::debug!(waited = ?start.elapsed(), "schema writer lock taken after escalation");
+                    }
                     return Ok(WriteGuard {
-                        _guard: guard,
+                        _guard: t.value,
                         waited: start.elapsed(),
-                        escalated: false,
+                        escalated: t.escalated,
                     });
                 }
-                let now = Instant::now();
-                if now >= polite_until {
-                    break;
+                Ok(None) => {
+                    tracing::debug!("schema writer escalation timed out; readers resume, retrying");
                 }
-                clock::sleep(backoff.min(polite_until - now));
-                backoff = (backoff * 2).min(Duration::from_millis(2));
+                Err(never) => match never {},
             }
-            self.escalating.store(true, Ordering::Release);
-            let guard = self.rw.try_write_for(policy.escalation);
-            self.escalating.store(false, Ordering::Release);
-            if let Some(guard) = guard {
-                tracing::debug!(waited = ?start.elapsed(), "schema writer lock taken after escalation");
-                return Ok(WriteGuard {
-                    _guard: guard,
-                    waited: start.elapsed(),
-                    escalated: true,
-                });
-            }
-            tracing::debug!("schema writer escalation timed out; readers resume, retrying");
         }
         Err(WriterGaveUp {
             attempts: policy.attempts.max(1),
@@ -302,6 +302,53 @@ impl<R: RawLock> SchemaLock<R> {
     pub(crate) fn reset_max_read_wait(&self) {
         self.max_read_wait_ns.store(0, Ordering::Relaxed);
     }
+}
+
+/// What [`poll_then_queue`] took.
+#[derive(Debug)]
+pub(crate) struct Taken<T> {
+    pub(crate) value: T,
+    /// Whether it was taken by queueing (readers waited behind it).
+    pub(crate) escalated: bool,
+}
+
+/// The one escalation of a writer lock, in-process or in the database:
+/// polls `try_now` without queueing for `patience`, 50 µs doubling to 2 ms
+/// between tries and never past `patience` (a polling writer stalls no
+/// reader), then queues once with `queue(escalation)` (readers that arrive
+/// now wait behind it, for at most `escalation`). `None` if the bounded
+/// queue timed out.
+///
+/// # Errors
+///
+/// The first error of `try_now` or `queue`.
+pub(crate) fn poll_then_queue<C: ?Sized, T, E>(
+    ctx: &mut C,
+    patience: Duration,
+    escalation: Duration,
+    mut try_now: impl FnMut(&mut C) -> Result<Option<T>, E>,
+    queue: impl FnOnce(&mut C, Duration) -> Result<Option<T>, E>,
+) -> Result<Option<Taken<T>>, E> {
+    let polite_until = Instant::now() + patience;
+    let mut backoff = Duration::from_micros(50);
+    loop {
+        if let Some(value) = try_now(ctx)? {
+            return Ok(Some(Taken {
+                value,
+                escalated: false,
+            }));
+        }
+        let now = Instant::now();
+        if now >= polite_until {
+            break;
+        }
+        clock::sleep(backoff.min(polite_until - now));
+        backoff = backoff.saturating_mul(2).min(Duration::from_millis(2));
+    }
+    Ok(queue(ctx, escalation)?.map(|value| Taken {
+        value,
+        escalated: true,
+    }))
 }
 
 #[cfg(test)]

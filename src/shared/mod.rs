@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, WriteGate};
 use crate::catalog::{sha256_hex, Catalog};
 use crate::error::{Error, Result};
 use crate::lock::{SchemaLock, WriterPolicy};
@@ -92,10 +92,10 @@ pub(crate) struct Shared<B: Backend> {
     /// before a switch this process made) is never cached over a newer one.
     pub(crate) cached_epoch: parking_lot::Mutex<i64>,
     pub(crate) lock: SchemaLock,
-    /// Queues this process's write transactions (see `Backend::QUEUE_WRITERS`),
-    /// first come first served: a `FairMutex` hands the lock to the longest
-    /// waiter on every unlock. Always taken after the schema lock, never before.
-    pub(crate) write_gate: parking_lot::FairMutex<()>,
+    /// How this process's write transactions pass (`Backend::Writers`:
+    /// queued first come first served, or straight to the database). Always
+    /// taken after the schema lock, never before.
+    pub(crate) write_gate: B::Writers,
     /// `Builder::queue_writers`: whether the gate is used where the backend queues writers.
     pub(crate) queue_writers: bool,
     pub(crate) instance: String,
@@ -163,7 +163,11 @@ impl<B: Backend> Shared<B> {
         F: FnOnce(&mut B::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let _gate = (B::QUEUE_WRITERS && self.queue_writers).then(|| self.write_gate.lock());
+        let _turn = if self.queue_writers {
+            self.write_gate.turn()
+        } else {
+            None
+        };
         B::write_transaction(conn, f)
     }
 

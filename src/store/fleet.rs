@@ -13,14 +13,14 @@ impl Store {
     ) -> Result<()> {
         B::execute(
             conn,
-            &format!("DELETE FROM {} WHERE id = $1", self.fleet),
+            &format!("DELETE FROM {} WHERE id = ?", self.fleet),
             &[Bind::Text(&me.id)],
         )?;
         B::execute(
             conn,
             &format!(
                 "INSERT INTO {} (id, host, pid, label, min_version, max_version, observed_epoch, lease_until, started_at, catalog) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, {now} + $8, {now}, $9)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, {now} + ?, {now}, ?)",
                 self.fleet,
                 now = B::now_ms_sql()
             ),
@@ -50,7 +50,7 @@ impl Store {
         let n = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET lease_until = {} + $1 WHERE id = $2",
+                "UPDATE {} SET lease_until = {} + ? WHERE id = ?",
                 self.fleet,
                 B::now_ms_sql()
             ),
@@ -71,10 +71,10 @@ impl Store {
         B::execute(
             conn,
             &format!(
-                "UPDATE {} SET observed_epoch = $1 WHERE id = $2 AND observed_epoch <> $1",
+                "UPDATE {} SET observed_epoch = ? WHERE id = ? AND observed_epoch <> ?",
                 self.fleet
             ),
-            &[Bind::I64(epoch), Bind::Text(id)],
+            &[Bind::I64(epoch), Bind::Text(id), Bind::I64(epoch)],
         )?;
         Ok(())
     }
@@ -83,7 +83,7 @@ impl Store {
     pub(crate) fn deregister<B: Backend>(&self, conn: &mut B::Connection, id: &str) -> Result<()> {
         B::execute(
             conn,
-            &format!("DELETE FROM {} WHERE id = $1", self.fleet),
+            &format!("DELETE FROM {} WHERE id = ?", self.fleet),
             &[Bind::Text(id)],
         )?;
         Ok(())
@@ -103,13 +103,14 @@ impl Store {
         grace: i64,
     ) -> Result<Vec<Instance>> {
         let now = B::now_ms_sql();
+        let max_lease = crate::limits::millis(crate::limits::MAX_LEASE);
         let capped = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET lease_until = {now} + $1 WHERE lease_until > {now} + $1",
+                "UPDATE {} SET lease_until = {now} + ? WHERE lease_until > {now} + ?",
                 self.fleet
             ),
-            &[Bind::I64(crate::limits::millis(crate::limits::MAX_LEASE))],
+            &[Bind::I64(max_lease), Bind::I64(max_lease)],
         )?;
         if capped > 0 {
             tracing::warn!(
@@ -122,7 +123,7 @@ impl Store {
         // `noticed_instances`).
         B::execute(
             conn,
-            &format!("DELETE FROM {} WHERE lease_until <= {now} - $1", self.fleet),
+            &format!("DELETE FROM {} WHERE lease_until <= {now} - ?", self.fleet),
             &[Bind::I64(grace.saturating_add(crate::limits::millis(
                 crate::limits::RENEWAL_GRACE,
             )))],
@@ -131,7 +132,7 @@ impl Store {
             conn,
             &format!(
                 "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
-                 FROM {} WHERE lease_until > {now} - $1 ORDER BY id",
+                 FROM {} WHERE lease_until > {now} - ? ORDER BY id",
                 self.fleet
             ),
             &[Bind::I64(grace)],
@@ -154,7 +155,7 @@ impl Store {
             conn,
             &format!(
                 "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
-                 FROM {} WHERE lease_until <= {now} - $1 AND lease_until > {now} - $2 ORDER BY id",
+                 FROM {} WHERE lease_until <= {now} - ? AND lease_until > {now} - ? ORDER BY id",
                 self.fleet
             ),
             &[
@@ -176,7 +177,7 @@ impl Store {
             conn,
             &format!(
                 "SELECT s.epoch AS epoch, s.mode AS mode, \
-                 (SELECT count(*) FROM {} f WHERE f.id = $1) AS mine \
+                 (SELECT count(*) FROM {} f WHERE f.id = ?) AS mine \
                  FROM {} s WHERE s.id = 1",
                 self.fleet, self.state
             ),
@@ -223,7 +224,7 @@ impl Store {
             conn,
             &format!(
                 "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
-                 FROM {} WHERE id = $1",
+                 FROM {} WHERE id = ?",
                 self.fleet
             ),
             &[Bind::Text(id)],

@@ -21,7 +21,7 @@ impl Store {
             conn,
             &format!(
                 "INSERT INTO {} (version, phase, checksum, started_at, finished_at, outcome, by_instance, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 self.history
             ),
             &[
@@ -49,7 +49,7 @@ impl Store {
         B::execute(
             conn,
             &format!(
-                "UPDATE {} SET outcome = $1, finished_at = $2 WHERE version = $3 AND phase = $4 AND outcome = $5",
+                "UPDATE {} SET outcome = ?, finished_at = ? WHERE version = ? AND phase = ? AND outcome = ?",
                 self.history
             ),
             &[

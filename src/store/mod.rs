@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 
-use crate::backend::{Backend, Bind, CountRow};
+use crate::backend::{Backend, Bind, CountRow, Dialect};
 use crate::error::{Error, Result};
 use crate::version::{Phase, Version};
 
@@ -365,10 +365,10 @@ impl Store {
     /// must never equal a new epoch and pass for an acknowledgement of it.
     /// (Acknowledgements beyond any epoch tandem writes, ghosts, are
     /// ignored here.)
-    fn next_epoch_base<B: Backend>(&self) -> String {
+    fn next_epoch_base<D: Dialect>(&self) -> String {
         format!(
             "{}(epoch, COALESCE((SELECT MAX(observed_epoch) FROM {} WHERE observed_epoch <= {}), 0))",
-            B::greatest_sql(),
+            D::greatest_sql(),
             self.fleet,
             i64::MAX / 2
         )
@@ -461,5 +461,28 @@ mod tests {
         for m in [Mode::Steady, Mode::Deploying] {
             assert_eq!(Mode::parse(m.as_str()), Some(m));
         }
+    }
+
+    /// The tables' DDL and the epoch expression come from the dialect: a
+    /// backend with other types (the fake's MySQL-like key and serial)
+    /// gets them without an edit here.
+    #[test]
+    fn the_ddl_and_expressions_come_from_the_dialect() {
+        use crate::backend::fake::Fake;
+        let store = Store::new(&Prefix::new("app_").unwrap());
+        let ddl = store.create_statements::<Fake>();
+        assert_eq!(ddl.len(), 3, "{ddl:?}");
+        assert!(
+            ddl[1].contains("id BIGINT AUTO_INCREMENT PRIMARY KEY"),
+            "{}",
+            ddl[1]
+        );
+        assert!(ddl[2].contains("id VARCHAR(191) PRIMARY KEY"), "{}", ddl[2]);
+        for sql in &ddl {
+            assert!(!sql.contains("RETURNING") && !sql.contains('$'), "{sql}");
+        }
+        assert!(store
+            .next_epoch_base::<Fake>()
+            .starts_with("GREATEST(epoch"));
     }
 }

@@ -110,14 +110,9 @@ impl Store {
         Ok(())
     }
 
-    /// Creates the three tables and the state row. Runs inside the caller's
-    /// write transaction.
-    pub(crate) fn create<B: Backend>(
-        &self,
-        conn: &mut B::Connection,
-        version: Version,
-    ) -> Result<()> {
-        let statements = [
+    /// The statements that create the three tables, in `D`'s dialect.
+    pub(crate) fn create_statements<D: Dialect>(&self) -> Vec<String> {
+        let mut statements = vec![
             format!(
                 "CREATE TABLE {} (id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL, \
                  phase TEXT NOT NULL, mode TEXT NOT NULL, epoch BIGINT NOT NULL, owner TEXT, \
@@ -129,26 +124,35 @@ impl Store {
                  checksum TEXT NOT NULL, started_at BIGINT NOT NULL, finished_at BIGINT, \
                  outcome TEXT NOT NULL, by_instance TEXT NOT NULL, detail TEXT)",
                 self.history,
-                B::serial_primary_key()
+                D::serial_primary_key()
             ),
             format!(
-                "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, \
+                "CREATE TABLE IF NOT EXISTS {} (id {} PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, \
                  label TEXT NOT NULL, min_version BIGINT NOT NULL, max_version BIGINT NOT NULL, \
                  observed_epoch BIGINT NOT NULL, lease_until BIGINT NOT NULL, started_at BIGINT NOT NULL, \
                  catalog TEXT)",
-                self.fleet
+                self.fleet,
+                D::key_text()
             ),
         ];
-        for sql in statements
-            .iter()
-            .chain(&B::metadata_extras(&self.prefix, &self.state))
-        {
-            B::execute(conn, sql, &[])?;
+        statements.extend(D::metadata_extras(&self.prefix, &self.state));
+        statements
+    }
+
+    /// Creates the three tables and the state row. Runs inside the caller's
+    /// write transaction.
+    pub(crate) fn create<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+    ) -> Result<()> {
+        for sql in self.create_statements::<B>() {
+            B::execute(conn, &sql, &[])?;
         }
         B::execute(
             conn,
             &format!(
-                "INSERT INTO {} (id, version, phase, mode, epoch, updated_at) VALUES (1, $1, 'stable', 'steady', 1, {})",
+                "INSERT INTO {} (id, version, phase, mode, epoch, updated_at) VALUES (1, ?, 'stable', 'steady', 1, {})",
                 self.state,
                 B::now_ms_sql()
             ),

@@ -74,11 +74,11 @@ impl Store {
         to: (Version, StatePhase),
         owner: &str,
     ) -> Result<Option<i64>> {
-        let rows: Vec<CountRow> = B::load(
+        let changed = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET version = $1, phase = $2, epoch = {} + 1, updated_at = {} \
-                 WHERE id = 1 AND version = $3 AND phase = $4 AND owner = $5 RETURNING epoch AS n",
+                "UPDATE {} SET version = ?, phase = ?, epoch = {} + 1, updated_at = {} \
+                 WHERE id = 1 AND version = ? AND phase = ? AND owner = ?",
                 self.state,
                 self.next_epoch_base::<B>(),
                 B::now_ms_sql()
@@ -91,7 +91,12 @@ impl Store {
                 Bind::Text(owner),
             ],
         )?;
-        Ok(rows.first().map(|r| r.n))
+        if changed != 1 {
+            return Ok(None);
+        }
+        // No `RETURNING` (not every dialect has it): the caller's write
+        // transaction holds the row, so the epoch read now is the one just set.
+        Ok(Some(self.read_state::<B>(conn)?.epoch))
     }
 
     /// Takes or renews the upgrade lease for `owner`, for `lease_ms` of the
@@ -111,12 +116,12 @@ impl Store {
             let changed = B::execute(
                 conn,
                 &format!(
-                    "UPDATE {} SET owner = $1, owner_until = {now} + $2 \
-                     WHERE id = 1 AND (owner IS NULL OR owner = $1 OR owner_until IS NULL \
+                    "UPDATE {} SET owner = ?, owner_until = {now} + ? \
+                     WHERE id = 1 AND (owner IS NULL OR owner = ? OR owner_until IS NULL \
                      OR owner_until <= {now})",
                     self.state
                 ),
-                &[Bind::Text(owner), Bind::I64(lease_ms)],
+                &[Bind::Text(owner), Bind::I64(lease_ms), Bind::Text(owner)],
             )?;
             if changed == 1 {
                 return Ok(None);
@@ -158,7 +163,7 @@ impl Store {
         B::execute(
             conn,
             &format!(
-                "UPDATE {} SET owner = NULL, owner_until = NULL WHERE id = 1 AND owner = $1",
+                "UPDATE {} SET owner = NULL, owner_until = NULL WHERE id = 1 AND owner = ?",
                 self.state
             ),
             &[Bind::Text(owner)],
@@ -180,7 +185,7 @@ impl Store {
         let changed = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET owner = $1, owner_until = {now} + $2 WHERE id = 1 AND owner = $3",
+                "UPDATE {} SET owner = ?, owner_until = {now} + ? WHERE id = 1 AND owner = ?",
                 self.state
             ),
             &[Bind::Text(owner), Bind::I64(lease_ms), Bind::Text(orphan)],
@@ -199,7 +204,7 @@ impl Store {
         let n = B::execute(
             conn,
             &format!(
-                "UPDATE {} SET mode = $1, epoch = {} + 1, updated_at = {} WHERE id = 1 AND owner = $2",
+                "UPDATE {} SET mode = ?, epoch = {} + 1, updated_at = {} WHERE id = 1 AND owner = ?",
                 self.state,
                 self.next_epoch_base::<B>(),
                 B::now_ms_sql()

@@ -2,6 +2,7 @@
 //! within `switch_timeout`.
 
 use super::*;
+use crate::backend::exclusive_within;
 
 impl<B: Backend> Upgrader<B> {
     /// The switch (or switch back) within `switch_timeout`: every wait
@@ -340,29 +341,16 @@ impl<B: Backend> Upgrader<B> {
         version: Version,
         live: Version,
     ) -> Result<(Duration, bool)> {
-        let key = self.shared.lock_key;
         let start = Instant::now();
-        let polite_until = start + policy.patience;
-        let mut backoff = Backoff::polling(Duration::from_micros(50), Duration::from_millis(2));
-        loop {
-            if B::try_enter_exclusive(c, key)? {
-                return Ok((start.elapsed(), false));
-            }
-            let now = Instant::now();
-            if now >= polite_until {
-                break;
-            }
-            backoff.wait_at_most(Some(polite_until - now));
-        }
-        match B::enter_exclusive_within(c, key, policy.escalation) {
-            Ok(()) => Ok((start.elapsed(), true)),
-            Err(e) if B::is_transient(&e) => Err(Error::LockTimeout {
+        match exclusive_within::<_, B>(c, self.shared.lock_key, policy.patience, policy.escalation)?
+        {
+            Some(escalated) => Ok((start.elapsed(), escalated)),
+            None => Err(Error::LockTimeout {
                 version,
                 live,
                 attempts: 1,
                 waited: start.elapsed(),
             }),
-            Err(e) => Err(Error::Query(e)),
         }
     }
 

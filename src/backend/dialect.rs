@@ -1,0 +1,119 @@
+//! The SQL text a backend speaks: no connection, no I/O.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// The SQL text of one database: placeholders, types, clock and catalog
+/// queries. Pure text; implemented by [`Sqlite`](crate::Sqlite) and
+/// [`Postgres`](crate::Postgres); sealed.
+///
+/// tandem's metadata SQL (the store's) is written once, in the subset every
+/// dialect shares: `?` placeholders, one per bind and in order (no numbered
+/// or reused ones), no `RETURNING`, and the types `BIGINT` and `TEXT`
+/// (with [`key_text`](Dialect::key_text) where a text column is a key).
+/// What differs per database comes from here.
+pub trait Dialect: super::sealed::Sealed {
+    /// Turns the `?` placeholders of tandem's metadata SQL into this
+    /// database's form (PostgreSQL: `$1`, `$2`, …). SQLite and MySQL take
+    /// `?` as it is.
+    #[doc(hidden)]
+    fn placeholders(sql: &str) -> Cow<'_, str> {
+        Cow::Borrowed(sql)
+    }
+
+    /// Column type of a text primary key (`TEXT`; MySQL would need a
+    /// bounded `VARCHAR`).
+    #[doc(hidden)]
+    fn key_text() -> &'static str {
+        "TEXT"
+    }
+
+    /// Column type of an auto-increment primary key.
+    #[doc(hidden)]
+    fn serial_primary_key() -> &'static str;
+
+    /// The SQL function that returns the larger of two values (`MAX` with
+    /// two arguments on SQLite, `GREATEST` on PostgreSQL).
+    #[doc(hidden)]
+    fn greatest_sql() -> &'static str;
+
+    /// An SQL expression for the database's clock, in milliseconds since
+    /// the Unix epoch (`BIGINT`). Every lease, expiry and cutoff that
+    /// crosses processes is computed with it, never with a host's clock.
+    #[doc(hidden)]
+    fn now_ms_sql() -> &'static str;
+
+    /// SQL returning one row with a `BIGINT` column `n`: whether the table
+    /// named by the one bind exists (1) or not (0).
+    #[doc(hidden)]
+    fn table_exists_sql() -> &'static str;
+
+    /// SQL returning one row with a `BIGINT` column `n`: how many
+    /// application tables the database holds.
+    #[doc(hidden)]
+    fn user_tables_sql() -> &'static str;
+
+    /// SQL returning one row with a `TEXT` column `name` per column of the
+    /// table named by the one bind (none if the table does not exist).
+    #[doc(hidden)]
+    fn column_names_sql() -> &'static str;
+
+    /// Statements run once when the metadata tables are created, after them
+    /// (PostgreSQL: the function that takes the shared schema lock and reads
+    /// the version in one round trip).
+    #[doc(hidden)]
+    fn metadata_extras(prefix: &str, state_table: &str) -> Vec<String>;
+
+    /// SQL that bounds, for the rest of the current transaction, how long a
+    /// statement waits for a lock; `None` where waits are bounded otherwise
+    /// (SQLite's `busy_timeout`).
+    #[doc(hidden)]
+    fn lock_timeout_sql(timeout: Duration) -> Option<String>;
+}
+
+/// `?` placeholders as `$1`, `$2`, … in order, outside quoted strings and
+/// identifiers (tandem's metadata SQL has no `?` operator). Borrowed when
+/// there is none.
+#[cfg_attr(not(any(feature = "postgres", test)), allow(dead_code))]
+pub(crate) fn numbered(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut n = 0u32;
+    for ch in sql.chars() {
+        match (quote, ch) {
+            (None, '?') => {
+                n = n.saturating_add(1);
+                out.push('$');
+                out.push_str(&n.to_string());
+                continue;
+            }
+            (None, '\'' | '"') => quote = Some(ch),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+        out.push(ch);
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_numbered_in_order_outside_quotes() {
+        assert_eq!(
+            numbered("UPDATE t SET a = ?, b = 'x?' WHERE \"c?\" = ? AND d = ?"),
+            "UPDATE t SET a = $1, b = 'x?' WHERE \"c?\" = $2 AND d = $3"
+        );
+        // An escaped quote ('') closes and reopens: still inside.
+        assert_eq!(numbered("SELECT 'it''s ?', ?"), "SELECT 'it''s ?', $1");
+        assert!(matches!(
+            numbered("SELECT 1"),
+            std::borrow::Cow::Borrowed("SELECT 1")
+        ));
+    }
+}
