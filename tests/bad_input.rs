@@ -2,9 +2,9 @@
 //! the exact typed error, that its message says what to do, and that nothing
 //! in the database changed (schema, state row, history, data).
 //!
-//! Cases that touch a database are generic over [`Kit`] and run once per
-//! backend (modules `sqlite` and `postgres`); catalog and binding cases run
-//! once.
+//! Cases that touch a database are generic over [`Kit`] (`common/kit.rs`)
+//! and run once per backend (modules `sqlite` and `postgres`, from
+//! `common::per_backend!`); catalog and binding cases run once.
 
 mod common;
 
@@ -13,142 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tandem::testing::faults::{FleetFaults as _, UpgraderFaults as _};
 
-use common::{catalog, THREE_VERSIONS};
+#[cfg(feature = "postgres")]
+use common::PgKit;
+use common::{catalog, Kit, SqliteKit, THREE_VERSIONS};
 use diesel::prelude::*;
 use once_cell::sync::Lazy;
 use tandem::{Backend, Catalog, CatalogError, Error, Phase, Repository, Tandem};
-
-/// How the cases reach a backend outside tandem.
-trait Kit {
-    type B: Backend;
-    type Guard;
-    /// A fresh, empty database, or `None` when the backend is not
-    /// configured (said aloud; a failure under `TANDEM_REQUIRE_PG=1`).
-    fn fresh() -> Option<(Self::Guard, String)>;
-    /// A fresh database whose URL carries `password`, where the backend
-    /// takes one.
-    fn fresh_with_password(password: &str) -> Option<(Self::Guard, String)>;
-    /// A URL carrying `password` on which connecting fails.
-    fn unreachable_url(password: &str) -> String;
-    /// Runs SQL outside tandem.
-    fn exec(url: &str, sql: &str);
-    /// Rows of a query whose one column is `line`.
-    fn lines(url: &str, sql: &str) -> Option<Vec<String>>;
-    /// Queries that describe the schema, one line per object.
-    const SCHEMA: &'static [&'static str];
-    /// The demo database with its backfill, on `url`.
-    fn open(url: &str) -> Tandem<Self::B>;
-    /// The demo repository on this backend.
-    fn repo() -> Repository<dyn common::AccountsOn<<Self::B as Backend>::Connection>>;
-}
-
-#[derive(QueryableByName)]
-struct Line {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    line: String,
-}
-
-struct SqliteKit;
-
-impl Kit for SqliteKit {
-    type B = tandem::Sqlite;
-    fn open(url: &str) -> Tandem<Self::B> {
-        Tandem::<Self::B>::builder(url, tandem::testing::demo::catalog().unwrap())
-            .serves(1..=2)
-            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
-            .open()
-            .unwrap()
-    }
-    type Guard = tempfile::TempDir;
-    fn fresh() -> Option<(Self::Guard, String)> {
-        Some(common::temp_db())
-    }
-    fn fresh_with_password(password: &str) -> Option<(Self::Guard, String)> {
-        // SQLite ignores URI parameters it does not know: a URL with a
-        // password (a configuration shared with a server backend) opens.
-        let (dir, path) = common::temp_db();
-        Some((dir, format!("file:{path}?password={password}")))
-    }
-    fn unreachable_url(password: &str) -> String {
-        format!("file:/nonexistent/dir/app.db?mode=rw&password={password}")
-    }
-    fn exec(url: &str, sql: &str) {
-        use diesel::connection::SimpleConnection;
-        common::raw(url).batch_execute(sql).unwrap();
-    }
-    fn lines(url: &str, sql: &str) -> Option<Vec<String>> {
-        let rows = diesel::sql_query(sql)
-            .load::<Line>(&mut common::raw(url))
-            .ok()?;
-        Some(rows.into_iter().map(|r| r.line).collect())
-    }
-    const SCHEMA: &'static [&'static str] = &[
-        "SELECT type || ' ' || name || ' ' || coalesce(sql, '') AS line FROM sqlite_master ORDER BY name",
-    ];
-    fn repo() -> Repository<dyn common::AccountsOn<diesel::SqliteConnection>> {
-        common::accounts()
-    }
-}
-
-#[cfg(feature = "postgres")]
-struct PgKit;
-
-#[cfg(feature = "postgres")]
-impl Kit for PgKit {
-    type B = tandem::Postgres;
-    fn open(url: &str) -> Tandem<Self::B> {
-        Tandem::<Self::B>::builder(url, tandem::testing::demo::catalog().unwrap())
-            .serves(1..=2)
-            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
-            .open()
-            .unwrap()
-    }
-    type Guard = common::pg::PgDb;
-    fn fresh() -> Option<(Self::Guard, String)> {
-        common::pg_setup("bad_input")
-    }
-    fn fresh_with_password(password: &str) -> Option<(Self::Guard, String)> {
-        // The test server trusts loopback, so any password is accepted.
-        let (db, url) = common::pg_setup("bad_input")?;
-        let url = url.replacen(
-            "postgres://postgres@",
-            &format!("postgres://postgres:{password}@"),
-            1,
-        );
-        assert!(
-            url.contains(password),
-            "PG_DATABASE_URL is not postgres://postgres@...: {url}"
-        );
-        Some((db, url))
-    }
-    fn unreachable_url(password: &str) -> String {
-        format!("postgres://app:{password}@127.0.0.1:1/app")
-    }
-    fn exec(url: &str, sql: &str) {
-        use diesel::connection::SimpleConnection;
-        diesel::PgConnection::establish(url)
-            .unwrap()
-            .batch_execute(sql)
-            .unwrap();
-    }
-    fn lines(url: &str, sql: &str) -> Option<Vec<String>> {
-        let mut conn = diesel::PgConnection::establish(url).unwrap();
-        let rows = diesel::sql_query(sql).load::<Line>(&mut conn).ok()?;
-        Some(rows.into_iter().map(|r| r.line).collect())
-    }
-    const SCHEMA: &'static [&'static str] = &[
-        "SELECT 'column ' || table_name || ' ' || column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '') AS line \
-         FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, column_name",
-        "SELECT 'index ' || indexname || ' ' || indexdef AS line FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname",
-        "SELECT 'trigger ' || trigger_name || ' ' || event_object_table || ' ' || event_manipulation AS line \
-         FROM information_schema.triggers WHERE trigger_schema = 'public' ORDER BY 1",
-        "SELECT 'function ' || p.proname || ' ' || md5(p.prosrc) AS line FROM pg_proc p \
-         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' ORDER BY 1",
-    ];
-    fn repo() -> Repository<dyn common::AccountsOn<diesel::PgConnection>> {
-        common::accounts_on::<diesel::PgConnection>()
-    }
-}
 
 /// Everything a case could change: schema, metadata rows, data.
 fn fingerprint<K: Kit>(url: &str) -> String {
@@ -1175,26 +1045,7 @@ fn c40_a_fleet_table_of_an_earlier_release<K: Kit>() {
     db.upgrader().upgrade_to(2).unwrap();
 }
 
-/// Each database case once per backend.
-macro_rules! on_every_backend {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $case() {
-                super::$case::<super::SqliteKit>();
-            })*
-        }
-        #[cfg(feature = "postgres")]
-        mod postgres {
-            $(#[test]
-            fn $case() {
-                super::$case::<super::PgKit>();
-            })*
-        }
-    };
-}
-
-on_every_backend!(
+common::per_backend!(
     c01_unknown_live_version,
     c02_live_version_newer_than_the_binary,
     c03_metadata_missing_on_an_existing_schema,

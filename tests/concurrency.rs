@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{accounts, db_version, open_demo, temp_db};
+use common::{accounts, db_version, open_demo, per_backend, temp_db, Kit, SqliteKit};
 use tandem::{Error, Sqlite, Tandem, WriterPolicy};
 
 struct Seen {
@@ -20,8 +20,8 @@ struct Seen {
     errors: Vec<String>,
 }
 
-fn hammer(db: Tandem<Sqlite>, stop: Arc<AtomicBool>, start: Arc<Barrier>, n: usize) -> Seen {
-    let repo = accounts();
+fn hammer<K: Kit>(db: Tandem<K::B>, stop: Arc<AtomicBool>, start: Arc<Barrier>, n: usize) -> Seen {
+    let repo = K::repo();
     let mut seen = Seen {
         calls: Vec::new(),
         acknowledged: BTreeMap::new(),
@@ -39,24 +39,24 @@ fn hammer(db: Tandem<Sqlite>, stop: Arc<AtomicBool>, start: Arc<Barrier>, n: usi
                 .nth((i as usize) % seen.acknowledged.len())
                 .unwrap();
             db.call(&repo, |r, s| {
-                let before = db_version(s.conn());
+                let before = K::live(s.conn());
                 r.email(s.conn(), id)?;
-                Ok::<_, Error>((r.version(), before, db_version(s.conn()), None))
+                Ok::<_, Error>((r.version(), before, K::live(s.conn()), None))
             })
         } else if i % 3 == 1 && !seen.acknowledged.is_empty() {
             let id = *seen.acknowledged.keys().next().unwrap();
             db.unit_of_work(|s| {
-                let before = db_version(s.conn());
+                let before = K::live(s.conn());
                 let r = s.repo(&repo)?;
                 r.set_email(s.conn(), id, &email)?;
-                Ok::<_, Error>((r.version(), before, db_version(s.conn()), Some(id)))
+                Ok::<_, Error>((r.version(), before, K::live(s.conn()), Some(id)))
             })
         } else {
             db.unit_of_work(|s| {
-                let before = db_version(s.conn());
+                let before = K::live(s.conn());
                 let r = s.repo(&repo)?;
                 let id = r.create(s.conn(), "t", &email)?;
-                Ok::<_, Error>((r.version(), before, db_version(s.conn()), Some(id)))
+                Ok::<_, Error>((r.version(), before, K::live(s.conn()), Some(id)))
             })
         };
         match result {
@@ -72,14 +72,14 @@ fn hammer(db: Tandem<Sqlite>, stop: Arc<AtomicBool>, start: Arc<Barrier>, n: usi
     seen
 }
 
-fn many_threads_through_a_switch(url: &str, threads: usize) {
-    let db = open_demo(url);
+fn many_threads_through_a_switch<K: Kit>(url: &str, threads: usize) {
+    let db = K::open(url);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|n| {
             let (db, stop, start) = (db.clone(), stop.clone(), start.clone());
-            thread::spawn(move || hammer(db, stop, start, n))
+            thread::spawn(move || hammer::<K>(db, stop, start, n))
         })
         .collect();
     start.wait();
@@ -122,7 +122,7 @@ fn many_threads_through_a_switch(url: &str, threads: usize) {
     let v2 = all.iter().filter(|c| c.0 == 2).count();
     assert!(v1 > 0 && v2 > 0, "both versions served: v1={v1} v2={v2}");
     // Invariant 4: every acknowledged write reads back through the v2 binding.
-    let repo = accounts();
+    let repo = K::repo();
     let mut lost = 0;
     for (id, email) in &acknowledged {
         let got = db
@@ -138,7 +138,8 @@ fn many_threads_through_a_switch(url: &str, threads: usize) {
     assert_eq!(lost, 0, "lost writes out of {}", acknowledged.len());
     assert!(acknowledged.len() > 10);
     eprintln!(
-        "{threads} threads: {} calls (v1={v1}, v2={v2}), {} acknowledged writes, writer waited {:?}, max call lock wait {:?}",
+        "{} {threads} threads: {} calls (v1={v1}, v2={v2}), {} acknowledged writes, writer waited {:?}, max call lock wait {:?}",
+        <K::B as tandem::Backend>::NAME,
         all.len(),
         acknowledged.len(),
         switch.writer_wait,
@@ -146,15 +147,18 @@ fn many_threads_through_a_switch(url: &str, threads: usize) {
     );
 }
 
-#[test]
-fn sixteen_threads_through_a_switch_on_a_file() {
-    let (_dir, url) = temp_db();
-    many_threads_through_a_switch(&url, 16);
+/// On a SQLite file and on a fresh PostgreSQL database (default pool of 10
+/// connections for 16 threads).
+fn sixteen_threads_through_a_switch<K: Kit>() {
+    let Some((_db, url)) = K::fresh() else { return };
+    many_threads_through_a_switch::<K>(&url, 16);
 }
+
+per_backend!(sixteen_threads_through_a_switch);
 
 #[test]
 fn eight_threads_through_a_switch_in_memory() {
-    many_threads_through_a_switch(":memory:", 8);
+    many_threads_through_a_switch::<SqliteKit>(":memory:", 8);
 }
 
 #[test]

@@ -5,49 +5,71 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{accounts, db_version, open_demo, temp_db, Accounts};
+use common::{per_backend, AccountsOn, AccountsV1, Kit};
 use diesel::prelude::*;
-use tandem::{Catalog, Error, Repository, Session, Sqlite, Tandem, Version};
+use tandem::{Backend, Catalog, Error, Repository, Session, Sqlite, Tandem, Version};
+
+/// The connection type of kit `K`'s backend.
+type Conn<K> = <<K as Kit>::B as Backend>::Connection;
 
 /// A second repository whose table did not change between versions 1 and 2:
 /// one binding serves both.
-trait Names: Send + Sync {
-    fn rename(&self, conn: &mut SqliteConnection, id: i64, name: &str) -> tandem::Result<()>;
-    fn name(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>>;
+trait Names<C>: Send + Sync {
+    fn rename(&self, conn: &mut C, id: i64, name: &str) -> tandem::Result<()>;
+    fn name(&self, conn: &mut C, id: i64) -> tandem::Result<Option<String>>;
+    fn count(&self, conn: &mut C) -> tandem::Result<i64>;
 }
 struct NamesAnyVersion;
 diesel::table! { accounts (id) { id -> BigInt, name -> Text, } }
-impl Names for NamesAnyVersion {
-    fn rename(&self, conn: &mut SqliteConnection, id: i64, name: &str) -> tandem::Result<()> {
-        diesel::update(accounts::table.find(id))
-            .set(accounts::name.eq(name))
-            .execute(conn)?;
-        Ok(())
-    }
-    fn name(&self, conn: &mut SqliteConnection, id: i64) -> tandem::Result<Option<String>> {
-        Ok(accounts::table
-            .find(id)
-            .select(accounts::name)
-            .first(conn)
-            .optional()?)
-    }
-}
 
-fn names() -> Repository<dyn Names> {
-    Repository::<dyn Names>::builder("names")
+/// The binding, once per connection type (diesel checks each).
+macro_rules! names_on {
+    ($conn:ty) => {
+        impl Names<$conn> for NamesAnyVersion {
+            fn rename(&self, conn: &mut $conn, id: i64, name: &str) -> tandem::Result<()> {
+                diesel::update(accounts::table.find(id))
+                    .set(accounts::name.eq(name))
+                    .execute(conn)?;
+                Ok(())
+            }
+            fn name(&self, conn: &mut $conn, id: i64) -> tandem::Result<Option<String>> {
+                Ok(accounts::table
+                    .find(id)
+                    .select(accounts::name)
+                    .first(conn)
+                    .optional()?)
+            }
+            fn count(&self, conn: &mut $conn) -> tandem::Result<i64> {
+                Ok(accounts::table.count().get_result(conn)?)
+            }
+        }
+    };
+}
+names_on!(SqliteConnection);
+#[cfg(feature = "postgres")]
+names_on!(PgConnection);
+
+fn names<C: 'static>() -> Repository<dyn Names<C>>
+where
+    NamesAnyVersion: Names<C>,
+{
+    Repository::<dyn Names<C>>::builder("names")
         .bindings(1..=2, Arc::new(NamesAnyVersion))
         .build()
         .unwrap()
 }
 
-#[test]
-fn each_call_runs_the_live_versions_binding() {
-    let (_dir, url) = temp_db();
-    let db = open_demo(&url);
-    let repo = accounts();
-    let which = |db: &Tandem<Sqlite>| {
+fn each_call_runs_the_live_versions_binding<K: Kit>()
+where
+    NamesAnyVersion: Names<Conn<K>>,
+    AccountsV1: AccountsOn<Conn<K>>,
+{
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
+    let repo = K::repo();
+    let which = |db: &Tandem<K::B>| {
         db.call(&repo, |r, s| {
-            Ok::<_, Error>((r.version(), s.version().get(), db_version(s.conn())))
+            Ok::<_, Error>((r.version(), s.version().get(), K::live(s.conn())))
         })
         .unwrap()
     };
@@ -72,10 +94,14 @@ fn each_call_runs_the_live_versions_binding() {
     );
 }
 
-#[test]
-fn a_unit_of_work_spans_repositories_with_one_version_and_rolls_back_as_one() {
-    let db = open_demo(":memory:");
-    let (acc, nam) = (accounts(), names());
+fn a_unit_of_work_spans_repositories_with_one_version_and_rolls_back_as_one<K: Kit>()
+where
+    NamesAnyVersion: Names<Conn<K>>,
+    AccountsV1: AccountsOn<Conn<K>>,
+{
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
+    let (acc, nam) = (K::repo(), names::<Conn<K>>());
     let id = db
         .unit_of_work(|s| -> tandem::Result<i64> {
             let id = s.repo(&acc)?.create(s.conn(), "grace", "grace@x")?;
@@ -102,18 +128,18 @@ fn a_unit_of_work_spans_repositories_with_one_version_and_rolls_back_as_one() {
         })
         .unwrap_err();
     assert!(matches!(err, Error::InvalidVersion { .. }));
-    let count: i64 = db
-        .call(&nam, |_, s| {
-            Ok::<_, Error>(accounts::table.count().get_result(s.conn())?)
-        })
-        .unwrap();
+    let count: i64 = db.call(&nam, |r, s| r.count(s.conn())).unwrap();
     assert_eq!(count, 1, "the failed unit of work was rolled back");
 }
 
-#[test]
-fn version_gate_follows_the_calls_version() {
-    let db = open_demo(":memory:");
-    let gate = |s: &mut Session<'_, Sqlite>| (s.at_least(2), s.version());
+fn version_gate_follows_the_calls_version<K: Kit>()
+where
+    NamesAnyVersion: Names<Conn<K>>,
+    AccountsV1: AccountsOn<Conn<K>>,
+{
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
+    let gate = |s: &mut Session<'_, K::B>| (s.at_least(2), s.version());
     let (on, v) = db.unit_of_work(|s| Ok::<_, Error>(gate(s))).unwrap();
     assert!(!on);
     assert_eq!(v.get(), 1);
@@ -123,12 +149,16 @@ fn version_gate_follows_the_calls_version() {
     assert_eq!(v.get(), 2);
 }
 
-#[test]
-fn missing_bindings_fail_before_any_query() {
-    let db = open_demo(":memory:");
+fn missing_bindings_fail_before_any_query<K: Kit>()
+where
+    NamesAnyVersion: Names<Conn<K>>,
+    AccountsV1: AccountsOn<Conn<K>>,
+{
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
     db.upgrader().upgrade_to(2).unwrap();
-    let only_v1 = Repository::<Accounts>::builder("old accounts")
-        .binding(1, Arc::new(common::AccountsV1))
+    let only_v1 = Repository::<dyn AccountsOn<Conn<K>>>::builder("old accounts")
+        .binding(1, Arc::new(AccountsV1))
         .build()
         .unwrap();
     let mut ran = false;
@@ -159,11 +189,14 @@ fn missing_bindings_fail_before_any_query() {
     );
 }
 
-#[test]
-fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
-    let (_dir, url) = temp_db();
-    drop(open_demo(&url)); // database at version 1
-    let newer_only = Tandem::<Sqlite>::builder(&url, tandem::testing::demo::catalog().unwrap())
+fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors<K: Kit>()
+where
+    NamesAnyVersion: Names<Conn<K>>,
+    AccountsV1: AccountsOn<Conn<K>>,
+{
+    let Some((_d, url)) = K::fresh() else { return };
+    drop(K::open(&url)); // database at version 1
+    let newer_only = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(2..=2)
         .open()
         .unwrap();
@@ -189,14 +222,18 @@ fn a_binary_that_does_not_serve_the_live_version_gets_typed_errors() {
         .unwrap();
 }
 
-#[test]
-fn serving_beyond_the_catalog_is_refused() {
-    let err = Tandem::<Sqlite>::builder(":memory:", tandem::testing::demo::catalog().unwrap())
+fn serving_beyond_the_catalog_is_refused<K: Kit>()
+where
+    NamesAnyVersion: Names<Conn<K>>,
+    AccountsV1: AccountsOn<Conn<K>>,
+{
+    let Some((_d, url)) = K::fresh() else { return };
+    let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(1..=3)
         .open()
         .unwrap_err();
     assert!(matches!(err, Error::ServedBeyondCatalog { .. }), "{err:?}");
-    let err = Tandem::<Sqlite>::builder(":memory:", tandem::testing::demo::catalog().unwrap())
+    let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
         .serves(0..=1)
         .open()
         .unwrap_err();
@@ -210,7 +247,7 @@ fn serving_beyond_the_catalog_is_refused() {
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Tandem<Sqlite>>();
-    check::<Repository<Accounts>>();
+    check::<Repository<common::Accounts>>();
     check::<Error>();
     check::<Catalog>();
     check::<Version>();
@@ -219,3 +256,12 @@ fn public_types_are_send_and_sync() {
     check::<tandem::PhaseReport>();
     check::<tandem::WriterPolicy>();
 }
+
+per_backend!(
+    each_call_runs_the_live_versions_binding,
+    a_unit_of_work_spans_repositories_with_one_version_and_rolls_back_as_one,
+    version_gate_follows_the_calls_version,
+    missing_bindings_fail_before_any_query,
+    a_binary_that_does_not_serve_the_live_version_gets_typed_errors,
+    serving_beyond_the_catalog_is_refused,
+);

@@ -4,14 +4,12 @@
 
 mod common;
 
-use common::{accounts, catalog, columns, open_demo, raw, tables, temp_db, THREE_VERSIONS};
-use diesel::connection::SimpleConnection;
-use tandem::{Error, Mode, Sqlite, StatePhase, Tandem};
+use common::{accounts, catalog, open_demo, per_backend, Kit, THREE_VERSIONS};
+use tandem::{Backend, Error, Mode, StatePhase, Tandem};
 
-#[test]
-fn first_use_creates_metadata_and_installs_version_1() {
-    let (_dir, url) = temp_db();
-    let db = open_demo(&url);
+fn first_use_creates_metadata_and_installs_version_1<K: Kit>() {
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
     let state = db.state().unwrap();
     assert_eq!(state.version.get(), 1);
     assert_eq!(state.phase, StatePhase::Stable);
@@ -30,18 +28,21 @@ fn first_use_creates_metadata_and_installs_version_1() {
     assert_eq!(
         history[0].checksum,
         db.catalog()
-            .phase(history[0].version, tandem::Phase::Expand, "sqlite")
+            .phase(
+                history[0].version,
+                tandem::Phase::Expand,
+                <K::B as Backend>::NAME
+            )
             .unwrap()
             .checksum
     );
-    let mut conn = raw(&url);
-    let t = tables(&mut conn);
+    let t = K::tables(&url);
     for table in ["accounts", "tandem_state", "tandem_history", "tandem_fleet"] {
         assert!(t.contains(&table.to_owned()), "{table} missing from {t:?}");
     }
     // Opening again adopts the same metadata; nothing is re-applied.
     drop(db);
-    let again = open_demo(&url);
+    let again = K::open(&url);
     assert_eq!(again.history().unwrap().len(), 1);
 }
 
@@ -60,33 +61,30 @@ fn in_memory_databases_work() {
     );
 }
 
-#[test]
-fn custom_prefix_keeps_separate_metadata() {
+fn custom_prefix_keeps_separate_metadata<K: Kit>() {
     let (_dir, cat) = catalog(THREE_VERSIONS);
-    let (_db_dir, url) = temp_db();
-    let a = Tandem::<Sqlite>::builder(&url, cat.clone())
+    let Some((_d, url)) = K::fresh() else { return };
+    let a = Tandem::<K::B>::builder(&url, cat.clone())
         .prefix("app_meta_")
         .open()
         .unwrap();
     assert_eq!(a.state().unwrap().version.get(), 1);
-    let mut conn = raw(&url);
-    let t = tables(&mut conn);
+    let t = K::tables(&url);
     assert!(t.contains(&"app_meta_state".to_owned()), "{t:?}");
     assert!(!t.contains(&"tandem_state".to_owned()), "{t:?}");
     // The default prefix finds no metadata in a database with tables: it refuses to guess.
-    let err = Tandem::<Sqlite>::builder(&url, cat).open().unwrap_err();
+    let err = Tandem::<K::B>::builder(&url, cat).open().unwrap_err();
     assert!(
         matches!(err, Error::NotAdopted { tables: 4, .. }),
         "{err:?}"
     );
 }
 
-#[test]
-fn invalid_prefix_is_refused_before_touching_the_database() {
+fn invalid_prefix_is_refused_before_touching_the_database<K: Kit>() {
     let (_dir, cat) = catalog(THREE_VERSIONS);
-    let (_db_dir, url) = temp_db();
+    let Some((_d, url)) = K::fresh() else { return };
     for prefix in ["x; DROP TABLE y", "", "9lives_", "Upper_", "a b"] {
-        let err = Tandem::<Sqlite>::builder(&url, cat.clone())
+        let err = Tandem::<K::B>::builder(&url, cat.clone())
             .prefix(prefix)
             .open()
             .unwrap_err();
@@ -96,23 +94,29 @@ fn invalid_prefix_is_refused_before_touching_the_database() {
         );
         assert!(err.to_string().contains("plain identifier"), "{err}");
     }
-    assert!(
-        !std::path::Path::new(&url).exists(),
-        "no database file may be created"
-    );
+    if <K::B as Backend>::NAME == "sqlite" {
+        assert!(
+            !std::path::Path::new(&url).exists(),
+            "no database file may be created"
+        );
+    } else {
+        assert_eq!(
+            K::tables(&url),
+            Vec::<String>::new(),
+            "no table may be created"
+        );
+    }
 }
 
-#[test]
-fn existing_schema_is_adopted_only_by_baseline() {
+fn existing_schema_is_adopted_only_by_baseline<K: Kit>() {
     let (_dir, cat) = catalog(THREE_VERSIONS);
-    let (_db_dir, url) = temp_db();
-    raw(&url)
-        .batch_execute(
-            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, label TEXT); \
-             INSERT INTO items (name) VALUES ('kept');",
-        )
-        .unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, cat.clone())
+    let Some((_d, url)) = K::fresh() else { return };
+    K::exec(
+        &url,
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, label TEXT); \
+         INSERT INTO items (id, name) VALUES (1, 'kept');",
+    );
+    let err = Tandem::<K::B>::builder(&url, cat.clone())
         .open()
         .unwrap_err();
     assert!(
@@ -121,11 +125,11 @@ fn existing_schema_is_adopted_only_by_baseline() {
     );
     assert!(err.to_string().contains("baseline"), "{err}");
     assert!(
-        !tables(&mut raw(&url)).contains(&"tandem_state".to_owned()),
+        !K::tables(&url).contains(&"tandem_state".to_owned()),
         "refusal created metadata"
     );
 
-    let db = Tandem::<Sqlite>::builder(&url, cat.clone())
+    let db = Tandem::<K::B>::builder(&url, cat.clone())
         .baseline(2)
         .open()
         .unwrap();
@@ -137,27 +141,26 @@ fn existing_schema_is_adopted_only_by_baseline() {
     );
     drop(db);
     // The same baseline again is harmless; another one is refused.
-    Tandem::<Sqlite>::builder(&url, cat.clone())
+    Tandem::<K::B>::builder(&url, cat.clone())
         .baseline(2)
         .open()
         .unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, cat.clone())
+    let err = Tandem::<K::B>::builder(&url, cat.clone())
         .baseline(1)
         .open()
         .unwrap_err();
     assert!(matches!(err, Error::BaselineMismatch { .. }), "{err:?}");
     // A baseline beyond the catalog is refused.
-    let err = Tandem::<Sqlite>::builder(&url, cat)
+    let err = Tandem::<K::B>::builder(&url, cat)
         .baseline(9)
         .open()
         .unwrap_err();
     assert!(matches!(err, Error::UnknownVersion { .. }), "{err:?}");
     // The adopted data is untouched.
-    assert!(columns(&mut raw(&url), "items").contains(&"label".to_owned()));
+    assert!(K::columns(&url, "items").contains(&"label".to_owned()));
 }
 
-#[test]
-fn damaged_metadata_is_refused_and_left_alone() {
+fn damaged_metadata_is_refused_and_left_alone<K: Kit>() {
     let cases: &[(&str, &str)] = &[
         ("UPDATE tandem_state SET phase = 'exploded'", "phase"),
         ("UPDATE tandem_state SET version = -3", "version -3"),
@@ -165,10 +168,10 @@ fn damaged_metadata_is_refused_and_left_alone() {
         ("DELETE FROM tandem_state", "no row"),
     ];
     for (tamper, detail) in cases {
-        let (_dir, url) = temp_db();
-        drop(open_demo(&url));
-        raw(&url).batch_execute(tamper).unwrap();
-        let err = Tandem::<Sqlite>::builder(&url, tandem::testing::demo::catalog().unwrap())
+        let Some((_d, url)) = K::fresh() else { return };
+        drop(K::open(&url));
+        K::exec(&url, tamper);
+        let err = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .open()
             .unwrap_err();
         match &err {
@@ -182,20 +185,17 @@ fn damaged_metadata_is_refused_and_left_alone() {
     }
 }
 
-#[test]
-fn future_version_fails_calls_before_any_query_and_refuses_upgrades() {
-    let (_dir, url) = temp_db();
-    let db = open_demo(&url);
+fn future_version_fails_calls_before_any_query_and_refuses_upgrades<K: Kit>() {
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
     drop(db);
     // A newer binary moved the database to version 7 (unknown to this catalog).
-    raw(&url)
-        .batch_execute("UPDATE tandem_state SET version = 7")
-        .unwrap();
-    let db = open_demo(&url);
+    K::exec(&url, "UPDATE tandem_state SET version = 7");
+    let db = K::open(&url);
     assert_eq!(db.live_version().get(), 7);
     let mut ran = false;
     let err = db
-        .call(&accounts(), |_, _| {
+        .call(&K::repo(), |_, _| {
             ran = true;
             Ok::<_, Error>(())
         })
@@ -217,3 +217,12 @@ fn future_version_fails_calls_before_any_query_and_refuses_upgrades() {
     );
     assert_eq!(db.state().unwrap().version.get(), 7, "nothing changed");
 }
+
+per_backend!(
+    first_use_creates_metadata_and_installs_version_1,
+    custom_prefix_keeps_separate_metadata,
+    invalid_prefix_is_refused_before_touching_the_database,
+    existing_schema_is_adopted_only_by_baseline,
+    damaged_metadata_is_refused_and_left_alone,
+    future_version_fails_calls_before_any_query_and_refuses_upgrades,
+);

@@ -6,17 +6,17 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{accounts, catalog, columns, open_demo, raw, tables, temp_db, THREE_VERSIONS};
-use tandem::{Catalog, Error, Phase, Sqlite, StatePhase, Tandem};
+use common::{catalog, per_backend, Kit, THREE_VERSIONS};
+use tandem::{Backend, Catalog, Error, Phase, StatePhase, Tandem};
 
-fn open(url: &str, cat: Catalog, serves: std::ops::RangeInclusive<u32>) -> Tandem<Sqlite> {
-    Tandem::<Sqlite>::builder(url, cat)
+fn open<K: Kit>(url: &str, cat: Catalog, serves: std::ops::RangeInclusive<u32>) -> Tandem<K::B> {
+    Tandem::<K::B>::builder(url, cat)
         .serves(serves)
         .open()
         .unwrap()
 }
 
-fn phases(db: &Tandem<Sqlite>) -> Vec<(u32, String, String)> {
+fn phases<B: Backend>(db: &Tandem<B>) -> Vec<(u32, String, String)> {
     db.history()
         .unwrap()
         .into_iter()
@@ -28,11 +28,10 @@ fn row(v: u32, phase: &str, outcome: &str) -> (u32, String, String) {
     (v, phase.to_owned(), outcome.to_owned())
 }
 
-#[test]
-fn upgrade_to_walks_every_hop_from_an_old_database() {
+fn upgrade_to_walks_every_hop_from_an_old_database<K: Kit>() {
     let (_c, cat) = catalog(THREE_VERSIONS);
-    let (_d, url) = temp_db();
-    let db = open(&url, cat, 1..=3);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=3);
     let reports = db.upgrader().upgrade_to(3).unwrap();
     let done: Vec<_> = reports.iter().map(|r| (r.version.get(), r.phase)).collect();
     assert_eq!(
@@ -64,22 +63,21 @@ fn upgrade_to_walks_every_hop_from_an_old_database() {
             row(3, "contract", "applied"),
         ]
     );
-    let mut conn = raw(&url);
-    let t = tables(&mut conn);
+    let t = K::tables(&url);
     assert!(
         t.contains(&"tags".to_owned()) && !t.contains(&"switched_to_2".to_owned()),
         "{t:?}"
     );
-    assert!(columns(&mut conn, "items").contains(&"label".to_owned()));
+    assert!(K::columns(&url, "items").contains(&"label".to_owned()));
     // Nothing left to do: running again is a no-op.
     assert!(db.upgrader().upgrade_to(3).unwrap().is_empty());
     assert_eq!(db.history().unwrap().len(), 7);
 }
 
-#[test]
-fn each_phase_is_idempotent() {
+fn each_phase_is_idempotent<K: Kit>() {
     let (_c, cat) = catalog(THREE_VERSIONS);
-    let db = open(":memory:", cat, 1..=2);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=2);
     let up = db.upgrader();
     assert!(!up.expand().unwrap().already_done);
     assert!(up.expand().unwrap().already_done);
@@ -90,10 +88,10 @@ fn each_phase_is_idempotent() {
     assert_eq!(db.history().unwrap().len(), 4);
 }
 
-#[test]
-fn phases_out_of_order_are_refused_and_change_nothing() {
+fn phases_out_of_order_are_refused_and_change_nothing<K: Kit>() {
     let (_c, cat) = catalog(THREE_VERSIONS);
-    let db = open(":memory:", cat, 1..=3);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=3);
     let up = db.upgrader();
     let before = db.state().unwrap();
 
@@ -160,15 +158,14 @@ fn phases_out_of_order_are_refused_and_change_nothing() {
     assert_ne!(before.epoch, db.state().unwrap().epoch);
 }
 
-#[test]
-fn switch_back_runs_switch_back_sql_and_restores_the_old_binding() {
+fn switch_back_runs_switch_back_sql_and_restores_the_old_binding<K: Kit>() {
     let (_c, cat) = catalog(THREE_VERSIONS);
-    let (_d, url) = temp_db();
-    let db = open(&url, cat, 1..=2);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=2);
     let up = db.upgrader();
     up.expand().unwrap();
     up.switch().unwrap();
-    assert!(tables(&mut raw(&url)).contains(&"switched_to_2".to_owned()));
+    assert!(K::tables(&url).contains(&"switched_to_2".to_owned()));
     let report = up.switch_back().unwrap();
     assert_eq!((report.version.get(), report.phase), (2, Phase::SwitchBack));
     let state = db.state().unwrap();
@@ -177,7 +174,7 @@ fn switch_back_runs_switch_back_sql_and_restores_the_old_binding() {
         (1, StatePhase::Expanded)
     );
     assert_eq!(db.live_version().get(), 1);
-    assert!(!tables(&mut raw(&url)).contains(&"switched_to_2".to_owned()));
+    assert!(!K::tables(&url).contains(&"switched_to_2".to_owned()));
     assert!(up.switch_back().unwrap().already_done);
     // And forward again.
     up.switch().unwrap();
@@ -193,15 +190,15 @@ fn switch_back_runs_switch_back_sql_and_restores_the_old_binding() {
     );
 }
 
-#[test]
-fn switch_back_without_switch_back_sql_is_refused() {
+fn switch_back_without_switch_back_sql_is_refused<K: Kit>() {
     let files: Vec<(&str, &str)> = THREE_VERSIONS
         .iter()
         .copied()
         .filter(|(p, _)| !p.ends_with("switch_back.sql"))
         .collect();
     let (_c, cat) = catalog(&files);
-    let db = open(":memory:", cat, 1..=2);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=2);
     db.upgrader().expand().unwrap();
     db.upgrader().switch().unwrap();
     let err = db.upgrader().switch_back().unwrap_err();
@@ -212,10 +209,10 @@ fn switch_back_without_switch_back_sql_is_refused() {
     assert_eq!(db.live_version().get(), 2);
 }
 
-#[test]
-fn demo_switch_back_window_keeps_writes_of_both_bindings() {
-    let db = open_demo(":memory:");
-    let repo = accounts();
+fn demo_switch_back_window_keeps_writes_of_both_bindings<K: Kit>() {
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
+    let repo = K::repo();
     let up = db.upgrader();
     let old = db
         .call(&repo, |r, s| r.create(s.conn(), "old", "old@x"))
@@ -261,10 +258,10 @@ fn demo_switch_back_window_keeps_writes_of_both_bindings() {
     );
 }
 
-#[test]
-fn a_switch_that_would_strand_this_binary_is_refused() {
+fn a_switch_that_would_strand_this_binary_is_refused<K: Kit>() {
     let (_c, cat) = catalog(THREE_VERSIONS);
-    let db = open(":memory:", cat, 1..=1);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=1);
     db.upgrader().expand().unwrap();
     let err = db.upgrader().switch().unwrap_err();
     assert!(
@@ -275,11 +272,10 @@ fn a_switch_that_would_strand_this_binary_is_refused() {
     assert_eq!(db.state().unwrap().version.get(), 1);
 }
 
-#[test]
-fn checksum_drift_is_refused_naming_version_and_phase() {
+fn checksum_drift_is_refused_naming_version_and_phase<K: Kit>() {
     let (cat_dir, cat) = catalog(THREE_VERSIONS);
-    let (_d, url) = temp_db();
-    let db = open(&url, cat, 1..=2);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=2);
     db.upgrader().expand().unwrap();
     db.upgrader().switch().unwrap();
     drop(db);
@@ -290,7 +286,7 @@ fn checksum_drift_is_refused_naming_version_and_phase() {
         "ALTER TABLE items ADD COLUMN label TEXT; -- edited",
     )
     .unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
+    let err = Tandem::<K::B>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
         .serves(1..=2)
         .open()
         .unwrap_err();
@@ -315,7 +311,7 @@ fn checksum_drift_is_refused_naming_version_and_phase() {
     )
     .unwrap();
     std::fs::write(cat_dir.path().join("0002_labels/contract.sql"), "SELECT 1;").unwrap();
-    let db = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
+    let db = Tandem::<K::B>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
         .serves(1..=2)
         .open()
         .unwrap();
@@ -323,7 +319,7 @@ fn checksum_drift_is_refused_naming_version_and_phase() {
     drop(db);
     // But removing the applied switch.sql is drift too.
     std::fs::remove_file(cat_dir.path().join("0002_labels/switch.sql")).unwrap();
-    let err = Tandem::<Sqlite>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
+    let err = Tandem::<K::B>::builder(&url, Catalog::from_dir(cat_dir.path()).unwrap())
         .serves(1..=2)
         .open()
         .unwrap_err();
@@ -339,8 +335,7 @@ fn checksum_drift_is_refused_naming_version_and_phase() {
     );
 }
 
-#[test]
-fn sql_errors_roll_the_phase_back_and_are_journaled() {
+fn sql_errors_roll_the_phase_back_and_are_journaled<K: Kit>() {
     let broken = [
         (
             "0001_items/expand.sql",
@@ -352,8 +347,8 @@ fn sql_errors_roll_the_phase_back_and_are_journaled() {
         ),
     ];
     let (_c, cat) = catalog(&broken);
-    let (_d, url) = temp_db();
-    let db = open(&url, cat, 1..=2);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=2);
     let before = db.state().unwrap();
     let err = db.upgrader().expand().unwrap_err();
     match &err {
@@ -370,7 +365,7 @@ fn sql_errors_roll_the_phase_back_and_are_journaled() {
     assert!(err.to_string().contains("rolled back"), "{err}");
     assert_eq!(db.state().unwrap(), before, "state row unchanged");
     assert!(
-        !tables(&mut raw(&url)).contains(&"half_done".to_owned()),
+        !K::tables(&url).contains(&"half_done".to_owned()),
         "the first statement was rolled back too"
     );
     let h = db.history().unwrap();
@@ -398,13 +393,12 @@ fn sql_errors_roll_the_phase_back_and_are_journaled() {
             "CREATE TABLE half_done (x INTEGER);",
         ),
     ]);
-    let db = open(&url, fixed, 1..=2);
+    let db = open::<K>(&url, fixed, 1..=2);
     db.upgrader().upgrade_to(2).unwrap();
     assert_eq!(db.state().unwrap().version.get(), 2);
 }
 
-#[test]
-fn switch_and_contract_sql_errors_leave_the_version_where_it_was() {
+fn switch_and_contract_sql_errors_leave_the_version_where_it_was<K: Kit>() {
     let files = [
         (
             "0001_items/expand.sql",
@@ -420,8 +414,8 @@ fn switch_and_contract_sql_errors_leave_the_version_where_it_was() {
         ),
     ];
     let (_c, cat) = catalog(&files);
-    let (_d, url) = temp_db();
-    let db = open(&url, cat, 1..=2);
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = open::<K>(&url, cat, 1..=2);
     db.upgrader().expand().unwrap();
     let err = db.upgrader().switch().unwrap_err();
     assert!(
@@ -437,7 +431,7 @@ fn switch_and_contract_sql_errors_leave_the_version_where_it_was() {
     assert_eq!(db.live_version().get(), 1);
     let s = db.state().unwrap();
     assert_eq!((s.version.get(), s.phase), (1, StatePhase::Expanded));
-    assert!(!tables(&mut raw(&url)).contains(&"sw".to_owned()));
+    assert!(!K::tables(&url).contains(&"sw".to_owned()));
     drop(db);
 
     let files = [
@@ -446,7 +440,7 @@ fn switch_and_contract_sql_errors_leave_the_version_where_it_was() {
         ("0002_labels/contract.sql", "DROP TABLE does_not_exist;"),
     ];
     let (_c, cat) = catalog(&files);
-    let db = open(&url, cat, 1..=2);
+    let db = open::<K>(&url, cat, 1..=2);
     db.upgrader().switch().unwrap();
     let err = db.upgrader().contract().unwrap_err();
     assert!(
@@ -463,25 +457,24 @@ fn switch_and_contract_sql_errors_leave_the_version_where_it_was() {
     assert_eq!((s.version.get(), s.phase), (2, StatePhase::Switched));
 }
 
-#[test]
-fn a_failed_backfill_resumes_where_it_stopped() {
-    let (_d, url) = temp_db();
+fn a_failed_backfill_resumes_where_it_stopped<K: Kit>() {
+    let Some((_d, url)) = K::fresh() else { return };
     let fail_once = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let build = |fail: Arc<AtomicBool>, calls: Arc<std::sync::atomic::AtomicUsize>| {
-        Tandem::<Sqlite>::builder(&url, tandem::testing::demo::catalog().unwrap())
+        Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
             .backfill(2, "copy emails", move |conn| {
                 // The second batch fails once (a transient problem, say).
                 if calls.fetch_add(1, Ordering::SeqCst) == 1 && fail.swap(false, Ordering::SeqCst) {
                     return Err(diesel::result::Error::RollbackTransaction);
                 }
-                tandem::testing::demo::backfill_emails(conn)
+                K::backfill_emails(conn)
             })
             .open()
             .unwrap()
     };
     let db = build(fail_once.clone(), calls.clone());
-    let repo = accounts();
+    let repo = K::repo();
     db.unit_of_work(|s| -> tandem::Result<()> {
         let r = s.repo(&repo)?;
         for i in 0..2500 {
@@ -515,3 +508,94 @@ fn a_failed_backfill_resumes_where_it_stopped() {
         assert_eq!(email, Some(format!("e{}@x", id - 1)));
     }
 }
+
+/// The demo with 2500 accounts: a backfill in batches, a switch back whose
+/// old binding reads what the new one wrote, and forward again to the end.
+fn upgrade_cycle_with_backfill_and_switch_back<K: Kit>() {
+    let Some((_d, url)) = K::fresh() else { return };
+    let db = K::open(&url);
+    let repo = K::repo();
+    let ids: Vec<i64> = db
+        .unit_of_work(|s| -> tandem::Result<Vec<i64>> {
+            let r = s.repo(&repo)?;
+            (0..2500)
+                .map(|i| r.create(s.conn(), &format!("n{i}"), &format!("e{i}@x")))
+                .collect()
+        })
+        .unwrap();
+    let up = db.upgrader();
+    let expand = up.expand().unwrap();
+    assert_eq!(expand.batches, 3);
+    up.switch().unwrap();
+    assert_eq!(
+        db.call(&repo, |r, s| Ok::<_, Error>((
+            r.version(),
+            K::live(s.conn())
+        )))
+        .unwrap(),
+        (2, 2)
+    );
+    let new = db
+        .unit_of_work(|s| s.repo(&repo)?.create(s.conn(), "new", "new@x"))
+        .unwrap();
+    up.switch_back().unwrap();
+    // The v1 binding reads what v2 wrote (sync triggers).
+    assert_eq!(
+        db.call(&repo, |r, s| Ok::<_, Error>((
+            r.version(),
+            r.email(s.conn(), new)?
+        )))
+        .unwrap(),
+        (1, Some("new@x".to_owned()))
+    );
+    db.call(&repo, |r, s| r.set_email(s.conn(), ids[0], "changed@x"))
+        .unwrap();
+    up.switch().unwrap();
+    up.contract().unwrap();
+    let state = db.state().unwrap();
+    assert_eq!((state.version.get(), state.phase), (2, StatePhase::Stable));
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), ids[0]))
+            .unwrap()
+            .as_deref(),
+        Some("changed@x")
+    );
+    assert_eq!(
+        db.call(&repo, |r, s| r.email(s.conn(), ids[2499]))
+            .unwrap()
+            .as_deref(),
+        Some("e2499@x")
+    );
+    let history: Vec<String> = db
+        .history()
+        .unwrap()
+        .into_iter()
+        .map(|h| format!("{}:{}:{}", h.version, h.phase, h.outcome))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "1:expand:applied",
+            "2:expand:applied",
+            "2:switch:applied",
+            "2:switch_back:applied",
+            "2:switch:applied",
+            "2:contract:applied"
+        ]
+    );
+}
+
+per_backend!(
+    upgrade_cycle_with_backfill_and_switch_back,
+    upgrade_to_walks_every_hop_from_an_old_database,
+    each_phase_is_idempotent,
+    phases_out_of_order_are_refused_and_change_nothing,
+    switch_back_runs_switch_back_sql_and_restores_the_old_binding,
+    switch_back_without_switch_back_sql_is_refused,
+    demo_switch_back_window_keeps_writes_of_both_bindings,
+    a_switch_that_would_strand_this_binary_is_refused,
+    checksum_drift_is_refused_naming_version_and_phase,
+    sql_errors_roll_the_phase_back_and_are_journaled,
+    switch_and_contract_sql_errors_leave_the_version_where_it_was,
+    a_failed_backfill_resumes_where_it_stopped,
+);

@@ -193,3 +193,23 @@ macro_rules! bound_query {
     }};
 }
 pub(crate) use bound_query;
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    /// A backend's catalog override files (`expand.<name>.sql`) parse only
+    /// if the catalog knows its name.
+    #[test]
+    fn every_backend_name_is_one_the_catalog_knows() {
+        let names = [
+            #[cfg(feature = "sqlite")]
+            <super::Sqlite as Backend>::NAME,
+            #[cfg(feature = "postgres")]
+            <super::Postgres as Backend>::NAME,
+        ];
+        for name in names {
+            assert!(tandem_catalog::BACKEND_NAMES.contains(&name), "{name}");
+        }
+    }
+}

@@ -10,8 +10,15 @@ use diesel::prelude::*;
 use tandem::{Catalog, Repository, Sqlite, Tandem};
 use tempfile::TempDir;
 
+mod kit;
 #[cfg(feature = "postgres")]
 pub mod pg;
+
+#[cfg(feature = "postgres")]
+#[allow(unused_imports)]
+pub use kit::PgKit;
+#[allow(unused_imports)] // each test binary uses a different part
+pub(crate) use kit::{per_backend, Kit, SqliteKit};
 
 // The demo repository and its bindings are the examples' own.
 #[path = "../../examples/shared/accounts.rs"]

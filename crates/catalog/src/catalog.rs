@@ -25,8 +25,12 @@ use sha2::{Digest, Sha256};
 use crate::error::CatalogError;
 use crate::version::{Phase, Version};
 
-/// The backends a catalog file may be specific to (`expand.sqlite.sql`).
-pub(crate) const BACKEND_NAMES: [&str; 2] = ["sqlite", "postgres"];
+/// The backends a catalog file may be specific to (`expand.sqlite.sql`):
+/// each of tandem's backends' `Backend::NAME` (a unit test in tandem checks
+/// that every backend's name is here). A file naming another one
+/// (`expand.mysql.sql`) is refused as [`CatalogError::UnknownFile`], and a
+/// version without a generic `expand.sql` needs one for each name here.
+pub const BACKEND_NAMES: [&str; 2] = ["sqlite", "postgres"];
 
 /// One file of a catalog embedded in the binary. Produced by
 /// `tandem::embed_catalog!`; not usually written by hand.

@@ -27,6 +27,7 @@ mod version;
 
 pub use catalog::{
     embeddable_files, sha256_hex, Catalog, CatalogVersion, EmbeddedCatalog, EmbeddedFile, PhaseSql,
+    BACKEND_NAMES,
 };
 pub use error::CatalogError;
 pub use version::{Phase, Version};
