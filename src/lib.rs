@@ -159,8 +159,16 @@
 //! ## Backends
 //!
 //! SQLite (feature `sqlite`, default, bundled) and PostgreSQL (feature
-//! `postgres`). The `testing` feature adds [`testing`]: the two-version test
-//! kit, fault injection and the demo schema the examples here use.
+//! `postgres`), each a [`Backend`]: a [`Dialect`] (SQL text), [`Locks`] (the
+//! database's side of the schema lock) and the I/O, all sealed. The
+//! `testing` feature adds [`testing`]: the two-version test kit, fault
+//! injection and the demo schema the examples here use.
+//!
+//! ## Errors
+//!
+//! One [`Error`] enum whose variants name the versions, tables and
+//! instances involved and the next step; [`Error::area`] groups them
+//! ([`Area`]) and [`Error::is_retryable`] says which may simply run again.
 //!
 //! ## Embedding the catalog
 //!
@@ -177,7 +185,9 @@
 //! ## Layers
 //!
 //! Inside, the modules import one way (the README's "Architecture" has the
-//! table): the backends' primitives, then the store (the only code that
+//! table): the backends' primitives (a dialect, database locks and I/O per
+//! backend, in one file each; nothing above them names a backend), then the
+//! store (the only code that
 //! runs SQL on tandem's own tables), then the state one opened database
 //! shares, then the fleet and the upgrader, then serving ([`Tandem`],
 //! [`Builder`]), and this page's re-exports on top. The invariants the
@@ -234,7 +244,7 @@ pub mod testing;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod upgrade;
 
-pub use error::{Error, Result};
+pub use error::{Area, Error, Result};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use redact::redact;
 pub use tandem_catalog::{

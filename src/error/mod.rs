@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::version::{Phase, Version};
 
+mod area;
+pub use area::Area;
+
 /// Shorthand for `Result<T, tandem::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -12,7 +15,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Errors are split like diesel's: [`CatalogError`] while reading
 /// `schema_versions/`, the other variants while serving or upgrading.
-/// No variant ever contains a database password.
+/// One flat enum, so that the common cases match in one step
+/// (`Err(Error::Upgrading { .. })` in a request handler); [`Error::area`]
+/// groups them ([`Area`]: configuration, catalog, serving, metadata,
+/// upgrade, fleet, database) and [`Error::is_retryable`] says which may
+/// simply be tried again. No variant ever contains a database password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -17,78 +17,93 @@ pub(super) fn initialize<B: Backend>(
         // and then find it (transaction-scoped: nothing stays on a pooled
         // connection).
         B::serialize_initialization(c, store.init_key())?;
-        let now = store::now_ms();
         let state_exists = Store::table_exists::<B>(c, store.state_table())?;
         store.check_tables::<B>(c, state_exists)?;
         if state_exists {
-            let state = store.read_state::<B>(c)?;
-            if let Some(requested) = baseline {
-                let baselined = store
-                    .history::<B>(c)?
-                    .iter()
-                    .any(|h| h.phase == store::BASELINE && h.version == requested);
-                if !baselined {
-                    return Err(Error::BaselineMismatch {
-                        requested,
-                        live: state.version,
-                    });
-                }
-            }
-            return Ok(state.version);
-        }
-        let tables = Store::count::<B>(c, B::user_tables_sql(), &[])?;
-        match baseline {
-            Some(version) => {
-                store.create::<B>(c, version)?;
-                store.record::<B>(
-                    c,
-                    version,
-                    store::BASELINE,
-                    "-",
-                    now,
-                    Some(now),
-                    store::APPLIED,
-                    instance,
-                    None,
-                )?;
-                tracing::info!(%version, "adopted existing database by baseline");
-                Ok(version)
-            }
-            None if tables > 0 => Err(Error::NotAdopted {
-                prefix: store.state_table().trim_end_matches("state").to_owned(),
-                tables,
-            }),
-            None => {
-                let first = Version::FIRST;
-                let sql = catalog
-                    .phase(first, Phase::Expand, B::NAME)
-                    .ok_or_else(|| Error::UnknownVersion {
-                        version: first,
-                        latest: catalog.latest(),
-                    })?;
-                c.batch_execute(sql.text)
-                    .map_err(|source| Error::PhaseFailed {
-                        version: first,
-                        phase: Phase::Expand,
-                        source,
-                    })?;
-                store.create::<B>(c, first)?;
-                store.record::<B>(
-                    c,
-                    first,
-                    Phase::Expand.as_str(),
-                    sql.checksum,
-                    now,
-                    Some(store::now_ms()),
-                    store::APPLIED,
-                    instance,
-                    None,
-                )?;
-                tracing::info!("installed version 1 on an empty database");
-                Ok(first)
-            }
+            existing::<B>(c, store, baseline)
+        } else {
+            create::<B>(c, store, catalog, baseline, instance)
         }
     })
+}
+
+/// Metadata found: its live version, if a requested baseline is the one
+/// recorded.
+fn existing<B: Backend>(
+    c: &mut B::Connection,
+    store: &Store,
+    baseline: Option<Version>,
+) -> Result<Version> {
+    let state = store.read_state::<B>(c)?;
+    if let Some(requested) = baseline {
+        let baselined = store
+            .history::<B>(c)?
+            .iter()
+            .any(|h| h.phase == store::BASELINE && h.version == requested);
+        if !baselined {
+            return Err(Error::BaselineMismatch {
+                requested,
+                live: state.version,
+            });
+        }
+    }
+    Ok(state.version)
+}
+
+/// No metadata: adopts the schema by `baseline`, refuses an existing schema
+/// without one, or installs version 1 on an empty database.
+fn create<B: Backend>(
+    c: &mut B::Connection,
+    store: &Store,
+    catalog: &Catalog,
+    baseline: Option<Version>,
+    instance: &str,
+) -> Result<Version> {
+    let now = store::now_ms();
+    let tables = Store::count::<B>(c, B::user_tables_sql(), &[])?;
+    let (version, phase, checksum) = match baseline {
+        Some(version) => (version, store::BASELINE, "-"),
+        None if tables > 0 => {
+            return Err(Error::NotAdopted {
+                prefix: store.state_table().trim_end_matches("state").to_owned(),
+                tables,
+            })
+        }
+        None => {
+            let first = Version::FIRST;
+            let sql = catalog
+                .phase(first, Phase::Expand, B::NAME)
+                .ok_or_else(|| Error::UnknownVersion {
+                    version: first,
+                    latest: catalog.latest(),
+                })?;
+            c.batch_execute(sql.text)
+                .map_err(|source| Error::PhaseFailed {
+                    version: first,
+                    phase: Phase::Expand,
+                    source,
+                })?;
+            (first, Phase::Expand.as_str(), sql.checksum)
+        }
+    };
+    store.create::<B>(c, version)?;
+    store.record::<B>(
+        c,
+        version,
+        phase,
+        checksum,
+        now,
+        Some(store::now_ms()),
+        store::APPLIED,
+        instance,
+        None,
+    )?;
+    if baseline.is_some() {
+        tracing::info!(%version, "adopted existing database by baseline");
+    } else {
+        tracing::info!("installed version 1 on an empty database");
+    }
+    Ok(version)
 }
 
 use diesel::connection::SimpleConnection as _;

@@ -2,6 +2,41 @@
 
 use super::*;
 
+/// The columns each of tandem's tables must have (more are allowed: a
+/// newer release may add some).
+const STATE_COLUMNS: &[&str] = &[
+    "id",
+    "version",
+    "phase",
+    "mode",
+    "epoch",
+    "owner",
+    "owner_until",
+    "updated_at",
+];
+const HISTORY_COLUMNS: &[&str] = &[
+    "id",
+    "version",
+    "phase",
+    "checksum",
+    "started_at",
+    "finished_at",
+    "outcome",
+    "by_instance",
+    "detail",
+];
+const FLEET_COLUMNS: &[&str] = &[
+    "id",
+    "host",
+    "pid",
+    "label",
+    "min_version",
+    "max_version",
+    "observed_epoch",
+    "lease_until",
+    "started_at",
+];
+
 impl Store {
     pub(crate) fn count<B: Backend>(
         conn: &mut B::Connection,
@@ -25,87 +60,65 @@ impl Store {
         conn: &mut B::Connection,
         state_exists: bool,
     ) -> Result<()> {
-        const STATE: &[&str] = &[
-            "id",
-            "version",
-            "phase",
-            "mode",
-            "epoch",
-            "owner",
-            "owner_until",
-            "updated_at",
-        ];
-        const HISTORY: &[&str] = &[
-            "id",
-            "version",
-            "phase",
-            "checksum",
-            "started_at",
-            "finished_at",
-            "outcome",
-            "by_instance",
-            "detail",
-        ];
-        const FLEET: &[&str] = &[
-            "id",
-            "host",
-            "pid",
-            "label",
-            "min_version",
-            "max_version",
-            "observed_epoch",
-            "lease_until",
-            "started_at",
-        ];
         for (table, expected) in [
-            (&self.state, STATE),
-            (&self.history, HISTORY),
-            (&self.fleet, FLEET),
+            (&self.state, STATE_COLUMNS),
+            (&self.history, HISTORY_COLUMNS),
+            (&self.fleet, FLEET_COLUMNS),
         ] {
-            let rows: Vec<NameRow> = B::load(conn, B::column_names_sql(), &[Bind::Text(table)])?;
-            let present: Vec<String> = rows.into_iter().map(|r| r.name.to_lowercase()).collect();
-            if !state_exists {
-                if !present.is_empty() {
-                    return Err(Error::PrefixTaken {
-                        table: table.clone(),
-                        detail: format!(
-                            "it exists although {} does not, so it is not tandem's (or its state \
-                             table was dropped: then restore {} from a backup)",
-                            self.state, self.state
-                        ),
-                    });
-                }
-                continue;
-            }
-            if present.is_empty() {
-                return Err(
-                    self.corrupt(table, format!("the table is missing beside {}", self.state))
-                );
-            }
-            if table == &self.fleet && !present.iter().any(|p| p == "catalog") {
-                // Metadata of a release before fleet rows carried their
-                // catalog: add the column (nullable; such rows are unknown).
-                B::execute(
-                    conn,
-                    &format!("ALTER TABLE {} ADD COLUMN catalog TEXT", self.fleet),
-                    &[],
-                )?;
-                tracing::info!(table = %self.fleet, "added the catalog column to the fleet table");
-            }
-            let missing: Vec<&str> = expected
-                .iter()
-                .copied()
-                .filter(|c| !present.iter().any(|p| p == c))
-                .collect();
-            if !missing.is_empty() {
+            self.check_table::<B>(conn, table, expected, state_exists)?;
+        }
+        Ok(())
+    }
+
+    /// One table of [`check_tables`](Store::check_tables).
+    fn check_table<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        table: &str,
+        expected: &[&str],
+        state_exists: bool,
+    ) -> Result<()> {
+        let rows: Vec<NameRow> = B::load(conn, B::column_names_sql(), &[Bind::Text(table)])?;
+        let present: Vec<String> = rows.into_iter().map(|r| r.name.to_lowercase()).collect();
+        if !state_exists {
+            if !present.is_empty() {
                 return Err(Error::PrefixTaken {
-                    table: table.clone(),
+                    table: table.to_owned(),
                     detail: format!(
-                        "it lacks tandem's columns {}, so it is not one of tandem's tables",
-                        missing.join(", ")
+                        "it exists although {} does not, so it is not tandem's (or its state \
+                         table was dropped: then restore {} from a backup)",
+                        self.state, self.state
                     ),
                 });
             }
+            return Ok(());
+        }
+        if present.is_empty() {
+            return Err(self.corrupt(table, format!("the table is missing beside {}", self.state)));
+        }
+        if table == self.fleet && !present.iter().any(|p| p == "catalog") {
+            // Metadata of a release before fleet rows carried their
+            // catalog: add the column (nullable; such rows are unknown).
+            B::execute(
+                conn,
+                &format!("ALTER TABLE {} ADD COLUMN catalog TEXT", self.fleet),
+                &[],
+            )?;
+            tracing::info!(table = %self.fleet, "added the catalog column to the fleet table");
+        }
+        let missing: Vec<&str> = expected
+            .iter()
+            .copied()
+            .filter(|c| !present.iter().any(|p| p == c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::PrefixTaken {
+                table: table.to_owned(),
+                detail: format!(
+                    "it lacks tandem's columns {}, so it is not one of tandem's tables",
+                    missing.join(", ")
+                ),
+            });
         }
         Ok(())
     }
