@@ -72,31 +72,54 @@ pub trait Dialect: super::sealed::Sealed {
 }
 
 /// `?` placeholders as `$1`, `$2`, … in order, outside quoted strings and
-/// identifiers (tandem's metadata SQL has no `?` operator). Borrowed when
-/// there is none.
+/// identifiers, dollar-quoted bodies (`$$ … $$`, `$tag$ … $tag$`) and
+/// comments (tandem's metadata SQL has no `?` operator). Borrowed when there
+/// is none.
 #[cfg_attr(not(any(feature = "postgres", test)), allow(dead_code))]
 pub(crate) fn numbered(sql: &str) -> Cow<'_, str> {
     if !sql.contains('?') {
         return Cow::Borrowed(sql);
     }
     let mut out = String::with_capacity(sql.len() + 8);
-    let mut quote: Option<char> = None;
     let mut n = 0u32;
-    for ch in sql.chars() {
-        match (quote, ch) {
-            (None, '?') => {
+    let mut rest = sql;
+    while let Some(ch) = rest.chars().next() {
+        // The text that stands as it is: a quoted string or identifier, a
+        // dollar-quoted body, a comment; else one character.
+        let skip = match ch {
+            '\'' | '"' => rest[1..].find(ch).map_or(rest.len(), |end| end + 2),
+            '-' if rest.starts_with("--") => rest.find('\n').unwrap_or(rest.len()),
+            '/' if rest.starts_with("/*") => rest.find("*/").map_or(rest.len(), |end| end + 2),
+            '$' => dollar_quoted(rest).unwrap_or(1),
+            '?' => {
                 n = n.saturating_add(1);
                 out.push('$');
                 out.push_str(&n.to_string());
+                rest = &rest[1..];
                 continue;
             }
-            (None, '\'' | '"') => quote = Some(ch),
-            (Some(q), c) if c == q => quote = None,
-            _ => {}
-        }
-        out.push(ch);
+            _ => ch.len_utf8(),
+        };
+        out.push_str(&rest[..skip]);
+        rest = &rest[skip..];
     }
     Cow::Owned(out)
+}
+
+/// The length of the dollar-quoted body (`$tag$ … $tag$`) `text` starts
+/// with, if it starts with one.
+fn dollar_quoted(text: &str) -> Option<usize> {
+    let tag_end = text[1..].find('$')? + 2;
+    let tag = &text[..tag_end];
+    if !tag[1..tag_end - 1]
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || tag[1..].starts_with(|c: char| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let close = text[tag_end..].find(tag)?;
+    Some(tag_end + close + tag.len())
 }
 
 #[cfg(test)]
@@ -115,5 +138,12 @@ mod tests {
             numbered("SELECT 1"),
             std::borrow::Cow::Borrowed("SELECT 1")
         ));
+        // Comments and dollar-quoted bodies stand as they are; `$1` is no
+        // dollar quote.
+        assert_eq!(
+            numbered("SELECT ? -- what?\n, $$ a ? $$, $f$ b ? $f$, /* c? */ ?, $1"),
+            "SELECT $1 -- what?\n, $$ a ? $$, $f$ b ? $f$, /* c? */ $2, $1"
+        );
+        assert_eq!(numbered("SELECT 'open ?"), "SELECT 'open ?");
     }
 }

@@ -194,6 +194,21 @@ macro_rules! bound_query {
 }
 pub(crate) use bound_query;
 
+/// Whether `error` is a passing lock conflict on any enabled backend (the
+/// error does not say which backend raised it; the lists do not overlap in
+/// what they accept).
+pub(crate) fn is_any_lock_conflict(error: &diesel::result::Error) -> bool {
+    #[cfg(feature = "sqlite")]
+    if <Sqlite as Locks<diesel::SqliteConnection>>::is_transient(error) {
+        return true;
+    }
+    #[cfg(feature = "postgres")]
+    if <Postgres as Locks<diesel::PgConnection>>::is_transient(error) {
+        return true;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::Backend;

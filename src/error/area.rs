@@ -88,9 +88,13 @@ impl Error {
     /// fleet did not come in time ([`LockTimeout`](Error::LockTimeout),
     /// [`PhaseContended`](Error::PhaseContended),
     /// [`FleetNotAcknowledged`](Error::FleetNotAcknowledged)), or no pooled
-    /// connection was free ([`Pool`](Error::Pool)). Each of these left the
-    /// database as it was. Everything else needs a change first (a
-    /// deployment, an upgrade, a fix), which its message names.
+    /// connection was free ([`Pool`](Error::Pool)), or a statement met a
+    /// passing lock conflict ([`Query`](Error::Query) with SQLite's
+    /// "database is locked", a PostgreSQL lock timeout, deadlock or
+    /// serialization failure: its transaction rolled back). Each of these
+    /// left the database as it was. Everything else needs a change first (a
+    /// deployment, an upgrade, a fix), which its message names; the
+    /// [`Serving`](Area::Serving) errors need an upgrade or another instance.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -103,7 +107,11 @@ impl Error {
 
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     fn contended(&self) -> bool {
-        matches!(self, Error::PhaseContended { .. })
+        match self {
+            Error::PhaseContended { .. } => true,
+            Error::Query(e) => crate::backend::is_any_lock_conflict(e),
+            _ => false,
+        }
     }
 
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
@@ -216,6 +224,45 @@ mod tests {
                 (area, retry),
                 "{error}"
             );
+        }
+    }
+
+    /// A statement that met a passing lock conflict may run again; another
+    /// database error may not.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[test]
+    fn lock_conflicts_in_a_statement_are_retryable() {
+        use diesel::result::{DatabaseErrorKind, Error as Db};
+        let db = |kind, message: &str| {
+            Error::Query(Db::DatabaseError(kind, Box::new(message.to_owned())))
+        };
+        let unknown = DatabaseErrorKind::Unknown;
+        for (error, retry) in [
+            (
+                db(
+                    DatabaseErrorKind::SerializationFailure,
+                    "could not serialize access",
+                ),
+                true,
+            ),
+            #[cfg(feature = "sqlite")]
+            (db(unknown, "database is locked"), true),
+            #[cfg(feature = "postgres")]
+            (db(unknown, "canceling statement due to lock timeout"), true),
+            #[cfg(feature = "postgres")]
+            (db(unknown, "deadlock detected"), true),
+            (
+                db(
+                    DatabaseErrorKind::UniqueViolation,
+                    "UNIQUE constraint failed",
+                ),
+                false,
+            ),
+            (db(unknown, "no such table: accounts"), false),
+            (Error::Query(Db::NotFound), false),
+        ] {
+            assert_eq!(error.is_retryable(), retry, "{error}");
+            assert_eq!(error.area(), Area::Database);
         }
     }
 }

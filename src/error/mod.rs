@@ -102,8 +102,10 @@ pub enum Error {
     /// before any query runs, until an upgrade (for example
     /// [`Upgrader::upgrade_to`](crate::Upgrader::upgrade_to), which walks
     /// every hop) makes the live version servable; then they work again at
-    /// once. Transient: a service maps it to `503 Service Unavailable` with
-    /// `Retry-After`.
+    /// once. Transient during a rollout ([`Area::Serving`]): a service maps
+    /// it to `503 Service Unavailable` with `Retry-After`. Not
+    /// [`is_retryable`](Error::is_retryable), which means "succeeds later
+    /// with nobody acting": this one needs the upgrade to run.
     #[error(
         "the database is at schema version {live}, older than the versions this binary serves \
          ({first}..={last}): an upgrade to {first} is needed; retry once it has run (`upgrade_to({first})` \

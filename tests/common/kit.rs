@@ -6,6 +6,22 @@
 use diesel::prelude::*;
 use tandem::{Backend, Repository, Tandem};
 
+thread_local! {
+    /// The case running on this thread, for the SKIPPED line of a backend
+    /// that is not configured.
+    static CASE: std::cell::Cell<&'static str> = const { std::cell::Cell::new("a per-backend case") };
+}
+
+/// Names the case running on this thread (`per_backend!` does).
+pub fn set_case(name: &'static str) {
+    CASE.with(|c| c.set(name));
+}
+
+#[allow(dead_code)] // only PostgreSQL's kit reads it
+fn case() -> &'static str {
+    CASE.with(std::cell::Cell::get)
+}
+
 /// Each case once per backend: `per_backend!(case_a, case_b)` with
 /// `fn case_a<K: Kit>()`.
 #[allow(unused_macros)] // each test binary uses a different part
@@ -14,6 +30,7 @@ macro_rules! per_backend {
         mod sqlite {
             $(#[test]
             fn $case() {
+                $crate::common::set_case(stringify!($case));
                 super::$case::<$crate::common::SqliteKit>();
             })*
         }
@@ -21,6 +38,7 @@ macro_rules! per_backend {
         mod postgres {
             $(#[test]
             fn $case() {
+                $crate::common::set_case(stringify!($case));
                 super::$case::<$crate::common::PgKit>();
             })*
         }
@@ -145,20 +163,19 @@ impl Kit for PgKit {
     }
     type Guard = super::pg::PgDb;
     fn fresh() -> Option<(Self::Guard, String)> {
-        super::pg_setup("a per-backend case")
+        super::pg_setup(case())
     }
     fn fresh_with_password(password: &str) -> Option<(Self::Guard, String)> {
         // The test server trusts loopback, so any password is accepted.
-        let (db, url) = super::pg_setup("a per-backend case")?;
-        let url = url.replacen(
-            "postgres://postgres@",
-            &format!("postgres://postgres:{password}@"),
-            1,
-        );
-        assert!(
-            url.contains(password),
-            "PG_DATABASE_URL is not postgres://postgres@...: {url}"
-        );
+        let (db, url) = super::pg_setup(case())?;
+        let with_password = url.split_once("://").and_then(|(scheme, rest)| {
+            let (userinfo, host) = rest.split_once('@')?;
+            let user = userinfo.split(':').next()?;
+            Some(format!("{scheme}://{user}:{password}@{host}"))
+        });
+        let url = with_password.unwrap_or_else(|| {
+            panic!("PG_DATABASE_URL names no user (postgres://USER@HOST/...): {url}")
+        });
         Some((db, url))
     }
     fn unreachable_url(password: &str) -> String {

@@ -18,7 +18,7 @@ pub mod pg;
 #[allow(unused_imports)]
 pub use kit::PgKit;
 #[allow(unused_imports)] // each test binary uses a different part
-pub(crate) use kit::{per_backend, Kit, SqliteKit};
+pub(crate) use kit::{per_backend, set_case, Kit, SqliteKit};
 
 // The demo repository and its bindings are the examples' own.
 #[path = "../../examples/shared/accounts.rs"]
