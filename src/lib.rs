@@ -263,6 +263,8 @@ pub use diesel;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use dispatch::{Repository, RepositoryBuilder, Session};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use fleet::MissedSwitch;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use handle::{Builder, Conn, Tandem};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use lock::WriterPolicy;

@@ -11,7 +11,16 @@
 //!    reads the state row at the start and the end of every call.
 //! 2. **At most two versions in use.** No instance serves N-2 while another
 //!    serves N: version N+1 can be expanded only once N is contracted.
-//!    Shown by `tests/model.rs` and `tests/upgrade.rs`.
+//!    Shown by `tests/model.rs` and `tests/upgrade.rs`. Checked at run time
+//!    too: an instance that reads a state row more than one version away
+//!    from the one it has been serving (it missed a whole switch) leaves
+//!    the steady path at once and reports both versions
+//!    ([`MissedSwitch`](crate::MissedSwitch),
+//!    `Tandem::missed_switch`), before it waits for its steady calls to
+//!    drain, so no call arriving meanwhile runs the cached version; shown
+//!    by `tests/fleet.rs` (`an_instance_that_missed_a_whole_switch_…`,
+//!    `a_state_row_two_versions_ahead_closes_the_steady_path_…`, both
+//!    backends).
 //! 3. **The fleet is ready.** The switch to N never starts while a live
 //!    instance's binary lacks N (`SwitchRefused`), and contract never starts
 //!    while a live instance may still use N-1 (`FleetNotAcknowledged`).

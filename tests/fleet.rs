@@ -695,6 +695,122 @@ macro_rules! fleet_suite {
                 assert!(upgrader.state().unwrap().epoch > high, "a new epoch reused an acknowledged one");
             }
 
+            /// The two-version check acts before the drain: a steady
+            /// instance at version 1 finds the state row at version 3 (a
+            /// hand edit, as a restore or a missed switch would show) while
+            /// a steady call is in flight. Calls arriving while the poller
+            /// waits for that call to drain take the locking path and run
+            /// with version 3, not the cached 1.
+            #[test]
+            fn a_state_row_two_versions_ahead_closes_the_steady_path_before_the_drain() {
+                use tandem::diesel::connection::SimpleConnection;
+                trait AnyVersion: Send + Sync {}
+                struct Binding;
+                impl AnyVersion for Binding {}
+                let Some((_guard, url)) = $setup("two_versions_ahead") else { return };
+                let (_c, cat) = common::catalog(common::THREE_VERSIONS);
+                let db = Tandem::<B>::builder(&url, cat)
+                    .serves(1..=3)
+                    .poll_interval(Duration::from_millis(20))
+                    .lease(Duration::from_secs(2))
+                    .open()
+                    .unwrap();
+                let repo = tandem::Repository::<dyn AnyVersion>::builder("any")
+                    .bindings(1..=3, Arc::new(Binding))
+                    .build()
+                    .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !db.steady() {
+                    assert!(Instant::now() < deadline, "never steady");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                let in_flight = Arc::new(AtomicBool::new(true));
+                let (started_tx, started_rx) = std::sync::mpsc::channel();
+                let long = {
+                    let (db, repo, in_flight) = (db.clone(), repo.clone(), in_flight.clone());
+                    thread::spawn(move || {
+                        let v = db.call(&repo, |_, s| {
+                            started_tx.send(()).unwrap();
+                            thread::sleep(Duration::from_millis(800));
+                            Ok::<_, Error>(s.version().get())
+                        });
+                        in_flight.store(false, Ordering::Release);
+                        v
+                    })
+                };
+                started_rx.recv().unwrap();
+                db.connection()
+                    .unwrap()
+                    .batch_execute("UPDATE tandem_state SET version = 3, epoch = epoch + 1")
+                    .unwrap();
+                thread::sleep(Duration::from_millis(200)); // several polls: the poller waits to drain
+                let version = db.call(&repo, |_, s| Ok::<_, Error>(s.version().get())).unwrap();
+                assert!(in_flight.load(Ordering::Acquire), "the long call ended too soon for this test");
+                assert_eq!(version, 3, "a call during the drain ran with the cached version");
+                assert_eq!(long.join().unwrap().unwrap(), 1);
+                let missed = db.missed_switch().expect("reported");
+                assert_eq!((missed.served.get(), missed.found.get()), (1, 3));
+            }
+
+            /// The two-version rule checked at run time (CockroachDB's
+            /// assertion): an instance frozen (its fleet paused) through two
+            /// whole switches finds version 3 where it served 1. It leaves
+            /// the steady path at once, says so naming both versions, and
+            /// serves version 3.
+            #[test]
+            fn an_instance_that_missed_a_whole_switch_says_so_and_serves_the_live_version() {
+                let Some((_guard, url)) = $setup("missed_a_whole_switch") else { return };
+                let (_c, cat) = common::catalog(common::THREE_VERSIONS);
+                let open = |label: &str| {
+                    Tandem::<B>::builder(&url, cat.clone())
+                        .serves(1..=3)
+                        .label(label)
+                        .poll_interval(Duration::from_millis(20))
+                        .lease(Duration::from_millis(300))
+                        .open()
+                        .unwrap()
+                };
+                let frozen = open("frozen");
+                let upgrader = open("upgrader");
+                assert_eq!(frozen.missed_switch(), None);
+                frozen.pause_fleet(true);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while frozen.steady() {
+                    assert!(Instant::now() < deadline, "the paused instance stayed steady");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                // Past its lease by the database's clock too.
+                thread::sleep(Duration::from_millis(400));
+                upgrader.upgrader().upgrade_to(3).unwrap();
+                assert_eq!(frozen.live_version().get(), 1, "frozen: still the version it cached");
+                frozen.pause_fleet(false);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let missed = loop {
+                    if let Some(missed) = frozen.missed_switch() {
+                        break missed;
+                    }
+                    assert!(Instant::now() < deadline, "the missed switches were never noticed");
+                    thread::sleep(Duration::from_millis(10));
+                };
+                assert_eq!((missed.served.get(), missed.found.get()), (1, 3), "{missed}");
+                assert!(
+                    missed.to_string().contains("served version 1 but the database is at version 3"),
+                    "{missed}"
+                );
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while frozen.live_version().get() != 3 {
+                    assert!(Instant::now() < deadline, "version 3 was never adopted");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                frozen
+                    .unit_of_work(|s| {
+                        assert_eq!(s.version().get(), 3);
+                        Ok::<_, Error>(())
+                    })
+                    .unwrap();
+                assert_eq!(upgrader.missed_switch(), None, "the upgrader saw each switch");
+            }
+
             /// The state row's epoch set back by hand (or by a restore): an
             /// instance that had adopted a higher epoch must not ignore every
             /// later row (and keep running the version 1 binding after the

@@ -292,6 +292,7 @@ fn drain<B: Backend>(shared: &Shared<B>, version: Version) -> Result<crate::lock
 /// drain's budget stays under a quarter of the lease, so the poller keeps
 /// renewing while calls are slow.
 fn adopt<B: Backend>(shared: &Shared<B>, state: &State) -> Result<()> {
+    check_two_versions(shared, state);
     let want = path_for(shared, state);
     // `Undrained` never equals `want`: steady calls may be in flight.
     let same =
@@ -310,6 +311,64 @@ fn adopt<B: Backend>(shared: &Shared<B>, state: &State) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The run-time check of the two-version rule (CockroachDB's assertion;
+/// invariant 2 of [`crate::protocol`]): a state row more than one version
+/// away from the version this instance has been serving means it missed a
+/// whole switch (a freeze longer than the lease, a restore). Whatever made
+/// that possible, the cached version is not served a moment longer: calls
+/// leave the steady path at once (before the drain that adoption does
+/// next), and the instance reports it, naming both versions
+/// ([`MissedSwitch`], `Tandem::missed_switch`, and an error in the log).
+fn check_two_versions<B: Backend>(shared: &Shared<B>, state: &State) {
+    let served = shared.live_version();
+    if state.version.get().abs_diff(served.get()) <= 1 {
+        return;
+    }
+    // As the lease watchdog does: the poller drains before it acknowledges.
+    shared.path.replace(CallPath::Steady, CallPath::Undrained);
+    let missed = MissedSwitch {
+        served,
+        found: state.version,
+        epoch: state.epoch,
+    };
+    tracing::error!(
+        instance = %shared.me.id,
+        served = %served,
+        found = %state.version,
+        epoch = state.epoch,
+        "{missed}"
+    );
+    *shared.missed_switch.lock() = Some(missed);
+}
+
+/// What the two-version check found: this instance served `served` while
+/// the state row says `found`, more than one version away. The instance
+/// took the locking path at once (each call then reads the live version
+/// under the database's shared lock) and adopted `found`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MissedSwitch {
+    /// The version this instance had been serving.
+    pub served: Version,
+    /// The live version the state row showed.
+    pub found: Version,
+    /// That state row's epoch.
+    pub epoch: i64,
+}
+
+impl std::fmt::Display for MissedSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this instance served version {} but the database is at version {} (epoch {}): it missed \
+             a whole switch (frozen or cut off longer than its lease, or the state row was restored); \
+             its calls left the steady path at once and now run on version {}; find out why its lease \
+             did not keep it from serving a version two steps old",
+            self.served, self.found, self.epoch, self.found
+        )
+    }
 }
 
 /// The call path `state` asks for: steady only in steady mode with a

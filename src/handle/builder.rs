@@ -232,6 +232,7 @@ impl<B: Backend> Builder<B> {
             lock_timeout: self.lock_timeout,
             switch_timeout: self.switch_timeout,
             orphaned_leases: parking_lot::Mutex::new(Vec::new()),
+            missed_switch: parking_lot::Mutex::new(None),
             target,
             path: PathCell::new(CallPath::Locking),
             me,

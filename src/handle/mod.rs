@@ -14,7 +14,7 @@ use crate::backend::{Backend, PoolSettings};
 use crate::catalog::Catalog;
 use crate::dispatch::{self, Repository, Session};
 use crate::error::{Error, Result};
-use crate::fleet::{self, Membership};
+use crate::fleet::{self, Membership, MissedSwitch};
 use crate::lock::{SchemaLock, WriterPolicy};
 use crate::redact::{redact, Secrets};
 pub use crate::shared::Conn;
@@ -146,6 +146,15 @@ impl<B: Backend> Tandem<B> {
     /// an impossible version.
     pub fn instances(&self) -> Result<Vec<Instance>> {
         fleet::instances(&self.shared)
+    }
+
+    /// The last time this instance found the database more than one
+    /// version away from the version it had been serving (it missed a whole
+    /// switch: frozen longer than its lease, or the state row restored), if
+    /// ever. Its calls left the steady path at once; the log has an error
+    /// naming both versions too. `None` in a healthy fleet.
+    pub fn missed_switch(&self) -> Option<MissedSwitch> {
+        *self.shared.missed_switch.lock()
     }
 
     /// Whether calls of this instance currently take the steady path.

@@ -135,6 +135,9 @@ pub(crate) struct Shared<B: Backend> {
     pub(crate) threads: parking_lot::Mutex<Vec<std::thread::Thread>>,
     /// The database schema lock's advisory key.
     pub(crate) lock_key: i64,
+    /// The last breach of the two-version rule this instance noticed
+    /// (`fleet::check_two_versions`).
+    pub(crate) missed_switch: parking_lot::Mutex<Option<crate::fleet::MissedSwitch>>,
     /// The pieces of `url`'s password, masked in every message shown.
     pub(crate) secrets: Secrets,
 }
