@@ -585,7 +585,42 @@ fn upgrade_cycle_with_backfill_and_switch_back<K: Kit>() {
     );
 }
 
+/// A handle with a one-connection pool (an upgrader job, a small tool),
+/// beside a serving instance (so the switch goes through deploying mode):
+/// every phase runs on the connection the upgrader holds, none asks the
+/// pool for a second one while it does.
+fn a_one_connection_pool_runs_every_phase<K: Kit + 'static>() {
+    let Some((_d, url)) = K::fresh() else { return };
+    let serving = K::open(&url);
+    let db = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())
+        .serves(1..=2)
+        .pool_size(1)
+        .connection_timeout(std::time::Duration::from_secs(2))
+        .backfill(2, "copy emails", |c| K::backfill_emails(c))
+        .open()
+        .unwrap();
+    let repo = K::repo();
+    db.call(&repo, |r, s| r.create(s.conn(), "ada", "ada@x"))
+        .unwrap();
+    let reports = db
+        .upgrader()
+        .upgrade_to(2)
+        .unwrap_or_else(|e| panic!("a one-connection upgrader failed: {e}"));
+    assert_eq!(reports.len(), 3);
+    for db in [&db, &serving] {
+        assert_eq!(
+            db.call(&repo, |r, s| Ok::<_, Error>((
+                r.version(),
+                r.email(s.conn(), 1)?
+            )))
+            .unwrap(),
+            (2, Some("ada@x".to_owned()))
+        );
+    }
+}
+
 per_backend!(
+    a_one_connection_pool_runs_every_phase,
     upgrade_cycle_with_backfill_and_switch_back,
     upgrade_to_walks_every_hop_from_an_old_database,
     each_phase_is_idempotent,

@@ -163,18 +163,56 @@ pub(crate) fn notice<B: Backend>(shared: &Shared<B>) -> Duration {
     shared.lease / 2
 }
 
-/// One poller tick: read the state row and renew the lease; adopt the
+/// Where a fleet tick gets its connection: from the pool, one statement
+/// group at a time (no connection held while it drains), or the caller's
+/// own (an upgrader, which holds one for its whole command: a second from
+/// the pool could wait forever on a one-connection pool).
+pub(crate) enum Via<'c, B: Backend> {
+    /// Pooled, waiting up to the pool's `connection_timeout` (`refresh`).
+    Pool,
+    /// Pooled, waiting at most a poll interval (the poller thread): a tick
+    /// that finds the pool busy is skipped, never holding the tick lock an
+    /// upgrader of this process needs for longer than that.
+    Poller,
+    Held(&'c mut B::Connection),
+}
+
+impl<B: Backend> Via<'_, B> {
+    fn run<T>(
+        &mut self,
+        shared: &Shared<B>,
+        f: impl FnOnce(&mut B::Connection) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            Via::Pool => f(&mut *shared.connection()?),
+            Via::Poller => {
+                let mut conn = shared
+                    .pool
+                    .get_timeout(shared.poll_interval)
+                    .map_err(|e| crate::shared::pool_error(&e, &shared.secrets))?;
+                f(&mut *conn)
+            }
+            Via::Held(conn) => f(conn),
+        }
+    }
+}
+
+/// One fleet tick (see [`poll_via`]), on pooled connections.
+pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
+    poll_via(shared, Via::Pool)
+}
+
+/// One fleet tick: read the state row and renew the lease; adopt the
 /// row (draining steady calls if the mode or version changes); then
 /// acknowledge its epoch. The lease is renewed before the drain so that
 /// a slow drain never makes a live instance look dead: the upgrader
 /// waits for it instead.
-pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
+pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> Result<State> {
     let mut adopted = shared.adopted_epoch.lock();
     let tick = coarsetime::Instant::now();
-    let state = {
-        let mut conn = shared.connection()?;
+    let state = via.run(shared, |conn| {
         // The lease runs from the database's clock, not this host's.
-        let (state, renewed) = shared.write_transaction(&mut conn, |c| -> Result<_> {
+        let (state, renewed) = shared.write_transaction(conn, |c| -> Result<_> {
             let state = shared.store.read_state::<B>(c)?;
             let renewed = shared
                 .store
@@ -187,11 +225,11 @@ pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
             // run meanwhile without waiting for us: adopt the state read
             // as we register, not the one read before.
             tracing::warn!(instance = %shared.me.id, "fleet row was gone (lease expired); registering again");
-            register(shared, &mut conn, false)?
+            register(shared, conn, false)
         } else {
-            state
+            Ok(state)
         }
-    };
+    })?;
     set_lease_deadline(shared, tick);
     // (Against the cached epoch too: this process's own switch caches
     // the epoch it wrote, which no tick may have adopted yet.)
@@ -207,20 +245,22 @@ pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
             "the state row's epoch went backwards (a restore or a hand edit?): \
              dropping the cached version and adopting the row as it is now"
         );
-        let fresh = readopt(shared)?;
+        let fresh = readopt(shared, &mut via)?;
         set_adopted(shared, &mut adopted, fresh.epoch);
-        let mut conn = shared.connection()?;
-        shared.write_transaction(&mut conn, |c| {
-            shared.store.acknowledge::<B>(c, &shared.me.id, fresh.epoch)
+        via.run(shared, |c| {
+            shared.write_transaction(c, |c| {
+                shared.store.acknowledge::<B>(c, &shared.me.id, fresh.epoch)
+            })
         })?;
         return Ok(fresh);
     }
-    // No connection is held while waiting for the in-process write lock.
+    // No pooled connection is held while waiting for the in-process write lock.
     adopt(shared, &state)?;
     set_adopted(shared, &mut adopted, state.epoch);
-    let mut conn = shared.connection()?;
-    shared.write_transaction(&mut conn, |c| {
-        shared.store.acknowledge::<B>(c, &shared.me.id, state.epoch)
+    via.run(shared, |c| {
+        shared.write_transaction(c, |c| {
+            shared.store.acknowledge::<B>(c, &shared.me.id, state.epoch)
+        })
     })?;
     Ok(state)
 }
@@ -252,10 +292,11 @@ fn register<B: Backend>(
 /// write lock (steady calls drained, and this process's own switch
 /// excluded: alone, it commits and caches under that lock), reads the
 /// row again and caches it whatever its epoch.
-fn readopt<B: Backend>(shared: &Shared<B>) -> Result<State> {
+fn readopt<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>) -> Result<State> {
     let _drained = drain(shared, Version::FIRST)?;
-    let mut conn = shared.connection()?;
-    let state = shared.write_transaction(&mut conn, |c| shared.store.read_state::<B>(c))?;
+    let state = via.run(shared, |conn| {
+        shared.write_transaction(conn, |c| shared.store.read_state::<B>(c))
+    })?;
     shared.cache_state(
         state.epoch,
         state.version,

@@ -31,7 +31,7 @@ fn spawn_ticking<B: Backend>(
     Ok(handle.thread().clone())
 }
 
-/// Starts the poller: each poll interval, a fleet tick ([`poll_once`]).
+/// Starts the poller: each poll interval, a fleet tick ([`poll_via`]).
 pub(crate) fn spawn_poller<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread::Thread> {
     spawn_ticking(shared, "tandem-poller", shared.poll_interval, |shared| {
         // First: after a pause, stop trusting a stale lease before anything else.
@@ -39,7 +39,7 @@ pub(crate) fn spawn_poller<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread
         if !shared.fleet_paused.load(Ordering::Acquire)
             && !shared.renewals_held.load(Ordering::Acquire)
         {
-            if let Err(e) = poll_once(shared) {
+            if let Err(e) = poll_via(shared, Via::Poller) {
                 tracing::warn!(error = %e, "fleet poll failed");
                 // Perhaps the server restarted: no broken connection
                 // stays in the pool for a call to find.

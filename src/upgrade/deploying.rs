@@ -72,7 +72,7 @@ impl<B: Backend> Upgrader<B> {
             self.renew_lease(conn)?;
             // A successful refresh adopted deploying mode (draining) or a
             // later state; either way the path it left is the one to check.
-            match fleet::poll_once(&self.shared) {
+            match fleet::poll_via(&self.shared, fleet::Via::Held(conn)) {
                 Ok(_) if fleet::on_drained_locking_path(&self.shared) => return Ok(()),
                 Ok(_) | Err(Error::LockTimeout { .. }) if Instant::now() < deadline => {}
                 Ok(_) => {
@@ -138,7 +138,7 @@ impl<B: Backend> Upgrader<B> {
         })?;
         // If calls are slow to drain the poller adopts steady mode later; the
         // locking path is safe meanwhile.
-        if let Err(e) = fleet::poll_once(&self.shared) {
+        if let Err(e) = fleet::poll_via(&self.shared, fleet::Via::Held(conn)) {
             tracing::debug!(error = %e, "steady mode set; this instance adopts it on its next poll");
         }
         Ok(())
