@@ -178,6 +178,12 @@ pub(crate) enum Via<'c, B: Backend> {
 }
 
 impl<B: Backend> Via<'_, B> {
+    /// Whether this tick renews the lease: the poller only when a renewal
+    /// is due ([`renewal_due`]); `refresh` and an upgrader always.
+    fn renews(&self, shared: &Shared<B>) -> bool {
+        !matches!(self, Via::Poller) || renewal_due(shared)
+    }
+
     fn run<T>(
         &mut self,
         shared: &Shared<B>,
@@ -210,27 +216,43 @@ pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
 pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> Result<State> {
     let mut adopted = shared.adopted_epoch.lock();
     let tick = coarsetime::Instant::now();
-    let state = via.run(shared, |conn| {
-        // The lease runs from the database's clock, not this host's.
-        let (state, renewed) = shared.write_transaction(conn, |c| -> Result<_> {
-            let state = shared.store.read_state::<B>(c)?;
-            let renewed = shared
-                .store
-                .renew::<B>(c, &shared.me.id, millis(shared.lease))?;
-            Ok((state, renewed))
+    let state = if via.renews(shared) {
+        // Restated with the renewal: the epoch adopted (drained) last.
+        let observed = (*adopted != i64::MIN).then_some(*adopted);
+        let state = via.run(shared, |conn| {
+            // The lease runs from the database's clock, not this host's.
+            let (state, renewed) = shared.write_transaction(conn, |c| -> Result<_> {
+                let state = shared.store.read_state::<B>(c)?;
+                let renewed =
+                    shared
+                        .store
+                        .renew::<B>(c, &shared.me.id, millis(shared.lease), observed)?;
+                Ok((state, renewed))
+            })?;
+            if renewed {
+                if let Some(epoch) = observed {
+                    shared.acknowledged.store(epoch, Ordering::Release);
+                }
+            }
+            if !renewed && !shared.shutdown.load(Ordering::Acquire) {
+                // Our row expired and was removed while we could not renew:
+                // join again, acknowledging nothing yet. A switch may have
+                // run meanwhile without waiting for us: adopt the state read
+                // as we register, not the one read before.
+                tracing::warn!(instance = %shared.me.id, "fleet row was gone (lease expired); registering again");
+                register(shared, conn, false)
+            } else {
+                Ok(state)
+            }
         })?;
-        if !renewed && !shared.shutdown.load(Ordering::Acquire) {
-            // Our row expired and was removed while we could not renew:
-            // join again, acknowledging nothing yet. A switch may have
-            // run meanwhile without waiting for us: adopt the state read
-            // as we register, not the one read before.
-            tracing::warn!(instance = %shared.me.id, "fleet row was gone (lease expired); registering again");
-            register(shared, conn, false)
-        } else {
-            Ok(state)
-        }
-    })?;
-    set_lease_deadline(shared, tick);
+        set_lease_deadline(shared, tick);
+        state
+    } else {
+        // Between renewals a tick only reads: one statement, no transaction,
+        // nothing written (SQLite: no write lock; PostgreSQL: no
+        // transaction id, no WAL).
+        via.run(shared, |conn| shared.store.read_state::<B>(conn))?
+    };
     // (Against the cached epoch too: this process's own switch caches
     // the epoch it wrote, which no tick may have adopted yet.)
     let newest = (*adopted).max(*shared.cached_epoch.lock());
@@ -247,22 +269,48 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
         );
         let fresh = readopt(shared, &mut via)?;
         set_adopted(shared, &mut adopted, fresh.epoch);
-        via.run(shared, |c| {
-            shared.write_transaction(c, |c| {
-                shared.store.acknowledge::<B>(c, &shared.me.id, fresh.epoch)
-            })
-        })?;
+        acknowledge(shared, &mut via, fresh.epoch)?;
         return Ok(fresh);
     }
     // No pooled connection is held while waiting for the in-process write lock.
     adopt(shared, &state)?;
     set_adopted(shared, &mut adopted, state.epoch);
+    acknowledge(shared, &mut via, state.epoch)?;
+    Ok(state)
+}
+
+/// Records `epoch` as acknowledged in this instance's fleet row, unless the
+/// row already says so (as this instance last wrote it): in steady state a
+/// tick writes nothing. One statement, no explicit transaction.
+fn acknowledge<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>, epoch: i64) -> Result<()> {
+    if shared.acknowledged.load(Ordering::Acquire) == epoch {
+        return Ok(());
+    }
     via.run(shared, |c| {
         shared.write_transaction(c, |c| {
-            shared.store.acknowledge::<B>(c, &shared.me.id, state.epoch)
+            shared.store.acknowledge::<B>(c, &shared.me.id, epoch)
         })
     })?;
-    Ok(state)
+    shared.acknowledged.store(epoch, Ordering::Release);
+    Ok(())
+}
+
+/// How often the poller renews its lease: every quarter lease (at least
+/// every poll). Between renewals its ticks only read the state row. A
+/// renewal sets `lease_until` a whole lease ahead by the database's clock,
+/// so a dead instance still drops out one lease after its last renewal, as
+/// when every tick renewed; the local deadline (three quarters of a lease
+/// from the renewal) always keeps at least half a lease ahead.
+pub(crate) fn renewal_interval<B: Backend>(shared: &Shared<B>) -> Duration {
+    (shared.lease / 4).max(shared.poll_interval)
+}
+
+/// Whether the last renewal (taken before its round trip) is a renewal
+/// interval old, less half a poll so that the tick near the mark renews.
+fn renewal_due<B: Backend>(shared: &Shared<B>) -> bool {
+    let last = coarsetime::Instant::from_ticks(shared.renewed_at.load(Ordering::Acquire));
+    let every = renewal_interval(shared).saturating_sub(shared.poll_interval / 2);
+    coarsetime::Instant::now() >= last + coarsetime::Duration::from(every)
 }
 
 /// Registers this instance's fleet row and returns the state row read in
@@ -277,15 +325,17 @@ fn register<B: Backend>(
     conn: &mut B::Connection,
     acknowledge: bool,
 ) -> Result<State> {
-    shared.write_transaction(conn, |c| -> Result<State> {
+    let (state, observed) = shared.write_transaction(conn, |c| -> Result<_> {
         let key = shared.lock_key;
         B::enter_shared(c, shared.store.prefix(), shared.store.state_table(), key)?;
         let state = shared.store.read_state::<B>(c)?;
         let mut me = shared.me.clone();
         me.observed_epoch = if acknowledge { state.epoch } else { 0 };
         shared.store.register::<B>(c, &me, millis(shared.lease))?;
-        Ok(state)
-    })
+        Ok((state, me.observed_epoch))
+    })?;
+    shared.acknowledged.store(observed, Ordering::Release);
+    Ok(state)
 }
 
 /// After the state row's epoch went backwards: under the in-process

@@ -244,6 +244,7 @@ impl<B: Backend> Builder<B> {
             adopted_epoch: parking_lot::Mutex::new(i64::MIN),
             adopted_copy: AtomicI64::new(i64::MIN),
             renewed_at: AtomicU64::new(0),
+            acknowledged: AtomicI64::new(i64::MIN),
             cached_epoch: parking_lot::Mutex::new(i64::MIN),
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: parking_lot::Mutex::new(Vec::new()),

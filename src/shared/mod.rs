@@ -130,6 +130,10 @@ pub(crate) struct Shared<B: Backend> {
     pub(crate) adopted_copy: AtomicI64,
     /// When the last lease renewal started (coarse clock ticks).
     pub(crate) renewed_at: AtomicU64,
+    /// The epoch this instance's fleet row says it acknowledged, as it last
+    /// wrote it (`i64::MIN`: not known): a tick writes an acknowledgement
+    /// only when it differs.
+    pub(crate) acknowledged: AtomicI64,
     pub(crate) shutdown: Arc<AtomicBool>,
     /// The poller and lease watchdog threads, to wake them at shutdown.
     pub(crate) threads: parking_lot::Mutex<Vec<std::thread::Thread>>,

@@ -39,23 +39,37 @@ impl Store {
         Ok(())
     }
 
-    /// Renews this instance's lease for `lease_ms` of the database's clock.
-    /// Returns false if the row is gone (expired and removed).
+    /// Renews this instance's lease for `lease_ms` of the database's clock,
+    /// and restates `observed`, the epoch it has adopted (so that a row
+    /// changed behind its back, a restore say, is right again within a
+    /// renewal). Returns false if the row is gone (expired and removed).
     pub(crate) fn renew<B: Backend>(
         &self,
         conn: &mut B::Connection,
         id: &str,
         lease_ms: i64,
+        observed: Option<i64>,
     ) -> Result<bool> {
-        let n = B::execute(
-            conn,
-            &format!(
-                "UPDATE {} SET lease_until = {} + ? WHERE id = ?",
-                self.fleet,
-                B::now_ms_sql()
-            ),
-            &[Bind::I64(lease_ms), Bind::Text(id)],
-        )?;
+        let n = match observed {
+            Some(epoch) => B::execute(
+                conn,
+                &format!(
+                    "UPDATE {} SET lease_until = {} + ?, observed_epoch = ? WHERE id = ?",
+                    self.fleet,
+                    B::now_ms_sql()
+                ),
+                &[Bind::I64(lease_ms), Bind::I64(epoch), Bind::Text(id)],
+            )?,
+            None => B::execute(
+                conn,
+                &format!(
+                    "UPDATE {} SET lease_until = {} + ? WHERE id = ?",
+                    self.fleet,
+                    B::now_ms_sql()
+                ),
+                &[Bind::I64(lease_ms), Bind::Text(id)],
+            )?,
+        };
         Ok(n == 1)
     }
 
