@@ -750,6 +750,7 @@ macro_rules! fleet_suite {
                 assert_eq!(long.join().unwrap().unwrap(), 1);
                 let missed = db.missed_switch().expect("reported");
                 assert_eq!((missed.served.get(), missed.found.get()), (1, 3));
+                assert!(missed.steady, "its calls were on the steady path: {missed}");
             }
 
             /// The two-version rule checked at run time (CockroachDB's
@@ -793,6 +794,7 @@ macro_rules! fleet_suite {
                     thread::sleep(Duration::from_millis(10));
                 };
                 assert_eq!((missed.served.get(), missed.found.get()), (1, 3), "{missed}");
+                assert!(!missed.steady, "its stale lease had moved its calls off the steady path: {missed}");
                 assert!(
                     missed.to_string().contains("served version 1 but the database is at version 3"),
                     "{missed}"

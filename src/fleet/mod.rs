@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::limits::{millis, FOREVER, RENEWAL_GRACE};
-use crate::shared::{CallPath, Shared};
+use crate::shared::{CallPath, Conn, Shared};
 use crate::store::{Instance, Mode, State};
 use crate::version::Version;
 
@@ -104,7 +104,7 @@ pub(crate) fn join_fleet<B: Backend>(shared: &Shared<B>) -> Result<()> {
     // Registered: the lease is fresh, so a steady state can be adopted at once.
     set_lease_deadline(shared, tick);
     let mut adopted = shared.adopted_epoch.lock();
-    adopt(shared, &state)?;
+    adopt(shared, &state, true)?;
     set_adopted(shared, &mut adopted, state.epoch);
     Ok(())
 }
@@ -170,18 +170,23 @@ pub(crate) fn notice<B: Backend>(shared: &Shared<B>) -> Duration {
 pub(crate) enum Via<'c, B: Backend> {
     /// Pooled, waiting up to the pool's `connection_timeout` (`refresh`).
     Pool,
-    /// Pooled, waiting at most a poll interval (the poller thread): a tick
-    /// that finds the pool busy is skipped, never holding the tick lock an
-    /// upgrader of this process needs for longer than that.
+    /// The poller thread: pooled, taken before the tick lock (so that an
+    /// upgrader of this process never waits behind a poller waiting for
+    /// the pool), for up to the pool's `connection_timeout` when a renewal
+    /// is due and at most a poll interval otherwise (that tick is skipped).
     Poller,
+    /// The caller's own connection, held throughout.
     Held(&'c mut B::Connection),
+    /// The poller's connection taken before the tick lock, for the first
+    /// round trip (given back before any drain).
+    Taken(Conn<B>),
 }
 
 impl<B: Backend> Via<'_, B> {
     /// Whether this tick renews the lease: the poller only when a renewal
     /// is due ([`renewal_due`]); `refresh` and an upgrader always.
     fn renews(&self, shared: &Shared<B>) -> bool {
-        !matches!(self, Via::Poller) || renewal_due(shared)
+        !matches!(self, Via::Poller | Via::Taken(_)) || renewal_due(shared)
     }
 
     fn run<T>(
@@ -191,16 +196,19 @@ impl<B: Backend> Via<'_, B> {
     ) -> Result<T> {
         match self {
             Via::Pool => f(&mut *shared.connection()?),
-            Via::Poller => {
-                let mut conn = shared
-                    .pool
-                    .get_timeout(shared.poll_interval)
-                    .map_err(|e| crate::shared::pool_error(&e, &shared.secrets))?;
-                f(&mut *conn)
-            }
+            Via::Poller => f(&mut *poller_connection(shared, shared.poll_interval)?),
             Via::Held(conn) => f(conn),
+            Via::Taken(conn) => f(&mut **conn),
         }
     }
+}
+
+/// A pooled connection for the poller, waiting at most `wait`.
+fn poller_connection<B: Backend>(shared: &Shared<B>, wait: Duration) -> Result<Conn<B>> {
+    shared
+        .pool
+        .get_timeout(wait)
+        .map_err(|e| crate::shared::pool_error(&e, &shared.secrets))
 }
 
 /// One fleet tick (see [`poll_via`]), on pooled connections.
@@ -208,26 +216,39 @@ pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
     poll_via(shared, Via::Pool)
 }
 
-/// One fleet tick: read the state row and renew the lease; adopt the
-/// row (draining steady calls if the mode or version changes); then
-/// acknowledge its epoch. The lease is renewed before the drain so that
-/// a slow drain never makes a live instance look dead: the upgrader
-/// waits for it instead.
+/// One fleet tick: read the state row (and renew the lease, in the same
+/// transaction, when this tick renews: see [`Via::renews`]); adopt the row
+/// (draining steady calls if the mode or version changes); then
+/// acknowledge its epoch if it is new. The lease is renewed before the
+/// drain so that a slow drain never makes a live instance look dead: the
+/// upgrader waits for it instead.
 pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> Result<State> {
+    if matches!(via, Via::Poller) {
+        // Before the tick lock: waiting for the pool never holds it.
+        via = Via::Taken(if renewal_due(shared) {
+            shared.connection()?
+        } else {
+            poller_connection(shared, shared.poll_interval)?
+        });
+    }
     let mut adopted = shared.adopted_epoch.lock();
+    let last_adopted = *adopted;
     let tick = coarsetime::Instant::now();
     let state = if via.renews(shared) {
-        // Restated with the renewal: the epoch adopted (drained) last.
-        let observed = (*adopted != i64::MIN).then_some(*adopted);
         let state = via.run(shared, |conn| {
             // The lease runs from the database's clock, not this host's.
-            let (state, renewed) = shared.write_transaction(conn, |c| -> Result<_> {
+            let (state, renewed, observed) = shared.write_transaction(conn, |c| -> Result<_> {
                 let state = shared.store.read_state::<B>(c)?;
+                // Restated with the renewal: the epoch adopted (drained)
+                // last, only while the row is still that epoch (so adopting
+                // it is a no-op): never one this tick has not acted on.
+                let observed = (last_adopted != i64::MIN && state.epoch == last_adopted)
+                    .then_some(last_adopted);
                 let renewed =
                     shared
                         .store
                         .renew::<B>(c, &shared.me.id, millis(shared.lease), observed)?;
-                Ok((state, renewed))
+                Ok((state, renewed, observed))
             })?;
             if renewed {
                 if let Some(epoch) = observed {
@@ -253,6 +274,9 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
         // transaction id, no WAL).
         via.run(shared, |conn| shared.store.read_state::<B>(conn))?
     };
+    if matches!(via, Via::Taken(_)) {
+        via = Via::Poller; // given back: no pooled connection is held while draining
+    }
     // (Against the cached epoch too: this process's own switch caches
     // the epoch it wrote, which no tick may have adopted yet.)
     let newest = (*adopted).max(*shared.cached_epoch.lock());
@@ -267,13 +291,14 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
             "the state row's epoch went backwards (a restore or a hand edit?): \
              dropping the cached version and adopting the row as it is now"
         );
+        check_two_versions(shared, &state);
         let fresh = readopt(shared, &mut via)?;
         set_adopted(shared, &mut adopted, fresh.epoch);
         acknowledge(shared, &mut via, fresh.epoch)?;
         return Ok(fresh);
     }
     // No pooled connection is held while waiting for the in-process write lock.
-    adopt(shared, &state)?;
+    adopt(shared, &state, false)?;
     set_adopted(shared, &mut adopted, state.epoch);
     acknowledge(shared, &mut via, state.epoch)?;
     Ok(state)
@@ -281,7 +306,7 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
 
 /// Records `epoch` as acknowledged in this instance's fleet row, unless the
 /// row already says so (as this instance last wrote it): in steady state a
-/// tick writes nothing. One statement, no explicit transaction.
+/// tick writes nothing.
 fn acknowledge<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>, epoch: i64) -> Result<()> {
     if shared.acknowledged.load(Ordering::Acquire) == epoch {
         return Ok(());
@@ -295,12 +320,17 @@ fn acknowledge<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>, epoch: i64)
     Ok(())
 }
 
-/// How often the poller renews its lease: every quarter lease (at least
-/// every poll). Between renewals its ticks only read the state row. A
-/// renewal sets `lease_until` a whole lease ahead by the database's clock,
-/// so a dead instance still drops out one lease after its last renewal, as
-/// when every tick renewed; the local deadline (three quarters of a lease
-/// from the renewal) always keeps at least half a lease ahead.
+/// How often the poller renews its lease: about every quarter lease, and
+/// no more often than every poll ([`renewal_due`] renews at the first tick
+/// from a quarter lease less half a poll on: every second tick at the
+/// defaults, 200 ms poll and 2 s lease). Between renewals its ticks only
+/// read the state row. A renewal sets `lease_until` a whole lease ahead by
+/// the database's clock, so a dead instance's row expires, and drops out,
+/// exactly as when every tick renewed: one lease after its last renewal,
+/// plus the grace. The local deadline, three quarters of a lease from the
+/// renewal's start, stays ahead of the next renewal by half a lease less
+/// half a poll (a quarter lease less a poll for leases under four polls,
+/// which renew on every tick).
 pub(crate) fn renewal_interval<B: Backend>(shared: &Shared<B>) -> Duration {
     (shared.lease / 4).max(shared.poll_interval)
 }
@@ -382,8 +412,12 @@ fn drain<B: Backend>(shared: &Shared<B>, version: Version) -> Result<crate::lock
 /// calls in flight (in-process write lock) when either changes. The
 /// drain's budget stays under a quarter of the lease, so the poller keeps
 /// renewing while calls are slow.
-fn adopt<B: Backend>(shared: &Shared<B>, state: &State) -> Result<()> {
-    check_two_versions(shared, state);
+fn adopt<B: Backend>(shared: &Shared<B>, state: &State, joining: bool) -> Result<()> {
+    if !joining {
+        // (At open nothing has been served yet: the version read at
+        // initialization may be a multi-hop upgrade behind the row.)
+        check_two_versions(shared, state);
+    }
     let want = path_for(shared, state);
     // `Undrained` never equals `want`: steady calls may be in flight.
     let same =
@@ -418,20 +452,24 @@ fn check_two_versions<B: Backend>(shared: &Shared<B>, state: &State) {
         return;
     }
     // As the lease watchdog does: the poller drains before it acknowledges.
-    shared.path.replace(CallPath::Steady, CallPath::Undrained);
+    let steady = shared.path.replace(CallPath::Steady, CallPath::Undrained);
     let missed = MissedSwitch {
         served,
         found: state.version,
         epoch: state.epoch,
+        steady,
     };
-    tracing::error!(
-        instance = %shared.me.id,
-        served = %served,
-        found = %state.version,
-        epoch = state.epoch,
-        "{missed}"
-    );
-    *shared.missed_switch.lock() = Some(missed);
+    let mut last = shared.missed_switch.lock();
+    // Once per state row (a drain that times out retries every tick).
+    if last.is_some_and(|l| (l.served, l.found, l.epoch) == (served, state.version, state.epoch)) {
+        return;
+    }
+    if steady {
+        tracing::error!(instance = %shared.me.id, served = %served, found = %state.version, epoch = state.epoch, "{missed}");
+    } else {
+        tracing::warn!(instance = %shared.me.id, served = %served, found = %state.version, epoch = state.epoch, "{missed}");
+    }
+    *last = Some(missed);
 }
 
 /// What the two-version check found: this instance served `served` while
@@ -447,6 +485,11 @@ pub struct MissedSwitch {
     pub found: Version,
     /// That state row's epoch.
     pub epoch: i64,
+    /// Whether calls were still on the steady path when it was noticed
+    /// (the lease should have kept them off it: a protocol breach), or
+    /// already on the locking path (the lease did its job: a long freeze or
+    /// partition, noticed as the instance came back).
+    pub steady: bool,
 }
 
 impl std::fmt::Display for MissedSwitch {
@@ -454,11 +497,24 @@ impl std::fmt::Display for MissedSwitch {
         write!(
             f,
             "this instance served version {} but the database is at version {} (epoch {}): it missed \
-             a whole switch (frozen or cut off longer than its lease, or the state row was restored); \
-             its calls left the steady path at once and now run on version {}; find out why its lease \
-             did not keep it from serving a version two steps old",
-            self.served, self.found, self.epoch, self.found
-        )
+             a whole switch (frozen or cut off longer than its lease, or the state row was restored); ",
+            self.served, self.found, self.epoch
+        )?;
+        if self.steady {
+            write!(
+                f,
+                "its calls were still on the steady path and left it at once, and now run on version {}; \
+                 find out why its lease did not keep it off the steady path",
+                self.found
+            )
+        } else {
+            write!(
+                f,
+                "its calls were already on the locking path (its lease had gone stale) and now run on \
+                 version {}",
+                self.found
+            )
+        }
     }
 }
 

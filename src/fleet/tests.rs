@@ -26,7 +26,7 @@ fn a_state_row_read_before_a_switch_is_not_adopted_after_it() {
     db.upgrader().switch().unwrap();
     assert_eq!((db.live_version().get(), db.steady()), (2, true));
     // The rest of a tick that read the state before the switch.
-    super::adopt(&db.shared, &read_before).unwrap();
+    super::adopt(&db.shared, &read_before, false).unwrap();
     assert_eq!(
         db.live_version().get(),
         2,

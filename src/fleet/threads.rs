@@ -51,12 +51,12 @@ pub(crate) fn spawn_poller<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread
 }
 
 /// Starts the confirmer (see the module's "Confirmation reads"): every poll
-/// interval, if the last renewal is more than two poll intervals late (the
-/// poller is held back), a confirmation read.
+/// interval, if no renewal came a poll after one fell due (the poller is
+/// held back), a confirmation read. (With a renewal on every tick, as for
+/// leases under four polls, that is two polls after the last one.)
 pub(crate) fn spawn_confirmer<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread::Thread> {
-    let late = coarsetime::Duration::from(
-        renewal_interval(shared).saturating_add(shared.poll_interval.saturating_mul(2)),
-    );
+    let late =
+        coarsetime::Duration::from(renewal_interval(shared).saturating_add(shared.poll_interval));
     spawn_ticking(
         shared,
         "tandem-confirm",

@@ -112,8 +112,9 @@ impl<B: Backend> Builder<B> {
         self
     }
 
-    /// How often the background poller reads the state row and renews this
-    /// instance's lease. Defaults to 200 ms. The fleet acknowledges a change
+    /// How often the background poller reads the state row (it renews this
+    /// instance's lease about every quarter lease, on one of those reads).
+    /// Defaults to 200 ms. The fleet acknowledges a change
     /// of mode within about one interval. At least 5 ms; at most an hour
     /// ([`Error::InvalidSetting`] from [`open`](Builder::open)).
     pub fn poll_interval(mut self, interval: Duration) -> Self {

@@ -122,7 +122,8 @@ impl<B: Backend> Tandem<B> {
     }
 
     /// Reads the state row now and adopts it (as the background poller does
-    /// every poll interval), renewing this instance's lease.
+    /// every poll interval), renewing this instance's lease (which the
+    /// poller does about every quarter lease).
     ///
     /// # Errors
     ///

@@ -281,8 +281,8 @@ impl<B: Backend> Upgrader<B> {
     /// ghost: a hand-written row, a clock that was far ahead), which holds
     /// every switch back until it expires (at most two hours from when a
     /// switch first sees it). Evict only instances you know are stopped: a
-    /// live one registers again on its next poll, but a switch in between
-    /// would not wait for its calls. `SwitchRefused` and
+    /// live one registers again at its next lease renewal (within about a
+    /// quarter lease), but a switch in between would not wait for its calls. `SwitchRefused` and
     /// `FleetNotAcknowledged` name the ids; [`Tandem::instances`](crate::Tandem::instances) lists them.
     ///
     /// # Errors
