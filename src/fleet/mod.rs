@@ -163,186 +163,6 @@ pub(crate) fn notice<B: Backend>(shared: &Shared<B>) -> Duration {
     shared.lease / 2
 }
 
-/// Where a fleet tick gets its connection: from the pool, one statement
-/// group at a time (no connection held while it drains), or the caller's
-/// own (an upgrader, which holds one for its whole command: a second from
-/// the pool could wait forever on a one-connection pool).
-pub(crate) enum Via<'c, B: Backend> {
-    /// Pooled, waiting up to the pool's `connection_timeout` (`refresh`).
-    Pool,
-    /// The poller thread: pooled, taken before the tick lock (so that an
-    /// upgrader of this process never waits behind a poller waiting for
-    /// the pool), for up to the pool's `connection_timeout` when a renewal
-    /// is due and at most a poll interval otherwise (that tick is skipped).
-    Poller,
-    /// The caller's own connection, held throughout.
-    Held(&'c mut B::Connection),
-    /// The poller's connection taken before the tick lock, for the first
-    /// round trip (given back before any drain).
-    Taken(Conn<B>),
-}
-
-impl<B: Backend> Via<'_, B> {
-    /// Whether this tick renews the lease: the poller only when a renewal
-    /// is due ([`renewal_due`]); `refresh` and an upgrader always.
-    fn renews(&self, shared: &Shared<B>) -> bool {
-        !matches!(self, Via::Poller | Via::Taken(_)) || renewal_due(shared)
-    }
-
-    fn run<T>(
-        &mut self,
-        shared: &Shared<B>,
-        f: impl FnOnce(&mut B::Connection) -> Result<T>,
-    ) -> Result<T> {
-        match self {
-            Via::Pool => f(&mut *shared.connection()?),
-            Via::Poller => f(&mut *poller_connection(shared, shared.poll_interval)?),
-            Via::Held(conn) => f(conn),
-            Via::Taken(conn) => f(&mut **conn),
-        }
-    }
-}
-
-/// A pooled connection for the poller, waiting at most `wait`.
-fn poller_connection<B: Backend>(shared: &Shared<B>, wait: Duration) -> Result<Conn<B>> {
-    shared
-        .pool
-        .get_timeout(wait)
-        .map_err(|e| crate::shared::pool_error(&e, &shared.secrets))
-}
-
-/// One fleet tick (see [`poll_via`]), on pooled connections.
-pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
-    poll_via(shared, Via::Pool)
-}
-
-/// One fleet tick: read the state row (and renew the lease, in the same
-/// transaction, when this tick renews: see [`Via::renews`]); adopt the row
-/// (draining steady calls if the mode or version changes); then
-/// acknowledge its epoch if it is new. The lease is renewed before the
-/// drain so that a slow drain never makes a live instance look dead: the
-/// upgrader waits for it instead.
-pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> Result<State> {
-    if matches!(via, Via::Poller) {
-        // Before the tick lock: waiting for the pool never holds it.
-        via = Via::Taken(if renewal_due(shared) {
-            shared.connection()?
-        } else {
-            poller_connection(shared, shared.poll_interval)?
-        });
-    }
-    let mut adopted = shared.adopted_epoch.lock();
-    let last_adopted = *adopted;
-    let tick = coarsetime::Instant::now();
-    let state = if via.renews(shared) {
-        let state = via.run(shared, |conn| {
-            // The lease runs from the database's clock, not this host's.
-            let (state, renewed, observed) = shared.write_transaction(conn, |c| -> Result<_> {
-                let state = shared.store.read_state::<B>(c)?;
-                // Restated with the renewal: the epoch adopted (drained)
-                // last, only while the row is still that epoch (so adopting
-                // it is a no-op): never one this tick has not acted on.
-                let observed = (last_adopted != i64::MIN && state.epoch == last_adopted)
-                    .then_some(last_adopted);
-                let renewed =
-                    shared
-                        .store
-                        .renew::<B>(c, &shared.me.id, millis(shared.lease), observed)?;
-                Ok((state, renewed, observed))
-            })?;
-            if renewed {
-                if let Some(epoch) = observed {
-                    shared.acknowledged.store(epoch, Ordering::Release);
-                }
-            }
-            if !renewed && !shared.shutdown.load(Ordering::Acquire) {
-                // Our row expired and was removed while we could not renew:
-                // join again, acknowledging nothing yet. A switch may have
-                // run meanwhile without waiting for us: adopt the state read
-                // as we register, not the one read before.
-                tracing::warn!(instance = %shared.me.id, "fleet row was gone (lease expired); registering again");
-                register(shared, conn, false)
-            } else {
-                Ok(state)
-            }
-        })?;
-        set_lease_deadline(shared, tick);
-        state
-    } else {
-        // Between renewals a tick only reads: one statement, no transaction,
-        // nothing written (SQLite: no write lock; PostgreSQL: no
-        // transaction id, no WAL).
-        via.run(shared, |conn| shared.store.read_state::<B>(conn))?
-    };
-    if matches!(via, Via::Taken(_)) {
-        via = Via::Poller; // given back: no pooled connection is held while draining
-    }
-    // (Against the cached epoch too: this process's own switch caches
-    // the epoch it wrote, which no tick may have adopted yet.)
-    let newest = (*adopted).max(*shared.cached_epoch.lock());
-    if state.epoch < newest {
-        // Ticks are serialized and each reads committed state: an older
-        // epoch than the last one adopted means the row itself went
-        // backwards (a restore, a hand edit). Epoch order is meaningless
-        // from here on; adopt the row as it is now instead.
-        tracing::error!(
-            epoch = state.epoch,
-            adopted = newest,
-            "the state row's epoch went backwards (a restore or a hand edit?): \
-             dropping the cached version and adopting the row as it is now"
-        );
-        check_two_versions(shared, &state);
-        let fresh = readopt(shared, &mut via)?;
-        set_adopted(shared, &mut adopted, fresh.epoch);
-        acknowledge(shared, &mut via, fresh.epoch)?;
-        return Ok(fresh);
-    }
-    // No pooled connection is held while waiting for the in-process write lock.
-    adopt(shared, &state, false)?;
-    set_adopted(shared, &mut adopted, state.epoch);
-    acknowledge(shared, &mut via, state.epoch)?;
-    Ok(state)
-}
-
-/// Records `epoch` as acknowledged in this instance's fleet row, unless the
-/// row already says so (as this instance last wrote it): in steady state a
-/// tick writes nothing.
-fn acknowledge<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>, epoch: i64) -> Result<()> {
-    if shared.acknowledged.load(Ordering::Acquire) == epoch {
-        return Ok(());
-    }
-    via.run(shared, |c| {
-        shared.write_transaction(c, |c| {
-            shared.store.acknowledge::<B>(c, &shared.me.id, epoch)
-        })
-    })?;
-    shared.acknowledged.store(epoch, Ordering::Release);
-    Ok(())
-}
-
-/// How often the poller renews its lease: about every quarter lease, and
-/// no more often than every poll ([`renewal_due`] renews at the first tick
-/// from a quarter lease less half a poll on: every second tick at the
-/// defaults, 200 ms poll and 2 s lease). Between renewals its ticks only
-/// read the state row. A renewal sets `lease_until` a whole lease ahead by
-/// the database's clock, so a dead instance's row expires, and drops out,
-/// exactly as when every tick renewed: one lease after its last renewal,
-/// plus the grace. The local deadline, three quarters of a lease from the
-/// renewal's start, stays ahead of the next renewal by half a lease less
-/// half a poll (a quarter lease less a poll for leases under four polls,
-/// which renew on every tick).
-pub(crate) fn renewal_interval<B: Backend>(shared: &Shared<B>) -> Duration {
-    (shared.lease / 4).max(shared.poll_interval)
-}
-
-/// Whether the last renewal (taken before its round trip) is a renewal
-/// interval old, less half a poll so that the tick near the mark renews.
-fn renewal_due<B: Backend>(shared: &Shared<B>) -> bool {
-    let last = coarsetime::Instant::from_ticks(shared.renewed_at.load(Ordering::Acquire));
-    let every = renewal_interval(shared).saturating_sub(shared.poll_interval / 2);
-    coarsetime::Instant::now() >= last + coarsetime::Duration::from(every)
-}
-
 /// Registers this instance's fleet row and returns the state row read in
 /// the same transaction, after taking the database's shared schema lock
 /// (SQLite: its write lock). A switch that did not see this instance in
@@ -438,86 +258,6 @@ fn adopt<B: Backend>(shared: &Shared<B>, state: &State, joining: bool) -> Result
     Ok(())
 }
 
-/// The run-time check of the two-version rule (CockroachDB's assertion;
-/// invariant 2 of [`crate::protocol`]): a state row more than one version
-/// away from the version this instance has been serving means it missed a
-/// whole switch (a freeze longer than the lease, a restore). Whatever made
-/// that possible, the cached version is not served a moment longer: calls
-/// leave the steady path at once (before the drain that adoption does
-/// next), and the instance reports it, naming both versions
-/// ([`MissedSwitch`], `Tandem::missed_switch`, and an error in the log).
-fn check_two_versions<B: Backend>(shared: &Shared<B>, state: &State) {
-    let served = shared.live_version();
-    if state.version.get().abs_diff(served.get()) <= 1 {
-        return;
-    }
-    // As the lease watchdog does: the poller drains before it acknowledges.
-    let steady = shared.path.replace(CallPath::Steady, CallPath::Undrained);
-    let missed = MissedSwitch {
-        served,
-        found: state.version,
-        epoch: state.epoch,
-        steady,
-    };
-    let mut last = shared.missed_switch.lock();
-    // Once per state row (a drain that times out retries every tick).
-    if last.is_some_and(|l| (l.served, l.found, l.epoch) == (served, state.version, state.epoch)) {
-        return;
-    }
-    if steady {
-        tracing::error!(instance = %shared.me.id, served = %served, found = %state.version, epoch = state.epoch, "{missed}");
-    } else {
-        tracing::warn!(instance = %shared.me.id, served = %served, found = %state.version, epoch = state.epoch, "{missed}");
-    }
-    *last = Some(missed);
-}
-
-/// What the two-version check found: this instance served `served` while
-/// the state row says `found`, more than one version away. The instance
-/// took the locking path at once (each call then reads the live version
-/// under the database's shared lock) and adopted `found`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MissedSwitch {
-    /// The version this instance had been serving.
-    pub served: Version,
-    /// The live version the state row showed.
-    pub found: Version,
-    /// That state row's epoch.
-    pub epoch: i64,
-    /// Whether calls were still on the steady path when it was noticed
-    /// (the lease should have kept them off it: a protocol breach), or
-    /// already on the locking path (the lease did its job: a long freeze or
-    /// partition, noticed as the instance came back).
-    pub steady: bool,
-}
-
-impl std::fmt::Display for MissedSwitch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "this instance served version {} but the database is at version {} (epoch {}): it missed \
-             a whole switch (frozen or cut off longer than its lease, or the state row was restored); ",
-            self.served, self.found, self.epoch
-        )?;
-        if self.steady {
-            write!(
-                f,
-                "its calls were still on the steady path and left it at once, and now run on version {}; \
-                 find out why its lease did not keep it off the steady path",
-                self.found
-            )
-        } else {
-            write!(
-                f,
-                "its calls were already on the locking path (its lease had gone stale) and now run on \
-                 version {}",
-                self.found
-            )
-        }
-    }
-}
-
 /// The call path `state` asks for: steady only in steady mode with a
 /// fresh lease.
 fn path_for<B: Backend>(shared: &Shared<B>, state: &State) -> CallPath {
@@ -611,8 +351,14 @@ pub(crate) fn on_drained_locking_path<B: Backend>(shared: &Shared<B>) -> bool {
     shared.path.load() == CallPath::Locking
 }
 
+mod missed;
 mod threads;
+mod tick;
+
+use missed::check_two_versions;
+pub use missed::MissedSwitch;
 pub(crate) use threads::{spawn_confirmer, spawn_poller, spawn_watchdog};
+pub(crate) use tick::{poll_once, poll_via, renewal_interval, Via};
 
 #[cfg(test)]
 #[cfg(feature = "sqlite")]
