@@ -589,7 +589,7 @@ fn upgrade_cycle_with_backfill_and_switch_back<K: Kit>() {
 /// beside a serving instance (so the switch goes through deploying mode):
 /// every phase runs on the connection the upgrader holds, none asks the
 /// pool for a second one while it does.
-fn a_one_connection_pool_runs_every_phase<K: Kit + 'static>() {
+fn a_one_connection_pool_runs_every_phase<K: Kit>() {
     let Some((_d, url)) = K::fresh() else { return };
     let serving = K::open(&url);
     let db = Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap())

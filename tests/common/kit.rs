@@ -48,7 +48,7 @@ macro_rules! per_backend {
 pub(crate) use per_backend;
 
 /// How the cases reach a backend outside tandem.
-pub trait Kit {
+pub trait Kit: 'static {
     type B: Backend;
     type Guard;
     /// A fresh, empty database, or `None` when the backend is not
@@ -66,7 +66,13 @@ pub trait Kit {
     /// Queries that describe the schema, one line per object.
     const SCHEMA: &'static [&'static str];
     /// The demo database with its backfill, on `url`.
-    fn open(url: &str) -> Tandem<Self::B>;
+    fn open(url: &str) -> Tandem<Self::B> {
+        Tandem::<Self::B>::builder(url, tandem::testing::demo::catalog().unwrap())
+            .serves(1..=2)
+            .backfill(2, "copy emails", |c| Self::backfill_emails(c))
+            .open()
+            .unwrap()
+    }
     /// The demo repository on this backend.
     fn repo() -> Repository<dyn super::AccountsOn<<Self::B as Backend>::Connection>>;
     /// The demo's backfill (`tandem::testing::demo::backfill_emails`) on
@@ -101,13 +107,6 @@ pub struct SqliteKit;
 
 impl Kit for SqliteKit {
     type B = tandem::Sqlite;
-    fn open(url: &str) -> Tandem<Self::B> {
-        Tandem::<Self::B>::builder(url, tandem::testing::demo::catalog().unwrap())
-            .serves(1..=2)
-            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
-            .open()
-            .unwrap()
-    }
     type Guard = tempfile::TempDir;
     fn fresh() -> Option<(Self::Guard, String)> {
         Some(super::temp_db())
@@ -154,13 +153,6 @@ pub struct PgKit;
 #[cfg(feature = "postgres")]
 impl Kit for PgKit {
     type B = tandem::Postgres;
-    fn open(url: &str) -> Tandem<Self::B> {
-        Tandem::<Self::B>::builder(url, tandem::testing::demo::catalog().unwrap())
-            .serves(1..=2)
-            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
-            .open()
-            .unwrap()
-    }
     type Guard = super::pg::PgDb;
     fn fresh() -> Option<(Self::Guard, String)> {
         super::pg_setup(case())
