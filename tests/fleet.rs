@@ -466,6 +466,68 @@ macro_rules! fleet_suite {
                 assert_eq!(upgrader_side.state().unwrap().version.get(), 2);
             }
 
+            /// Steady calls longer than the writer policy's escalation (5 ms),
+            /// one after another on every thread, as under a busy pooler
+            /// (CI: PgBouncer with two server connections for fourteen
+            /// clients): entering deploying mode, the instance sends new
+            /// calls to the locking path at once and waits only for the
+            /// steady calls in flight. (Before: it polled for a moment with
+            /// no steady call at all, then blocked new ones for 5 ms, and
+            /// each tick failed the same way until the switch gave up with
+            /// `FleetNotAcknowledged`.)
+            #[test]
+            fn steady_calls_longer_than_the_escalation_drain_into_deploying_mode() {
+                let Some((_guard, url)) = $setup("steady_calls_longer_than_the_escalation") else { return };
+                let upgrader_side = instance(&url, "upgrader", 1..=2, 50);
+                let busy = instance(&url, "busy", 1..=2, 50);
+                let stop = Arc::new(AtomicBool::new(false));
+                let start = Arc::new(Barrier::new(5));
+                let workers: Vec<_> = (0..4)
+                    .map(|n: u64| {
+                        let (db, stop, start) = (busy.clone(), stop.clone(), start.clone());
+                        thread::spawn(move || {
+                            let repo = accounts_on::<<B as Backend>::Connection>();
+                            let (mut steady, mut errors) = (0u32, Vec::new());
+                            start.wait();
+                            let mut i = 0u64;
+                            while !stop.load(Ordering::Relaxed) {
+                                i += 1;
+                                let result = db.call(&repo, |r, s| {
+                                    r.email(s.conn(), 1)?;
+                                    if db.steady() {
+                                        // 12 to 28 ms, varied so the threads' calls never
+                                        // line up and end together.
+                                        thread::sleep(Duration::from_millis(12 + (n * 7 + i * 13) % 17));
+                                        return Ok::<_, Error>(1);
+                                    }
+                                    Ok(0)
+                                });
+                                match result {
+                                    Ok(n) => steady += n,
+                                    Err(e) => errors.push(e.to_string()),
+                                }
+                            }
+                            (steady, errors)
+                        })
+                    })
+                    .collect();
+                start.wait();
+                thread::sleep(Duration::from_millis(200));
+                let up = upgrader_side.upgrader();
+                up.expand().unwrap();
+                let switched = up.switch();
+                stop.store(true, Ordering::Relaxed);
+                let mut steady = 0;
+                for w in workers {
+                    let (n, errors) = w.join().unwrap();
+                    assert!(errors.is_empty(), "calls failed: {:?}", &errors[..errors.len().min(3)]);
+                    steady += n;
+                }
+                assert!(steady > 8, "the calls ran on the steady path before the switch: {steady}");
+                let switched = switched.unwrap_or_else(|e| panic!("the switch failed: {e}"));
+                assert_eq!(upgrader_side.state().unwrap().version.get(), 2, "{switched:?}");
+            }
+
             #[test]
             fn contract_waits_for_every_instance_and_bad_fleet_rows_are_refused() {
                 let Some((_guard, url)) = $setup("contract_waits_for_every_instance") else { return };

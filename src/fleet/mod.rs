@@ -11,9 +11,10 @@
 //! the call's own transaction they take the database's shared schema lock and
 //! read the live version.
 //!
-//! Adopting a state row that changes the local mode or version happens under
-//! the in-process *write* lock, so steady calls in flight drain first; only
-//! then does the poller acknowledge the row's epoch in the fleet table. The
+//! Adopting a state row that changes the local mode or version closes the
+//! steady path (new calls take the locking path) and takes the in-process
+//! *write* lock, so the steady calls in flight drain first; only then does
+//! the poller acknowledge the row's epoch in the fleet table. The
 //! upgrader waits for those acknowledgements (or for a lease to expire)
 //! before it switches. When the lease watchdog leaves the steady path it
 //! cannot wait for calls in flight; the next adoption drains them before the
@@ -209,7 +210,18 @@ fn readopt<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>) -> Result<State
 /// The in-process write lock, every steady call in flight drained,
 /// within a quarter of the lease (so the poller keeps renewing while
 /// calls are slow).
-fn drain<B: Backend>(shared: &Shared<B>, version: Version) -> Result<crate::lock::WriteGuard<'_>> {
+///
+/// The steady path closes first ([`CallPath::Undrained`]): a call that
+/// starts now takes the locking path, which holds the in-process read
+/// lock only to look at the path, so the lock waits for the steady calls
+/// already in flight and for no new one. (Waiting for a moment with no
+/// steady call at all never comes while each thread's next call starts
+/// as the last ends and lasts longer than the writer policy's
+/// escalation, as under a busy pooler.) The caller sets the path the
+/// state asks for once drained; if the drain times out, calls stay on the
+/// locking path and the next tick drains again.
+fn drain<B: Backend>(shared: &Shared<B>, version: Version) -> Result<Drained<'_>> {
+    let closed = shared.path.replace(CallPath::Steady, CallPath::Undrained);
     let live = shared.live_version();
     let mut policy = shared.writer;
     let round = policy
@@ -220,12 +232,23 @@ fn drain<B: Backend>(shared: &Shared<B>, version: Version) -> Result<crate::lock
     policy.attempts = policy
         .attempts
         .min(u32::try_from(rounds).unwrap_or(u32::MAX));
-    shared.lock.write(&policy).map_err(|g| Error::LockTimeout {
+    let guard = shared.lock.write(&policy).map_err(|g| Error::LockTimeout {
         version,
         live,
         attempts: g.attempts,
         waited: g.waited,
+    })?;
+    Ok(Drained {
+        _guard: guard,
+        closed,
     })
+}
+
+/// The in-process write lock held by [`drain`], no steady call in flight.
+struct Drained<'a> {
+    _guard: crate::lock::WriteGuard<'a>,
+    /// Whether the drain closed the steady path (it was open).
+    closed: bool,
 }
 
 /// Makes the local mode and cached version match `state`, draining steady
@@ -245,11 +268,17 @@ fn adopt<B: Backend>(shared: &Shared<B>, state: &State, joining: bool) -> Result
     if same {
         return Ok(());
     }
-    let _drained = drain(shared, state.version)?;
+    let drained = drain(shared, state.version)?;
     // Drained: no steady call is in flight while the guard is held.
     if shared.cache_state(state.epoch, state.version, Some(want), false) {
         tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
     } else {
+        // The cached state stands: so does its steady path, closed only
+        // for the drain. (A stale lease still sends every call to the
+        // locking path, and the watchdog closes it again.)
+        if drained.closed {
+            shared.path.replace(CallPath::Undrained, CallPath::Steady);
+        }
         tracing::debug!(
             epoch = state.epoch,
             "state row older than the cached one (a switch by this process): not adopted"
