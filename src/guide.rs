@@ -46,9 +46,21 @@
 //!   it, so the mapping is written once.
 //!
 //! It must not drop, rename or retype anything old code reads or writes, nor
-//! add a constraint old code's writes would break. The kit catches a
-//! non-additive expand: the N-1 binding fails "on a database at version N
-//! expanded", with the database error.
+//! add a constraint old code's writes would break. On PostgreSQL it must
+//! also not hold a busy table's lock for a build or a scan: an index on an
+//! existing table is built beforehand with `CREATE INDEX CONCURRENTLY`
+//! (which cannot run inside a phase's transaction) and written here as
+//! `CREATE INDEX IF NOT EXISTS`; a `CHECK` or foreign key arrives
+//! `NOT VALID` and is validated later.
+//!
+//! The [lint](crate::lint) reads every phase file this way, and the kit runs
+//! it before anything else: an expand that drops a column fails the
+//! application's tests with `expand-drop`, its file and line, and "move the
+//! drop to contract.sql". A statement that is safe where a rule says
+//! otherwise says why, in a comment before it
+//! (`-- tandem:allow(expand-drop) <reason>`). Behind the lint, the kit
+//! still runs the bindings: an N-1 binding that fails "on a database at
+//! version N expanded" shows the database error.
 //!
 //! Lessons that cost us a failing test each:
 //!
@@ -95,7 +107,9 @@
 //! expand: on PostgreSQL `ALTER COLUMN … SET NOT NULL` (it checks every row
 //! under the phase's `lock_timeout`); on SQLite, which cannot alter a
 //! column, `BEFORE INSERT`/`BEFORE UPDATE` triggers that
-//! `RAISE(ABORT, 'NOT NULL constraint failed: …')`. After contract the data
+//! `RAISE(ABORT, 'NOT NULL constraint failed: …')` (an addition the lint's
+//! `contract-only-removes` rule lets through only with an opt-out saying
+//! so, as the example's `0003_names_and_plans/contract.sql` does). After contract the data
 //! tier cannot go back; binaries older than N no longer start
 //! ([`Error::VersionNotServed`](crate::Error::VersionNotServed)).
 //!

@@ -304,11 +304,33 @@ macro_rules! two_versions_suite {
             #[test]
             fn an_expand_that_breaks_the_old_binding_is_caught_with_version_state_and_error() {
                 // Version 2's expand that also drops accounts.email: not additive.
-                let (_dir, broken) = catalog_with_expand_2(
+                let (sqlite, postgres) = (
                     "CREATE TABLE account_emails (id INTEGER PRIMARY KEY, account_id INTEGER NOT NULL, email TEXT NOT NULL, is_primary BOOLEAN NOT NULL DEFAULT FALSE);\n\
                      ALTER TABLE accounts DROP COLUMN email;",
                     "CREATE TABLE account_emails (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, email TEXT NOT NULL, is_primary BOOLEAN NOT NULL DEFAULT FALSE);\n\
                      ALTER TABLE accounts DROP COLUMN email;",
+                );
+                // The lint refuses it before any database is opened, naming the
+                // file, the line, the rule and what to write instead.
+                let (_dir, broken) = catalog_with_expand_2(sqlite, postgres);
+                let Some(linted) = kit("an_expand_that_breaks_the_old_binding", broken) else { return };
+                let err = linted.transition(2).map(drop).unwrap_err();
+                match &err {
+                    Failure::Lint { to, backend, findings } => {
+                        assert_eq!((to.get(), *backend), (2, <B as Backend>::NAME));
+                        let found: Vec<_> = findings.iter().map(|f| (f.rule, f.line)).collect();
+                        assert_eq!(found, vec![(tandem::lint::Rule::ExpandDrop, 2)]);
+                    }
+                    other => panic!("expected a lint failure, got {other}"),
+                }
+                let text = err.to_string();
+                assert!(text.contains("/expand.") && text.contains(":2: expand-drop"), "{text}");
+                assert!(text.contains("move the drop to contract.sql"), "says what to fix: {text}");
+                // Opted out with a reason that is wrong, the bindings still catch it.
+                let allow = "-- tandem:allow(expand-drop) (wrongly) thought unused\n";
+                let (_dir, broken) = catalog_with_expand_2(
+                    &sqlite.replace("ALTER TABLE", &format!("{allow}ALTER TABLE")),
+                    &postgres.replace("ALTER TABLE", &format!("{allow}ALTER TABLE")),
                 );
                 let Some(kit) = kit("an_expand_that_breaks_the_old_binding", broken) else { return };
                 let kit = kit.configure(|b| b); // the backfill reads the dropped column: none here

@@ -74,12 +74,15 @@ impl<B: Backend> Kit<B> {
         self
     }
 
-    /// The change from `to - 1` to `to`.
+    /// The change from `to - 1` to `to`, once its SQL passes the
+    /// phase-aware lint ([`Catalog::lint`]) on the kit's backend.
     ///
     /// # Errors
     ///
     /// [`Failure::BadTransition`] for version 1 (nothing before it) or a
-    /// version beyond the catalog.
+    /// version beyond the catalog; [`Failure::Lint`] naming each statement
+    /// a rule of its phase refuses (a drop in expand, say), with what to
+    /// write instead.
     pub fn transition(&self, to: u32) -> Result<Transition<'_, B>, Failure> {
         let bad = |reason: String| Failure::BadTransition { to, reason };
         let version = Version::new(to).ok_or_else(|| bad("versions start at 1".to_owned()))?;
@@ -87,8 +90,16 @@ impl<B: Backend> Kit<B> {
             bad("version 1 is the initial schema; test changes from 2 on".to_owned())
         })?;
         let latest = self.catalog.latest();
-        if version > latest {
+        let Some(entry) = self.catalog.get(version) else {
             return Err(bad(format!("the catalog ends at version {latest}")));
+        };
+        let report = entry.lint(B::NAME).map_err(|e| bad(e.to_string()))?;
+        if !report.is_clean() {
+            return Err(Failure::Lint {
+                to: version,
+                backend: B::NAME,
+                findings: report.findings,
+            });
         }
         Ok(Transition {
             kit: self,

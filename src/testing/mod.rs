@@ -249,6 +249,23 @@ pub enum Failure {
         reason: String,
     },
 
+    /// The version's SQL breaks a rule of the phase-aware lint
+    /// ([`Catalog::lint`]) on the kit's backend: found before any
+    /// database is opened.
+    #[error(
+        "version {to}'s SQL breaks {} rule(s) of a zero-downtime change on {backend}:\n{}",
+        findings.len(),
+        findings.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    )]
+    Lint {
+        /// The version under test.
+        to: Version,
+        /// The backend the SQL was read as (`Backend::NAME`).
+        backend: &'static str,
+        /// What the lint found, each with the file, line, rule and what to write instead.
+        findings: Vec<crate::lint::Finding>,
+    },
+
     /// A repository under test lacks a binding the state needs.
     #[error("repository `{repository}` has no binding for version {binding}, which must work at {at}; register one")]
     MissingBinding {

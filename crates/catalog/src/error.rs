@@ -110,6 +110,12 @@ pub enum CatalogError {
         /// The tokenizer's message, with line and column.
         message: String,
     },
+    /// A backend name tandem does not know (asked of [`Catalog::lint`](crate::Catalog::lint)).
+    #[error("unknown backend `{backend}`; tandem's backends are {}", crate::BACKEND_NAMES.join(", "))]
+    UnknownBackend {
+        /// The name asked for.
+        backend: String,
+    },
     /// Version 1 (the initial schema) has a file only later versions may have.
     #[error("{path}: version 1 is the initial schema and has no previous version to switch from or contract; keep only expand.sql")]
     FirstVersionPhase {

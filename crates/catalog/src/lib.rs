@@ -22,7 +22,9 @@
 
 mod catalog;
 mod error;
+pub mod lint;
 mod sql_check;
+mod statements;
 mod version;
 
 pub use catalog::{
@@ -30,4 +32,5 @@ pub use catalog::{
     BACKEND_NAMES,
 };
 pub use error::CatalogError;
+pub use lint::{Finding, LintReport, Rule, Unchecked};
 pub use version::{Phase, Version};

@@ -11,7 +11,7 @@
 //! loads.
 
 use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::tokenizer::Tokenizer;
 
 /// A statement that controls the transaction, found in a phase file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,65 +85,21 @@ const CONTROL: &[&str] = &[
 ];
 
 fn scan(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Check {
-    // `depth` counts blocks opened inside a statement: a trigger body
-    // (`CREATE TRIGGER … BEGIN … END`), `BEGIN ATOMIC … END`, `CASE … END`.
-    // Their inner `;` and `END` do not end the statement.
-    let mut depth = 0usize;
-    let mut at_start = true;
-    // The statement so far: `BEGIN` opens a block only in `CREATE …
-    // TRIGGER` (its body) or as `BEGIN ATOMIC`; elsewhere it is a name
-    // (a column called `begin`).
-    let mut first_word = String::new();
-    let mut saw_trigger = false;
-    let words = tokens.iter().filter_map(|t| match &t.token {
-        Token::Word(w) if w.quote_style.is_none() => {
-            Some((Some(w.value.to_ascii_uppercase()), t.span.start.line))
-        }
-        Token::SemiColon => Some((None, t.span.start.line)),
-        Token::Eq => Some((Some("=".to_owned()), t.span.start.line)),
-        Token::Whitespace(_) | Token::EOF => None,
-        // Any other token (a string, a number, punctuation) is part of a statement.
-        _ => Some((Some(String::new()), t.span.start.line)),
-    });
-    let mut words = words.peekable();
-    while let Some((word, line)) = words.next() {
-        let Some(word) = word else {
-            // A `;`: the next word starts a statement, unless inside a block.
-            at_start = depth == 0;
+    for statement in crate::statements::split(tokens) {
+        let Some(first) = statement.words.first() else {
             continue;
         };
-        if at_start {
-            at_start = false;
-            first_word.clone_from(&word);
-            saw_trigger = false;
-            if CONTROL.contains(&word.as_str()) {
-                return Check::TransactionControl(Found {
-                    line,
-                    statement: word,
-                });
-            }
-            if word == "START" {
-                if let Some((Some(next), _)) = words.next() {
-                    if next == "TRANSACTION" {
-                        return Check::TransactionControl(Found {
-                            line,
-                            statement: "START TRANSACTION".to_owned(),
-                        });
-                    }
-                }
-            }
-            continue;
+        if CONTROL.contains(&first.as_str()) {
+            return Check::TransactionControl(Found {
+                line: statement.line,
+                statement: first.clone(),
+            });
         }
-        let next_is = |words: &mut std::iter::Peekable<_>, want: &str| matches!(words.peek(), Some((Some(w), _)) if w == want);
-        match word.as_str() {
-            "TRIGGER" => saw_trigger = true,
-            "BEGIN" if (first_word == "CREATE" && saw_trigger) || next_is(&mut words, "ATOMIC") => {
-                depth += 1
-            }
-            "CASE" => depth += 1,
-            // `END` closes a block or a CASE; `end = …` is a column.
-            "END" if depth > 0 && !next_is(&mut words, "=") => depth -= 1,
-            _ => {}
+        if statement.starts_with(&["START", "TRANSACTION"]) {
+            return Check::TransactionControl(Found {
+                line: statement.line,
+                statement: "START TRANSACTION".to_owned(),
+            });
         }
     }
     Check::Clean
