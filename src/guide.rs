@@ -195,6 +195,29 @@
 //! conflict rules and locks differ (every lesson above came from one
 //! backend passing and the other failing).
 //!
+//! ## Writing a change with operations
+//!
+//! A version folder's `change.toml` lists operations instead of SQL (see
+//! [`crate::change`] for each one and the SQL it becomes on each backend):
+//!
+//! ```toml
+//! [[operations]]
+//! add_column = { table = "orders", column = { name = "note", type = "text", nullable = false, default = "''" } }
+//! [[operations]]
+//! rename_column = { table = "orders", from = "customer", to = "customer_name" }
+//! ```
+//!
+//! Write the bindings as for hand-written SQL: version N-1's `table!`
+//! module names `customer`, version N's `customer_name` and `note`. The
+//! add runs in expand; the rename runs at the switch, where no call of
+//! either version is in flight, and back at a switch back; drops run in
+//! contract. Test it with the kit like any change: it checks the N-1
+//! binding after a switch back, since no N-1 call ever runs on the renamed
+//! schema. What the operations do not cover yet (a type change, a column
+//! moved to another table, a constraint) goes in an `sql` operation or a
+//! hand-written file beside `change.toml`, with the sync triggers and
+//! backfill this guide describes, and the lint reads it.
+//!
 //! ## Rolling a binary back
 //!
 //! Until contract, a release can be rolled back:

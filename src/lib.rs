@@ -247,7 +247,7 @@ mod upgrade;
 pub use error::{Area, Error, Result};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use redact::redact;
-pub use tandem_catalog::lint;
+pub use tandem_catalog::{change, lint};
 pub use tandem_catalog::{
     Catalog, CatalogError, CatalogVersion, EmbeddedCatalog, EmbeddedFile, Phase, PhaseSql, Version,
 };

@@ -205,28 +205,10 @@ impl<B: Backend> Staged<B> {
             Stage::Expanded => ("expand", up.expand().map(drop)),
             Stage::Switched => ("switch", up.switch().map(drop)),
             Stage::Contracted => ("contract", up.contract().map(drop)),
+            Stage::SwitchedBack => ("switch_back", up.switch_back().map(drop)),
         };
         result.map_err(|source| Failure::Setup { at, step, source })?;
         self.at = at;
-        Ok(())
-    }
-
-    /// Switches back to N-1 (binaries rolled back before contract) and
-    /// forward again.
-    fn switch_back(&mut self) -> Result<(), Failure> {
-        let at = self.at;
-        self.handle()
-            .upgrader()
-            .switch_back()
-            .map_err(|source| Failure::Setup {
-                at,
-                step: "switch_back",
-                source,
-            })?;
-        self.at = At {
-            stage: Stage::Expanded,
-            to: at.to,
-        };
         Ok(())
     }
 }
@@ -240,6 +222,16 @@ pub struct Transition<'k, B: Backend> {
 }
 
 impl<B: Backend> Transition<'_, B> {
+    /// Whether N has switch SQL on the kit's backend (then the N-1
+    /// binding's rollback is checked after a switch back, not on the
+    /// switched schema).
+    fn has_switch_sql(&self) -> bool {
+        self.kit
+            .catalog
+            .phase(self.to, crate::Phase::Switch, B::NAME)
+            .is_some()
+    }
+
     /// N-1.
     pub fn previous(&self) -> Version {
         self.previous
@@ -304,8 +296,17 @@ impl<B: Backend> Transition<'_, B> {
     {
         let mut ran = Vec::new();
         for stage in Stage::ALL {
-            let staged = self.fresh_at(stage)?;
-            for binding in stage.bindings(self.to) {
+            let mut staged = self.fresh_at(stage)?;
+            let mut bindings = stage.bindings(self.to);
+            if stage == Stage::Switched && self.has_switch_sql() {
+                bindings.reverse(); // N on the switched schema first
+            }
+            for binding in bindings {
+                if stage == Stage::Switched && binding == self.previous && self.has_switch_sql() {
+                    // N-1 never runs on N's switched schema (the switch is
+                    // atomic for calls); it runs again after a switch back.
+                    staged.advance(Stage::SwitchedBack)?;
+                }
                 staged.run(repository, binding, &test)?;
                 ran.push((staged.at, binding));
             }
@@ -389,8 +390,10 @@ impl<B: Backend> Transition<'_, B> {
             by: new,
             at: db.at,
         }];
-        verify(&db, repository, old, &written, &read)?;
-        db.switch_back()?;
+        if !self.has_switch_sql() {
+            verify(&db, repository, old, &written, &read)?;
+        }
+        db.advance(Stage::SwitchedBack)?;
         verify(&db, repository, old, &written, &read)?;
         db.advance(Stage::Switched)?;
         db.advance(Stage::Contracted)?;

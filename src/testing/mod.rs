@@ -10,8 +10,14 @@
 //! |------------------------|:---------------------:|:-------------------:|
 //! | N-1 stable             | yes                   |                     |
 //! | N expanded             | yes                   |                     |
-//! | N switched             | yes (rollback)        | yes                 |
+//! | N switched             | yes (rollback)\*      | yes                 |
 //! | N contracted           |                       | yes                 |
+//!
+//! \* After a [`switch_back`](crate::Upgrader::switch_back) where the
+//! version has switch SQL (a rename run at the switch, as a
+//! [change file](crate::change) writes it): no N-1 call runs on the switched
+//! schema itself, since every N-1 call drains before the switch and every
+//! call after it runs N ([`Stage::SwitchedBack`]).
 //!
 //! [`Transition::check`] runs a test closure with each binding in each state
 //! where it must work, on a fresh database per state. The continuity checks
@@ -142,6 +148,12 @@ pub enum Stage {
     Switched,
     /// N's contract has run: only N's structures remain.
     Contracted,
+    /// N was live and has been switched back: N-1 is live again on N's
+    /// expanded schema (binaries rolled back before contract). Where a
+    /// version has switch SQL (a rename that runs at the switch), this is
+    /// where the N-1 binding's rollback is checked instead of
+    /// [`Switched`](Stage::Switched). Not in [`Stage::ALL`], the forward path.
+    SwitchedBack,
 }
 
 impl Stage {
@@ -157,7 +169,7 @@ impl Stage {
     pub fn bindings(self, to: Version) -> Vec<Version> {
         let previous = to.previous().unwrap_or(to);
         match self {
-            Stage::PreviousStable | Stage::Expanded => vec![previous],
+            Stage::PreviousStable | Stage::Expanded | Stage::SwitchedBack => vec![previous],
             Stage::Switched => vec![previous, to],
             Stage::Contracted => vec![to],
         }
@@ -181,6 +193,7 @@ impl fmt::Display for At {
             Stage::Expanded => write!(f, "version {} expanded", self.to),
             Stage::Switched => write!(f, "version {} switched", self.to),
             Stage::Contracted => write!(f, "version {} contracted", self.to),
+            Stage::SwitchedBack => write!(f, "version {} switched back", self.to),
         }
     }
 }
@@ -291,6 +304,10 @@ fn hint(binding: Version, at: At) -> String {
              add tables and nullable or defaulted columns, keep old columns filled (sync triggers, backfill), \
              and leave drops, renames and NOT NULL constraints to contract",
             at.to
+        ),
+        (Stage::SwitchedBack, false) => format!(
+            "binaries can roll back until contract, so version {binding}'s structures must work again after a \
+             switch back: switch_back.sql must undo switch.sql"
         ),
         (Stage::Switched, false) => format!(
             "binaries can roll back until contract, so version {binding}'s structures must still work after the \

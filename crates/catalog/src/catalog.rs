@@ -321,9 +321,19 @@ fn parse_version(
     files: Vec<(String, Vec<u8>)>,
 ) -> Result<CatalogVersion, CatalogError> {
     let mut parsed = Vec::new();
+    let mut change = None;
     for (file, bytes) in files {
         let path = root.join(folder).join(&file);
         if file.ends_with(".md") {
+            continue;
+        }
+        if file == CHANGE_FILE {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| CatalogError::NotUtf8 { path: path.clone() })?;
+            change = Some((
+                crate::change::Change::parse(&normalize(&text), &path)?,
+                path,
+            ));
             continue;
         }
         let (phase, backend) = parse_file_name(&file)
@@ -359,12 +369,18 @@ fn parse_version(
             file: format!("{folder}/{file}"),
         });
     }
+    if let Some((change, path)) = &change {
+        let mut generated = generated_files(folder, version, change, path, &parsed)?;
+        // First: `pick` takes the first file that matches.
+        generated.append(&mut parsed);
+        parsed = generated;
+    }
     let has = |backend: Option<&str>| {
         parsed
             .iter()
             .any(|f| f.phase == Phase::Expand && f.backend == backend)
     };
-    if !has(None) && !BACKEND_NAMES.iter().all(|b| has(Some(b))) {
+    if change.is_none() && !has(None) && !BACKEND_NAMES.iter().all(|b| has(Some(b))) {
         return Err(CatalogError::MissingExpand {
             path: root.join(folder),
         });
@@ -374,6 +390,76 @@ fn parse_version(
         name: name.to_owned(),
         files: parsed,
     })
+}
+
+/// A version folder's declarative change file (see [`crate::change`]).
+pub(crate) const CHANGE_FILE: &str = "change.toml";
+
+/// The phase files a change file generates, per backend: its statements
+/// for the phase, then the hand-written file's (the backend's own, else
+/// the generic one) if there is one.
+fn generated_files(
+    folder: &str,
+    version: Version,
+    change: &crate::change::Change,
+    path: &Path,
+    written: &[PhaseFile],
+) -> Result<Vec<PhaseFile>, CatalogError> {
+    let mut files = Vec::new();
+    for backend in BACKEND_NAMES {
+        let generated = change.generate(backend, path, version)?;
+        for phase in Phase::ALL {
+            let sql = generated.phase(phase);
+            if sql.is_empty() {
+                continue;
+            }
+            if version == Version::FIRST && phase != Phase::Expand {
+                return Err(CatalogError::FirstVersionPhase {
+                    path: path.to_owned(),
+                });
+            }
+            let hand = written
+                .iter()
+                .find(|f| f.phase == phase && f.backend == Some(backend))
+                .or_else(|| {
+                    written
+                        .iter()
+                        .find(|f| f.phase == phase && f.backend.is_none())
+                });
+            let (text, file) = match hand {
+                Some(hand) => (
+                    format!("{sql}\n-- {}\n{}", hand.file, hand.text),
+                    format!("{folder}/{CHANGE_FILE} + {}", hand.file),
+                ),
+                None => (sql.to_owned(), format!("{folder}/{CHANGE_FILE}")),
+            };
+            match crate::sql_check::transaction_control(&text, Some(backend)) {
+                crate::sql_check::Check::TransactionControl(found) => {
+                    return Err(CatalogError::TransactionControl {
+                        path: path.to_owned(),
+                        line: found.line,
+                        statement: found.statement,
+                    })
+                }
+                crate::sql_check::Check::Unreadable { message } => {
+                    return Err(CatalogError::Unreadable {
+                        path: path.to_owned(),
+                        message,
+                    })
+                }
+                crate::sql_check::Check::Clean => {}
+            }
+            files.push(PhaseFile {
+                phase,
+                backend: Some(backend),
+                checksum: sha256_hex(&text),
+                legacy: Vec::new(),
+                text,
+                file,
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// A phase file's text as tandem runs and hashes it: a leading UTF-8 byte

@@ -34,7 +34,8 @@ pub enum CatalogError {
     /// A file tandem does not know.
     #[error(
         "{path}: unknown file; a version folder holds expand.sql, switch.sql, switch_back.sql and \
-         contract.sql, each optionally as NAME.sqlite.sql or NAME.postgres.sql, and *.md notes"
+         contract.sql, each optionally as NAME.sqlite.sql or NAME.postgres.sql, a change.toml, \
+         and *.md notes"
     )]
     UnknownFile {
         /// The file.
@@ -109,6 +110,19 @@ pub enum CatalogError {
         path: PathBuf,
         /// The tokenizer's message, with line and column.
         message: String,
+    },
+    /// A change file (`change.toml`) that cannot be read, or an operation
+    /// in it that tandem cannot make safe.
+    #[error("{path}{}: {problem}; {instead}", operation.map(|n| format!(", operation {n}")).unwrap_or_default())]
+    BadChange {
+        /// The change file.
+        path: PathBuf,
+        /// The operation at fault (1-based), if one is.
+        operation: Option<usize>,
+        /// What is wrong.
+        problem: String,
+        /// What to write instead.
+        instead: String,
     },
     /// A backend name tandem does not know (asked of [`Catalog::lint`](crate::Catalog::lint)).
     #[error("unknown backend `{backend}`; tandem's backends are {}", crate::BACKEND_NAMES.join(", "))]

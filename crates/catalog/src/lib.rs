@@ -21,6 +21,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod catalog;
+pub mod change;
 mod error;
 pub mod lint;
 mod sql_check;

@@ -317,6 +317,28 @@ impl File<'_> {
     }
 }
 
+/// Lints one phase's `text` (a change file's generated SQL), as if it
+/// were the file at `path`; version 1 has no findings.
+pub(crate) fn lint_text(
+    version: Version,
+    phase: Phase,
+    path: &std::path::Path,
+    postgres: bool,
+    text: &str,
+) -> LintReport {
+    if version == Version::FIRST {
+        return LintReport::default();
+    }
+    let path = path.display().to_string();
+    let file = File {
+        version,
+        phase,
+        path: &path,
+        postgres,
+    };
+    file.lint(text)
+}
+
 /// The opt-outs a statement's comments carry.
 struct OptOuts {
     rules: Vec<Rule>,

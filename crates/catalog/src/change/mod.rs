@@ -1,0 +1,264 @@
+//! Declarative changes: a version folder's `change.toml` lists operations,
+//! and tandem writes each phase's SQL for each backend from them.
+//!
+//! ```toml
+//! # schema_versions/0002_orders/change.toml
+//! [[operations]]
+//! rename_column = { table = "orders", from = "customer", to = "customer_name" }
+//!
+//! [[operations]]
+//! add_column = { table = "orders", column = { name = "note", type = "text", default = "''", nullable = false } }
+//! ```
+//!
+//! | operation       | expand                         | switch / switch back     | contract       |
+//! |-----------------|--------------------------------|--------------------------|----------------|
+//! | `create_table`  | `CREATE TABLE`                 |                          |                |
+//! | `add_column`    | `ADD COLUMN` (nullable, or with a default) |              |                |
+//! | `create_index`  | `CREATE INDEX IF NOT EXISTS`   |                          |                |
+//! | `rename_table`  |                                | `RENAME TO`, and back    |                |
+//! | `rename_column` |                                | `RENAME COLUMN`, and back|                |
+//! | `drop_column`   |                                |                          | `DROP COLUMN`  |
+//! | `drop_index`    |                                |                          | `DROP INDEX`   |
+//! | `drop_table`    |                                |                          | `DROP TABLE`   |
+//! | `sql`           | as written, per phase (and per backend if asked) |        |                |
+//!
+//! **Renames cost nothing.** tandem's switch is atomic across the fleet:
+//! every call of version N-1 has drained before it and every call after it
+//! runs version N's binding. So a rename runs in switch, as the metadata
+//! change it is, and back in switch back: no new column, trigger or
+//! backfill. (Clients that use the database without tandem would see the
+//! name change at the switch; for them, write the copy-and-sync form by
+//! hand: a new column in expand, triggers both ways, a backfill, a drop in
+//! contract.)
+//!
+//! Expand runs before the switch's renames and contract after them: an
+//! expand operation names tables and columns as version N-1 has them, a
+//! contract operation as version N has them, and each rename as the
+//! renames before it left them.
+//!
+//! Column types are portable names (`integer`, `bigint`, `smallint`,
+//! `text`, `boolean`, `real`, `double`, `blob`, `date`, `timestamp`,
+//! `timestamptz`, `json`, `uuid`, `jsonb`), written as each backend names
+//! them; one a backend lacks is refused for it (`uuid` and `jsonb` on
+//! SQLite: use `text`). An integer primary key is generated (SQLite's
+//! `INTEGER PRIMARY KEY`, PostgreSQL's identity). Names are lowercase
+//! letters, digits and `_` (at most 63), always quoted in the SQL; a
+//! default is one SQL expression, parsed before it is written.
+//!
+//! The generated SQL is what runs and what is checksummed; the files
+//! beside `change.toml` (`expand.sql`, …) still count, and run after the
+//! generated statements of their phase. It passes the
+//! [lint](crate::lint) by construction: an operation whose SQL would not
+//! (an `sql` statement that drops in expand) is refused with the rule's
+//! advice. The SQL generated for a change file is frozen by snapshot
+//! tests: a release of tandem that changed it would make an applied
+//! phase's checksum differ ([`Catalog`](crate::Catalog) keeps accepting
+//! the checksum an earlier release recorded, the way it does for line
+//! endings, should that ever be needed).
+
+use serde::Deserialize;
+
+use crate::error::CatalogError;
+use crate::version::Phase;
+
+mod generate;
+
+pub use generate::Generated;
+
+/// A parsed `change.toml`: its operations, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// The operations, in order (`[[operations]]`).
+    #[serde(default)]
+    pub operations: Vec<Operation>,
+}
+
+/// One operation of a change file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Operation {
+    /// A new table (expand).
+    CreateTable {
+        /// Its name.
+        table: String,
+        /// Its columns.
+        columns: Vec<Column>,
+    },
+    /// A new column (expand): nullable, or `NOT NULL` with a default, so
+    /// that version N-1's inserts keep working.
+    AddColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: Column,
+    },
+    /// A new index (expand), `IF NOT EXISTS`: on a large PostgreSQL table,
+    /// build it beforehand with `CREATE INDEX CONCURRENTLY` under the same
+    /// name.
+    CreateIndex {
+        /// The table.
+        table: String,
+        /// The index's name.
+        name: String,
+        /// The indexed columns, in order.
+        columns: Vec<String>,
+        /// Whether the index is unique.
+        #[serde(default)]
+        unique: bool,
+    },
+    /// A table renamed at the switch (and back at a switch back).
+    RenameTable {
+        /// The old name.
+        from: String,
+        /// The new name.
+        to: String,
+    },
+    /// A column renamed at the switch (and back at a switch back).
+    RenameColumn {
+        /// The table, as the operations before this one leave it (after
+        /// a `rename_table` earlier in the file, its new name).
+        table: String,
+        /// The old name.
+        from: String,
+        /// The new name.
+        to: String,
+    },
+    /// A column dropped in contract.
+    DropColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// An index dropped in contract.
+    DropIndex {
+        /// The index.
+        name: String,
+    },
+    /// A table dropped in contract.
+    DropTable {
+        /// The table.
+        table: String,
+    },
+    /// SQL as written, for each phase it names (linted like a file).
+    Sql(RawSql),
+}
+
+impl Operation {
+    /// The operation's name as the change file writes it (`add_column`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::CreateTable { .. } => "create_table",
+            Operation::AddColumn { .. } => "add_column",
+            Operation::CreateIndex { .. } => "create_index",
+            Operation::RenameTable { .. } => "rename_table",
+            Operation::RenameColumn { .. } => "rename_column",
+            Operation::DropColumn { .. } => "drop_column",
+            Operation::DropIndex { .. } => "drop_index",
+            Operation::DropTable { .. } => "drop_table",
+            Operation::Sql(_) => "sql",
+        }
+    }
+}
+
+/// A column of [`Operation::CreateTable`] or [`Operation::AddColumn`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its portable type (see the [module](crate::change) docs).
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Whether it may hold NULL (the default: `true`).
+    #[serde(default = "yes")]
+    pub nullable: bool,
+    /// Its default, one SQL expression (`''`, `0`, `CURRENT_TIMESTAMP`).
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Whether it is the primary key (`create_table` only).
+    #[serde(default)]
+    pub primary_key: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// [`Operation::Sql`]: statements per phase, for every backend or one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSql {
+    /// Only for this backend (`"sqlite"` or `"postgres"`); every one if unset.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Expand's statements.
+    #[serde(default)]
+    pub expand: Option<String>,
+    /// Switch's statements.
+    #[serde(default)]
+    pub switch: Option<String>,
+    /// Switch back's statements.
+    #[serde(default)]
+    pub switch_back: Option<String>,
+    /// Contract's statements.
+    #[serde(default)]
+    pub contract: Option<String>,
+}
+
+impl RawSql {
+    pub(crate) fn phase(&self, phase: Phase) -> Option<&str> {
+        match phase {
+            Phase::Expand => self.expand.as_deref(),
+            Phase::Switch => self.switch.as_deref(),
+            Phase::SwitchBack => self.switch_back.as_deref(),
+            Phase::Contract => self.contract.as_deref(),
+        }
+    }
+}
+
+impl Change {
+    /// Parses a change file's text; `path` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`CatalogError::BadChange`] for text that is not a change file (an
+    /// unknown operation or field, a missing one), naming the line.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Change, CatalogError> {
+        toml::from_str(text).map_err(|e| CatalogError::BadChange {
+            path: path.to_owned(),
+            operation: None,
+            problem: e.message().to_owned(),
+            instead: format!(
+                "{}write `[[operations]]` tables, each with one of {}",
+                e.span()
+                    .map(|s| format!("(line {}) ", line_of(text, s.start)))
+                    .unwrap_or_default(),
+                OPERATIONS.join(", ")
+            ),
+        })
+    }
+}
+
+/// The operations a change file may name.
+pub const OPERATIONS: &[&str] = &[
+    "create_table",
+    "add_column",
+    "create_index",
+    "rename_table",
+    "rename_column",
+    "drop_column",
+    "drop_index",
+    "drop_table",
+    "sql",
+];
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests;

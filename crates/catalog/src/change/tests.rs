@@ -1,0 +1,280 @@
+use std::path::Path;
+
+use super::*;
+use crate::{Catalog, Version};
+
+/// Every operation, once: the snapshot of what each backend runs.
+const EVERY_OPERATION: &str = r#"
+[[operations]]
+create_table = { table = "customers", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "name", type = "text", nullable = false },
+    { name = "created_at", type = "timestamptz", default = "CURRENT_TIMESTAMP" },
+] }
+
+[[operations]]
+add_column = { table = "orders", column = { name = "note", type = "text", nullable = false, default = "''" } }
+
+[[operations]]
+add_column = { table = "orders", column = { name = "customer_id", type = "bigint" } }
+
+[[operations]]
+create_index = { table = "orders", name = "orders_by_customer", columns = ["customer_id", "id"] }
+
+[[operations]]
+rename_column = { table = "orders", from = "customer", to = "customer_name" }
+
+[[operations]]
+rename_table = { from = "order_lines", to = "lines" }
+
+[[operations]]
+drop_column = { table = "orders", column = "legacy_flag" }
+
+[[operations]]
+drop_index = { name = "orders_by_legacy_flag" }
+
+[[operations]]
+drop_table = { table = "old_reports" }
+
+[[operations]]
+[operations.sql]
+backend = "postgres"
+expand = "COMMENT ON TABLE orders IS 'version 2';"
+"#;
+
+fn generate(text: &str, backend: &str) -> Result<Generated, CatalogError> {
+    let path = Path::new("0002_orders/change.toml");
+    Change::parse(text, path)?.generate(backend, path, Version::new(2).unwrap())
+}
+
+fn all_phases(g: &Generated) -> String {
+    let mut out = String::new();
+    for phase in Phase::ALL {
+        out.push_str(&format!("== {phase}\n{}\n", g.phase(phase)));
+    }
+    out
+}
+
+#[test]
+fn every_operation_generates_its_sql_for_each_backend() {
+    for backend in ["sqlite", "postgres"] {
+        let generated = generate(EVERY_OPERATION, backend).unwrap();
+        insta::assert_snapshot!(format!("every_operation_{backend}"), all_phases(&generated));
+    }
+}
+
+#[test]
+fn renames_run_in_switch_and_back_in_reverse_order() {
+    let text = r#"
+[[operations]]
+rename_table = { from = "orders", to = "purchases" }
+[[operations]]
+rename_column = { table = "purchases", from = "customer", to = "customer_name" }
+"#;
+    let g = generate(text, "sqlite").unwrap();
+    assert!(g.expand.is_empty() && g.contract.is_empty(), "{g:?}");
+    let switch: Vec<_> = g
+        .switch
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect();
+    let back: Vec<_> = g
+        .switch_back
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect();
+    assert_eq!(
+        switch,
+        [
+            r#"ALTER TABLE "orders" RENAME TO "purchases";"#,
+            r#"ALTER TABLE "purchases" RENAME COLUMN "customer" TO "customer_name";"#
+        ]
+    );
+    assert_eq!(
+        back,
+        [
+            r#"ALTER TABLE "purchases" RENAME COLUMN "customer_name" TO "customer";"#,
+            r#"ALTER TABLE "purchases" RENAME TO "orders";"#
+        ]
+    );
+}
+
+/// Bad input: a typed error naming the file, the operation and what to
+/// write instead, before anything runs.
+#[test]
+fn bad_change_files_name_the_file_the_operation_and_what_to_write() {
+    for (backend, text, operation, parts) in [
+        (
+            "sqlite",
+            "[[operations]]\nfrobnicate = { table = \"orders\" }",
+            None,
+            &["unknown variant `frobnicate`", "line 2", "rename_column"][..],
+        ),
+        (
+            "sqlite",
+            "[[operations]]\nadd_column = { table = \"orders\" }",
+            None,
+            &["missing field `column`"][..],
+        ),
+        (
+            "sqlite",
+            "[[operations]]\nadd_column = { table = \"orders\", column = { name = \"n\", type = \"money\" } }",
+            Some(1),
+            &["type `money`", "use one of integer, bigint"][..],
+        ),
+        (
+            "sqlite",
+            "[[operations]]\ndrop_table = { table = \"x\" }\n[[operations]]\nadd_column = { table = \"orders\", column = { name = \"token\", type = \"uuid\" } }",
+            Some(2),
+            &["SQLite has no `uuid` type", "use `text`"][..],
+        ),
+        (
+            "postgres",
+            "[[operations]]\nadd_column = { table = \"orders\", column = { name = \"qty\", type = \"integer\", nullable = false } }",
+            Some(1),
+            &["NOT NULL without a default", "version N-1's inserts", "give it a default"][..],
+        ),
+        (
+            "postgres",
+            "[[operations]]\ndrop_column = { table = \"Orders; DROP TABLE x\", column = \"a\" }",
+            Some(1),
+            &["is not a name tandem writes into SQL", "lowercase letters"][..],
+        ),
+        (
+            "postgres",
+            "[[operations]]\nadd_column = { table = \"orders\", column = { name = \"n\", type = \"text\", default = \"'a'; DROP TABLE orders\" } }",
+            Some(1),
+            &["not one SQL expression", "write one expression"][..],
+        ),
+        (
+            "postgres",
+            "[[operations]]\nadd_column = { table = \"orders\", column = { name = \"t\", type = \"uuid\", default = \"gen_random_uuid()\" } }",
+            Some(1),
+            &["`table-rewrite` rule", "fill it with a backfill step"][..],
+        ),
+        (
+            "sqlite",
+            "[[operations]]\n[operations.sql]\nexpand = \"DROP TABLE orders;\"",
+            Some(1),
+            &["`expand-drop` rule", "move the drop to contract.sql"][..],
+        ),
+        (
+            "sqlite",
+            "[[operations]]\n[operations.sql]\nbackend = \"mysql\"\nexpand = \"SELECT 1;\"",
+            Some(1),
+            &["names no backend", "sqlite, postgres"][..],
+        ),
+        (
+            "sqlite",
+            "[[operations]]\nadd_column = { table = \"orders\", column = { name = \"id2\", type = \"bigint\", primary_key = true } }",
+            Some(1),
+            &["primary key added to an existing table"][..],
+        ),
+    ] {
+        let err = generate(text, backend).unwrap_err();
+        let CatalogError::BadChange { path, operation: at, .. } = &err else {
+            panic!("{text}: {err:?}");
+        };
+        assert_eq!((path.as_path(), *at), (Path::new("0002_orders/change.toml"), operation), "{text}");
+        let message = err.to_string();
+        assert!(message.starts_with("0002_orders/change.toml"), "{message}");
+        for part in parts {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+    }
+}
+
+fn write(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_catalog_runs_the_generated_sql_then_the_files_beside_it() {
+    let dir = write(&[
+        ("0001_init/expand.sql", "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT);"),
+        (
+            "0002_orders/change.toml",
+            "[[operations]]\nrename_column = { table = \"orders\", from = \"customer\", to = \"customer_name\" }\n\
+             [[operations]]\nadd_column = { table = \"orders\", column = { name = \"note\", type = \"text\" } }",
+        ),
+        ("0002_orders/expand.postgres.sql", "COMMENT ON TABLE orders IS 'x';"),
+    ]);
+    let catalog = Catalog::from_dir(dir.path()).unwrap();
+    let v2 = Version::new(2).unwrap();
+    let sqlite = catalog.phase(v2, Phase::Expand, "sqlite").unwrap();
+    assert_eq!(sqlite.file, "0002_orders/change.toml");
+    assert!(
+        sqlite.text.contains(r#"ADD COLUMN "note" TEXT"#),
+        "{}",
+        sqlite.text
+    );
+    assert_eq!(sqlite.checksum, crate::sha256_hex(sqlite.text));
+    let pg = catalog.phase(v2, Phase::Expand, "postgres").unwrap();
+    assert_eq!(
+        pg.file,
+        "0002_orders/change.toml + 0002_orders/expand.postgres.sql"
+    );
+    let (generated, written) = (
+        pg.text.find("ADD COLUMN").unwrap(),
+        pg.text.find("COMMENT ON TABLE").unwrap(),
+    );
+    assert!(generated < written, "{}", pg.text);
+    assert!(catalog
+        .phase(v2, Phase::Switch, "sqlite")
+        .unwrap()
+        .text
+        .contains("RENAME COLUMN"));
+    assert!(catalog.phase(v2, Phase::Contract, "sqlite").is_none());
+    // What runs is what the lint reads: clean.
+    for backend in ["sqlite", "postgres"] {
+        let report = catalog.lint(backend).unwrap();
+        assert!(report.is_clean() && report.unchecked.is_empty(), "{report}");
+    }
+}
+
+#[test]
+fn a_rename_only_change_needs_no_expand_and_bad_files_fail_the_load() {
+    let dir = write(&[
+        ("0001_init/expand.sql", "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT);"),
+        (
+            "0002_rename/change.toml",
+            "[[operations]]\nrename_column = { table = \"orders\", from = \"customer\", to = \"c\" }",
+        ),
+    ]);
+    let catalog = Catalog::from_dir(dir.path()).unwrap();
+    assert!(catalog
+        .phase(Version::new(2).unwrap(), Phase::Expand, "sqlite")
+        .is_none());
+    let dir = write(&[
+        (
+            "0001_init/expand.sql",
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY);",
+        ),
+        (
+            "0002_bad/change.toml",
+            "[[operations]]\nadd_column = { table = \"orders\" }",
+        ),
+    ]);
+    let err = Catalog::from_dir(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, CatalogError::BadChange { path, .. } if path.ends_with("0002_bad/change.toml")),
+        "{err}"
+    );
+    // Version 1 may create its tables with one; nothing else.
+    let dir = write(&[(
+        "0001_init/change.toml",
+        "[[operations]]\ncreate_table = { table = \"t\", columns = [{ name = \"id\", type = \"integer\", primary_key = true }] }\n\
+         [[operations]]\ndrop_table = { table = \"t\" }",
+    )]);
+    let err = Catalog::from_dir(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, CatalogError::FirstVersionPhase { .. }),
+        "{err}"
+    );
+}

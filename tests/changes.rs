@@ -1,0 +1,219 @@
+//! Declarative changes (`change.toml`) through the kit, on SQLite and
+//! PostgreSQL: an orders service whose version 2 renames `orders` to
+//! `purchases` and `customer` to `customer_name` at the switch (no copy, no
+//! trigger), adds a defaulted `note` column and an index in expand. Each
+//! binding runs in each state where it must work, data crosses the switch
+//! both ways, and the upgrade crashed at each of its steps resumes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use tandem::testing::faults::UpgraderFaults as _;
+use tandem::testing::{Failure, Kit, Stage};
+use tandem::{Catalog, Repository};
+
+const V1: &str = r#"
+[[operations]]
+create_table = { table = "orders", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "customer", type = "text", nullable = false, default = "''" },
+    { name = "qty", type = "integer", nullable = false, default = "0" },
+] }
+"#;
+
+const V2: &str = r#"
+# Expand names tables and columns as version 1 has them; the renames run at
+# the switch, in this order, and back in reverse at a switch back.
+[[operations]]
+add_column = { table = "orders", column = { name = "note", type = "text", nullable = false, default = "''" } }
+
+[[operations]]
+create_index = { table = "orders", name = "orders_by_qty", columns = ["qty"] }
+
+[[operations]]
+rename_table = { from = "orders", to = "purchases" }
+
+[[operations]]
+rename_column = { table = "purchases", from = "customer", to = "customer_name" }
+"#;
+
+fn catalog() -> (tempfile::TempDir, Catalog) {
+    let dir = tempfile::tempdir().unwrap();
+    for (folder, text) in [("0001_orders", V1), ("0002_purchases", V2)] {
+        std::fs::create_dir(dir.path().join(folder)).unwrap();
+        std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
+    }
+    let catalog = Catalog::from_dir(dir.path()).unwrap();
+    (dir, catalog)
+}
+
+mod v1 {
+    diesel::table! { orders (id) { id -> BigInt, customer -> Text, qty -> Integer, } }
+}
+mod v2 {
+    diesel::table! { purchases (id) { id -> BigInt, customer_name -> Text, qty -> Integer, note -> Text, } }
+}
+
+/// The orders repository over a backend's connection `C`.
+trait Orders<C>: Send + Sync {
+    fn create(&self, conn: &mut C, customer: &str, qty: i32) -> QueryResult<i64>;
+    fn get(&self, conn: &mut C, id: i64) -> QueryResult<(String, i32)>;
+}
+struct OrdersV1;
+struct OrdersV2;
+
+macro_rules! bindings {
+    ($conn:ty) => {
+        impl Orders<$conn> for OrdersV1 {
+            fn create(&self, conn: &mut $conn, customer: &str, qty: i32) -> QueryResult<i64> {
+                use v1::orders::dsl;
+                diesel::insert_into(dsl::orders)
+                    .values((dsl::customer.eq(customer), dsl::qty.eq(qty)))
+                    .returning(dsl::id)
+                    .get_result(conn)
+            }
+            fn get(&self, conn: &mut $conn, id: i64) -> QueryResult<(String, i32)> {
+                use v1::orders::dsl;
+                dsl::orders
+                    .find(id)
+                    .select((dsl::customer, dsl::qty))
+                    .first(conn)
+            }
+        }
+        impl Orders<$conn> for OrdersV2 {
+            fn create(&self, conn: &mut $conn, customer: &str, qty: i32) -> QueryResult<i64> {
+                use v2::purchases::dsl;
+                diesel::insert_into(dsl::purchases)
+                    .values((
+                        dsl::customer_name.eq(customer),
+                        dsl::qty.eq(qty),
+                        dsl::note.eq("v2"),
+                    ))
+                    .returning(dsl::id)
+                    .get_result(conn)
+            }
+            fn get(&self, conn: &mut $conn, id: i64) -> QueryResult<(String, i32)> {
+                use v2::purchases::dsl;
+                dsl::purchases
+                    .find(id)
+                    .select((dsl::customer_name, dsl::qty))
+                    .first(conn)
+            }
+        }
+    };
+}
+bindings!(diesel::SqliteConnection);
+#[cfg(feature = "postgres")]
+bindings!(diesel::PgConnection);
+
+fn orders<C: 'static>() -> Repository<dyn Orders<C>>
+where
+    OrdersV1: Orders<C>,
+    OrdersV2: Orders<C>,
+{
+    Repository::<dyn Orders<C>>::builder("orders")
+        .binding(1, Arc::new(OrdersV1))
+        .binding(2, Arc::new(OrdersV2))
+        .build()
+        .unwrap()
+}
+
+macro_rules! changes_suite {
+    ($name:ident, $backend:ty, $kit:expr) => {
+        mod $name {
+            use super::*;
+            type B = $backend;
+            type C = <B as tandem::Backend>::Connection;
+
+            #[test]
+            fn renames_at_the_switch_work_for_each_binding_where_it_must() {
+                let (_dir, catalog) = catalog();
+                let Some(kit): Option<Kit<B>> = $kit("renames_at_the_switch", catalog) else { return };
+                let change = kit.transition(2).unwrap();
+                let repo = orders::<C>();
+                let ran = change
+                    .check(&repo, |r, s| {
+                        let id = r.create(s.conn(), "ada", 3)?;
+                        assert_eq!(r.get(s.conn(), id)?, ("ada".to_owned(), 3));
+                        Ok::<_, diesel::result::Error>(())
+                    })
+                    .unwrap();
+                let ran: Vec<String> = ran.iter().map(|(at, v)| format!("{v}@{at}")).collect();
+                assert_eq!(
+                    ran,
+                    [
+                        "1@version 1 stable",
+                        "1@version 2 expanded",
+                        "2@version 2 switched",
+                        "1@version 2 switched back",
+                        "2@version 2 contracted"
+                    ]
+                );
+                change
+                    .forward(&repo, |r, s| r.create(s.conn(), "grace", 5), |r, s, id| r.get(s.conn(), *id))
+                    .unwrap();
+                change
+                    .backward(&repo, |r, s| r.create(s.conn(), "alan", 7), |r, s, id| r.get(s.conn(), *id))
+                    .unwrap();
+                // On the switched schema itself the version 1 binding fails: it
+                // never runs there (every version 1 call drained before the switch).
+                let switched = change.fresh_at(Stage::Switched).unwrap();
+                let err = switched.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "x", 1)).unwrap_err();
+                assert!(matches!(err, Failure::Binding { .. }), "{err}");
+            }
+
+            #[test]
+            fn an_upgrade_crashed_at_each_step_resumes() {
+                let (_dir, catalog) = catalog();
+                let Some(kit): Option<Kit<B>> = $kit("renames_crash_resume", catalog) else { return };
+                let change = kit.transition(2).unwrap();
+                let repo = orders::<C>();
+                // How many steps a whole upgrade to 2 takes, counted on one run.
+                let counted = change.fresh_at(Stage::PreviousStable).unwrap();
+                let up = counted.handle().upgrader();
+                up.upgrade_to(2).unwrap();
+                let steps = up.steps_taken();
+                assert!(steps >= 6, "{steps} steps");
+                for crash in 1..=steps {
+                    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+                    let qty = i32::try_from(crash).unwrap();
+                    let id = staged.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "kay", qty)).unwrap();
+                    // It crashes at the step, its lease held, as a killed process would.
+                    let up = staged.handle().upgrader().lease(Duration::from_millis(150)).crash_at(crash);
+                    let crashed = up.upgrade_to(2);
+                    assert!(
+                        matches!(crashed, Err(tandem::Error::InjectedCrash { step, .. }) if step == crash),
+                        "step {crash} of {steps}: {crashed:?}"
+                    );
+                    drop(up);
+                    // A new upgrader (the process restarted) finishes the job.
+                    staged
+                        .handle()
+                        .upgrader()
+                        .wait_for_lease(Duration::from_secs(10))
+                        .upgrade_to(2)
+                        .unwrap_or_else(|e| panic!("step {crash}: {e}"));
+                    let state = staged.handle().state().unwrap();
+                    assert_eq!((state.version.get(), state.phase), (2, tandem::StatePhase::Stable), "step {crash}");
+                    let read = staged.run(&repo, tandem::Version::new(2).unwrap(), |r, s| r.get(s.conn(), id)).unwrap();
+                    assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
+                }
+            }
+        }
+    };
+}
+
+fn sqlite_kit(_test: &str, catalog: Catalog) -> Option<Kit<tandem::Sqlite>> {
+    Some(Kit::sqlite(catalog))
+}
+changes_suite!(sqlite, tandem::Sqlite, sqlite_kit);
+
+#[cfg(feature = "postgres")]
+fn pg_kit(test: &str, catalog: Catalog) -> Option<Kit<tandem::Postgres>> {
+    Some(Kit::postgres(&common::pg::server(test)?, catalog))
+}
+#[cfg(feature = "postgres")]
+changes_suite!(postgres, tandem::Postgres, pg_kit);
