@@ -272,7 +272,7 @@ pub use lock::WriterPolicy;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::{HistoryEntry, HistoryPhase, Instance, Mode, Outcome, Prefix, State, StatePhase};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use upgrade::{PhaseReport, Upgrader};
+pub use upgrade::{PhaseReport, PlannedPhase, Upgrader};
 
 // The README's examples compile and run as doctests.
 #[cfg(all(doctest, feature = "sqlite"))]

@@ -165,6 +165,36 @@ macro_rules! changes_suite {
                 assert!(matches!(err, Failure::Binding { .. }), "{err}");
             }
 
+            /// A version whose change only renames has no expand SQL: every
+            /// phase still runs, and the plan shows what each one runs.
+            #[test]
+            fn a_rename_only_version_upgrades_and_plans() {
+                let (dir, _) = catalog();
+                std::fs::create_dir(dir.path().join("0003_quantity")).unwrap();
+                std::fs::write(
+                    dir.path().join("0003_quantity/change.toml"),
+                    "[[operations]]\nrename_column = { table = \"purchases\", from = \"qty\", to = \"quantity\" }",
+                )
+                .unwrap();
+                let catalog = Catalog::from_dir(dir.path()).unwrap();
+                let Some(kit): Option<Kit<B>> = $kit("rename_only_version", catalog) else { return };
+                let staged = kit.transition(3).unwrap().fresh_at(Stage::PreviousStable).unwrap();
+                let up = staged.handle().upgrader();
+                let plan: Vec<String> = up
+                    .plan(3)
+                    .unwrap()
+                    .iter()
+                    .map(|p| format!("{} {} {}", p.version, p.phase, p.sql.is_some()))
+                    .collect();
+                assert_eq!(plan, ["3 expand false", "3 switch true", "3 contract false"]);
+                up.upgrade_to(3).unwrap();
+                let mut conn = staged.handle().connection().unwrap();
+                diesel::sql_query("INSERT INTO purchases (customer_name, quantity) VALUES ('x', 2)")
+                    .execute(&mut *conn)
+                    .unwrap();
+                assert!(up.plan(3).unwrap().is_empty());
+            }
+
             #[test]
             fn an_upgrade_crashed_at_each_step_resumes() {
                 let (_dir, catalog) = catalog();

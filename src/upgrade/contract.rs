@@ -7,7 +7,7 @@ impl<B: Backend> Upgrader<B> {
     pub(super) fn contract_leased(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
-        match self.plan(&state, Phase::Contract)? {
+        match self.next_step(&state, Phase::Contract)? {
             plan::Next::Run { .. } => {}
             plan::Next::Done(version) => return Ok(PhaseReport::done(version, Phase::Contract)),
             plan::Next::DoneIfSwitchedBack { .. } => {

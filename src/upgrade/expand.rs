@@ -8,7 +8,7 @@ impl<B: Backend> Upgrader<B> {
     pub(super) fn expand_leased(&self, conn: &mut B::Connection) -> Result<PhaseReport> {
         let started = Instant::now();
         let state = self.read_state(conn)?;
-        let target = match self.plan(&state, Phase::Expand)? {
+        let target = match self.next_step(&state, Phase::Expand)? {
             plan::Next::Run { files, .. } => files,
             plan::Next::Done(target) => return Ok(PhaseReport::done(target, Phase::Expand)),
             plan::Next::DoneIfSwitchedBack { .. } => {

@@ -96,6 +96,9 @@ pub(super) fn run_sql<C: SimpleConnection>(
     version: Version,
     phase: Phase,
 ) -> Result<()> {
+    if sql.trim().is_empty() {
+        return Ok(()); // a phase without SQL (a rename-only change has no expand)
+    }
     conn.batch_execute(sql)
         .map_err(|source| Error::PhaseFailed {
             version,

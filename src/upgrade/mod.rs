@@ -46,6 +46,7 @@ mod journal;
 use journal::run_sql;
 mod lease;
 mod plan;
+pub use plan::PlannedPhase;
 mod switch;
 
 /// What one phase did.
@@ -273,6 +274,66 @@ impl<B: Backend> Upgrader<B> {
         })
     }
 
+    /// What [`upgrade_to(target)`](Upgrader::upgrade_to) would run from
+    /// where the database stands now: each remaining phase of each version
+    /// with the SQL it runs on this backend (a `change.toml`'s generated
+    /// text included) and the backfills after expand. Reads the state row;
+    /// runs nothing, takes no lease. (A phase a crash interrupted is listed
+    /// whole: it resumes where its journal says.)
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")] {
+    /// # fn main() -> Result<(), tandem::Error> {
+    /// let db = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", tandem::testing::demo::catalog()?)
+    ///     .pool_size(1)
+    ///     .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
+    ///     .open()?;
+    /// let plan = db.upgrader().plan(2)?;
+    /// let phases: Vec<String> = plan.iter().map(|p| format!("{} {}", p.version, p.phase)).collect();
+    /// assert_eq!(phases, ["2 expand", "2 switch", "2 contract"]);
+    /// assert_eq!(plan[0].backfills, ["copy emails"]);
+    /// assert!(plan[0].sql.as_deref().unwrap_or_default().contains("CREATE TABLE account_emails"));
+    /// assert_eq!(plan[1].sql, None); // the demo's switch only bumps the version
+    /// # Ok(()) }
+    /// # main().unwrap();
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidVersion`], [`Error::UnknownVersion`] (target not in
+    /// the catalog), [`Error::NotRollForward`] (target behind the live
+    /// version), or a database error reading the state row.
+    pub fn plan(&self, target: u32) -> Result<Vec<PlannedPhase>> {
+        let latest = self.shared.catalog.latest();
+        let target = Version::new(target).ok_or(Error::InvalidVersion {
+            value: i64::from(target),
+            context: "plan",
+        })?;
+        if target > latest {
+            return Err(Error::UnknownVersion {
+                version: target,
+                latest,
+            });
+        }
+        let state = {
+            let mut conn = self.shared.connection()?;
+            self.read_state(&mut conn)?
+        };
+        let backfills: Vec<(u32, &str)> = self
+            .shared
+            .backfills
+            .iter()
+            .map(|b| (b.version, b.name.as_str()))
+            .collect();
+        let at = plan::At {
+            version: state.version,
+            phase: state.phase,
+        };
+        plan::phases(&self.shared.catalog, at, target, B::NAME, &backfills)
+            .map_err(|live| Error::NotRollForward { live, target })
+    }
+
     /// Removes an instance's row from the fleet table, whatever its lease
     /// says, and journals it in the history table (phase `evict`, the row as
     /// it was in `detail`). Returns that description.
@@ -412,7 +473,7 @@ impl<B: Backend> Upgrader<B> {
     }
 
     /// What `phase` does from `state` (see [`plan`]), refusals as errors.
-    fn plan(&self, state: &State, phase: Phase) -> Result<plan::Next> {
+    fn next_step(&self, state: &State, phase: Phase) -> Result<plan::Next> {
         let at = plan::At {
             version: state.version,
             phase: state.phase,

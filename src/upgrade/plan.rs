@@ -163,5 +163,81 @@ pub(crate) fn toward(at: At, target: Version) -> Result<Option<Phase>, Version> 
     })
 }
 
+/// One phase [`Upgrader::upgrade_to`](crate::Upgrader::upgrade_to) would
+/// run, with the SQL it runs on the backend: see
+/// [`Upgrader::plan`](crate::Upgrader::plan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlannedPhase {
+    /// The version whose files run.
+    pub version: Version,
+    /// The phase.
+    pub phase: Phase,
+    /// The catalog file the SQL comes from, relative to the catalog folder
+    /// (`None`: the phase has no SQL; a switch then only bumps the version).
+    pub file: Option<String>,
+    /// The SQL, exactly as it runs (the generated text of a `change.toml`).
+    pub sql: Option<String>,
+    /// The backfill steps that run after expand's SQL, by name.
+    pub backfills: Vec<String>,
+}
+
+impl std::fmt::Display for PlannedPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "-- version {} {}", self.version, self.phase)?;
+        match (&self.file, &self.sql) {
+            (Some(file), Some(sql)) => write!(f, " ({file})\n{}", sql.trim_end())?,
+            _ => f.write_str(": no SQL")?,
+        }
+        for name in &self.backfills {
+            write!(f, "\n-- then the backfill `{name}`, in batches")?;
+        }
+        Ok(())
+    }
+}
+
+/// The phases `upgrade_to(target)` runs from `at`, in order, with their SQL
+/// for `backend` and the backfills registered per version; `Err(live)` if
+/// `target` lies behind the live version.
+pub(crate) fn phases(
+    catalog: &crate::catalog::Catalog,
+    mut at: At,
+    target: Version,
+    backend: &str,
+    backfills: &[(u32, &str)],
+) -> Result<Vec<PlannedPhase>, Version> {
+    let mut planned = Vec::new();
+    // Each step moves the state forward: three per version at most.
+    let bound = usize::try_from(target.get())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(3)
+        .saturating_add(3);
+    while let Some(phase) = toward(at, target)? {
+        let Ok(Next::Run { files, to }) = next(at, phase, catalog.latest()) else {
+            break;
+        };
+        let sql = catalog.phase(files, phase, backend);
+        planned.push(PlannedPhase {
+            version: files,
+            phase,
+            file: sql.map(|s| s.file.to_owned()),
+            sql: sql.map(|s| s.text.to_owned()),
+            backfills: backfills
+                .iter()
+                .filter(|(v, _)| phase == Phase::Expand && *v == files.get())
+                .map(|(_, name)| (*name).to_owned())
+                .collect(),
+        });
+        at = At {
+            version: to.0,
+            phase: to.1,
+        };
+        if planned.len() >= bound {
+            break;
+        }
+    }
+    Ok(planned)
+}
+
 #[cfg(test)]
 mod tests;

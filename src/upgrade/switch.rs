@@ -256,7 +256,7 @@ impl<B: Backend> Upgrader<B> {
     /// already), or run `files`' SQL and move the state row `to`.
     fn switch_plan(&self, conn: &mut B::Connection, phase: Phase, state: &State) -> Result<Plan> {
         // The version whose files run, and the state after.
-        let (owner_version, to) = match self.plan(state, phase)? {
+        let (owner_version, to) = match self.next_step(state, phase)? {
             plan::Next::Run { files, to } => (files, to),
             plan::Next::Done(version) => return Ok(Plan::Done(PhaseReport::done(version, phase))),
             plan::Next::DoneIfSwitchedBack { version, refusal } => {

@@ -213,3 +213,86 @@ fn every_state_and_command_has_an_answer() {
         Err(Refusal::NothingToExpand { version: v(2) })
     );
 }
+
+/// `plan`: the phases `upgrade_to` runs from each state, with the SQL the
+/// catalog has for the backend (a change file's generated text included)
+/// and the backfills after expand.
+#[test]
+fn the_plan_lists_each_remaining_phase_with_its_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in [
+        (
+            "0001_a/expand.sql",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);",
+        ),
+        ("0002_b/expand.sql", "ALTER TABLE t ADD COLUMN b TEXT;"),
+        (
+            "0002_b/contract.postgres.sql",
+            "ALTER TABLE t DROP COLUMN a;",
+        ),
+        (
+            "0003_c/change.toml",
+            "[[operations]]\nrename_column = { table = \"t\", from = \"b\", to = \"c\" }",
+        ),
+    ] {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let catalog = crate::catalog::Catalog::from_dir(dir.path()).unwrap();
+    let names = |from: At, to: u32, backend: &str| -> Vec<String> {
+        phases(&catalog, from, v(to), backend, &[(2, "fill b")])
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {}{}",
+                    p.version,
+                    p.phase,
+                    p.file.as_deref().unwrap_or("-"),
+                    if p.backfills.is_empty() {
+                        ""
+                    } else {
+                        " +backfill"
+                    }
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(at(1, StatePhase::Stable), 3, "sqlite"),
+        [
+            "2 expand 0002_b/expand.sql +backfill",
+            "2 switch -",
+            "2 contract -",
+            "3 expand -",
+            "3 switch 0003_c/change.toml",
+            "3 contract -",
+        ]
+    );
+    assert_eq!(
+        names(at(1, StatePhase::Expanded), 2, "postgres"),
+        ["2 switch -", "2 contract 0002_b/contract.postgres.sql"]
+    );
+    assert_eq!(
+        names(at(2, StatePhase::Switched), 2, "sqlite"),
+        ["2 contract -"]
+    );
+    assert_eq!(
+        names(at(3, StatePhase::Stable), 3, "sqlite"),
+        Vec::<String>::new()
+    );
+    let planned = phases(&catalog, at(2, StatePhase::Stable), v(3), "sqlite", &[]).unwrap();
+    assert!(planned[1]
+        .sql
+        .as_deref()
+        .unwrap()
+        .contains(r#"RENAME COLUMN "b" TO "c""#));
+    assert!(planned[1]
+        .to_string()
+        .starts_with("-- version 3 switch (0003_c/change.toml)\n-- change.toml"));
+    assert_eq!(
+        phases(&catalog, at(3, StatePhase::Stable), v(2), "sqlite", &[]),
+        Err(v(3))
+    );
+}
