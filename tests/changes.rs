@@ -160,9 +160,22 @@ macro_rules! changes_suite {
                     .unwrap();
                 // On the switched schema itself the version 1 binding fails: it
                 // never runs there (every version 1 call drained before the switch).
-                let switched = change.fresh_at(Stage::Switched).unwrap();
+                let mut switched = change.fresh_at(Stage::Switched).unwrap();
                 let err = switched.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "x", 1)).unwrap_err();
                 assert!(matches!(err, Failure::Binding { .. }), "{err}");
+                // A staged database moves on with the kit, and says where it is.
+                switched.advance(Stage::SwitchedBack).unwrap();
+                switched.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "x", 1)).unwrap();
+                switched.advance(Stage::Switched).unwrap();
+                switched.advance(Stage::Contracted).unwrap();
+                assert_eq!(switched.at().to_string(), "version 2 contracted");
+                assert_eq!(switched.handle().state().unwrap().phase, tandem::StatePhase::Stable);
+                let err = switched.advance(Stage::Expanded).unwrap_err();
+                assert!(
+                    matches!(&err, Failure::BadTransition { .. })
+                        && err.to_string().contains("version 2 contracted cannot move to version 2 expanded"),
+                    "{err}"
+                );
             }
 
             /// A version whose change only renames has no expand SQL: every

@@ -528,6 +528,32 @@ macro_rules! fleet_suite {
                 assert_eq!(upgrader_side.state().unwrap().version.get(), 2, "{switched:?}");
             }
 
+            /// `switch_when_ready`: refused while an old binary lives, it tries
+            /// again until the rolling deploy has replaced it, or gives up with
+            /// the refusal at its timeout.
+            #[test]
+            fn switch_when_ready_waits_for_the_old_binaries_to_go() {
+                let Some((_guard, url)) = $setup("switch_when_ready") else { return };
+                let new = instance(&url, "new", 1..=2, 50);
+                let old = instance(&url, "old-binary", 1..=1, 50);
+                let up = new.upgrader();
+                up.expand().unwrap();
+                let started = Instant::now();
+                let err = up.switch_when_ready(Duration::from_millis(300)).unwrap_err();
+                assert!(matches!(err, Error::SwitchRefused { .. }), "{err:?}");
+                assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+                assert_eq!(new.state().unwrap().version.get(), 1, "unchanged while refused");
+                let leaving = thread::spawn(move || {
+                    thread::sleep(Duration::from_millis(300));
+                    drop(old); // the deploy replaced it
+                });
+                let started = Instant::now();
+                let report = up.switch_when_ready(Duration::from_secs(30)).unwrap();
+                leaving.join().unwrap();
+                assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+                assert_eq!((report.version.get(), new.state().unwrap().version.get()), (2, 2));
+            }
+
             #[test]
             fn contract_waits_for_every_instance_and_bad_fleet_rows_are_refused() {
                 let Some((_guard, url)) = $setup("contract_waits_for_every_instance") else { return };

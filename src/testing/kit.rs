@@ -193,12 +193,38 @@ impl<B: Backend> Staged<B> {
         })
     }
 
-    /// Moves the database to the next stage.
-    fn advance(&mut self, stage: Stage) -> Result<(), Failure> {
+    /// Moves the database to `stage` with the kit's upgrader, and
+    /// [`at`](Staged::at) with it: the next stage of [`Stage::ALL`], or from
+    /// switched to [`Stage::SwitchedBack`] and back. (Run phases this way,
+    /// not with the handle's upgrader, or `at` no longer says where the
+    /// database is.)
+    ///
+    /// # Errors
+    ///
+    /// [`Failure::BadTransition`] for any other move (a stage skipped, or
+    /// backwards), [`Failure::Setup`] if the phase fails.
+    pub fn advance(&mut self, stage: Stage) -> Result<(), Failure> {
         let at = At {
             stage,
             to: self.at.to,
         };
+        let allowed = matches!(
+            (self.at.stage, stage),
+            (Stage::PreviousStable, Stage::Expanded)
+                | (Stage::Expanded, Stage::Switched)
+                | (Stage::Switched, Stage::Contracted | Stage::SwitchedBack)
+                | (Stage::SwitchedBack, Stage::Switched)
+        );
+        if !allowed {
+            return Err(Failure::BadTransition {
+                to: self.at.to.get(),
+                reason: format!(
+                    "a database at {} cannot move to {at}: stages go stable, expanded, switched \
+                     (and back, and switched again), contracted",
+                    self.at
+                ),
+            });
+        }
         let up = self.handle().upgrader();
         let (step, result) = match stage {
             Stage::PreviousStable => ("upgrade_to", Ok(())), // where every database starts

@@ -213,6 +213,51 @@ impl<B: Backend> Upgrader<B> {
         self.with_lease(|conn| self.switch_leased(conn, Phase::Switch))
     }
 
+    /// [`switch`](Upgrader::switch), tried again (every poll interval) while
+    /// it is refused because an instance that cannot serve the new version
+    /// still lives ([`Error::SwitchRefused`]: a rolling deploy is still
+    /// replacing old binaries) or fails in a way that is worth retrying
+    /// ([`Error::is_retryable`]: the fleet did not acknowledge in time, a
+    /// lock was busy), until `timeout` has passed; the database is
+    /// unchanged by each failed try.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")] {
+    /// # fn main() -> Result<(), tandem::Error> {
+    /// let db = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", tandem::testing::demo::catalog()?)
+    ///     .pool_size(1)
+    ///     .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
+    ///     .open()?;
+    /// let up = db.upgrader();
+    /// up.expand()?;
+    /// let report = up.switch_when_ready(std::time::Duration::from_secs(60))?;
+    /// assert_eq!(report.version.get(), 2);
+    /// # Ok(()) }
+    /// # main().unwrap();
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The last try's error once `timeout` has passed; at once, any error
+    /// that waiting does not cure (as [`switch`](Upgrader::switch)).
+    pub fn switch_when_ready(&self, timeout: Duration) -> Result<PhaseReport> {
+        let deadline = Instant::now() + timeout.min(crate::limits::FOREVER);
+        loop {
+            match self.switch() {
+                Err(e)
+                    if (matches!(e, Error::SwitchRefused { .. }) || e.is_retryable())
+                        && Instant::now() < deadline =>
+                {
+                    tracing::info!(error = %e, "switch not ready; trying again");
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    thread::sleep(self.shared.poll_interval.min(left));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Undoes the switch (before contract): `switch_back.sql` and the version
     /// bump back, under the schema write lock, as the switch does.
     ///
