@@ -619,7 +619,66 @@ fn a_one_connection_pool_runs_every_phase<K: Kit>() {
     }
 }
 
+/// `backfill_sql`: one statement, run in batches until it changes no row,
+/// with no Rust code; a statement that cannot run as a batch is refused
+/// when the handle opens.
+fn a_sql_backfill_runs_one_statement_until_it_changes_nothing<K: Kit>() {
+    let Some((_d, url)) = K::fresh() else { return };
+    let postgres = <K::B as Backend>::NAME == "postgres";
+    drop(K::open(&url)); // version 1
+    K::exec(
+        &url,
+        if postgres {
+            "INSERT INTO accounts (name, email) SELECT 'n' || g, 'e' || g || '@x' FROM generate_series(1, 1200) g"
+        } else {
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1200) \
+             INSERT INTO accounts (name, email) SELECT 'n' || x, 'e' || x || '@x' FROM c"
+        },
+    );
+    let copy = format!(
+        "INSERT INTO account_emails (account_id, email) SELECT id, email FROM accounts a \
+         WHERE email <> '' AND NOT EXISTS (SELECT 1 FROM account_emails e WHERE e.account_id = a.id) \
+         LIMIT 500{}",
+        if postgres { " ON CONFLICT (account_id) DO NOTHING" } else { "" }
+    );
+    let builder =
+        || Tandem::<K::B>::builder(&url, tandem::testing::demo::catalog().unwrap()).serves(1..=2);
+    for (bad, says) in [
+        (format!("{copy}; {copy}"), "holds 2 statements"),
+        ("COMMIT".to_owned(), "`COMMIT` controls the transaction"),
+        ("  -- nothing\n".to_owned(), "holds no statement"),
+    ] {
+        let err = builder()
+            .backfill_sql(2, "copy emails", &bad)
+            .open()
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, Error::BadBackfill { step, version, .. } if step == "copy emails" && version.get() == 2),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let db = builder()
+        .backfill_sql(2, "copy emails", &copy)
+        .open()
+        .unwrap();
+    let reports = db.upgrader().upgrade_to(2).unwrap();
+    assert_eq!(
+        (reports[0].phase, reports[0].batches),
+        (Phase::Expand, 3),
+        "500 + 500 + 200 rows"
+    );
+    let missing = K::lines(
+        &url,
+        "SELECT CAST(COUNT(*) AS TEXT) AS line FROM accounts a LEFT JOIN account_emails e ON e.account_id = a.id \
+         WHERE e.email IS NULL",
+    );
+    assert_eq!(missing, Some(vec!["0".to_owned()]));
+}
+
 per_backend!(
+    a_sql_backfill_runs_one_statement_until_it_changes_nothing,
     a_one_connection_pool_runs_every_phase,
     upgrade_cycle_with_backfill_and_switch_back,
     upgrade_to_walks_every_hop_from_an_old_database,

@@ -51,7 +51,8 @@ impl Error {
             | Error::NoBindings { .. }
             | Error::ServedBeyondCatalog { .. }
             | Error::EmptyServedRange { .. }
-            | Error::BackfillBeyondCatalog { .. } => Area::Configuration,
+            | Error::BackfillBeyondCatalog { .. }
+            | Error::BadBackfill { .. } => Area::Configuration,
             Error::Catalog(_) | Error::ChecksumDrift { .. } => Area::Catalog,
             Error::Upgrading { .. } | Error::VersionNotServed { .. } | Error::NoBinding { .. } => {
                 Area::Serving

@@ -197,6 +197,22 @@ pub enum Error {
         latest: Version,
     },
 
+    /// A [`Builder::backfill_sql`](crate::Builder::backfill_sql) statement
+    /// that cannot run as a batch.
+    #[error(
+        "backfill `{step}` of version {version} is not one statement to run until it changes no \
+         row: {problem}; write one UPDATE, INSERT or DELETE that changes a batch (`… LIMIT 500`), \
+         or register a Rust step with `backfill`"
+    )]
+    BadBackfill {
+        /// The backfill's name.
+        step: String,
+        /// The version it was registered for.
+        version: Version,
+        /// What is wrong with the statement.
+        problem: String,
+    },
+
     /// The database has tables but no tandem metadata. tandem never guesses
     /// the version of an existing schema.
     #[error(

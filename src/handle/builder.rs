@@ -186,6 +186,45 @@ impl<B: Backend> Builder<B> {
             version,
             name: name.to_owned(),
             batch: Box::new(batch),
+            sql: None,
+        });
+        self
+    }
+
+    /// Registers a backfill that is one SQL statement, run in `version`'s
+    /// expand phase after its SQL until it changes no row, each run in its
+    /// own transaction (as [`backfill`](Builder::backfill), with no Rust
+    /// code or diesel bounds to write). Write it to change one batch and to
+    /// converge: `UPDATE t SET b = a WHERE id IN (SELECT id FROM t WHERE b
+    /// IS NULL LIMIT 500)`, or an `INSERT … SELECT … LIMIT 500 ON CONFLICT
+    /// DO NOTHING` (PostgreSQL). The statement is checked when the handle
+    /// opens.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")] {
+    /// # fn main() -> Result<(), tandem::Error> {
+    /// let db = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", tandem::testing::demo::catalog()?)
+    ///     .pool_size(1)
+    ///     .backfill_sql(
+    ///         2,
+    ///         "copy emails",
+    ///         "INSERT INTO account_emails (account_id, email) \
+    ///          SELECT id, email FROM accounts a WHERE email <> '' AND NOT EXISTS \
+    ///          (SELECT 1 FROM account_emails e WHERE e.account_id = a.id) LIMIT 500",
+    ///     )
+    ///     .open()?;
+    /// db.upgrader().upgrade_to(2)?;
+    /// # Ok(()) }
+    /// # main().unwrap();
+    /// # }
+    /// ```
+    pub fn backfill_sql(mut self, version: u32, name: &str, sql: &str) -> Self {
+        let statement = sql.to_owned();
+        self.backfills.push(Backfill {
+            version,
+            name: name.to_owned(),
+            batch: Box::new(move |conn: &mut B::Connection| B::execute(conn, &statement, &[])),
+            sql: Some(sql.to_owned()),
         });
         self
     }
@@ -200,6 +239,7 @@ impl<B: Backend> Builder<B> {
     /// [`Error::InvalidPrefix`], [`Error::InvalidVersion`],
     /// [`Error::InvalidSetting`], [`Error::EmptyServedRange`],
     /// [`Error::ServedBeyondCatalog`], [`Error::BackfillBeyondCatalog`],
+    /// [`Error::BadBackfill`],
     /// [`Error::PrefixTaken`], [`Error::Connect`],
     /// [`Error::NotAdopted`] (tables but no metadata, and no baseline),
     /// [`Error::BaselineMismatch`], [`Error::MetadataCorrupt`],
@@ -340,6 +380,15 @@ impl<B: Backend> Builder<B> {
                     version: v,
                     latest,
                 });
+            }
+            if let Some(sql) = &step.sql {
+                tandem_catalog::lint::one_statement(sql, B::NAME).map_err(|problem| {
+                    Error::BadBackfill {
+                        step: step.name.clone(),
+                        version: v,
+                        problem,
+                    }
+                })?;
             }
         }
         let baseline = self

@@ -74,6 +74,8 @@ pub(crate) struct Backfill<B: Backend> {
     pub(crate) name: String,
     #[allow(clippy::type_complexity)]
     pub(crate) batch: Box<dyn Fn(&mut B::Connection) -> diesel::QueryResult<usize> + Send + Sync>,
+    /// The statement of a [`Builder::backfill_sql`](crate::Builder::backfill_sql), checked at open.
+    pub(crate) sql: Option<String>,
 }
 
 /// The state of one opened database (see the module docs).

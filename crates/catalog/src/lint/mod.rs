@@ -317,6 +317,41 @@ impl File<'_> {
     }
 }
 
+/// For tandem's `Builder::backfill_sql`: whether `sql` is one statement
+/// that does not control the transaction, as `backend` reads it; the
+/// problem otherwise.
+///
+/// # Errors
+///
+/// What is wrong with it, in words.
+#[doc(hidden)]
+pub fn one_statement(sql: &str, backend: &str) -> Result<(), String> {
+    let dialect: Box<dyn Dialect> = if backend == "postgres" {
+        Box::new(PostgreSqlDialect {})
+    } else {
+        Box::new(SQLiteDialect {})
+    };
+    let tokens = Tokenizer::new(dialect.as_ref(), sql)
+        .tokenize_with_location()
+        .map_err(|e| format!("it cannot be read as SQL ({e})"))?;
+    let statements = split(&tokens);
+    match statements.as_slice() {
+        [] => Err("it holds no statement".to_owned()),
+        [one] => match crate::sql_check::transaction_control(sql, Some(backend)) {
+            crate::sql_check::Check::TransactionControl(found) => Err(format!(
+                "`{}` controls the transaction, but each batch runs in a transaction of its own",
+                found.statement
+            )),
+            _ if one.words.is_empty() => Err("it holds no statement".to_owned()),
+            _ => Ok(()),
+        },
+        more => Err(format!(
+            "it holds {} statements; a batch is one statement, run until it changes no row",
+            more.len()
+        )),
+    }
+}
+
 /// Lints one phase's `text` (a change file's generated SQL), as if it
 /// were the file at `path`; version 1 has no findings.
 pub(crate) fn lint_text(
