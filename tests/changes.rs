@@ -38,11 +38,33 @@ rename_table = { from = "orders", to = "purchases" }
 
 [[operations]]
 rename_column = { table = "purchases", from = "customer", to = "customer_name" }
+
+[[operations]]
+create_table = { table = "audit", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "what", type = "text" },
+] }
+"#;
+
+/// Version 3 removes what version 2 no longer needs: in contract only.
+const V3: &str = r#"
+[[operations]]
+drop_index = { name = "orders_by_qty" }
+
+[[operations]]
+drop_column = { table = "purchases", column = "note" }
+
+[[operations]]
+drop_table = { table = "audit" }
 "#;
 
 fn catalog() -> (tempfile::TempDir, Catalog) {
     let dir = tempfile::tempdir().unwrap();
-    for (folder, text) in [("0001_orders", V1), ("0002_purchases", V2)] {
+    for (folder, text) in [
+        ("0001_orders", V1),
+        ("0002_purchases", V2),
+        ("0003_drops", V3),
+    ] {
         std::fs::create_dir(dir.path().join(folder)).unwrap();
         std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
     }
@@ -56,6 +78,9 @@ mod v1 {
 mod v2 {
     diesel::table! { purchases (id) { id -> BigInt, customer_name -> Text, qty -> Integer, note -> Text, } }
 }
+mod v3 {
+    diesel::table! { purchases (id) { id -> BigInt, customer_name -> Text, qty -> Integer, } }
+}
 
 /// The orders repository over a backend's connection `C`.
 trait Orders<C>: Send + Sync {
@@ -64,6 +89,7 @@ trait Orders<C>: Send + Sync {
 }
 struct OrdersV1;
 struct OrdersV2;
+struct OrdersV3;
 
 macro_rules! bindings {
     ($conn:ty) => {
@@ -80,6 +106,22 @@ macro_rules! bindings {
                 dsl::orders
                     .find(id)
                     .select((dsl::customer, dsl::qty))
+                    .first(conn)
+            }
+        }
+        impl Orders<$conn> for OrdersV3 {
+            fn create(&self, conn: &mut $conn, customer: &str, qty: i32) -> QueryResult<i64> {
+                use v3::purchases::dsl;
+                diesel::insert_into(dsl::purchases)
+                    .values((dsl::customer_name.eq(customer), dsl::qty.eq(qty)))
+                    .returning(dsl::id)
+                    .get_result(conn)
+            }
+            fn get(&self, conn: &mut $conn, id: i64) -> QueryResult<(String, i32)> {
+                use v3::purchases::dsl;
+                dsl::purchases
+                    .find(id)
+                    .select((dsl::customer_name, dsl::qty))
                     .first(conn)
             }
         }
@@ -113,10 +155,12 @@ fn orders<C: 'static>() -> Repository<dyn Orders<C>>
 where
     OrdersV1: Orders<C>,
     OrdersV2: Orders<C>,
+    OrdersV3: Orders<C>,
 {
     Repository::<dyn Orders<C>>::builder("orders")
         .binding(1, Arc::new(OrdersV1))
         .binding(2, Arc::new(OrdersV2))
+        .binding(3, Arc::new(OrdersV3))
         .build()
         .unwrap()
 }
@@ -183,29 +227,66 @@ macro_rules! changes_suite {
             #[test]
             fn a_rename_only_version_upgrades_and_plans() {
                 let (dir, _) = catalog();
-                std::fs::create_dir(dir.path().join("0003_quantity")).unwrap();
+                std::fs::create_dir(dir.path().join("0004_quantity")).unwrap();
                 std::fs::write(
-                    dir.path().join("0003_quantity/change.toml"),
+                    dir.path().join("0004_quantity/change.toml"),
                     "[[operations]]\nrename_column = { table = \"purchases\", from = \"qty\", to = \"quantity\" }",
                 )
                 .unwrap();
                 let catalog = Catalog::from_dir(dir.path()).unwrap();
                 let Some(kit): Option<Kit<B>> = $kit("rename_only_version", catalog) else { return };
-                let staged = kit.transition(3).unwrap().fresh_at(Stage::PreviousStable).unwrap();
+                let staged = kit.transition(4).unwrap().fresh_at(Stage::PreviousStable).unwrap();
                 let up = staged.handle().upgrader();
                 let plan: Vec<String> = up
-                    .plan(3)
+                    .plan(4)
                     .unwrap()
                     .iter()
                     .map(|p| format!("{} {} {}", p.version, p.phase, p.sql.is_some()))
                     .collect();
-                assert_eq!(plan, ["3 expand false", "3 switch true", "3 contract false"]);
-                up.upgrade_to(3).unwrap();
+                assert_eq!(plan, ["4 expand false", "4 switch true", "4 contract false"]);
+                up.upgrade_to(4).unwrap();
                 let mut conn = staged.handle().connection().unwrap();
                 diesel::sql_query("INSERT INTO purchases (customer_name, quantity) VALUES ('x', 2)")
                     .execute(&mut *conn)
                     .unwrap();
-                assert!(up.plan(3).unwrap().is_empty());
+                assert!(up.plan(4).unwrap().is_empty());
+            }
+
+            /// Drops run in contract only: the version 2 binding works until
+            /// then (on the switched schema too: version 3 has no switch SQL),
+            /// and afterwards the index, the column and the table are gone.
+            #[test]
+            fn drops_run_in_contract_for_each_binding_where_it_must() {
+                let (_dir, catalog) = catalog();
+                let Some(kit): Option<Kit<B>> = $kit("drops_in_contract", catalog) else { return };
+                let change = kit.transition(3).unwrap();
+                let repo = orders::<C>();
+                let ran = change
+                    .check(&repo, |r, s| {
+                        let id = r.create(s.conn(), "ada", 3)?;
+                        assert_eq!(r.get(s.conn(), id)?, ("ada".to_owned(), 3));
+                        Ok::<_, diesel::result::Error>(())
+                    })
+                    .unwrap();
+                let ran: Vec<String> = ran.iter().map(|(at, v)| format!("{v}@{at}")).collect();
+                assert_eq!(
+                    ran,
+                    [
+                        "2@version 2 stable",
+                        "2@version 3 expanded",
+                        "2@version 3 switched",
+                        "3@version 3 switched",
+                        "3@version 3 contracted"
+                    ]
+                );
+                change
+                    .backward(&repo, |r, s| r.create(s.conn(), "alan", 7), |r, s, id| r.get(s.conn(), *id))
+                    .unwrap();
+                let contracted = change.fresh_at(Stage::Contracted).unwrap();
+                let mut conn = contracted.handle().connection().unwrap();
+                for gone in ["SELECT note FROM purchases", "SELECT id FROM audit", "DROP INDEX orders_by_qty"] {
+                    assert!(diesel::sql_query(gone).execute(&mut *conn).is_err(), "{gone} still works");
+                }
             }
 
             #[test]
