@@ -213,7 +213,7 @@ mod redact;
 /// `embed_catalog!` can validate a folder as it expands.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod catalog {
-    pub(crate) use tandem_catalog::{sha256_hex, Catalog};
+    pub(crate) use tandem_catalog::{sha256_hex, Catalog, BACKEND_NAMES};
 }
 mod version {
     pub(crate) use tandem_catalog::{Phase, Version};

@@ -341,3 +341,171 @@ fn pg_kit(test: &str, catalog: Catalog) -> Option<Kit<tandem::Postgres>> {
 }
 #[cfg(feature = "postgres")]
 changes_suite!(postgres, tandem::Postgres, pg_kit);
+
+/// PostgreSQL's constraint operations through the kit: `set_not_null`
+/// (version 1 keeps inserting NULL in expand and the trigger fills it; NOT
+/// NULL once contracted), `add_check` (enforced from the switch, validated
+/// in contract), `set_default`.
+#[cfg(feature = "postgres")]
+mod postgres_constraints {
+    use super::*;
+    use tandem::Postgres;
+
+    type C = diesel::PgConnection;
+
+    const V1: &str = r#"
+[[operations]]
+create_table = { table = "items", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "owner", type = "text" },
+    { name = "qty", type = "integer", nullable = false, default = "0" },
+] }
+"#;
+    const V2: &str = r#"
+backends = ["postgres"]
+
+[[operations]]
+set_not_null = { table = "items", column = "owner", fill = "'nobody'" }
+[[operations]]
+set_default = { table = "items", column = "qty", default = "1" }
+[[operations]]
+add_check = { table = "items", name = "qty_non_negative", check = "qty >= 0" }
+"#;
+
+    mod v1 {
+        diesel::table! { items (id) { id -> BigInt, owner -> Nullable<Text>, qty -> Integer, } }
+    }
+    mod v2 {
+        diesel::table! { items (id) { id -> BigInt, owner -> Text, qty -> Integer, } }
+    }
+
+    trait Items: Send + Sync {
+        /// Inserts an item; version 1 leaves the owner NULL when it is "".
+        fn create(&self, conn: &mut C, owner: &str, qty: i32) -> QueryResult<i64>;
+        fn owner(&self, conn: &mut C, id: i64) -> QueryResult<String>;
+    }
+    struct ItemsV1;
+    struct ItemsV2;
+    impl Items for ItemsV1 {
+        fn create(&self, conn: &mut C, owner: &str, qty: i32) -> QueryResult<i64> {
+            use v1::items::dsl;
+            let owner = (!owner.is_empty()).then_some(owner);
+            diesel::insert_into(dsl::items)
+                .values((dsl::owner.eq(owner), dsl::qty.eq(qty)))
+                .returning(dsl::id)
+                .get_result(conn)
+        }
+        fn owner(&self, conn: &mut C, id: i64) -> QueryResult<String> {
+            use v1::items::dsl;
+            let owner: Option<String> = dsl::items.find(id).select(dsl::owner).first(conn)?;
+            Ok(owner.unwrap_or_default())
+        }
+    }
+    impl Items for ItemsV2 {
+        fn create(&self, conn: &mut C, owner: &str, qty: i32) -> QueryResult<i64> {
+            use v2::items::dsl;
+            diesel::insert_into(dsl::items)
+                .values((dsl::owner.eq(owner), dsl::qty.eq(qty)))
+                .returning(dsl::id)
+                .get_result(conn)
+        }
+        fn owner(&self, conn: &mut C, id: i64) -> QueryResult<String> {
+            use v2::items::dsl;
+            dsl::items.find(id).select(dsl::owner).first(conn)
+        }
+    }
+
+    #[test]
+    fn set_not_null_add_check_and_set_default_keep_both_bindings_working() {
+        let dir = tempfile::tempdir().unwrap();
+        for (folder, text) in [("0001_items", V1), ("0002_rules", V2)] {
+            std::fs::create_dir(dir.path().join(folder)).unwrap();
+            std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
+        }
+        let catalog = Catalog::from_dir(dir.path()).unwrap();
+        // Written for PostgreSQL only: SQLite refuses to open it.
+        let err = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", catalog.clone())
+            .open()
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, tandem::Error::BackendNotSupported { version, backend: "sqlite", supported }
+                if version.get() == 2 && supported == "postgres"),
+            "{err:?}"
+        );
+        let Some(server) = common::pg::server("postgres_constraints") else {
+            return;
+        };
+        let kit = Kit::<Postgres>::postgres(&server, catalog);
+        let change = kit.transition(2).unwrap();
+        let repo = Repository::<dyn Items>::builder("items")
+            .binding(1, Arc::new(ItemsV1))
+            .binding(2, Arc::new(ItemsV2))
+            .build()
+            .unwrap();
+        change
+            .check(&repo, |r, s| {
+                let id = r.create(s.conn(), "ada", 3)?;
+                assert_eq!(r.owner(s.conn(), id)?, "ada");
+                Ok::<_, diesel::result::Error>(())
+            })
+            .unwrap();
+        // A NULL written by version 1 before the change is filled by expand,
+        // one written during it by the trigger; both read back through 2.
+        let mut db = change.fresh_at(Stage::PreviousStable).unwrap();
+        let before = db
+            .run(&repo, tandem::Version::FIRST, |r, s| {
+                r.create(s.conn(), "", 1)
+            })
+            .unwrap();
+        db.advance(Stage::Expanded).unwrap();
+        let during = db
+            .run(&repo, tandem::Version::FIRST, |r, s| {
+                r.create(s.conn(), "", 1)
+            })
+            .unwrap();
+        db.advance(Stage::Switched).unwrap();
+        let two = tandem::Version::new(2).unwrap();
+        for id in [before, during] {
+            assert_eq!(
+                db.run(&repo, two, |r, s| r.owner(s.conn(), id)).unwrap(),
+                "nobody"
+            );
+        }
+        let mut conn = db.handle().connection().unwrap();
+        let negative = "INSERT INTO items (owner, qty) VALUES ('x', -1)";
+        assert!(
+            diesel::sql_query(negative).execute(&mut *conn).is_err(),
+            "the check holds from the switch"
+        );
+        drop(conn);
+        db.advance(Stage::Contracted).unwrap();
+        let mut conn = db.handle().connection().unwrap();
+        assert!(
+            diesel::sql_query("INSERT INTO items (owner) VALUES (NULL)")
+                .execute(&mut *conn)
+                .is_err(),
+            "NOT NULL"
+        );
+        assert!(
+            diesel::sql_query(negative).execute(&mut *conn).is_err(),
+            "validated"
+        );
+        let id: i64 = diesel::sql_query("INSERT INTO items (owner) VALUES ('y') RETURNING id")
+            .get_result::<Id>(&mut *conn)
+            .unwrap()
+            .id;
+        let qty: i32 = v2::items::table
+            .find(id)
+            .select(v2::items::qty)
+            .first(&mut *conn)
+            .unwrap();
+        assert_eq!(qty, 1, "the new default");
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+}

@@ -52,7 +52,8 @@ impl Error {
             | Error::ServedBeyondCatalog { .. }
             | Error::EmptyServedRange { .. }
             | Error::BackfillBeyondCatalog { .. }
-            | Error::BadBackfill { .. } => Area::Configuration,
+            | Error::BadBackfill { .. }
+            | Error::BackendNotSupported { .. } => Area::Configuration,
             Error::Catalog(_) | Error::ChecksumDrift { .. } => Area::Catalog,
             Error::Upgrading { .. } | Error::VersionNotServed { .. } | Error::NoBinding { .. } => {
                 Area::Serving

@@ -197,6 +197,22 @@ pub enum Error {
         latest: Version,
     },
 
+    /// A version of the catalog is written for other backends only (its
+    /// `change.toml` lists `backends`).
+    #[error(
+        "version {version} of the catalog is written for {supported} only (the `backends` of its \
+         change.toml), not for {backend}; open the database with one of those, or add {backend} to \
+         `backends` and make its operations work there"
+    )]
+    BackendNotSupported {
+        /// The version.
+        version: Version,
+        /// This handle's backend.
+        backend: &'static str,
+        /// The backends the version is written for, comma-separated.
+        supported: String,
+    },
+
     /// A [`Builder::backfill_sql`](crate::Builder::backfill_sql) statement
     /// that cannot run as a batch.
     #[error(

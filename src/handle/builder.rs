@@ -239,7 +239,7 @@ impl<B: Backend> Builder<B> {
     /// [`Error::InvalidPrefix`], [`Error::InvalidVersion`],
     /// [`Error::InvalidSetting`], [`Error::EmptyServedRange`],
     /// [`Error::ServedBeyondCatalog`], [`Error::BackfillBeyondCatalog`],
-    /// [`Error::BadBackfill`],
+    /// [`Error::BadBackfill`], [`Error::BackendNotSupported`],
     /// [`Error::PrefixTaken`], [`Error::Connect`],
     /// [`Error::NotAdopted`] (tables but no metadata, and no baseline),
     /// [`Error::BaselineMismatch`], [`Error::MetadataCorrupt`],
@@ -370,6 +370,18 @@ impl<B: Backend> Builder<B> {
                 first,
                 last,
                 latest,
+            });
+        }
+        if let Some(v) = self.catalog.versions().find(|v| !v.supports(B::NAME)) {
+            let supported: Vec<&str> = crate::catalog::BACKEND_NAMES
+                .iter()
+                .copied()
+                .filter(|b| v.supports(b))
+                .collect();
+            return Err(Error::BackendNotSupported {
+                version: v.version(),
+                backend: B::NAME,
+                supported: supported.join(", "),
             });
         }
         for step in &self.backfills {

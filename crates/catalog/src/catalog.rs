@@ -83,9 +83,20 @@ pub struct CatalogVersion {
     version: Version,
     name: String,
     files: Vec<PhaseFile>,
+    /// The backends a change file limits the version to (`None`: all).
+    backends: Option<Vec<&'static str>>,
 }
 
 impl CatalogVersion {
+    /// Whether the version is written for `backend`: always, unless its
+    /// `change.toml` names the backends it is for
+    /// ([`Change::backends`](crate::change::Change::backends)).
+    pub fn supports(&self, backend: &str) -> bool {
+        self.backends
+            .as_ref()
+            .is_none_or(|list| list.contains(&backend))
+    }
+
     /// The version number.
     pub fn version(&self) -> Version {
         self.version
@@ -369,8 +380,13 @@ fn parse_version(
             file: format!("{folder}/{file}"),
         });
     }
+    let mut backends = None;
     if let Some((change, path)) = &change {
-        let mut generated = generated_files(folder, version, change, path, &parsed)?;
+        let supported = change.for_backends(path)?;
+        let mut generated = generated_files(folder, version, change, path, &parsed, &supported)?;
+        if supported.len() < BACKEND_NAMES.len() {
+            backends = Some(supported);
+        }
         // First: `pick` takes the first file that matches.
         generated.append(&mut parsed);
         parsed = generated;
@@ -389,6 +405,7 @@ fn parse_version(
         version,
         name: name.to_owned(),
         files: parsed,
+        backends,
     })
 }
 
@@ -404,9 +421,10 @@ fn generated_files(
     change: &crate::change::Change,
     path: &Path,
     written: &[PhaseFile],
+    backends: &[&'static str],
 ) -> Result<Vec<PhaseFile>, CatalogError> {
     let mut files = Vec::new();
-    for backend in BACKEND_NAMES {
+    for &backend in backends {
         let generated = change.generate(backend, path, version)?;
         for phase in Phase::ALL {
             let sql = generated.phase(phase);

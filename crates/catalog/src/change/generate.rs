@@ -56,6 +56,9 @@ struct Parts {
     contract: Vec<String>,
 }
 
+/// The dollar quote around the bodies of the trigger functions tandem writes.
+const BODY_QUOTE: &str = "$tandem$";
+
 /// Where an operation stands, for its errors.
 struct Op<'a> {
     path: &'a Path,
@@ -146,6 +149,26 @@ impl Op<'_> {
 
     /// A default: one SQL expression, parsed as the backend reads it.
     fn default(&self, column: &Column, expr: &str) -> Result<String, CatalogError> {
+        self.expression("default", &column.name, expr)
+    }
+
+    /// Refuses an operation SQLite cannot do in place.
+    fn postgres_only(&self, what: &str, instead: &str) -> Result<(), CatalogError> {
+        if self.postgres {
+            Ok(())
+        } else {
+            Err(self.bad(
+                format!("SQLite cannot {what} without rebuilding the table"),
+                instead,
+            ))
+        }
+    }
+
+    /// `what` of `of` (a default, a fill, a check): one SQL expression,
+    /// parsed as the backend reads it and written back from the parse (so
+    /// no comment or second statement rides along), never containing the
+    /// dollar quote of tandem's trigger bodies.
+    fn expression(&self, what: &str, of: &str, expr: &str) -> Result<String, CatalogError> {
         let dialect = self.dialect();
         let parsed = Parser::new(dialect.as_ref())
             .try_with_sql(expr)
@@ -159,12 +182,13 @@ impl Op<'_> {
                 }
             });
         match parsed {
-            Ok(_) => Ok(expr.trim().to_owned()),
+            Ok(e) if !e.to_string().contains(BODY_QUOTE) => Ok(e.to_string()),
+            Ok(_) => Err(self.bad(
+                format!("the {what} of `{of}` contains `{BODY_QUOTE}`"),
+                "write it without that dollar quote",
+            )),
             Err(e) => Err(self.bad(
-                format!(
-                    "the default of column `{}` is not one SQL expression ({e})",
-                    column.name
-                ),
+                format!("the {what} of `{of}` is not one SQL expression ({e})"),
                 "write one expression, such as `''`, `0` or `CURRENT_TIMESTAMP`",
             )),
         }
@@ -289,6 +313,88 @@ impl Op<'_> {
             Operation::DropTable { table } => {
                 p.contract
                     .push(format!("DROP TABLE {};", self.name("table", table)?));
+            }
+            Operation::SetNotNull {
+                table,
+                column,
+                fill,
+            } => {
+                self.postgres_only(
+                    "add NOT NULL to an existing column",
+                    "enforce it with BEFORE INSERT and BEFORE UPDATE triggers that `RAISE(ABORT, …)` \
+                     in an `sql` operation's contract (as the example's 0003_names_and_plans does), or in \
+                     version N's code",
+                )?;
+                let (t, c) = (self.name("table", table)?, self.name("column", column)?);
+                let check = self.name("constraint", &format!("{table}_{column}_not_null"))?;
+                let trigger = self.name("trigger", &format!("tandem_fill_{table}_{column}"))?;
+                let fill = self.expression("fill", column, fill)?;
+                p.expand.push(format!(
+                    "CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
+                     BEGIN\n    IF NEW.{c} IS NULL THEN\n        NEW.{c} := {fill};\n    END IF;\n    \
+                     RETURN NEW;\nEND\n{BODY_QUOTE};"
+                ));
+                p.expand.push(format!(
+                    "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {t}\n    \
+                     FOR EACH ROW EXECUTE FUNCTION {trigger}();"
+                ));
+                p.expand
+                    .push(format!("UPDATE {t} SET {c} = {fill} WHERE {c} IS NULL;"));
+                p.expand.push(format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({c} IS NOT NULL) NOT VALID;"
+                ));
+                p.contract
+                    .push(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {check};"));
+                p.contract
+                    .push(format!("ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL;"));
+                p.contract
+                    .push(format!("ALTER TABLE {t} DROP CONSTRAINT {check};"));
+                p.contract.push(format!("DROP TRIGGER {trigger} ON {t};"));
+                p.contract.push(format!("DROP FUNCTION {trigger}();"));
+            }
+            Operation::DropNotNull { table, column } => {
+                self.postgres_only(
+                    "drop NOT NULL from an existing column",
+                    "give the column a default (at create_table or add_column) so that version N can \
+                     leave it out",
+                )?;
+                p.expand.push(format!(
+                    "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL;",
+                    self.name("table", table)?,
+                    self.name("column", column)?
+                ));
+            }
+            Operation::SetDefault {
+                table,
+                column,
+                default,
+            } => {
+                self.postgres_only(
+                    "change an existing column's default",
+                    "write the value in version N's inserts",
+                )?;
+                p.expand.push(format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {};",
+                    self.name("table", table)?,
+                    self.name("column", column)?,
+                    self.expression("default", column, default)?
+                ));
+            }
+            Operation::AddCheck { table, name, check } => {
+                self.postgres_only(
+                    "add a CHECK constraint to an existing table",
+                    "check it in version N's code, or enforce it with BEFORE INSERT and BEFORE UPDATE \
+                     triggers in an `sql` operation's switch (and drop them in its switch_back)",
+                )?;
+                let (t, n) = (self.name("table", table)?, self.name("constraint", name)?);
+                let check = self.expression("check", name, check)?;
+                p.switch.push(format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {n} CHECK ({check}) NOT VALID;"
+                ));
+                p.switch_back
+                    .push(format!("ALTER TABLE {t} DROP CONSTRAINT {n};"));
+                p.contract
+                    .push(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {n};"));
             }
             Operation::Sql(raw) => {
                 if let Some(only) = &raw.backend {

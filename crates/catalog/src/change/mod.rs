@@ -20,7 +20,15 @@
 //! | `drop_column`   |                                |                          | `DROP COLUMN`  |
 //! | `drop_index`    |                                |                          | `DROP INDEX`   |
 //! | `drop_table`    |                                |                          | `DROP TABLE`   |
+//! | `set_not_null`  | fill trigger, fill, `CHECK … NOT VALID` (PostgreSQL) |    | `VALIDATE`, `SET NOT NULL` |
+//! | `drop_not_null` | `DROP NOT NULL` (PostgreSQL)   |                          |                |
+//! | `set_default`   | `SET DEFAULT` (PostgreSQL)     |                          |                |
+//! | `add_check`     |                                | `CHECK … NOT VALID`, and dropped back | `VALIDATE` |
 //! | `sql`           | as written, per phase (and per backend if asked) |        |                |
+//!
+//! SQLite cannot change a constraint or default of an existing column
+//! without rebuilding the table; it refuses the last four with a typed
+//! error naming what to write instead.
 //!
 //! **Renames cost nothing.** tandem's switch is atomic across the fleet:
 //! every call of version N-1 has drained before it and every call after it
@@ -69,6 +77,12 @@ pub use generate::Generated;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Change {
+    /// The backends the change is written for (`backends = ["postgres"]`
+    /// at the top of the file); every backend if unset. On another
+    /// backend the catalog refuses to open
+    /// ([`CatalogVersion::supports`](crate::CatalogVersion::supports)).
+    #[serde(default)]
+    pub backends: Option<Vec<String>>,
     /// The operations, in order (`[[operations]]`).
     #[serde(default)]
     pub operations: Vec<Operation>,
@@ -142,6 +156,50 @@ pub enum Operation {
         /// The table.
         table: String,
     },
+    /// A nullable column made `NOT NULL` (PostgreSQL; SQLite cannot alter
+    /// a column and refuses it): in expand, a trigger fills `fill` into
+    /// rows written without a value (version N-1's inserts keep working),
+    /// existing NULLs are filled, and a `CHECK … NOT VALID` guards new rows;
+    /// in contract, the check is validated (no exclusive lock for the
+    /// scan), `SET NOT NULL` uses it, and the check and trigger go.
+    SetNotNull {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// A constant SQL expression for rows without a value (`''`, `0`).
+        fill: String,
+    },
+    /// `NOT NULL` dropped from a column, in expand (PostgreSQL; SQLite
+    /// refuses it).
+    DropNotNull {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A column's default changed, in expand (PostgreSQL; SQLite refuses
+    /// it).
+    SetDefault {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The new default, one SQL expression.
+        default: String,
+    },
+    /// A `CHECK` constraint (PostgreSQL; SQLite refuses it): added
+    /// `NOT VALID` at the switch, once no version N-1 call can write a row
+    /// that breaks it (dropped again at a switch back), and validated in
+    /// contract, which fails (and changes nothing) while a row breaks it.
+    AddCheck {
+        /// The table.
+        table: String,
+        /// The constraint's name.
+        name: String,
+        /// The condition, one SQL expression.
+        check: String,
+    },
     /// SQL as written, for each phase it names (linted like a file).
     Sql(RawSql),
 }
@@ -158,6 +216,10 @@ impl Operation {
             Operation::DropColumn { .. } => "drop_column",
             Operation::DropIndex { .. } => "drop_index",
             Operation::DropTable { .. } => "drop_table",
+            Operation::SetNotNull { .. } => "set_not_null",
+            Operation::DropNotNull { .. } => "drop_not_null",
+            Operation::SetDefault { .. } => "set_default",
+            Operation::AddCheck { .. } => "add_check",
             Operation::Sql(_) => "sql",
         }
     }
@@ -220,6 +282,32 @@ impl RawSql {
 }
 
 impl Change {
+    /// The backends it is written for (see [`backends`](Change::backends)).
+    ///
+    /// # Errors
+    ///
+    /// [`CatalogError::BadChange`] for a name that is no backend.
+    pub fn for_backends(&self, path: &std::path::Path) -> Result<Vec<&'static str>, CatalogError> {
+        let Some(names) = &self.backends else {
+            return Ok(crate::BACKEND_NAMES.to_vec());
+        };
+        names
+            .iter()
+            .map(|name| {
+                crate::BACKEND_NAMES
+                    .iter()
+                    .copied()
+                    .find(|b| b == name)
+                    .ok_or_else(|| CatalogError::BadChange {
+                        path: path.to_owned(),
+                        operation: None,
+                        problem: format!("`backends` names `{name}`, which is no backend"),
+                        instead: format!("use {}", crate::BACKEND_NAMES.join(", ")),
+                    })
+            })
+            .collect()
+    }
+
     /// Parses a change file's text; `path` names it in errors.
     ///
     /// # Errors
@@ -252,6 +340,10 @@ pub const OPERATIONS: &[&str] = &[
     "drop_column",
     "drop_index",
     "drop_table",
+    "set_not_null",
+    "drop_not_null",
+    "set_default",
+    "add_check",
     "sql",
 ];
 

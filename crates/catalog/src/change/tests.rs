@@ -278,3 +278,93 @@ fn a_rename_only_change_needs_no_expand_and_bad_files_fail_the_load() {
         "{err}"
     );
 }
+
+const CONSTRAINTS: &str = r#"
+[[operations]]
+set_not_null = { table = "orders", column = "customer", fill = "'unknown'" }
+
+[[operations]]
+drop_not_null = { table = "orders", column = "note" }
+
+[[operations]]
+set_default = { table = "orders", column = "qty", default = "1" }
+
+[[operations]]
+add_check = { table = "orders", name = "qty_non_negative", check = "qty >= 0" }
+"#;
+
+#[test]
+fn constraints_and_defaults_generate_their_postgres_sql() {
+    let generated = generate(CONSTRAINTS, "postgres").unwrap();
+    insta::assert_snapshot!("constraints_postgres", all_phases(&generated));
+}
+
+#[test]
+fn sqlite_refuses_what_it_cannot_do_in_place_and_names_the_alternative() {
+    for (i, says) in [
+        (1, "BEFORE INSERT and BEFORE UPDATE triggers"),
+        (2, "give the column a default"),
+        (3, "write the value in version N's inserts"),
+        (4, "check it in version N's code"),
+    ] {
+        let one = CONSTRAINTS.split("[[operations]]").nth(i).unwrap();
+        let err = generate(&format!("[[operations]]{one}"), "sqlite").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("operation 1: SQLite cannot")
+                && text.contains("without rebuilding the table"),
+            "{text}"
+        );
+        assert!(text.contains(says), "{says:?} in {text}");
+    }
+}
+
+#[test]
+fn expressions_are_written_back_from_their_parse() {
+    // A comment in a default cannot swallow the rest of the statement, and
+    // a fill cannot close the trigger body's dollar quote.
+    let g = generate(
+        "[[operations]]\nadd_column = { table = \"t\", column = { name = \"n\", type = \"text\", default = \"'' -- sneaky\" } }",
+        "postgres",
+    )
+    .unwrap();
+    assert!(
+        g.expand.contains(r#"ADD COLUMN "n" TEXT DEFAULT '';"#),
+        "{}",
+        g.expand
+    );
+    let err = generate(
+        "[[operations]]\nset_not_null = { table = \"t\", column = \"c\", fill = \"$tandem$x$tandem$\" }",
+        "postgres",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("contains `$tandem$`"), "{err}");
+}
+
+#[test]
+fn a_change_for_one_backend_says_so() {
+    let dir = write(&[
+        ("0001_init/expand.sql", "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT);"),
+        (
+            "0002_pg/change.toml",
+            "backends = [\"postgres\"]\n[[operations]]\nset_not_null = { table = \"orders\", column = \"customer\", fill = \"''\" }",
+        ),
+    ]);
+    let catalog = Catalog::from_dir(dir.path()).unwrap();
+    let v2 = catalog.get(Version::new(2).unwrap()).unwrap();
+    assert!(v2.supports("postgres") && !v2.supports("sqlite"));
+    assert!(catalog.get(Version::FIRST).unwrap().supports("sqlite"));
+    assert!(catalog.lint("sqlite").unwrap().is_clean());
+    let dir = write(&[
+        (
+            "0001_init/expand.sql",
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY);",
+        ),
+        ("0002_x/change.toml", "backends = [\"oracle\"]"),
+    ]);
+    let err = Catalog::from_dir(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("`backends` names `oracle`"),
+        "{err}"
+    );
+}

@@ -205,7 +205,7 @@ impl CatalogVersion {
             });
         };
         let mut report = LintReport::default();
-        if self.version() == Version::FIRST {
+        if self.version() == Version::FIRST || !self.supports(backend) {
             return Ok(report);
         }
         for phase in [
