@@ -207,6 +207,9 @@ macro_rules! changes_suite {
                 let mut switched = change.fresh_at(Stage::Switched).unwrap();
                 let err = switched.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "x", 1)).unwrap_err();
                 assert!(matches!(err, Failure::Binding { .. }), "{err}");
+                let back = change.fresh_at(Stage::SwitchedBack).unwrap();
+                assert_eq!(back.at().to_string(), "version 2 switched back");
+                back.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "x", 1)).unwrap();
                 // A staged database moves on with the kit, and says where it is.
                 switched.advance(Stage::SwitchedBack).unwrap();
                 switched.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "x", 1)).unwrap();

@@ -554,6 +554,20 @@ macro_rules! fleet_suite {
                 assert_eq!((report.version.get(), new.state().unwrap().version.get()), (2, 2));
             }
 
+            /// Refused because this binary lacks the new version: nothing to
+            /// wait for, so `switch_when_ready` says so at once.
+            #[test]
+            fn switch_when_ready_does_not_wait_for_what_waiting_cannot_cure() {
+                let Some((_guard, url)) = $setup("switch_when_ready_at_once") else { return };
+                let old_only = instance(&url, "old-only", 1..=1, 50);
+                let up = old_only.upgrader();
+                up.expand().unwrap();
+                let started = Instant::now();
+                let err = up.switch_when_ready(Duration::from_secs(30)).unwrap_err();
+                assert!(matches!(err, Error::SwitchRefused { .. }), "{err:?}");
+                assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+            }
+
             #[test]
             fn contract_waits_for_every_instance_and_bad_fleet_rows_are_refused() {
                 let Some((_guard, url)) = $setup("contract_waits_for_every_instance") else { return };

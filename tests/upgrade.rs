@@ -647,6 +647,10 @@ fn a_sql_backfill_runs_one_statement_until_it_changes_nothing<K: Kit>() {
         (format!("{copy}; {copy}"), "holds 2 statements"),
         ("COMMIT".to_owned(), "`COMMIT` controls the transaction"),
         ("  -- nothing\n".to_owned(), "holds no statement"),
+        (
+            "UPDATE accounts SET email = lower(email)".to_owned(),
+            "has no WHERE",
+        ),
     ] {
         let err = builder()
             .backfill_sql(2, "copy emails", &bad)

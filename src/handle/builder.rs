@@ -195,10 +195,13 @@ impl<B: Backend> Builder<B> {
     /// expand phase after its SQL until it changes no row, each run in its
     /// own transaction (as [`backfill`](Builder::backfill), with no Rust
     /// code or diesel bounds to write). Write it to change one batch and to
-    /// converge: `UPDATE t SET b = a WHERE id IN (SELECT id FROM t WHERE b
-    /// IS NULL LIMIT 500)`, or an `INSERT … SELECT … LIMIT 500 ON CONFLICT
-    /// DO NOTHING` (PostgreSQL). The statement is checked when the handle
-    /// opens.
+    /// converge, changing no row only once nothing is left:
+    /// `UPDATE t SET b = a WHERE id IN (SELECT id FROM t WHERE b IS NULL
+    /// LIMIT 500)`, or `INSERT … SELECT … WHERE NOT EXISTS (…) LIMIT 500`
+    /// (on PostgreSQL with `ON CONFLICT DO NOTHING` too, for rows a trigger
+    /// inserts meanwhile). The statement is checked when the handle opens:
+    /// one statement, no transaction control, an `UPDATE` or `DELETE` with a
+    /// `WHERE`.
     ///
     /// ```
     /// # #[cfg(feature = "sqlite")] {

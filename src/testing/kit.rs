@@ -292,11 +292,20 @@ impl<B: Backend> Transition<'_, B> {
                 })?;
         }
         let mut staged = staged;
+        // Switched back: by way of the switch.
+        let forward_to = if stage == Stage::SwitchedBack {
+            Stage::Switched
+        } else {
+            stage
+        };
         for next in Stage::ALL.into_iter().skip(1) {
-            if staged.at.stage == stage {
+            if staged.at.stage == forward_to {
                 break;
             }
             staged.advance(next)?;
+        }
+        if stage == Stage::SwitchedBack {
+            staged.advance(Stage::SwitchedBack)?;
         }
         Ok(staged)
     }

@@ -244,7 +244,15 @@ impl<B: Backend> Upgrader<B> {
     pub fn switch_when_ready(&self, timeout: Duration) -> Result<PhaseReport> {
         let deadline = Instant::now() + timeout.min(crate::limits::FOREVER);
         loop {
-            match self.switch() {
+            let result = self.switch();
+            // Refused because this binary cannot serve the new version:
+            // no other instance leaving cures that.
+            if matches!(&result, Err(Error::SwitchRefused { version, .. })
+                if !self.shared.served().contains(version))
+            {
+                return result;
+            }
+            match result {
                 Err(e)
                     if (matches!(e, Error::SwitchRefused { .. }) || e.is_retryable())
                         && Instant::now() < deadline =>

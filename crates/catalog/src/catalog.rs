@@ -436,15 +436,34 @@ fn generated_files(
                     path: path.to_owned(),
                 });
             }
-            let hand = written
-                .iter()
-                .find(|f| f.phase == phase && f.backend == Some(backend))
-                .or_else(|| {
-                    written
-                        .iter()
-                        .find(|f| f.phase == phase && f.backend.is_none())
+            let hand_for = |phase: Phase| {
+                written
+                    .iter()
+                    .find(|f| f.phase == phase && f.backend == Some(backend))
+                    .or_else(|| {
+                        written
+                            .iter()
+                            .find(|f| f.phase == phase && f.backend.is_none())
+                    })
+            };
+            let hand = hand_for(phase);
+            if phase == Phase::SwitchBack && hand.is_none() && hand_for(Phase::Switch).is_some() {
+                return Err(CatalogError::BadChange {
+                    path: path.to_owned(),
+                    operation: None,
+                    problem: "the switch.sql beside it has no switch_back.sql, so a switch back \
+                              would undo the change file's switch and leave switch.sql's in place"
+                        .to_owned(),
+                    instead: "write the switch_back.sql that undoes switch.sql".to_owned(),
                 });
+            }
             let (text, file) = match hand {
+                // A switch back undoes the switch in reverse: the hand-written
+                // switch ran after the generated one, so its undo runs first.
+                Some(hand) if phase == Phase::SwitchBack => (
+                    format!("-- {}\n{}\n{sql}", hand.file, hand.text.trim_end()),
+                    format!("{} + {folder}/{CHANGE_FILE}", hand.file),
+                ),
                 Some(hand) => (
                     format!("{sql}\n-- {}\n{}", hand.file, hand.text),
                     format!("{folder}/{CHANGE_FILE} + {}", hand.file),

@@ -58,7 +58,7 @@ pub(crate) fn transaction_control(sql: &str, backend: Option<&str>) -> Check {
         match Tokenizer::new(dialect.as_ref(), sql).tokenize_with_location() {
             Ok(tokens) => {
                 read = true;
-                if let found @ Check::TransactionControl(_) = scan(&tokens) {
+                if let found @ Check::TransactionControl(_) = scan(sql, &tokens) {
                     return found;
                 }
             }
@@ -84,8 +84,8 @@ const CONTROL: &[&str] = &[
     "RELEASE",
 ];
 
-fn scan(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Check {
-    for statement in crate::statements::split(tokens) {
+fn scan(sql: &str, tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Check {
+    for statement in crate::statements::split(sql, tokens) {
         let Some(first) = statement.words.first() else {
             continue;
         };
@@ -142,6 +142,12 @@ mod tests {
             (
                 "UPDATE a SET x = CASE WHEN y THEN 1 END, z = 2; COMMIT;",
                 1,
+                "COMMIT",
+            ),
+            // Columns named `trigger` and `begin` open no block.
+            (
+                "CREATE TABLE audit (trigger TEXT, begin TEXT);\nCOMMIT;",
+                2,
                 "COMMIT",
             ),
             // SQLite ends the comment at the first `*/`, PostgreSQL nests.

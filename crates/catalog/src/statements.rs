@@ -37,6 +37,9 @@ impl Statement {
     }
 }
 
+/// The words that may come before `TRIGGER` in `CREATE … TRIGGER`.
+const TRIGGER_HEAD: &[&str] = &["CREATE", "OR", "REPLACE", "TEMP", "TEMPORARY", "CONSTRAINT"];
+
 fn word(token: &Token) -> String {
     match token {
         Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
@@ -56,8 +59,59 @@ fn comment(token: &Token) -> Option<String> {
     }
 }
 
-/// Splits `tokens` (with locations) into top-level statements.
-pub(crate) fn split(tokens: &[TokenWithSpan]) -> Vec<Statement> {
+/// Byte offsets of `sql`'s locations (1-based line and column, in chars).
+struct Offsets<'a> {
+    sql: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Offsets<'a> {
+    fn new(sql: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+        Offsets { sql, line_starts }
+    }
+
+    /// The byte offset of `loc` (the end of the text past the last line).
+    fn of(&self, loc: sqlparser::tokenizer::Location) -> usize {
+        let Some(&start) = usize::try_from(loc.line)
+            .ok()
+            .and_then(|l| l.checked_sub(1))
+            .and_then(|l| self.line_starts.get(l))
+        else {
+            return self.sql.len();
+        };
+        let column = usize::try_from(loc.column.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.sql[start..]
+            .char_indices()
+            .nth(column)
+            .map_or(self.sql.len(), |(i, _)| start + i)
+    }
+
+    /// The source text from `from` up to `to` (exclusive).
+    fn text(
+        &self,
+        from: sqlparser::tokenizer::Location,
+        to: sqlparser::tokenizer::Location,
+    ) -> &'a str {
+        let (a, b) = (self.of(from), self.of(to));
+        self.sql.get(a..b.max(a)).unwrap_or_default()
+    }
+}
+
+/// Splits `sql`'s `tokens` (with locations) into top-level statements,
+/// each with its text as written (not re-printed from tokens: a string's
+/// doubled quotes stay doubled).
+pub(crate) fn split(sql: &str, tokens: &[TokenWithSpan]) -> Vec<Statement> {
+    let offsets = Offsets::new(sql);
+    let mut done_spans: Vec<(
+        sqlparser::tokenizer::Location,
+        sqlparser::tokenizer::Location,
+    )> = Vec::new();
+    let mut span: Option<(
+        sqlparser::tokenizer::Location,
+        sqlparser::tokenizer::Location,
+    )> = None;
     let significant = |t: &TokenWithSpan| !matches!(t.token, Token::Whitespace(_) | Token::EOF);
     let next_word = |i: usize| {
         tokens[i + 1..]
@@ -82,7 +136,6 @@ pub(crate) fn split(tokens: &[TokenWithSpan]) -> Vec<Statement> {
             let text = comment(&t.token);
             match (current.as_mut(), text) {
                 (Some(s), text) => {
-                    s.text.push_str(&t.token.to_string());
                     if let Some(text) = text {
                         s.comments.push(Comment { line, text });
                     }
@@ -98,9 +151,9 @@ pub(crate) fn split(tokens: &[TokenWithSpan]) -> Vec<Statement> {
             continue;
         }
         if t.token == Token::SemiColon && depth == 0 {
-            if let Some(mut s) = current.take() {
-                s.text.truncate(s.text.trim_end().len());
+            if let Some(s) = current.take() {
                 done.push(s);
+                done_spans.extend(span.take());
             }
             ended_on = Some(line);
             saw_trigger = false;
@@ -112,12 +165,16 @@ pub(crate) fn split(tokens: &[TokenWithSpan]) -> Vec<Statement> {
             text: String::new(),
             comments: std::mem::take(&mut pending),
         });
-        s.text.push_str(&t.token.to_string());
+        span = Some((span.map_or(t.span.start, |(from, _)| from), t.span.end));
         let w = word(&t.token);
         if !s.words.is_empty() {
             let next_is = |want: &str| next_word(i).as_deref() == Some(want);
             match w.as_str() {
-                "TRIGGER" => saw_trigger = true,
+                // `CREATE [OR REPLACE] [TEMP] [CONSTRAINT] TRIGGER`, not a
+                // column named `trigger`.
+                "TRIGGER" if s.words.iter().all(|w| TRIGGER_HEAD.contains(&w.as_str())) => {
+                    saw_trigger = true
+                }
                 "BEGIN" if (s.words[0] == "CREATE" && saw_trigger) || next_is("ATOMIC") => {
                     depth += 1
                 }
@@ -129,9 +186,47 @@ pub(crate) fn split(tokens: &[TokenWithSpan]) -> Vec<Statement> {
         }
         s.words.push(w);
     }
-    if let Some(mut s) = current {
-        s.text.truncate(s.text.trim_end().len());
+    if let Some(s) = current {
         done.push(s);
+        done_spans.extend(span.take());
+    }
+    for (statement, (from, to)) in done.iter_mut().zip(done_spans) {
+        statement.text = offsets.text(from, to).to_owned();
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::Tokenizer;
+
+    fn texts(sql: &str) -> Vec<(u64, String)> {
+        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+            .tokenize_with_location()
+            .unwrap();
+        super::split(sql, &tokens)
+            .into_iter()
+            .map(|s| (s.line, s.text))
+            .collect()
+    }
+
+    #[test]
+    fn a_statement_keeps_its_text_as_written() {
+        assert_eq!(
+            texts("UPDATE t SET n = 'O''Brien';  -- é\nDELETE FROM \"é\"\n  WHERE a = 'ü';\n"),
+            [
+                (1, "UPDATE t SET n = 'O''Brien'".to_owned()),
+                (2, "DELETE FROM \"é\"\n  WHERE a = 'ü'".to_owned())
+            ]
+        );
+        assert_eq!(texts("SELECT 1"), [(1, "SELECT 1".to_owned())]);
+        assert_eq!(
+            texts("CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;"),
+            [(
+                1,
+                "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql".to_owned()
+            )]
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use sqlparser::ast::Expr;
 use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
@@ -147,11 +148,6 @@ impl Op<'_> {
         }
     }
 
-    /// A default: one SQL expression, parsed as the backend reads it.
-    fn default(&self, column: &Column, expr: &str) -> Result<String, CatalogError> {
-        self.expression("default", &column.name, expr)
-    }
-
     /// Refuses an operation SQLite cannot do in place.
     fn postgres_only(&self, what: &str, instead: &str) -> Result<(), CatalogError> {
         if self.postgres {
@@ -169,6 +165,11 @@ impl Op<'_> {
     /// no comment or second statement rides along), never containing the
     /// dollar quote of tandem's trigger bodies.
     fn expression(&self, what: &str, of: &str, expr: &str) -> Result<String, CatalogError> {
+        self.parse_expression(what, of, expr).map(|e| e.to_string())
+    }
+
+    /// As [`expression`](Op::expression), the parse itself.
+    fn parse_expression(&self, what: &str, of: &str, expr: &str) -> Result<Expr, CatalogError> {
         let dialect = self.dialect();
         let parsed = Parser::new(dialect.as_ref())
             .try_with_sql(expr)
@@ -182,14 +183,14 @@ impl Op<'_> {
                 }
             });
         match parsed {
-            Ok(e) if !e.to_string().contains(BODY_QUOTE) => Ok(e.to_string()),
+            Ok(e) if !e.to_string().contains(BODY_QUOTE) => Ok(e),
             Ok(_) => Err(self.bad(
                 format!("the {what} of `{of}` contains `{BODY_QUOTE}`"),
                 "write it without that dollar quote",
             )),
             Err(e) => Err(self.bad(
                 format!("the {what} of `{of}` is not one SQL expression ({e})"),
-                "write one expression, such as `''`, `0` or `CURRENT_TIMESTAMP`",
+                "write one expression, such as `''` or `0`",
             )),
         }
     }
@@ -222,10 +223,35 @@ impl Op<'_> {
         } else if !column.nullable {
             sql.push_str(" NOT NULL");
         }
-        if let Some(expr) = &column.default {
-            let _ = write!(sql, " DEFAULT {}", self.default(column, expr)?);
+        let default = match &column.default {
+            Some(text) => Some(self.parse_expression("default", &column.name, text)?),
+            None => None,
+        };
+        // `DEFAULT NULL` is no default.
+        let default = default.filter(|e| !e.to_string().eq_ignore_ascii_case("NULL"));
+        if let Some(expr) = &default {
+            let literal = match expr {
+                Expr::Value(_) => true,
+                Expr::UnaryOp { expr, .. } => matches!(**expr, Expr::Value(_)),
+                _ => false,
+            };
+            if self.postgres || literal {
+                let _ = write!(sql, " DEFAULT {expr}");
+            } else if in_create {
+                // SQLite's DEFAULT takes an expression only in parentheses.
+                let _ = write!(sql, " DEFAULT ({expr})");
+            } else {
+                return Err(self.bad(
+                    format!(
+                        "SQLite adds a column only with a constant default, not `{expr}` (column `{}`)",
+                        column.name
+                    ),
+                    "give it a constant default (`''`, `0`), or add it nullable and fill it with a \
+                     backfill (`Builder::backfill_sql`)",
+                ));
+            }
         }
-        if !in_create && !column.nullable && column.default.is_none() {
+        if !in_create && !column.nullable && default.is_none() {
             return Err(self.bad(
                 format!(
                     "column `{}` is NOT NULL without a default: version N-1's inserts, which do not \
@@ -455,7 +481,15 @@ impl Change {
         }
         let mut generated = Generated::default();
         let mut undo: Vec<String> = Vec::new();
+        // An `sql` operation whose switch has no switch back.
+        let mut undone_by_nothing = None;
         for (i, operation) in self.operations.iter().enumerate() {
+            if let Operation::Sql(raw) = operation {
+                let applies = raw.backend.as_deref().is_none_or(|b| b == backend);
+                if applies && raw.switch.is_some() && raw.switch_back.is_none() {
+                    undone_by_nothing = undone_by_nothing.or(Some(i + 1));
+                }
+            }
             let op = Op {
                 path,
                 number: i + 1,
@@ -507,6 +541,17 @@ impl Change {
         }
         // Undone in reverse: a later operation may build on an earlier one.
         generated.switch_back = undo.into_iter().rev().collect::<Vec<_>>().join("\n");
+        if let Some(n) = undone_by_nothing.filter(|_| !generated.switch_back.is_empty()) {
+            return Err(CatalogError::BadChange {
+                path: path.to_owned(),
+                operation: Some(n),
+                problem:
+                    "its `switch` has no `switch_back`, so a switch back would undo the other \
+                          operations' switch and leave its own in place"
+                        .to_owned(),
+                instead: "write its `switch_back`".to_owned(),
+            });
+        }
         Ok(generated)
     }
 }

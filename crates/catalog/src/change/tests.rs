@@ -368,3 +368,121 @@ fn a_change_for_one_backend_says_so() {
         "{err}"
     );
 }
+
+/// A switch back undoes the switch in reverse, hand-written part included,
+/// and a switch with no undo beside a change file's is refused.
+#[test]
+fn a_switch_back_undoes_hand_written_switch_sql_first() {
+    let rename = "[[operations]]\nrename_column = { table = \"orders\", from = \"customer\", to = \"customer_name\" }\n";
+    let dir = write(&[
+        (
+            "0001_init/expand.sql",
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT);",
+        ),
+        ("0002_x/change.toml", rename),
+        (
+            "0002_x/switch.sql",
+            "CREATE VIEW v AS SELECT customer_name FROM orders;",
+        ),
+        ("0002_x/switch_back.sql", "DROP VIEW v;"),
+    ]);
+    let catalog = Catalog::from_dir(dir.path()).unwrap();
+    let v2 = Version::new(2).unwrap();
+    let switch = catalog.phase(v2, Phase::Switch, "sqlite").unwrap().text;
+    assert!(
+        switch.find("RENAME COLUMN").unwrap() < switch.find("CREATE VIEW").unwrap(),
+        "{switch}"
+    );
+    let back = catalog.phase(v2, Phase::SwitchBack, "sqlite").unwrap();
+    assert!(
+        back.text.find("DROP VIEW").unwrap() < back.text.find("RENAME COLUMN").unwrap(),
+        "{}",
+        back.text
+    );
+    assert_eq!(back.file, "0002_x/switch_back.sql + 0002_x/change.toml");
+    let dir = write(&[
+        (
+            "0001_init/expand.sql",
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT);",
+        ),
+        ("0002_x/change.toml", rename),
+        (
+            "0002_x/switch.sql",
+            "CREATE VIEW v AS SELECT customer_name FROM orders;",
+        ),
+    ]);
+    let err = Catalog::from_dir(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("has no switch_back.sql"), "{err}");
+    let err = generate(
+        &format!(
+            "{rename}[[operations]]\n[operations.sql]\nswitch = \"CREATE VIEW v AS SELECT 1;\""
+        ),
+        "sqlite",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CatalogError::BadChange {
+                operation: Some(2),
+                ..
+            }
+        ) && err.to_string().contains("no `switch_back`"),
+        "{err}"
+    );
+}
+
+/// Defaults as each backend takes them: `DEFAULT NULL` is none (a NOT NULL
+/// column with it is refused), SQLite wraps an expression in parentheses in
+/// CREATE TABLE and refuses a non-constant one in ADD COLUMN.
+#[test]
+fn defaults_are_written_as_each_backend_takes_them() {
+    let add = |column: &str| {
+        format!("[[operations]]\nadd_column = {{ table = \"t\", column = {column} }}")
+    };
+    let err = generate(
+        &add(r#"{ name = "n", type = "text", nullable = false, default = "NULL" }"#),
+        "postgres",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("NOT NULL without a default"),
+        "{err}"
+    );
+    let err = generate(
+        &add(r#"{ name = "at", type = "timestamp", default = "CURRENT_TIMESTAMP" }"#),
+        "sqlite",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SQLite adds a column only with a constant default"),
+        "{err}"
+    );
+    let g = generate(
+        &add(r#"{ name = "at", type = "timestamp", default = "CURRENT_TIMESTAMP" }"#),
+        "postgres",
+    )
+    .unwrap();
+    assert!(
+        g.expand.contains("DEFAULT CURRENT_TIMESTAMP;"),
+        "{}",
+        g.expand
+    );
+    let g = generate(
+        &add(r#"{ name = "n", type = "integer", default = "-1" }"#),
+        "sqlite",
+    )
+    .unwrap();
+    assert!(g.expand.contains("DEFAULT -1;"), "{}", g.expand);
+    let g = generate(
+        "[[operations]]\ncreate_table = { table = \"t\", columns = [{ name = \"at\", type = \"text\", default = \"datetime('now')\" }] }",
+        "sqlite",
+    )
+    .unwrap();
+    assert!(
+        g.expand.contains("DEFAULT (datetime('now'))"),
+        "{}",
+        g.expand
+    );
+}

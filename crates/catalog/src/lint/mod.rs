@@ -262,7 +262,7 @@ impl File<'_> {
         // Tables this file creates: an index or a constraint on one locks
         // nothing anyone uses yet.
         let mut created = BTreeSet::new();
-        for statement in split(&tokens) {
+        for statement in split(sql, &tokens) {
             let parsed = Parser::parse_sql(dialect.as_ref(), &statement.text);
             let parsed = match parsed {
                 Ok(mut list) if list.len() == 1 => list.pop(),
@@ -334,7 +334,7 @@ pub fn one_statement(sql: &str, backend: &str) -> Result<(), String> {
     let tokens = Tokenizer::new(dialect.as_ref(), sql)
         .tokenize_with_location()
         .map_err(|e| format!("it cannot be read as SQL ({e})"))?;
-    let statements = split(&tokens);
+    let statements = split(sql, &tokens);
     match statements.as_slice() {
         [] => Err("it holds no statement".to_owned()),
         [one] => match crate::sql_check::transaction_control(sql, Some(backend)) {
@@ -343,6 +343,10 @@ pub fn one_statement(sql: &str, backend: &str) -> Result<(), String> {
                 found.statement
             )),
             _ if one.words.is_empty() => Err("it holds no statement".to_owned()),
+            _ if rules::unbounded_write(&one.text, dialect.as_ref()) => Err(
+                "it has no WHERE, so every batch would change every row again and never end"
+                    .to_owned(),
+            ),
             _ => Ok(()),
         },
         more => Err(format!(

@@ -19,7 +19,7 @@ use crate::version::Phase;
 #[non_exhaustive]
 pub enum Rule {
     /// `expand-drop`: a drop in expand (a table, column, constraint, index,
-    /// view, trigger or function). squawk: `ban-drop-table`,
+    /// view, trigger or function, or a column's default). squawk: `ban-drop-table`,
     /// `ban-drop-column`.
     ExpandDrop,
     /// `expand-rename`: a table or column renamed in expand. squawk:
@@ -50,8 +50,9 @@ pub enum Rule {
     /// the whole table is rewritten under its exclusive lock. squawk:
     /// `adding-field-with-default`, `adding-serial-primary-key-field`.
     TableRewrite,
-    /// `unbatched-write`: an `UPDATE` or `DELETE` without `WHERE`, in one
-    /// transaction (every row stays locked until the phase commits).
+    /// `unbatched-write`: an `UPDATE` or `DELETE` without `WHERE`, or a
+    /// `TRUNCATE` outside contract, in one transaction (every row stays
+    /// locked until the phase commits).
     UnbatchedWrite,
     /// `switch-drop`: a drop in switch.
     SwitchDrop,
@@ -213,6 +214,15 @@ pub(super) fn created_table(parsed: Option<&Sql>) -> Option<String> {
     }
 }
 
+/// Whether `text` parses as an `UPDATE` or `DELETE` without `WHERE`.
+pub(super) fn unbounded_write(text: &str, dialect: &dyn sqlparser::dialect::Dialect) -> bool {
+    match sqlparser::parser::Parser::parse_sql(dialect, text).as_deref() {
+        Ok([Sql::Update(u)]) => u.selection.is_none(),
+        Ok([Sql::Delete(d)]) => d.selection.is_none(),
+        _ => false,
+    }
+}
+
 /// Whether a statement the lint cannot parse is of a kind a rule looks at
 /// beyond its first words.
 pub(super) fn matters_unparsed(statement: &Statement) -> bool {
@@ -251,6 +261,7 @@ pub(super) fn check(
                 broken.push(Rule::IndexNotConcurrent);
             }
         }
+        (Some("TRUNCATE"), _) if !context.contract() => broken.push(Rule::UnbatchedWrite),
         (Some("CREATE"), _) if context.contract() => broken.push(Rule::ContractOnlyRemoves),
         (Some("INSERT"), _) if context.contract() => broken.push(Rule::ContractOnlyRemoves),
         (_, Some(Sql::Update(update))) => {
@@ -305,6 +316,8 @@ fn alter_table(
                 Some(Rule::ContractOnlyRemoves)
             } else if pg && existing && rewrites(column_def) {
                 Some(Rule::TableRewrite)
+            } else if pg && existing && unique(column_def) {
+                Some(Rule::UniqueConstraint)
             } else if context.expand() && existing && required(column_def) {
                 Some(Rule::ExpandRequiredColumn)
             } else {
@@ -316,6 +329,8 @@ fn alter_table(
                 Some(Rule::ExpandTypeChange)
             }
             (AlterColumnOperation::SetNotNull, Phase::Expand) => Some(Rule::ExpandSetNotNull),
+            // Version N-1's inserts may leave the column to its default.
+            (AlterColumnOperation::DropDefault, Phase::Expand) => Some(Rule::ExpandDrop),
             (
                 AlterColumnOperation::SetDataType { .. } | AlterColumnOperation::SetNotNull,
                 Phase::Switch | Phase::SwitchBack,
@@ -370,18 +385,31 @@ fn add_constraint(
     }
 }
 
-/// `NOT NULL` without a default (nor a generated value or a key).
+/// `NOT NULL` without a default (nor a generated value or a key); a
+/// `DEFAULT NULL` is none.
 fn required(column: &ColumnDef) -> bool {
     let has = |f: fn(&ColumnOption) -> bool| column.options.iter().any(|o| f(&o.option));
     has(|o| matches!(o, ColumnOption::NotNull))
-        && !has(|o| {
-            matches!(
-                o,
-                ColumnOption::Default(_)
-                    | ColumnOption::Generated { .. }
-                    | ColumnOption::PrimaryKey(_)
-            )
+        && !has(|o| match o {
+            ColumnOption::Default(e) => !is_null(e),
+            ColumnOption::Generated { .. } | ColumnOption::PrimaryKey(_) => true,
+            _ => false,
         })
+}
+
+/// Whether `expr` is the literal `NULL`.
+pub(crate) fn is_null(expr: &Expr) -> bool {
+    expr.to_string().eq_ignore_ascii_case("NULL")
+}
+
+/// A `UNIQUE` or `PRIMARY KEY` column: its index is built as it is added.
+fn unique(column: &ColumnDef) -> bool {
+    column.options.iter().any(|o| {
+        matches!(
+            o.option,
+            ColumnOption::Unique(_) | ColumnOption::PrimaryKey(_)
+        )
+    })
 }
 
 /// Functions whose value differs per row: a default calling one is

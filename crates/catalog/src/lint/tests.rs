@@ -54,7 +54,17 @@ fn expand_must_be_additive_on_both_backends() {
                 vec!["expand-required-column"],
             ),
             ("UPDATE orders SET qty = 0;", vec!["unbatched-write"]),
+            // A doubled quote is read as written, not re-printed unreadable.
+            (
+                "UPDATE orders SET customer = 'O''Brien';",
+                vec!["unbatched-write"],
+            ),
             ("DELETE FROM orders;", vec!["unbatched-write"]),
+            ("TRUNCATE orders;", vec!["unbatched-write"]),
+            (
+                "ALTER TABLE orders ALTER COLUMN qty DROP DEFAULT;",
+                vec!["expand-drop"],
+            ),
             // Additive: no finding.
             ("ALTER TABLE orders ADD COLUMN note TEXT;", vec![]),
             (
@@ -107,6 +117,14 @@ fn postgres_expand_must_not_lock_a_busy_table() {
         (
             "ALTER TABLE orders ADD CONSTRAINT one UNIQUE (customer);",
             vec!["unique-constraint"],
+        ),
+        (
+            "ALTER TABLE orders ADD COLUMN code TEXT UNIQUE;",
+            vec!["unique-constraint"],
+        ),
+        (
+            "CREATE INDEX o ON orders (customer) WHERE customer = 'won''t';",
+            vec!["index-not-concurrent"],
         ),
         (
             "ALTER TABLE orders ADD COLUMN token UUID DEFAULT gen_random_uuid();",
@@ -452,4 +470,16 @@ fn every_rule_has_a_distinct_name_a_problem_and_an_alternative() {
         );
     }
     assert_eq!(Rule::from_name("nope"), None);
+}
+
+#[test]
+fn a_not_null_column_whose_default_is_null_is_required() {
+    assert_eq!(
+        rules(
+            "sqlite",
+            "expand",
+            "ALTER TABLE orders ADD COLUMN n TEXT NOT NULL DEFAULT NULL;"
+        ),
+        ["expand-required-column"]
+    );
 }
