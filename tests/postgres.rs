@@ -375,6 +375,58 @@ mod lock_waits {
         );
     }
 
+    /// Readers whose turns (25 ms each, back to back, offset) always
+    /// outlast the default 5 ms escalation: a queued wait of that length
+    /// never sees every reader in flight commit. Each retry doubles it (up
+    /// to 8×), and the switch gets the lock once the window covers a turn.
+    /// (Before: every attempt waited 5 ms, and the switch gave up with
+    /// `LockTimeout` under such load, as the fleet demo behind PgBouncer
+    /// did in CI.)
+    #[test]
+    fn the_switch_outlasts_readers_longer_than_the_escalation() {
+        let Some(pg) = PgDb::new("the_switch_outlasts_readers") else {
+            return;
+        };
+        let (_c, cat) = common::catalog(FILES);
+        let policy = WriterPolicy {
+            patience: Duration::from_millis(30),
+            attempts: 6,
+            ..WriterPolicy::default()
+        };
+        let db = open(&pg, cat, policy);
+        db.upgrader().expand().unwrap();
+        let key = db.schema_lock_key();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Barrier::new(5));
+        let readers: Vec<_> = (0..4u64)
+            .map(|n| {
+                let (mut conn, stop, ready) = (pg.conn(), stop.clone(), ready.clone());
+                thread::spawn(move || {
+                    ready.wait();
+                    thread::sleep(Duration::from_millis(6 * n));
+                    while !stop.load(Ordering::Relaxed) {
+                        conn.batch_execute(&format!(
+                            "BEGIN; SELECT pg_advisory_xact_lock_shared({key});"
+                        ))
+                        .unwrap();
+                        thread::sleep(Duration::from_millis(25));
+                        conn.batch_execute("COMMIT").unwrap();
+                    }
+                })
+            })
+            .collect();
+        ready.wait();
+        thread::sleep(Duration::from_millis(100));
+        let switched = db.upgrader().switch();
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        let report = switched.unwrap_or_else(|e| panic!("the switch gave up: {e}"));
+        assert!(report.attempts > 1 && report.escalated, "{report:?}");
+        assert_eq!(db.state().unwrap().version.get(), 2);
+    }
+
     /// A reader that never lets go of the shared schema lock: the switch
     /// polls, escalates for at most `escalation` per attempt, and gives up
     /// after its attempts with `LockTimeout`, the database still at

@@ -158,9 +158,9 @@ impl<B: Backend> Upgrader<B> {
         };
         let held_from = Instant::now();
         let now = store::now_ms();
-        let result = self
-            .shared
-            .write_transaction(conn, |c| self.switch_transaction(c, job, deploying, now));
+        let result = self.shared.write_transaction(conn, |c| {
+            self.switch_transaction(c, job, deploying, now, report.attempts)
+        });
         let e = match result {
             Ok((Some(epoch), db_wait, db_escalated)) => {
                 // Alone, still under the write lock: calls after this see
@@ -214,10 +214,12 @@ impl<B: Backend> Upgrader<B> {
         job: &SwitchJob,
         deploying: bool,
         now: i64,
+        attempt: u32,
     ) -> Result<(Option<i64>, Duration, bool)> {
         let store = &self.shared.store;
         let (from, to) = (job.state.version, job.to.0);
-        let (db_wait, db_escalated) = self.enter_exclusive(c, &self.shared.writer, to, from)?;
+        let (db_wait, db_escalated) =
+            self.enter_exclusive(c, &self.shared.writer, attempt, to, from)?;
         self.shared.ddl_preamble(c)?;
         self.recheck(c, &job.state)?;
         // The fleet again, under the exclusive lock (instances register
@@ -332,18 +334,20 @@ impl<B: Backend> Upgrader<B> {
 
     /// Inside the switch's transaction: the database's exclusive schema lock.
     /// Polls without queueing for `patience` (queued exclusive requests
-    /// would stall new readers), then queues for at most `escalation`.
-    /// Returns the wait and whether it escalated.
+    /// would stall new readers), then queues for at most the escalation of
+    /// attempt `attempt` ([`queue_window`]). Returns the wait and whether
+    /// it escalated.
     pub(super) fn enter_exclusive(
         &self,
         c: &mut B::Connection,
         policy: &WriterPolicy,
+        attempt: u32,
         version: Version,
         live: Version,
     ) -> Result<(Duration, bool)> {
         let start = Instant::now();
-        match exclusive_within::<_, B>(c, self.shared.lock_key, policy.patience, policy.escalation)?
-        {
+        let window = queue_window(policy, attempt);
+        match exclusive_within::<_, B>(c, self.shared.lock_key, policy.patience, window)? {
             Some(escalated) => Ok((start.elapsed(), escalated)),
             None => Err(Error::LockTimeout {
                 version,
@@ -418,4 +422,43 @@ enum Attempt {
     NeedsDeploying,
     /// A lock conflict, nothing changed: back off and try again.
     Retry,
+}
+
+/// How long attempt `attempt` (1-based) of a switch queues for the
+/// database's exclusive lock: the policy's escalation, doubled after each
+/// failed attempt up to [`MAX_ESCALATION_FACTOR`] times it. Under load the
+/// calls in flight (each holding the shared lock until it commits) can
+/// outlast the first window every time, as through a busy pooler; a call
+/// then waits behind the switch at most that much longer.
+pub(crate) fn queue_window(policy: &WriterPolicy, attempt: u32) -> Duration {
+    let doublings = attempt
+        .saturating_sub(1)
+        .min(MAX_ESCALATION_FACTOR.trailing_zeros());
+    policy.escalation.saturating_mul(1 << doublings)
+}
+
+/// The most a retried switch multiplies the policy's escalation by.
+pub(crate) const MAX_ESCALATION_FACTOR: u32 = 8;
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_window_doubles_per_attempt_up_to_eight_times() {
+        let policy = WriterPolicy::default();
+        let windows: Vec<u128> = (1..=6)
+            .map(|a| queue_window(&policy, a).as_millis())
+            .collect();
+        assert_eq!(windows, [5, 10, 20, 40, 40, 40]);
+        let huge = WriterPolicy {
+            escalation: Duration::MAX,
+            ..policy
+        };
+        assert_eq!(
+            queue_window(&huge, 4),
+            Duration::MAX,
+            "saturates, never overflows"
+        );
+    }
 }
