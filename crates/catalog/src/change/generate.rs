@@ -195,6 +195,18 @@ impl Op<'_> {
         }
     }
 
+    /// `columns` of index or constraint `of`, validated and quoted, comma-separated.
+    fn columns(&self, of: &str, columns: &[String]) -> Result<String, CatalogError> {
+        if columns.is_empty() {
+            return Err(self.bad(format!("`{of}` names no columns"), "list its columns"));
+        }
+        let quoted = columns
+            .iter()
+            .map(|c| self.name("column", c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(quoted.join(", "))
+    }
+
     /// A column definition.
     fn column(&self, column: &Column, in_create: bool) -> Result<String, CatalogError> {
         let mut sql = format!(
@@ -296,22 +308,61 @@ impl Op<'_> {
                 columns,
                 unique,
             } => {
-                if columns.is_empty() {
-                    return Err(
-                        self.bad(format!("index `{name}` has no columns"), "list its columns")
-                    );
-                }
-                let cols = columns
-                    .iter()
-                    .map(|c| self.name("column", c))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let cols = self.columns(name, columns)?;
                 p.expand.push(format!(
-                    "CREATE {}INDEX IF NOT EXISTS {} ON {} ({});",
+                    "CREATE {}INDEX IF NOT EXISTS {} ON {} ({cols});",
                     if *unique { "UNIQUE " } else { "" },
                     self.name("index", name)?,
                     self.name("table", table)?,
-                    cols.join(", ")
                 ));
+            }
+            Operation::AddUnique {
+                table,
+                name,
+                columns,
+            } => {
+                let cols = self.columns(name, columns)?;
+                p.expand.push(format!(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({cols});",
+                    self.name("index", name)?,
+                    self.name("table", table)?
+                ));
+            }
+            Operation::AddForeignKey {
+                table,
+                name,
+                columns,
+                references,
+                referenced_columns,
+            } => {
+                self.postgres_only(
+                    "add a foreign key to an existing table",
+                    "check it in version N's code, or create the table with it (an `sql` operation's \
+                     CREATE TABLE … REFERENCES)",
+                )?;
+                if columns.len() != referenced_columns.len() {
+                    return Err(self.bad(
+                        format!(
+                            "foreign key `{name}` has {} column(s) and {} referenced one(s)",
+                            columns.len(),
+                            referenced_columns.len()
+                        ),
+                        "name as many referenced columns as columns, in the same order",
+                    ));
+                }
+                let (t, n) = (self.name("table", table)?, self.name("constraint", name)?);
+                let (cols, rcols) = (
+                    self.columns(name, columns)?,
+                    self.columns(name, referenced_columns)?,
+                );
+                let rt = self.name("table", references)?;
+                p.switch.push(format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {n} FOREIGN KEY ({cols}) REFERENCES {rt} ({rcols}) NOT VALID;"
+                ));
+                p.switch_back
+                    .push(format!("ALTER TABLE {t} DROP CONSTRAINT {n};"));
+                p.contract
+                    .push(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {n};"));
             }
             Operation::RenameTable { from, to } => {
                 let (from, to) = (self.name("table", from)?, self.name("table", to)?);

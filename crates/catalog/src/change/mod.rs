@@ -24,11 +24,14 @@
 //! | `drop_not_null` | `DROP NOT NULL` (PostgreSQL)   |                          |                |
 //! | `set_default`   | `SET DEFAULT` (PostgreSQL)     |                          |                |
 //! | `add_check`     |                                | `CHECK … NOT VALID`, and dropped back | `VALIDATE` |
+//! | `add_unique`    | `CREATE UNIQUE INDEX IF NOT EXISTS` |                     |                |
+//! | `add_foreign_key` |                              | `FOREIGN KEY … NOT VALID`, and dropped back (PostgreSQL) | `VALIDATE` |
 //! | `sql`           | as written, per phase (and per backend if asked) |        |                |
 //!
-//! SQLite cannot change a constraint or default of an existing column
-//! without rebuilding the table; it refuses the last four with a typed
-//! error naming what to write instead.
+//! SQLite cannot change a constraint or default of an existing column, nor
+//! add a foreign key to an existing table, without rebuilding the table; it
+//! refuses those operations with a typed error naming what to write
+//! instead.
 //!
 //! **Renames cost nothing.** tandem's switch is atomic across the fleet:
 //! every call of version N-1 has drained before it and every call after it
@@ -200,6 +203,36 @@ pub enum Operation {
         /// The condition, one SQL expression.
         check: String,
     },
+    /// A unique index over `columns`, in expand (`CREATE UNIQUE INDEX IF
+    /// NOT EXISTS`, both backends): from then on a duplicate written by
+    /// either version fails, and the expand fails (changing nothing) while
+    /// the table holds one. On a large PostgreSQL table, build it
+    /// beforehand with `CREATE UNIQUE INDEX CONCURRENTLY` under the same
+    /// name.
+    AddUnique {
+        /// The table.
+        table: String,
+        /// The index's name.
+        name: String,
+        /// The columns that are unique together.
+        columns: Vec<String>,
+    },
+    /// A foreign key (PostgreSQL; SQLite refuses it): added `NOT VALID` at
+    /// the switch, once no version N-1 call can write a row that breaks it
+    /// (dropped again at a switch back), and validated in contract, which
+    /// fails (and changes nothing) while a row breaks it.
+    AddForeignKey {
+        /// The table.
+        table: String,
+        /// The constraint's name.
+        name: String,
+        /// The referencing columns.
+        columns: Vec<String>,
+        /// The referenced table.
+        references: String,
+        /// The referenced columns, in the same order.
+        referenced_columns: Vec<String>,
+    },
     /// SQL as written, for each phase it names (linted like a file).
     Sql(RawSql),
 }
@@ -220,6 +253,8 @@ impl Operation {
             Operation::DropNotNull { .. } => "drop_not_null",
             Operation::SetDefault { .. } => "set_default",
             Operation::AddCheck { .. } => "add_check",
+            Operation::AddUnique { .. } => "add_unique",
+            Operation::AddForeignKey { .. } => "add_foreign_key",
             Operation::Sql(_) => "sql",
         }
     }
@@ -344,6 +379,8 @@ pub const OPERATIONS: &[&str] = &[
     "drop_not_null",
     "set_default",
     "add_check",
+    "add_unique",
+    "add_foreign_key",
     "sql",
 ];
 

@@ -486,3 +486,40 @@ fn defaults_are_written_as_each_backend_takes_them() {
         g.expand
     );
 }
+
+#[test]
+fn unique_indexes_on_both_backends_and_foreign_keys_on_postgres() {
+    let text = r#"
+[[operations]]
+add_unique = { table = "orders", name = "orders_one_per_customer", columns = ["customer", "day"] }
+[[operations]]
+add_foreign_key = { table = "orders", name = "orders_customer_fk", columns = ["customer_id"], references = "customers", referenced_columns = ["id"] }
+"#;
+    let pg = generate(text, "postgres").unwrap();
+    insta::assert_snapshot!("keys_postgres", all_phases(&pg));
+    let one = text.split("[[operations]]").nth(1).unwrap();
+    let sqlite = generate(&format!("[[operations]]{one}"), "sqlite").unwrap();
+    assert!(sqlite
+        .expand
+        .contains(r#"CREATE UNIQUE INDEX IF NOT EXISTS "orders_one_per_customer" ON "orders" ("customer", "day");"#));
+    let err = generate(text, "sqlite").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CatalogError::BadChange {
+                operation: Some(2),
+                ..
+            }
+        ) && err.to_string().contains("SQLite cannot add a foreign key"),
+        "{err}"
+    );
+    let err = generate(
+        "[[operations]]\nadd_foreign_key = { table = \"a\", name = \"fk\", columns = [\"x\", \"y\"], references = \"b\", referenced_columns = [\"id\"] }",
+        "postgres",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("2 column(s) and 1 referenced"),
+        "{err}"
+    );
+}
