@@ -179,6 +179,58 @@ mod upgraders {
 /// past its budget it gives up as `PhaseContended`, the database unchanged;
 /// the switch escalates to a queued wait when readers keep the shared
 /// schema lock busy, and gives up cleanly when one never lets go.
+/// The fleet table is set up for rows updated over and over: half of each
+/// page free (HOT updates), autovacuum by a fixed count of dead rows, and
+/// no index but its primary key.
+#[cfg(feature = "postgres")]
+mod fleet_table {
+    use super::common::pg::PgDb;
+    use diesel::prelude::*;
+
+    #[derive(QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        line: String,
+    }
+
+    #[test]
+    fn the_fleet_table_keeps_room_for_hot_updates_and_one_index() {
+        let Some(pg) = PgDb::new("the_fleet_table") else {
+            return;
+        };
+        let db = tandem::Tandem::<tandem::Postgres>::builder(
+            &pg.url,
+            tandem::testing::demo::catalog().unwrap(),
+        )
+        .open()
+        .unwrap();
+        let mut conn = pg.conn();
+        let options: Line = diesel::sql_query(
+            "SELECT array_to_string(reloptions, ',') AS line FROM pg_class WHERE relname = 'tandem_fleet'",
+        )
+        .get_result(&mut conn)
+        .unwrap();
+        for option in [
+            "fillfactor=50",
+            "autovacuum_vacuum_scale_factor=0",
+            "autovacuum_vacuum_threshold=500",
+        ] {
+            assert!(
+                options.line.split(',').any(|o| o == option),
+                "{option} in {}",
+                options.line
+            );
+        }
+        let indexes: Vec<Line> = diesel::sql_query(
+            "SELECT indexname AS line FROM pg_indexes WHERE tablename = 'tandem_fleet'",
+        )
+        .load(&mut conn)
+        .unwrap();
+        assert_eq!(indexes.len(), 1, "only the primary key");
+        drop(db);
+    }
+}
+
 #[cfg(feature = "postgres")]
 mod lock_waits {
     use std::sync::atomic::{AtomicBool, Ordering};
