@@ -53,6 +53,7 @@ impl<B: Backend> fmt::Debug for Tandem<B> {
     }
 }
 
+mod backfills;
 mod builder;
 mod call;
 mod setup;

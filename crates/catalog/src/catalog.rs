@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -347,38 +346,7 @@ fn parse_version(
             ));
             continue;
         }
-        let (phase, backend) = parse_file_name(&file)
-            .ok_or_else(|| CatalogError::UnknownFile { path: path.clone() })?;
-        if version == Version::FIRST && phase != Phase::Expand {
-            return Err(CatalogError::FirstVersionPhase { path });
-        }
-        let text =
-            String::from_utf8(bytes).map_err(|_| CatalogError::NotUtf8 { path: path.clone() })?;
-        if text.trim().is_empty() {
-            return Err(CatalogError::Empty { path });
-        }
-        let text = normalize(&text);
-        match crate::sql_check::transaction_control(&text, backend) {
-            crate::sql_check::Check::Clean => {}
-            crate::sql_check::Check::TransactionControl(found) => {
-                return Err(CatalogError::TransactionControl {
-                    path,
-                    line: found.line,
-                    statement: found.statement,
-                })
-            }
-            crate::sql_check::Check::Unreadable { message } => {
-                return Err(CatalogError::Unreadable { path, message })
-            }
-        }
-        parsed.push(PhaseFile {
-            phase,
-            backend,
-            checksum: sha256_hex(&text),
-            legacy: legacy_checksums(&text),
-            text,
-            file: format!("{folder}/{file}"),
-        });
+        parsed.push(parse_phase_file(folder, &file, path, version, bytes)?);
     }
     let mut backends = None;
     if let Some((change, path)) = &change {
@@ -409,94 +377,47 @@ fn parse_version(
     })
 }
 
-/// A version folder's declarative change file (see [`crate::change`]).
-pub(crate) const CHANGE_FILE: &str = "change.toml";
-
-/// The phase files a change file generates, per backend: its statements
-/// for the phase, then the hand-written file's (the backend's own, else
-/// the generic one) if there is one.
-fn generated_files(
+/// A hand-written phase file (`expand.sql`, `switch.postgres.sql`, …), read
+/// and checked.
+fn parse_phase_file(
     folder: &str,
+    file: &str,
+    path: PathBuf,
     version: Version,
-    change: &crate::change::Change,
-    path: &Path,
-    written: &[PhaseFile],
-    backends: &[&'static str],
-) -> Result<Vec<PhaseFile>, CatalogError> {
-    let mut files = Vec::new();
-    for &backend in backends {
-        let generated = change.generate(backend, path, version)?;
-        for phase in Phase::ALL {
-            let sql = generated.phase(phase);
-            if sql.is_empty() {
-                continue;
-            }
-            if version == Version::FIRST && phase != Phase::Expand {
-                return Err(CatalogError::FirstVersionPhase {
-                    path: path.to_owned(),
-                });
-            }
-            let hand_for = |phase: Phase| {
-                written
-                    .iter()
-                    .find(|f| f.phase == phase && f.backend == Some(backend))
-                    .or_else(|| {
-                        written
-                            .iter()
-                            .find(|f| f.phase == phase && f.backend.is_none())
-                    })
-            };
-            let hand = hand_for(phase);
-            if phase == Phase::SwitchBack && hand.is_none() && hand_for(Phase::Switch).is_some() {
-                return Err(CatalogError::BadChange {
-                    path: path.to_owned(),
-                    operation: None,
-                    problem: "the switch.sql beside it has no switch_back.sql, so a switch back \
-                              would undo the change file's switch and leave switch.sql's in place"
-                        .to_owned(),
-                    instead: "write the switch_back.sql that undoes switch.sql".to_owned(),
-                });
-            }
-            let (text, file) = match hand {
-                // A switch back undoes the switch in reverse: the hand-written
-                // switch ran after the generated one, so its undo runs first.
-                Some(hand) if phase == Phase::SwitchBack => (
-                    format!("-- {}\n{}\n{sql}", hand.file, hand.text.trim_end()),
-                    format!("{} + {folder}/{CHANGE_FILE}", hand.file),
-                ),
-                Some(hand) => (
-                    format!("{sql}\n-- {}\n{}", hand.file, hand.text),
-                    format!("{folder}/{CHANGE_FILE} + {}", hand.file),
-                ),
-                None => (sql.to_owned(), format!("{folder}/{CHANGE_FILE}")),
-            };
-            match crate::sql_check::transaction_control(&text, Some(backend)) {
-                crate::sql_check::Check::TransactionControl(found) => {
-                    return Err(CatalogError::TransactionControl {
-                        path: path.to_owned(),
-                        line: found.line,
-                        statement: found.statement,
-                    })
-                }
-                crate::sql_check::Check::Unreadable { message } => {
-                    return Err(CatalogError::Unreadable {
-                        path: path.to_owned(),
-                        message,
-                    })
-                }
-                crate::sql_check::Check::Clean => {}
-            }
-            files.push(PhaseFile {
-                phase,
-                backend: Some(backend),
-                checksum: sha256_hex(&text),
-                legacy: Vec::new(),
-                text,
-                file,
-            });
+    bytes: Vec<u8>,
+) -> Result<PhaseFile, CatalogError> {
+    let (phase, backend) =
+        parse_file_name(file).ok_or_else(|| CatalogError::UnknownFile { path: path.clone() })?;
+    if version == Version::FIRST && phase != Phase::Expand {
+        return Err(CatalogError::FirstVersionPhase { path });
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| CatalogError::NotUtf8 { path: path.clone() })?;
+    if text.trim().is_empty() {
+        return Err(CatalogError::Empty { path });
+    }
+    let text = normalize(&text);
+    match crate::sql_check::transaction_control(&text, backend) {
+        crate::sql_check::Check::Clean => {}
+        crate::sql_check::Check::TransactionControl(found) => {
+            return Err(CatalogError::TransactionControl {
+                path,
+                line: found.line,
+                statement: found.statement,
+            })
+        }
+        crate::sql_check::Check::Unreadable { message } => {
+            return Err(CatalogError::Unreadable { path, message })
         }
     }
-    Ok(files)
+    Ok(PhaseFile {
+        phase,
+        backend,
+        checksum: sha256_hex(&text),
+        legacy: legacy_checksums(&text),
+        text,
+        file: format!("{folder}/{file}"),
+    })
 }
 
 /// A phase file's text as tandem runs and hashes it: a leading UTF-8 byte
@@ -541,76 +462,11 @@ pub fn sha256_hex(text: &str) -> String {
     hex
 }
 
-/// Files relative to the catalog folder; `None` marks an empty version folder.
-pub(crate) type Tree = Vec<(PathBuf, Option<Vec<u8>>)>;
-
-/// Every file below `root` (one level of folders), relative paths, skipping
-/// dot-files. Shared by [`Catalog::from_dir`] and [`embeddable_files`].
-pub(crate) fn read_tree(root: &Path) -> Result<Tree, CatalogError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| CatalogError::Io { path, source }
-    };
-    let mut tree = Vec::new();
-    for entry in fs::read_dir(root).map_err(io(root))? {
-        let entry = entry.map_err(io(root))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_dir() {
-            let mut any = false;
-            for inner in fs::read_dir(&path).map_err(io(&path))? {
-                let inner = inner.map_err(io(&path))?;
-                let file = inner.file_name().to_string_lossy().into_owned();
-                if file.starts_with('.') {
-                    continue;
-                }
-                let inner_path = inner.path();
-                if inner_path.is_dir() {
-                    return Err(CatalogError::UnknownFile { path: inner_path });
-                }
-                let bytes = fs::read(&inner_path).map_err(io(&inner_path))?;
-                tree.push((PathBuf::from(&name).join(file), Some(bytes)));
-                any = true;
-            }
-            if !any {
-                // An empty version folder: kept so it is reported as missing expand.sql.
-                tree.push((PathBuf::from(&name), None));
-            }
-        } else {
-            let bytes = fs::read(&path).map_err(io(&path))?;
-            tree.push((PathBuf::from(&name), Some(bytes)));
-        }
-    }
-    Ok(tree)
-}
-
-/// For `tandem::embed_catalog!`: validates the catalog folder `root` as
-/// [`Catalog::from_dir`] does and lists its files (relative paths with `/`
-/// separators, sorted), each to be embedded with `include_bytes!`.
-///
-/// # Errors
-///
-/// The [`CatalogError`] of [`Catalog::from_dir`].
-#[doc(hidden)]
-pub fn embeddable_files(root: &Path) -> Result<Vec<String>, CatalogError> {
-    let tree = read_tree(root)?;
-    Catalog::parse(root, tree.clone())?;
-    let mut files: Vec<String> = tree
-        .into_iter()
-        .filter(|(_, bytes)| bytes.is_some())
-        .map(|(rel, _)| {
-            rel.components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
+mod tree;
+pub use tree::embeddable_files;
+pub(crate) use tree::{read_tree, Tree};
+mod generated;
+use generated::{generated_files, CHANGE_FILE};
 
 #[cfg(test)]
 mod tests;

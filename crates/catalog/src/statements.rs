@@ -3,7 +3,7 @@
 //! and blocks opened inside a statement (a trigger body, `BEGIN ATOMIC`,
 //! `CASE … END`) keep their inner `;` and `END`.
 
-use sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Whitespace};
 
 /// A comment, with the line it starts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl<'a> Offsets<'a> {
     }
 
     /// The byte offset of `loc` (the end of the text past the last line).
-    fn of(&self, loc: sqlparser::tokenizer::Location) -> usize {
+    fn of(&self, loc: Location) -> usize {
         let Some(&start) = usize::try_from(loc.line)
             .ok()
             .and_then(|l| l.checked_sub(1))
@@ -99,19 +99,48 @@ impl<'a> Offsets<'a> {
     }
 }
 
+/// Blocks opened inside a statement, whose inner `;` and `END` do not end
+/// it: `BEGIN` opens one only in `CREATE … TRIGGER` (its body) or as
+/// `BEGIN ATOMIC` (elsewhere it is a name: a column called `begin`), and
+/// `CASE … END`.
+#[derive(Default)]
+struct Blocks {
+    depth: usize,
+    saw_trigger: bool,
+}
+
+impl Blocks {
+    /// Takes in `word`, which follows `before` in its statement; `next`
+    /// gives the word after it.
+    fn see(&mut self, before: &[String], word: &str, next: impl Fn() -> Option<String>) {
+        let Some(first) = before.first() else {
+            return;
+        };
+        let next_is = |want: &str| next().as_deref() == Some(want);
+        match word {
+            // `CREATE [OR REPLACE] [TEMP] [CONSTRAINT] TRIGGER`, not a
+            // column named `trigger`.
+            "TRIGGER" if before.iter().all(|w| TRIGGER_HEAD.contains(&w.as_str())) => {
+                self.saw_trigger = true
+            }
+            "BEGIN" if (first == "CREATE" && self.saw_trigger) || next_is("ATOMIC") => {
+                self.depth += 1
+            }
+            "CASE" => self.depth += 1,
+            // `END` closes a block or a CASE; `end = …` is a column.
+            "END" if self.depth > 0 && !next_is("=") => self.depth -= 1,
+            _ => {}
+        }
+    }
+}
+
 /// Splits `sql`'s `tokens` (with locations) into top-level statements,
 /// each with its text as written (not re-printed from tokens: a string's
 /// doubled quotes stay doubled).
 pub(crate) fn split(sql: &str, tokens: &[TokenWithSpan]) -> Vec<Statement> {
     let offsets = Offsets::new(sql);
-    let mut done_spans: Vec<(
-        sqlparser::tokenizer::Location,
-        sqlparser::tokenizer::Location,
-    )> = Vec::new();
-    let mut span: Option<(
-        sqlparser::tokenizer::Location,
-        sqlparser::tokenizer::Location,
-    )> = None;
+    let mut done_spans: Vec<(Location, Location)> = Vec::new();
+    let mut span: Option<(Location, Location)> = None;
     let significant = |t: &TokenWithSpan| !matches!(t.token, Token::Whitespace(_) | Token::EOF);
     let next_word = |i: usize| {
         tokens[i + 1..]
@@ -125,38 +154,27 @@ pub(crate) fn split(sql: &str, tokens: &[TokenWithSpan]) -> Vec<Statement> {
     // The line of the last statement's `;`: a comment that starts on it is
     // that statement's.
     let mut ended_on: Option<u64> = None;
-    // Blocks opened inside the statement; `BEGIN` opens one only in
-    // `CREATE … TRIGGER` (its body) or as `BEGIN ATOMIC` (elsewhere it is
-    // a name: a column called `begin`).
-    let mut depth = 0usize;
-    let mut saw_trigger = false;
+    let mut blocks = Blocks::default();
     for (i, t) in tokens.iter().enumerate() {
         let line = t.span.start.line;
         if !significant(t) {
-            let text = comment(&t.token);
-            match (current.as_mut(), text) {
-                (Some(s), text) => {
-                    if let Some(text) = text {
-                        s.comments.push(Comment { line, text });
-                    }
+            if let Some(text) = comment(&t.token) {
+                let comment = Comment { line, text };
+                match (current.as_mut(), done.last_mut()) {
+                    (Some(s), _) => s.comments.push(comment),
+                    (None, Some(last)) if ended_on == Some(line) => last.comments.push(comment),
+                    (None, _) => pending.push(comment),
                 }
-                (None, Some(text)) => match done.last_mut() {
-                    Some(last) if ended_on == Some(line) => {
-                        last.comments.push(Comment { line, text })
-                    }
-                    _ => pending.push(Comment { line, text }),
-                },
-                (None, None) => {}
             }
             continue;
         }
-        if t.token == Token::SemiColon && depth == 0 {
+        if t.token == Token::SemiColon && blocks.depth == 0 {
             if let Some(s) = current.take() {
                 done.push(s);
                 done_spans.extend(span.take());
             }
             ended_on = Some(line);
-            saw_trigger = false;
+            blocks.saw_trigger = false;
             continue;
         }
         let s = current.get_or_insert_with(|| Statement {
@@ -167,23 +185,7 @@ pub(crate) fn split(sql: &str, tokens: &[TokenWithSpan]) -> Vec<Statement> {
         });
         span = Some((span.map_or(t.span.start, |(from, _)| from), t.span.end));
         let w = word(&t.token);
-        if !s.words.is_empty() {
-            let next_is = |want: &str| next_word(i).as_deref() == Some(want);
-            match w.as_str() {
-                // `CREATE [OR REPLACE] [TEMP] [CONSTRAINT] TRIGGER`, not a
-                // column named `trigger`.
-                "TRIGGER" if s.words.iter().all(|w| TRIGGER_HEAD.contains(&w.as_str())) => {
-                    saw_trigger = true
-                }
-                "BEGIN" if (s.words[0] == "CREATE" && saw_trigger) || next_is("ATOMIC") => {
-                    depth += 1
-                }
-                "CASE" => depth += 1,
-                // `END` closes a block or a CASE; `end = …` is a column.
-                "END" if depth > 0 && !next_is("=") => depth -= 1,
-                _ => {}
-            }
-        }
+        blocks.see(&s.words, &w, || next_word(i));
         s.words.push(w);
     }
     if let Some(s) = current {

@@ -1,5 +1,7 @@
 //! Unit tests of catalog parsing.
 
+use std::fs;
+
 use super::*;
 
 fn tree(files: &[(&str, &str)]) -> Tree {

@@ -73,6 +73,8 @@ use crate::error::CatalogError;
 use crate::version::Phase;
 
 mod generate;
+mod ops;
+mod sql;
 
 pub use generate::Generated;
 
