@@ -244,17 +244,7 @@ impl<B: Backend> Upgrader<B> {
     /// [`Error::UnknownVersion`] (target not in the catalog),
     /// [`Error::NotRollForward`], and those of the phases.
     pub fn upgrade_to(&self, target: u32) -> Result<Vec<PhaseReport>> {
-        let latest = self.shared.catalog.latest();
-        let target = Version::new(target).ok_or(Error::InvalidVersion {
-            value: i64::from(target),
-            context: "upgrade_to",
-        })?;
-        if target > latest {
-            return Err(Error::UnknownVersion {
-                version: target,
-                latest,
-            });
-        }
+        let target = self.target_version(target, "upgrade_to")?;
         self.with_lease(|conn| {
             let mut reports = Vec::new();
             loop {
@@ -350,6 +340,22 @@ impl<B: Backend> Upgrader<B> {
             });
         }
         Ok(())
+    }
+
+    /// `target` as a version of the catalog (`context` names the command).
+    fn target_version(&self, target: u32, context: &'static str) -> Result<Version> {
+        let latest = self.shared.catalog.latest();
+        let target = Version::new(target).ok_or(Error::InvalidVersion {
+            value: i64::from(target),
+            context,
+        })?;
+        if target > latest {
+            return Err(Error::UnknownVersion {
+                version: target,
+                latest,
+            });
+        }
+        Ok(target)
     }
 
     fn read_state(&self, conn: &mut B::Connection) -> Result<State> {

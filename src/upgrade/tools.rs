@@ -88,17 +88,7 @@ impl<B: Backend> Upgrader<B> {
     /// the catalog), [`Error::NotRollForward`] (target behind the live
     /// version), or a database error reading the state row.
     pub fn plan(&self, target: u32) -> Result<Vec<PlannedPhase>> {
-        let latest = self.shared.catalog.latest();
-        let target = Version::new(target).ok_or(Error::InvalidVersion {
-            value: i64::from(target),
-            context: "plan",
-        })?;
-        if target > latest {
-            return Err(Error::UnknownVersion {
-                version: target,
-                latest,
-            });
-        }
+        let target = self.target_version(target, "plan")?;
         let state = {
             let mut conn = self.shared.connection()?;
             self.read_state(&mut conn)?
