@@ -264,11 +264,11 @@ pub use diesel;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use dispatch::{Repository, RepositoryBuilder, Session};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use fleet::MissedSwitch;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use handle::{Builder, Conn, Tandem};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use lock::WriterPolicy;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use shared::MissedSwitch;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::{HistoryEntry, HistoryPhase, Instance, Mode, Outcome, Prefix, State, StatePhase};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

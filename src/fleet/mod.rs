@@ -385,7 +385,6 @@ mod threads;
 mod tick;
 
 use missed::check_two_versions;
-pub use missed::MissedSwitch;
 pub(crate) use threads::{spawn_confirmer, spawn_poller, spawn_watchdog};
 pub(crate) use tick::{poll_once, poll_via, renewal_interval, Via};
 

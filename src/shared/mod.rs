@@ -20,6 +20,9 @@ use crate::redact::Secrets;
 use crate::store::{self, Instance, Store};
 use crate::version::{Phase, Version};
 
+mod missed;
+pub use missed::MissedSwitch;
+
 /// A pooled connection of backend `B`.
 pub type Conn<B> = PooledConnection<ConnectionManager<<B as Backend>::Connection>>;
 
@@ -143,7 +146,7 @@ pub(crate) struct Shared<B: Backend> {
     pub(crate) lock_key: i64,
     /// The last breach of the two-version rule this instance noticed
     /// (`fleet::check_two_versions`).
-    pub(crate) missed_switch: parking_lot::Mutex<Option<crate::fleet::MissedSwitch>>,
+    pub(crate) missed_switch: parking_lot::Mutex<Option<MissedSwitch>>,
     /// The pieces of `url`'s password, masked in every message shown.
     pub(crate) secrets: Secrets,
 }
