@@ -29,7 +29,8 @@ fn open<B: Backend>(url: &str, label: &str) -> Tandem<B> {
 }
 
 /// The instance: two threads whose calls overlap, each holding its
-/// locking-path transaction for 200 ms; `in-tx` marks that one is inside.
+/// locking-path transaction for 200 ms; `in-tx` marks that one is inside
+/// (a locking-path call, not a steady one still in flight).
 fn run_instance<B: Backend>(url: &str, dir: &Path) {
     let db = open::<B>(url, "frozen");
     std::fs::write(dir.join("ready"), "").unwrap();
@@ -39,8 +40,13 @@ fn run_instance<B: Backend>(url: &str, dir: &Path) {
             thread::spawn(move || {
                 thread::sleep(Duration::from_millis(100 * n));
                 loop {
+                    // Off the steady path before the call starts, so the call
+                    // takes the locking path: the drain closes the steady
+                    // path while steady calls are still in flight, and those
+                    // hold no database lock.
+                    let locking = !db.steady();
                     let _ = db.unit_of_work(|_s| -> Result<(), Error> {
-                        if !db.steady() {
+                        if locking && !db.steady() {
                             let _ = std::fs::write(dir.join("in-tx"), "");
                             thread::sleep(Duration::from_millis(200));
                         }
