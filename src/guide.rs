@@ -213,10 +213,21 @@
 //! either version is in flight, and back at a switch back; drops run in
 //! contract. Test it with the kit like any change: it checks the N-1
 //! binding after a switch back, since no N-1 call ever runs on the renamed
-//! schema. What the operations do not cover yet (a type change, a column
-//! moved to another table, a constraint) goes in an `sql` operation or a
-//! hand-written file beside `change.toml`, with the sync triggers and
-//! backfill this guide describes, and the lint reads it.
+//! schema.
+//!
+//! A type change is `change_type`, with an `up` expression (the new value
+//! from the old column) and a `down` one (what version N-1 reads after a
+//! switch back, such as a bigint clamped to an int). Version N-1's binding
+//! keeps its old `table!` type, version N's names the new one under the
+//! same column name; rows already there are filled by a keyset backfill
+//! after expand's SQL, in batches of
+//! [`Upgrader::backfill_batches`](crate::Upgrader::backfill_batches), and a
+//! crash in the middle resumes (the walk rewrites no row it did already).
+//!
+//! What the operations do not cover yet (a column moved to another table,
+//! a column split in several) goes in an `sql` operation or a hand-written
+//! file beside `change.toml`, with the sync triggers and backfill this
+//! guide describes, and the lint reads it.
 //!
 //! ## Rolling a binary back
 //!

@@ -298,39 +298,67 @@ macro_rules! changes_suite {
                 let Some(kit): Option<Kit<B>> = $kit("renames_crash_resume", catalog) else { return };
                 let change = kit.transition(2).unwrap();
                 let repo = orders::<C>();
-                // How many steps a whole upgrade to 2 takes, counted on one run.
-                let counted = change.fresh_at(Stage::PreviousStable).unwrap();
-                let up = counted.handle().upgrader();
-                up.upgrade_to(2).unwrap();
-                let steps = up.steps_taken();
-                assert!(steps >= 6, "{steps} steps");
-                for crash in 1..=steps {
-                    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
-                    let qty = i32::try_from(crash).unwrap();
-                    let id = staged.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "kay", qty)).unwrap();
-                    // It crashes at the step, its lease held, as a killed process would.
-                    let up = staged.handle().upgrader().lease(Duration::from_millis(150)).crash_at(crash);
-                    let crashed = up.upgrade_to(2);
-                    assert!(
-                        matches!(crashed, Err(tandem::Error::InjectedCrash { step, .. }) if step == crash),
-                        "step {crash} of {steps}: {crashed:?}"
-                    );
-                    drop(up);
-                    // A new upgrader (the process restarted) finishes the job.
-                    staged
-                        .handle()
-                        .upgrader()
-                        .wait_for_lease(Duration::from_secs(10))
-                        .upgrade_to(2)
-                        .unwrap_or_else(|e| panic!("step {crash}: {e}"));
-                    let state = staged.handle().state().unwrap();
-                    assert_eq!((state.version.get(), state.phase), (2, tandem::StatePhase::Stable), "step {crash}");
-                    let read = staged.run(&repo, tandem::Version::new(2).unwrap(), |r, s| r.get(s.conn(), id)).unwrap();
-                    assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
-                }
+                crash_at_each_step(
+                    &change,
+                    |up| up,
+                    |staged, crash| {
+                        let qty = i32::try_from(crash).unwrap();
+                        let id = staged.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "kay", qty)).unwrap();
+                        (id, qty)
+                    },
+                    |staged, (id, qty), crash| {
+                        let read = staged.run(&repo, tandem::Version::new(2).unwrap(), |r, s| r.get(s.conn(), id)).unwrap();
+                        assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
+                    },
+                    6,
+                );
             }
         }
     };
+}
+
+/// Crashes an upgrade to `to` at each of its steps, as a killed process
+/// would (its lease held), and shows that a new upgrader finishes it:
+/// `seed` writes rows on a fresh database first, `check` reads them back
+/// after. `upgrader` sets the upgraders up (the same for every run).
+fn crash_at_each_step<B: tandem::Backend, S>(
+    change: &tandem::testing::Transition<'_, B>,
+    upgrader: impl Fn(tandem::Upgrader<B>) -> tandem::Upgrader<B>,
+    seed: impl Fn(&tandem::testing::Staged<B>, usize) -> S,
+    check: impl Fn(&tandem::testing::Staged<B>, S, usize),
+    at_least: usize,
+) {
+    let to = change.to().get();
+    let counted = change.fresh_at(Stage::PreviousStable).unwrap();
+    seed(&counted, 0);
+    let up = upgrader(counted.handle().upgrader());
+    up.upgrade_to(to).unwrap();
+    let steps = up.steps_taken();
+    assert!(steps >= at_least, "{steps} steps");
+    for crash in 1..=steps {
+        let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+        let seeded = seed(&staged, crash);
+        let up = upgrader(staged.handle().upgrader())
+            .lease(Duration::from_millis(150))
+            .crash_at(crash);
+        let crashed = up.upgrade_to(to);
+        assert!(
+            matches!(crashed, Err(tandem::Error::InjectedCrash { step, .. }) if step == crash),
+            "step {crash} of {steps}: {crashed:?}"
+        );
+        drop(up);
+        upgrader(staged.handle().upgrader())
+            .wait_for_lease(Duration::from_secs(10))
+            .upgrade_to(to)
+            .unwrap_or_else(|e| panic!("step {crash}: {e}"));
+        let state = staged.handle().state().unwrap();
+        assert_eq!(
+            (state.version.get(), state.phase),
+            (to, tandem::StatePhase::Stable),
+            "step {crash}"
+        );
+        check(&staged, seeded, crash);
+    }
 }
 
 fn sqlite_kit(_test: &str, catalog: Catalog) -> Option<Kit<tandem::Sqlite>> {
@@ -511,4 +539,198 @@ add_check = { table = "items", name = "qty_non_negative", check = "qty >= 0" }
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         id: i64,
     }
+}
+
+/// `change_type` through the kit on both backends: `qty` widened from int
+/// to bigint, clamped back for version 1; rows there before the change are
+/// backfilled by key, in batches.
+mod retype {
+    use super::*;
+
+    const V1: &str = r#"
+[[operations]]
+create_table = { table = "stock", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "qty", type = "integer", nullable = false, default = "0" },
+] }
+"#;
+    const V2: &str = r#"
+[[operations]]
+change_type = { table = "stock", column = "qty", type = "bigint", nullable = false, default = "0", up = "qty", down = "CASE WHEN qty > 2147483647 THEN 2147483647 WHEN qty < -2147483648 THEN -2147483648 ELSE qty END" }
+"#;
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        for (folder, text) in [("0001_stock", V1), ("0002_wide_qty", V2)] {
+            std::fs::create_dir(dir.path().join(folder)).unwrap();
+            std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
+        }
+        let catalog = Catalog::from_dir(dir.path()).unwrap();
+        (dir, catalog)
+    }
+
+    mod v1 {
+        diesel::table! { stock (id) { id -> BigInt, qty -> Integer, } }
+    }
+    mod v2 {
+        diesel::table! { stock (id) { id -> BigInt, qty -> BigInt, } }
+    }
+
+    /// Both bindings speak i64; version 1's stores and reads an i32.
+    trait Stock<C>: Send + Sync {
+        fn create(&self, conn: &mut C, qty: i64) -> QueryResult<i64>;
+        fn get(&self, conn: &mut C, id: i64) -> QueryResult<i64>;
+    }
+    struct StockV1;
+    struct StockV2;
+    macro_rules! stock_bindings {
+        ($conn:ty) => {
+            impl Stock<$conn> for StockV1 {
+                fn create(&self, conn: &mut $conn, qty: i64) -> QueryResult<i64> {
+                    use v1::stock::dsl;
+                    let qty = i32::try_from(qty)
+                        .map_err(|e| diesel::result::Error::SerializationError(e.into()))?;
+                    diesel::insert_into(dsl::stock)
+                        .values(dsl::qty.eq(qty))
+                        .returning(dsl::id)
+                        .get_result(conn)
+                }
+                fn get(&self, conn: &mut $conn, id: i64) -> QueryResult<i64> {
+                    use v1::stock::dsl;
+                    dsl::stock
+                        .find(id)
+                        .select(dsl::qty)
+                        .first::<i32>(conn)
+                        .map(i64::from)
+                }
+            }
+            impl Stock<$conn> for StockV2 {
+                fn create(&self, conn: &mut $conn, qty: i64) -> QueryResult<i64> {
+                    use v2::stock::dsl;
+                    diesel::insert_into(dsl::stock)
+                        .values(dsl::qty.eq(qty))
+                        .returning(dsl::id)
+                        .get_result(conn)
+                }
+                fn get(&self, conn: &mut $conn, id: i64) -> QueryResult<i64> {
+                    use v2::stock::dsl;
+                    dsl::stock.find(id).select(dsl::qty).first(conn)
+                }
+            }
+        };
+    }
+    stock_bindings!(diesel::SqliteConnection);
+    #[cfg(feature = "postgres")]
+    stock_bindings!(diesel::PgConnection);
+
+    fn stock<C: 'static>() -> Repository<dyn Stock<C>>
+    where
+        StockV1: Stock<C>,
+        StockV2: Stock<C>,
+    {
+        Repository::<dyn Stock<C>>::builder("stock")
+            .binding(1, Arc::new(StockV1))
+            .binding(2, Arc::new(StockV2))
+            .build()
+            .unwrap()
+    }
+
+    macro_rules! retype_suite {
+        ($name:ident, $backend:ty, $kit:expr) => {
+            mod $name {
+                use super::*;
+                type B = $backend;
+                type C = <B as tandem::Backend>::Connection;
+                const V1: tandem::Version = tandem::Version::FIRST;
+
+                #[test]
+                fn a_widened_column_works_for_each_binding_where_it_must() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("retype_bindings", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = stock::<C>();
+                    let ran = change
+                        .check(&repo, |r, s| {
+                            let id = r.create(s.conn(), 41)?;
+                            assert_eq!(r.get(s.conn(), id)?, 41);
+                            Ok::<_, diesel::result::Error>(())
+                        })
+                        .unwrap();
+                    assert_eq!(ran.len(), 5, "{ran:?}");
+                    change.forward(&repo, |r, s| r.create(s.conn(), 7), |r, s, id| r.get(s.conn(), *id)).unwrap();
+                    change.backward(&repo, |r, s| r.create(s.conn(), 9), |r, s, id| r.get(s.conn(), *id)).unwrap();
+                }
+
+                /// Rows from before the change are backfilled in batches (2,500
+                /// rows, batches of 1,000: three), version 2 stores what an int
+                /// cannot hold, and after a switch back version 1 reads it clamped.
+                #[test]
+                fn existing_rows_are_backfilled_and_a_switch_back_reads_clamped_values() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("retype_backfill", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = stock::<C>();
+                    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+                    {
+                        let mut conn = staged.handle().connection().unwrap();
+                        diesel::sql_query(
+                            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                             INSERT INTO stock (qty) SELECT i FROM n",
+                        )
+                        .execute(&mut *conn)
+                        .unwrap();
+                    }
+                    let up = staged.handle().upgrader().backfill_batches(1000, Duration::ZERO);
+                    let plan = up.plan(2).unwrap();
+                    assert_eq!(plan[0].backfills, ["stock.qty"]);
+                    assert!(plan[0].sql.as_deref().unwrap().contains("-- then backfilled in batches"));
+                    let expand = up.expand().unwrap();
+                    assert_eq!((expand.batches, expand.backfilled_rows), (3, 2500), "{expand:?}");
+                    assert_eq!(up.plan(2).unwrap()[0].phase, tandem::Phase::Switch);
+                    up.switch().unwrap();
+                    let two = tandem::Version::new(2).unwrap();
+                    assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), 2500)).unwrap(), 2500);
+                    let big = staged.run(&repo, two, |r, s| r.create(s.conn(), 3_000_000_000)).unwrap();
+                    up.switch_back().unwrap();
+                    assert_eq!(staged.run(&repo, V1, |r, s| r.get(s.conn(), big)).unwrap(), 2_147_483_647);
+                    assert_eq!(staged.run(&repo, V1, |r, s| r.get(s.conn(), 1234)).unwrap(), 1234);
+                    // Version 1 writes again; the switch carries it over.
+                    let after = staged.run(&repo, V1, |r, s| r.create(s.conn(), 5)).unwrap();
+                    up.switch().unwrap();
+                    up.contract().unwrap();
+                    assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), after)).unwrap(), 5);
+                    assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), big)).unwrap(), 3_000_000_000);
+                    let mut conn = staged.handle().connection().unwrap();
+                    assert!(diesel::sql_query("SELECT _tandem_old_qty FROM stock").execute(&mut *conn).is_err());
+                }
+
+                /// A crash at each step (each backfill batch is one) resumes.
+                #[test]
+                fn an_upgrade_crashed_at_each_step_resumes() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("retype_crash_resume", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = stock::<C>();
+                    let batches = |up: tandem::Upgrader<B>| up.backfill_batches(2, Duration::ZERO);
+                    crash_at_each_step(
+                        &change,
+                        batches,
+                        |staged, _| (0..5).map(|i| staged.run(&repo, V1, |r, s| r.create(s.conn(), 100 + i)).unwrap()).collect::<Vec<_>>(),
+                        |staged, ids, crash| {
+                            let two = tandem::Version::new(2).unwrap();
+                            for (i, id) in ids.iter().enumerate() {
+                                let qty = staged.run(&repo, two, |r, s| r.get(s.conn(), *id)).unwrap();
+                                assert_eq!(qty, 100 + i64::try_from(i).unwrap(), "step {crash}");
+                            }
+                        },
+                        9,
+                    );
+                }
+            }
+        };
+    }
+
+    retype_suite!(sqlite, tandem::Sqlite, super::sqlite_kit);
+    #[cfg(feature = "postgres")]
+    retype_suite!(postgres, tandem::Postgres, super::pg_kit);
 }

@@ -1,5 +1,5 @@
 //! Expand: the next version's additive SQL in one transaction, then its
-//! Rust steps (backfill) in batches, resumable.
+//! backfills (generated, then the builder's) in batches, resumable.
 
 use super::*;
 use crate::shared::Backfill;
@@ -50,6 +50,14 @@ impl<B: Backend> Upgrader<B> {
             tracing::info!(version = %target, "resuming expand: SQL already applied");
         }
 
+        // The change file's generated backfills, then the builder's.
+        if let Some(version) = self.shared.catalog.get(target) {
+            for backfill in version.backfills(B::NAME) {
+                let walked = self.walk(conn, target, backfill, report.batches)?;
+                report.batches = report.batches.saturating_add(walked.batches);
+                report.backfilled_rows = report.backfilled_rows.saturating_add(walked.rows);
+            }
+        }
         for backfill in self
             .shared
             .backfills

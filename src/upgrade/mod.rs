@@ -39,6 +39,7 @@ use crate::shared::Shared;
 use crate::store::{self, Instance, Mode, State, StatePhase};
 use crate::version::{Phase, Version};
 
+mod backfill;
 mod contract;
 mod deploying;
 mod expand;
@@ -64,6 +65,9 @@ pub struct PhaseReport {
     pub duration: Duration,
     /// Backfill batches committed (expand only).
     pub batches: u64,
+    /// Rows the generated backfills of a `change.toml` wrote (expand only;
+    /// a resumed walk counts only what it wrote itself).
+    pub backfilled_rows: u64,
     /// For switch and switch back: how long the writer waited for the schema
     /// write lock.
     pub writer_wait: Duration,
@@ -89,6 +93,7 @@ impl PhaseReport {
             already_done: false,
             duration: Duration::ZERO,
             batches: 0,
+            backfilled_rows: 0,
             writer_wait: Duration::ZERO,
             held: Duration::ZERO,
             escalated: false,
@@ -126,6 +131,9 @@ pub struct Upgrader<B: Backend> {
     owner: String,
     lease: Duration,
     wait_for_lease: Duration,
+    /// The generated backfills' batch size (rows) and pause between batches.
+    batch_rows: u32,
+    batch_pause: Duration,
     /// Fault injection, set only through `tandem::testing::faults`.
     pub(crate) crash_at: Option<usize>,
     pub(crate) halt_at: Option<(usize, std::path::PathBuf)>,
@@ -157,6 +165,8 @@ impl<B: Backend> Upgrader<B> {
             _member: member,
             lease: Duration::from_secs(30),
             wait_for_lease: Duration::ZERO,
+            batch_rows: 1000,
+            batch_pause: Duration::ZERO,
             crash_at: None,
             halt_at: None,
             steps_taken: Cell::new(0),
@@ -171,6 +181,17 @@ impl<B: Backend> Upgrader<B> {
     /// Defaults to 30 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The batches of the backfills a `change.toml` generates: `rows` per
+    /// batch (at least 1; defaults to 1,000), each its own transaction,
+    /// with `pause` between them (defaults to none) to leave the database
+    /// room for the application's calls. Progress is logged per batch
+    /// (`tracing`, at info: rows done and the table's estimated rows).
+    pub fn backfill_batches(mut self, rows: u32, pause: Duration) -> Self {
+        self.batch_rows = rows.max(1);
+        self.batch_pause = pause;
         self
     }
 

@@ -178,7 +178,10 @@ pub struct PlannedPhase {
     pub file: Option<String>,
     /// The SQL, exactly as it runs (the generated text of a `change.toml`).
     pub sql: Option<String>,
-    /// The backfill steps that run after expand's SQL, by name.
+    /// The backfill steps that run after expand's SQL, by name: those the
+    /// version's `change.toml` generates (named `table.column`; their SQL
+    /// is in a comment at the end of [`sql`](PlannedPhase::sql)), then the
+    /// builder's.
     pub backfills: Vec<String>,
 }
 
@@ -222,10 +225,17 @@ pub(crate) fn phases(
             phase,
             file: sql.map(|s| s.file.to_owned()),
             sql: sql.map(|s| s.text.to_owned()),
-            backfills: backfills
-                .iter()
-                .filter(|(v, _)| phase == Phase::Expand && *v == files.get())
-                .map(|(_, name)| (*name).to_owned())
+            backfills: catalog
+                .get(files)
+                .into_iter()
+                .flat_map(|v| v.backfills(backend).map(|b| b.name.clone()))
+                .chain(
+                    backfills
+                        .iter()
+                        .filter(|(v, _)| *v == files.get())
+                        .map(|(_, name)| (*name).to_owned()),
+                )
+                .filter(|_| phase == Phase::Expand)
                 .collect(),
         });
         at = At {

@@ -84,6 +84,8 @@ pub struct CatalogVersion {
     files: Vec<PhaseFile>,
     /// The backends a change file limits the version to (`None`: all).
     backends: Option<Vec<&'static str>>,
+    /// The backfills its change file generates, per backend.
+    backfills: Vec<(&'static str, crate::change::Backfill)>,
 }
 
 impl CatalogVersion {
@@ -94,6 +96,18 @@ impl CatalogVersion {
         self.backends
             .as_ref()
             .is_none_or(|list| list.contains(&backend))
+    }
+
+    /// The backfills its `change.toml` generates for `backend`, in order:
+    /// they run after expand's SQL (see [`Backfill`](crate::change::Backfill)).
+    pub fn backfills<'a>(
+        &'a self,
+        backend: &'a str,
+    ) -> impl Iterator<Item = &'a crate::change::Backfill> + 'a {
+        self.backfills
+            .iter()
+            .filter(move |(b, _)| *b == backend)
+            .map(|(_, backfill)| backfill)
     }
 
     /// The version number.
@@ -349,9 +363,12 @@ fn parse_version(
         parsed.push(parse_phase_file(folder, &file, path, version, bytes)?);
     }
     let mut backends = None;
+    let mut backfills = Vec::new();
     if let Some((change, path)) = &change {
         let supported = change.for_backends(path)?;
-        let mut generated = generated_files(folder, version, change, path, &parsed, &supported)?;
+        let (mut generated, mut filled) =
+            generated_files(folder, version, change, path, &parsed, &supported)?;
+        backfills.append(&mut filled);
         if supported.len() < BACKEND_NAMES.len() {
             backends = Some(supported);
         }
@@ -374,6 +391,7 @@ fn parse_version(
         name: name.to_owned(),
         files: parsed,
         backends,
+        backfills,
     })
 }
 

@@ -4,15 +4,19 @@
 use std::path::Path;
 
 use super::{sha256_hex, PhaseFile};
+use crate::change::Backfill;
 use crate::error::CatalogError;
 use crate::version::{Phase, Version};
 
 /// A version folder's declarative change file (see [`crate::change`]).
 pub(crate) const CHANGE_FILE: &str = "change.toml";
 
+/// The backfills a change file generates, with the backend each is for.
+pub(super) type Backfills = Vec<(&'static str, Backfill)>;
+
 /// The phase files a change file generates, per backend: its statements
 /// for the phase, then the hand-written file's (the backend's own, else
-/// the generic one) if there is one.
+/// the generic one) if there is one; and the backfills it generates.
 pub(super) fn generated_files(
     folder: &str,
     version: Version,
@@ -20,10 +24,12 @@ pub(super) fn generated_files(
     path: &Path,
     written: &[PhaseFile],
     backends: &[&'static str],
-) -> Result<Vec<PhaseFile>, CatalogError> {
+) -> Result<(Vec<PhaseFile>, Backfills), CatalogError> {
     let mut files = Vec::new();
+    let mut backfills = Vec::new();
     for &backend in backends {
         let generated = change.generate(backend, path, version)?;
+        backfills.extend(generated.backfills.iter().map(|b| (backend, b.clone())));
         for phase in Phase::ALL {
             let sql = generated.phase(phase);
             if sql.is_empty() {
@@ -67,7 +73,7 @@ pub(super) fn generated_files(
             });
         }
     }
-    Ok(files)
+    Ok((files, backfills))
 }
 
 /// The generated `sql` of `phase` with the hand-written file beside it, and

@@ -20,6 +20,10 @@ pub struct Generated {
     pub switch_back: String,
     /// Contract's statements.
     pub contract: String,
+    /// The backfills that run after expand's statements, in order (each
+    /// also described in a comment at the end of its operation's expand
+    /// statements, which the checksum covers).
+    pub backfills: Vec<super::Backfill>,
 }
 
 impl Generated {
@@ -93,7 +97,13 @@ impl Change {
                 if statements.is_empty() {
                     continue;
                 }
-                let block = format!("{header}{}\n", statements.join("\n"));
+                let mut block = format!("{header}{}\n", statements.join("\n"));
+                if phase == Phase::Expand {
+                    for backfill in &parts.backfills {
+                        block.push_str(&backfill.comment());
+                        block.push('\n');
+                    }
+                }
                 op.lint(version, phase, &block)?;
                 if phase == Phase::SwitchBack {
                     undo.push(block);
@@ -105,6 +115,7 @@ impl Change {
                     text.push_str(&block);
                 }
             }
+            generated.backfills.extend(parts.backfills);
         }
         // Undone in reverse: a later operation may build on an earlier one.
         generated.switch_back = undo.into_iter().rev().collect::<Vec<_>>().join("\n");

@@ -26,6 +26,7 @@
 //! | `add_check`     |                                | `CHECK … NOT VALID`, and dropped back | `VALIDATE` |
 //! | `add_unique`    | `CREATE UNIQUE INDEX IF NOT EXISTS` |                     |                |
 //! | `add_foreign_key` |                              | `FOREIGN KEY … NOT VALID`, and dropped back (PostgreSQL) | `VALIDATE` |
+//! | `change_type`   | new column, sync trigger, keyset backfill | swap names and triggers, and back | drop the old column |
 //! | `sql`           | as written, per phase (and per backend if asked) |        |                |
 //!
 //! SQLite cannot change a constraint or default of an existing column, nor
@@ -72,10 +73,13 @@ use serde::Deserialize;
 use crate::error::CatalogError;
 use crate::version::Phase;
 
+mod backfill;
 mod generate;
 mod ops;
+mod retype;
 mod sql;
 
+pub use backfill::Backfill;
 pub use generate::Generated;
 
 /// A parsed `change.toml`: its operations, in order.
@@ -235,6 +239,56 @@ pub enum Operation {
         /// The referenced columns, in the same order.
         referenced_columns: Vec<String>,
     },
+    /// A column's type changed, copied and kept in sync (both backends).
+    /// Expand adds `_tandem_new_<column>` of the new type, a trigger that
+    /// writes `up` into it whenever version N-1 writes a row, and a
+    /// [keyset backfill](Backfill) that fills the rows already there. The
+    /// switch drops that trigger, renames the old column to
+    /// `_tandem_old_<column>` and the new one to `<column>`, and creates the
+    /// reverse trigger, which writes `down` into the old column whenever
+    /// version N writes, so that a switch back (which swaps the names and
+    /// triggers back) finds version N's rows readable by version N-1.
+    /// Contract drops the reverse trigger and the old column.
+    ///
+    /// One direction is synced at a time, so no trigger ever fires the
+    /// other: tandem's switch is atomic across the fleet (every call of
+    /// version N-1 drains before it, every later call runs version N).
+    ///
+    /// Indexes and constraints on the column stay with the old one (and go
+    /// with it in contract): build the ones the new column needs on
+    /// `_tandem_new_<column>` in expand. On SQLite the old column must be
+    /// nullable or have a default: SQLite checks `NOT NULL` before a
+    /// trigger can fill it, so version N's inserts, which leave the old
+    /// column out, would fail after the switch.
+    ChangeType {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its new portable type.
+        #[serde(rename = "type")]
+        ty: String,
+        /// The new value from the old row, one SQL expression in which the
+        /// column's name means the old column (`qty`; other names are the
+        /// row's other columns).
+        up: String,
+        /// The old value from the new row, one SQL expression in which the
+        /// column's name means the new column: what version N-1 reads after
+        /// a switch back (`CASE WHEN qty > 2147483647 THEN 2147483647 ELSE
+        /// qty END` for a bigint read as an int).
+        down: String,
+        /// Whether the new column may hold NULL (the default: `true`).
+        #[serde(default = "yes")]
+        nullable: bool,
+        /// The new column's default, one constant SQL expression (needed
+        /// when it is not nullable).
+        #[serde(default)]
+        default: Option<String>,
+        /// The integer key the backfill walks in order on PostgreSQL (the
+        /// default: `id`); SQLite walks the `rowid`.
+        #[serde(default = "id")]
+        key: String,
+    },
     /// SQL as written, for each phase it names (linted like a file).
     Sql(RawSql),
 }
@@ -257,6 +311,7 @@ impl Operation {
             Operation::AddCheck { .. } => "add_check",
             Operation::AddUnique { .. } => "add_unique",
             Operation::AddForeignKey { .. } => "add_foreign_key",
+            Operation::ChangeType { .. } => "change_type",
             Operation::Sql(_) => "sql",
         }
     }
@@ -284,6 +339,10 @@ pub struct Column {
 
 fn yes() -> bool {
     true
+}
+
+fn id() -> String {
+    "id".to_owned()
 }
 
 /// [`Operation::Sql`]: statements per phase, for every backend or one.
@@ -383,6 +442,7 @@ pub const OPERATIONS: &[&str] = &[
     "add_check",
     "add_unique",
     "add_foreign_key",
+    "change_type",
     "sql",
 ];
 

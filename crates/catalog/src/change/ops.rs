@@ -12,6 +12,8 @@ pub(super) struct Parts {
     pub(super) switch: Vec<String>,
     pub(super) switch_back: Vec<String>,
     pub(super) contract: Vec<String>,
+    /// The backfills expand runs after its statements.
+    pub(super) backfills: Vec<super::Backfill>,
 }
 
 impl Op<'_> {
@@ -81,6 +83,7 @@ impl Op<'_> {
                     .push(format!("DROP TABLE {};", self.name("table", table)?));
             }
             Operation::Sql(raw) => self.raw(raw, &mut p)?,
+            retype @ Operation::ChangeType { .. } => self.change_type(retype, &mut p)?,
             constraint => self.constraint(constraint, &mut p)?,
         }
         Ok(p)
@@ -156,6 +159,7 @@ impl Op<'_> {
             | Operation::DropColumn { .. }
             | Operation::DropIndex { .. }
             | Operation::DropTable { .. }
+            | Operation::ChangeType { .. }
             | Operation::Sql(_) => {}
         }
         Ok(())

@@ -523,3 +523,71 @@ add_foreign_key = { table = "orders", name = "orders_customer_fk", columns = ["c
         "{err}"
     );
 }
+
+/// `change_type`: a widened quantity clamped back for version N-1, on both
+/// backends.
+const RETYPE: &str = r#"
+[[operations]]
+change_type = { table = "orders", column = "qty", type = "bigint", nullable = false, default = "0", up = "qty", down = "CASE WHEN qty > 2147483647 THEN 2147483647 WHEN qty < -2147483648 THEN -2147483648 ELSE qty END" }
+"#;
+
+#[test]
+fn a_type_change_copies_syncs_one_way_then_the_other_and_backfills_by_key() {
+    for backend in ["sqlite", "postgres"] {
+        let generated = generate(RETYPE, backend).unwrap();
+        let mut shown = all_phases(&generated);
+        for b in &generated.backfills {
+            shown.push_str(&format!(
+                "== backfill {}\n{}\n{}\n{}\n{}\n",
+                b.name,
+                b.batch_end_sql(None, 1000),
+                b.batch_end_sql(Some(1000), 1000),
+                b.batch_sql(Some(1000), 2000),
+                b.estimate_sql
+            ));
+        }
+        insta::assert_snapshot!(format!("change_type_{backend}"), shown);
+        assert_eq!(generated.backfills.len(), 1);
+    }
+}
+
+#[test]
+fn a_type_change_names_only_columns_in_its_expressions() {
+    // Other columns of the row are the row's, quoted.
+    let g = generate(
+        "[[operations]]\nchange_type = { table = \"t\", column = \"price\", type = \"bigint\", up = \"price * 100 + cents\", down = \"price / 100\" }",
+        "postgres",
+    )
+    .unwrap();
+    assert!(
+        g.expand
+            .contains(r#"NEW."_tandem_new_price" := (NEW."price" * 100 + NEW."cents");"#),
+        "{}",
+        g.expand
+    );
+    assert!(
+        g.switch
+            .contains(r#"NEW."_tandem_old_price" := (NEW."price" / 100);"#),
+        "{}",
+        g.switch
+    );
+    for (up, problem) in [
+        ("\"Price\"", "column `Price` is not a name"),
+        ("price; DROP TABLE t", "is not one SQL expression"),
+        ("'$tandem$'", "contains `$tandem$`"),
+    ] {
+        let text = format!(
+            "[[operations]]\nchange_type = {{ table = \"t\", column = \"price\", type = \"bigint\", up = {up:?}, down = \"price\" }}"
+        );
+        let err = generate(&text, "postgres").unwrap_err();
+        assert!(err.to_string().contains(problem), "{up}: {err}");
+    }
+    // A NOT NULL new column needs a default (version N-1's rows get it
+    // before the trigger or the backfill fills them).
+    let err = generate(
+        "[[operations]]\nchange_type = { table = \"t\", column = \"qty\", type = \"bigint\", nullable = false, up = \"qty\", down = \"qty\" }",
+        "sqlite",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("without a default"), "{err}");
+}

@@ -1,0 +1,241 @@
+//! [`Operation::ChangeType`](super::Operation::ChangeType): a new column
+//! kept in sync one way before the switch and the other way after it.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{visit_expressions_mut, Expr, Ident};
+
+use super::backfill::Backfill;
+use super::ops::Parts;
+use super::sql::{Op, BODY_QUOTE};
+use super::{Column, Operation};
+use crate::error::CatalogError;
+
+/// One direction of the sync: `source`'s writes copied into `target`.
+struct Sync<'a> {
+    /// `tandem_up_…` or `tandem_down_…`.
+    trigger: String,
+    target: &'a str,
+    /// The expression, `column` meaning `source`.
+    expr: &'a Expr,
+    source: &'a str,
+}
+
+impl Op<'_> {
+    /// [`Operation::ChangeType`]'s statements.
+    pub(super) fn change_type(&self, op: &Operation, p: &mut Parts) -> Result<(), CatalogError> {
+        let Operation::ChangeType {
+            table,
+            column: c,
+            ty,
+            up,
+            down,
+            nullable,
+            default,
+            key,
+        } = op
+        else {
+            return Ok(());
+        };
+        let t = self.name("table", table)?;
+        self.name("column", c)?;
+        let new = format!("_tandem_new_{c}");
+        let old = format!("_tandem_old_{c}");
+        self.name("column", &new)?;
+        self.name("column", &old)?;
+        let up = self.parse_expression("up", c, up)?;
+        let down = self.parse_expression("down", c, down)?;
+        let forward = Sync {
+            trigger: format!("tandem_up_{table}_{c}"),
+            target: &new,
+            expr: &up,
+            source: c,
+        };
+        let reverse = Sync {
+            trigger: format!("tandem_down_{table}_{c}"),
+            target: &old,
+            expr: &down,
+            source: c,
+        };
+        let added = Column {
+            name: new.clone(),
+            ty: ty.clone(),
+            nullable: *nullable,
+            default: default.clone(),
+            primary_key: false,
+        };
+        p.expand.push(format!(
+            "ALTER TABLE {t} ADD COLUMN {};",
+            self.column(&added, false)?
+        ));
+        p.expand.extend(self.sync(&t, &forward, c)?);
+        p.backfills.push(self.backfill(table, c, key, &forward)?);
+        let renames = |from: &str, to: &str| -> Result<String, CatalogError> {
+            Ok(format!(
+                "ALTER TABLE {t} RENAME COLUMN {} TO {};",
+                self.name("column", from)?,
+                self.name("column", to)?
+            ))
+        };
+        // Switch: the forward sync goes, the names swap, the reverse comes.
+        p.switch.extend(self.unsync(&t, &forward.trigger, true)?);
+        p.switch.push(renames(c, &old)?);
+        p.switch.push(renames(&new, c)?);
+        p.switch.extend(self.sync(&t, &reverse, c)?);
+        // Switch back: the same, the other way.
+        p.switch_back
+            .extend(self.unsync(&t, &reverse.trigger, false)?);
+        p.switch_back.push(renames(c, &new)?);
+        p.switch_back.push(renames(&old, c)?);
+        p.switch_back.extend(self.sync(&t, &forward, c)?);
+        // Contract: nothing reads the old column any more.
+        p.contract.extend(self.unsync(&t, &reverse.trigger, false)?);
+        p.contract.push(format!(
+            "ALTER TABLE {t} DROP COLUMN {};",
+            self.name("column", &old)?
+        ));
+        Ok(())
+    }
+
+    /// The keyset walk that fills `sync.target` in the rows already there.
+    fn backfill(
+        &self,
+        table: &str,
+        column: &str,
+        key: &str,
+        sync: &Sync<'_>,
+    ) -> Result<Backfill, CatalogError> {
+        let t = self.name("table", table)?;
+        let key = if self.postgres {
+            self.name("key", key)?
+        } else {
+            "rowid".to_owned()
+        };
+        let value = format!("({})", self.rewrite(sync.expr, column, sync.source, None)?);
+        let target = self.name("column", sync.target)?;
+        let distinct = if self.postgres {
+            "IS DISTINCT FROM"
+        } else {
+            "IS NOT"
+        };
+        Ok(Backfill {
+            name: format!("{table}.{column}"),
+            key,
+            set: format!("{target} = {value}"),
+            pending: format!("{target} {distinct} {value}"),
+            estimate_sql: if self.postgres {
+                // `t` is a validated name: no quote inside.
+                format!("SELECT CAST(reltuples AS BIGINT) AS n FROM pg_class WHERE oid = '{t}'::regclass")
+            } else {
+                format!("SELECT count(*) AS n FROM {t}")
+            },
+            table: t,
+        })
+    }
+
+    /// The trigger(s) copying every write of a row into `sync.target`
+    /// (`column` in the expression meaning `sync.source`).
+    fn sync(&self, t: &str, sync: &Sync<'_>, column: &str) -> Result<Vec<String>, CatalogError> {
+        let target = self.name("column", sync.target)?;
+        let name = |suffix: &str| self.name("trigger", &format!("{}{suffix}", sync.trigger));
+        let value = format!(
+            "({})",
+            self.rewrite(sync.expr, column, sync.source, Some("NEW"))?
+        );
+        if self.postgres {
+            let f = name("")?;
+            return Ok(vec![
+                format!(
+                    "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
+                     BEGIN\n    NEW.{target} := {value};\n    RETURN NEW;\nEND\n{BODY_QUOTE};"
+                ),
+                format!(
+                    "CREATE TRIGGER {f} BEFORE INSERT OR UPDATE ON {t}\n    \
+                     FOR EACH ROW EXECUTE FUNCTION {f}();"
+                ),
+            ]);
+        }
+        // SQLite's triggers cannot change NEW: each updates the row it
+        // follows, only where the value differs (which also ends the
+        // recursion, were recursive triggers on).
+        ["insert", "update"]
+            .into_iter()
+            .map(|event| {
+                Ok(format!(
+                    "CREATE TRIGGER {} AFTER {} ON {t} BEGIN\n    \
+                     UPDATE {t} SET {target} = {value} WHERE rowid = NEW.rowid AND {target} IS NOT {value};\nEND;",
+                    name(&format!("_{event}"))?,
+                    event.to_ascii_uppercase()
+                ))
+            })
+            .collect()
+    }
+
+    /// The statements dropping [`sync`](Op::sync)'s trigger(s); `at_switch`
+    /// says why that is no loss, for the lint.
+    fn unsync(&self, t: &str, trigger: &str, at_switch: bool) -> Result<Vec<String>, CatalogError> {
+        let allow = if at_switch {
+            "-- tandem:allow(switch-drop) a sync trigger, which the switch back creates again\n"
+        } else {
+            ""
+        };
+        if self.postgres {
+            let f = self.name("trigger", trigger)?;
+            return Ok(vec![
+                format!("{allow}DROP TRIGGER {f} ON {t};"),
+                format!("{allow}DROP FUNCTION {f}();"),
+            ]);
+        }
+        ["insert", "update"]
+            .into_iter()
+            .map(|event| {
+                Ok(format!(
+                    "{allow}DROP TRIGGER {};",
+                    self.name("trigger", &format!("{trigger}_{event}"))?
+                ))
+            })
+            .collect()
+    }
+
+    /// `expr` with its column names quoted (and prefixed by `row`):
+    /// `column` becomes `source`, every other name stays the row's column
+    /// of that name.
+    pub(super) fn rewrite(
+        &self,
+        expr: &Expr,
+        column: &str,
+        source: &str,
+        row: Option<&str>,
+    ) -> Result<String, CatalogError> {
+        let mut expr = expr.clone();
+        let mut bad = None;
+        let _ = visit_expressions_mut(&mut expr, |e| {
+            if let Expr::Identifier(ident) = e {
+                let name = if ident.quote_style.is_none() {
+                    ident.value.to_ascii_lowercase()
+                } else {
+                    ident.value.clone()
+                };
+                let name = if name == column {
+                    source.to_owned()
+                } else {
+                    name
+                };
+                if let Err(err) = self.name("column", &name) {
+                    bad = Some(err);
+                    return ControlFlow::Break(());
+                }
+                let quoted = Ident::with_quote('"', name);
+                *e = match row {
+                    Some(row) => Expr::CompoundIdentifier(vec![Ident::new(row), quoted]),
+                    None => Expr::Identifier(quoted),
+                };
+            }
+            ControlFlow::Continue(())
+        });
+        match bad {
+            Some(err) => Err(err),
+            None => Ok(expr.to_string()),
+        }
+    }
+}

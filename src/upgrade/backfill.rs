@@ -1,0 +1,94 @@
+//! The keyset backfills a `change.toml` generates: a table walked in key
+//! order, one batch per transaction under the kept lease.
+
+use diesel::sql_types::{BigInt, Nullable};
+
+use super::*;
+use crate::change::Backfill;
+
+/// One nullable BIGINT, `n`: a batch's end, a row estimate.
+#[derive(diesel::QueryableByName)]
+struct Number {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    n: Option<i64>,
+}
+
+/// What a walk did.
+pub(super) struct Walked {
+    pub(super) batches: u64,
+    pub(super) rows: u64,
+}
+
+impl<B: Backend> Upgrader<B> {
+    /// Walks `backfill` from the table's first key to its last, a batch of
+    /// [`backfill_batches`](Upgrader::backfill_batches) rows at a time
+    /// (`before`: batches of earlier backfills of the same expand, for
+    /// errors). A resumed expand walks again from the start: the rows done
+    /// already are read, not written (see [`Backfill`]).
+    pub(super) fn walk(
+        &self,
+        conn: &mut B::Connection,
+        target: Version,
+        backfill: &Backfill,
+        before: u64,
+    ) -> Result<Walked> {
+        let failed = |batches: u64| {
+            move |source| Error::StepFailed {
+                version: target,
+                step: backfill.name.clone(),
+                batches,
+                source,
+            }
+        };
+        // Progress only: a failed estimate (no statistics yet) is no error.
+        let estimated = B::load::<Number>(conn, &backfill.estimate_sql, &[])
+            .ok()
+            .and_then(|rows| rows.first().and_then(|r| r.n))
+            .filter(|n| *n >= 0);
+        let mut walked = Walked {
+            batches: 0,
+            rows: 0,
+        };
+        let mut after = None;
+        loop {
+            self.renew_lease(conn)?;
+            self.step("expand: before backfill batch")?;
+            let batches = before.saturating_add(walked.batches);
+            let end = B::load::<Number>(conn, &backfill.batch_end_sql(after, self.batch_rows), &[])
+                .map_err(failed(batches))?;
+            let Some(upto) = end.first().and_then(|r| r.n) else {
+                tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, "backfill done");
+                return Ok(walked);
+            };
+            let sql = backfill.batch_sql(after, upto);
+            let changed = self
+                .kept(|| {
+                    self.shared.write_transaction(conn, |c| -> Result<usize> {
+                        let changed = B::execute(c, &sql, &[]).map_err(failed(batches))?;
+                        self.claim(c)?;
+                        Ok(changed)
+                    })
+                })
+                .map_err(|e| match e {
+                    Error::Query(source) => failed(batches)(source),
+                    e => e,
+                })?;
+            walked.batches = walked.batches.saturating_add(1);
+            walked.rows = walked
+                .rows
+                .saturating_add(u64::try_from(changed).unwrap_or(u64::MAX));
+            after = Some(upto);
+            tracing::info!(
+                version = %target,
+                backfill = %backfill.name,
+                through_key = upto,
+                rows_written = walked.rows,
+                rows_estimated = estimated,
+                "backfill batch"
+            );
+            if !self.batch_pause.is_zero() {
+                std::thread::sleep(self.batch_pause);
+            }
+        }
+    }
+}
