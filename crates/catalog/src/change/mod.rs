@@ -254,9 +254,12 @@ pub enum Operation {
     /// other: tandem's switch is atomic across the fleet (every call of
     /// version N-1 drains before it, every later call runs version N).
     ///
-    /// Indexes and constraints on the column stay with the old one (and go
-    /// with it in contract): build the ones the new column needs on
-    /// `_tandem_new_<column>` in expand. On SQLite the old column must be
+    /// Indexes and constraints on the column stay with the old one: build
+    /// the ones the new column needs on `_tandem_new_<column>` in expand.
+    /// PostgreSQL drops the old ones with the old column in contract;
+    /// SQLite refuses to drop an indexed column, so list a `drop_index` of
+    /// each before the `change_type` (contract runs them in order). On
+    /// SQLite the old column must be
     /// nullable or have a default: SQLite checks `NOT NULL` before a
     /// trigger can fill it, so version N's inserts, which leave the old
     /// column out, would fail after the switch.

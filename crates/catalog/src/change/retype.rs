@@ -138,10 +138,17 @@ impl Op<'_> {
     fn sync(&self, t: &str, sync: &Sync<'_>, column: &str) -> Result<Vec<String>, CatalogError> {
         let target = self.name("column", sync.target)?;
         let name = |suffix: &str| self.name("trigger", &format!("{}{suffix}", sync.trigger));
-        let value = format!(
-            "({})",
-            self.rewrite(sync.expr, column, sync.source, Some("NEW"))?
-        );
+        let (value, read) = self.rewritten(sync.expr, column, sync.source, Some("NEW"))?;
+        let value = format!("({value})");
+        // The update trigger fires only for writes naming the columns the
+        // expression reads, so the backfill's own writes do not fire it.
+        let mut read: Vec<String> = read.iter().map(|c| format!("\"{c}\"")).collect();
+        read.dedup();
+        let update = if read.is_empty() {
+            "UPDATE".to_owned()
+        } else {
+            format!("UPDATE OF {}", read.join(", "))
+        };
         if self.postgres {
             let f = name("")?;
             return Ok(vec![
@@ -150,7 +157,7 @@ impl Op<'_> {
                      BEGIN\n    NEW.{target} := {value};\n    RETURN NEW;\nEND\n{BODY_QUOTE};"
                 ),
                 format!(
-                    "CREATE TRIGGER {f} BEFORE INSERT OR UPDATE ON {t}\n    \
+                    "CREATE TRIGGER {f} BEFORE INSERT OR {update} ON {t}\n    \
                      FOR EACH ROW EXECUTE FUNCTION {f}();"
                 ),
             ]);
@@ -158,14 +165,14 @@ impl Op<'_> {
         // SQLite's triggers cannot change NEW: each updates the row it
         // follows, only where the value differs (which also ends the
         // recursion, were recursive triggers on).
-        ["insert", "update"]
+        ["INSERT".to_owned(), update]
             .into_iter()
-            .map(|event| {
+            .zip(["insert", "update"])
+            .map(|(event, suffix)| {
                 Ok(format!(
-                    "CREATE TRIGGER {} AFTER {} ON {t} BEGIN\n    \
+                    "CREATE TRIGGER {} AFTER {event} ON {t} BEGIN\n    \
                      UPDATE {t} SET {target} = {value} WHERE rowid = NEW.rowid AND {target} IS NOT {value};\nEND;",
-                    name(&format!("_{event}"))?,
-                    event.to_ascii_uppercase()
+                    name(&format!("_{suffix}"))?,
                 ))
             })
             .collect()
@@ -207,8 +214,21 @@ impl Op<'_> {
         source: &str,
         row: Option<&str>,
     ) -> Result<String, CatalogError> {
+        self.rewritten(expr, column, source, row)
+            .map(|(text, _)| text)
+    }
+
+    /// As [`rewrite`](Op::rewrite), with the columns it reads, sorted.
+    fn rewritten(
+        &self,
+        expr: &Expr,
+        column: &str,
+        source: &str,
+        row: Option<&str>,
+    ) -> Result<(String, Vec<String>), CatalogError> {
         let mut expr = expr.clone();
         let mut bad = None;
+        let mut read = Vec::new();
         let _ = visit_expressions_mut(&mut expr, |e| {
             if let Expr::Identifier(ident) = e {
                 let name = if ident.quote_style.is_none() {
@@ -225,6 +245,7 @@ impl Op<'_> {
                     bad = Some(err);
                     return ControlFlow::Break(());
                 }
+                read.push(name.clone());
                 let quoted = Ident::with_quote('"', name);
                 *e = match row {
                     Some(row) => Expr::CompoundIdentifier(vec![Ident::new(row), quoted]),
@@ -233,9 +254,10 @@ impl Op<'_> {
             }
             ControlFlow::Continue(())
         });
+        read.sort();
         match bad {
             Some(err) => Err(err),
-            None => Ok(expr.to_string()),
+            None => Ok((expr.to_string(), read)),
         }
     }
 }

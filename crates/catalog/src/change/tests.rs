@@ -571,6 +571,14 @@ fn a_type_change_names_only_columns_in_its_expressions() {
         "{}",
         g.switch
     );
+    // The update trigger fires for writes of the columns `up` reads only
+    // (not for the backfill's own writes of the new column).
+    assert!(
+        g.expand
+            .contains(r#"BEFORE INSERT OR UPDATE OF "cents", "price" ON "t""#),
+        "{}",
+        g.expand
+    );
     for (up, problem) in [
         ("\"Price\"", "column `Price` is not a name"),
         ("price; DROP TABLE t", "is not one SQL expression"),
