@@ -32,14 +32,6 @@ impl<B: Backend> Upgrader<B> {
         backfill: &Backfill,
         before: u64,
     ) -> Result<Walked> {
-        let failed = |batches: u64| {
-            move |source| Error::StepFailed {
-                version: target,
-                step: backfill.name.clone(),
-                batches,
-                source,
-            }
-        };
         // Progress only: a failed estimate (no statistics yet) is no error.
         let estimated = B::load::<Number>(conn, &backfill.estimate_sql, &[])
             .ok()
@@ -55,24 +47,20 @@ impl<B: Backend> Upgrader<B> {
             self.step("expand: before backfill batch")?;
             let batches = before.saturating_add(walked.batches);
             let end = B::load::<Number>(conn, &backfill.batch_end_sql(after, self.batch_rows), &[])
-                .map_err(failed(batches))?;
+                .map_err(|source| Error::StepFailed {
+                    version: target,
+                    step: backfill.name.clone(),
+                    batches,
+                    source,
+                })?;
             let Some(upto) = end.first().and_then(|r| r.n) else {
                 tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, "backfill done");
                 return Ok(walked);
             };
             let sql = backfill.batch_sql(after, upto);
-            let changed = self
-                .kept(|| {
-                    self.shared.write_transaction(conn, |c| -> Result<usize> {
-                        let changed = B::execute(c, &sql, &[]).map_err(failed(batches))?;
-                        self.claim(c)?;
-                        Ok(changed)
-                    })
-                })
-                .map_err(|e| match e {
-                    Error::Query(source) => failed(batches)(source),
-                    e => e,
-                })?;
+            let changed = self.batch(conn, target, &backfill.name, batches, |c| {
+                B::execute(c, &sql, &[])
+            })?;
             walked.batches = walked.batches.saturating_add(1);
             walked.rows = walked
                 .rows

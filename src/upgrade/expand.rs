@@ -99,33 +99,45 @@ impl<B: Backend> Upgrader<B> {
             self.renew_lease(conn)?;
             self.step("expand: before backfill batch")?;
             let batches = before + done;
-            let changed = self
-                .kept(|| {
-                    self.shared.write_transaction(conn, |c| -> Result<usize> {
-                        let changed = (backfill.batch)(c).map_err(|source| Error::StepFailed {
-                            version: target,
-                            step: backfill.name.clone(),
-                            batches,
-                            source,
-                        })?;
-                        self.claim(c)?;
-                        Ok(changed)
-                    })
-                })
-                .map_err(|e| match e {
-                    // The transaction around the batch (its claim, commit).
-                    Error::Query(source) => Error::StepFailed {
-                        version: target,
-                        step: backfill.name.clone(),
-                        batches,
-                        source,
-                    },
-                    e => e,
-                })?;
+            let changed = self.batch(conn, target, &backfill.name, batches, |c| {
+                (backfill.batch)(c)
+            })?;
             if changed == 0 {
                 return Ok(done);
             }
             done += 1;
         }
+    }
+
+    /// Runs one backfill batch in a transaction of its own under the kept
+    /// lease, claiming the lease inside it; returns the rows it changed. A
+    /// database error of the batch or its transaction is
+    /// [`Error::StepFailed`] naming `step` and the `batches` committed.
+    pub(super) fn batch(
+        &self,
+        conn: &mut B::Connection,
+        target: Version,
+        step: &str,
+        batches: u64,
+        run: impl FnOnce(&mut B::Connection) -> diesel::QueryResult<usize>,
+    ) -> Result<usize> {
+        let failed = |source| Error::StepFailed {
+            version: target,
+            step: step.to_owned(),
+            batches,
+            source,
+        };
+        self.kept(|| {
+            self.shared.write_transaction(conn, |c| -> Result<usize> {
+                let changed = run(c).map_err(failed)?;
+                self.claim(c)?;
+                Ok(changed)
+            })
+        })
+        .map_err(|e| match e {
+            // The transaction around the batch (its claim, commit).
+            Error::Query(source) => failed(source),
+            e => e,
+        })
     }
 }

@@ -69,7 +69,8 @@ impl Op<'_> {
             self.column(&added, false)?
         ));
         p.expand.extend(self.sync(&t, &forward, c)?);
-        p.backfills.push(self.backfill(table, c, key, &forward)?);
+        p.backfills
+            .push(self.backfill(&t, table, c, key, &forward)?);
         let renames = |from: &str, to: &str| -> Result<String, CatalogError> {
             Ok(format!(
                 "ALTER TABLE {t} RENAME COLUMN {} TO {};",
@@ -100,18 +101,19 @@ impl Op<'_> {
     /// The keyset walk that fills `sync.target` in the rows already there.
     fn backfill(
         &self,
+        t: &str,
         table: &str,
         column: &str,
         key: &str,
         sync: &Sync<'_>,
     ) -> Result<Backfill, CatalogError> {
-        let t = self.name("table", table)?;
         let key = if self.postgres {
             self.name("key", key)?
         } else {
             "rowid".to_owned()
         };
-        let value = format!("({})", self.rewrite(sync.expr, column, sync.source, None)?);
+        let (value, _) = self.rewritten(sync.expr, column, sync.source, None)?;
+        let value = format!("({value})");
         let target = self.name("column", sync.target)?;
         let distinct = if self.postgres {
             "IS DISTINCT FROM"
@@ -129,7 +131,7 @@ impl Op<'_> {
             } else {
                 format!("SELECT count(*) AS n FROM {t}")
             },
-            table: t,
+            table: t.to_owned(),
         })
     }
 
@@ -206,19 +208,7 @@ impl Op<'_> {
 
     /// `expr` with its column names quoted (and prefixed by `row`):
     /// `column` becomes `source`, every other name stays the row's column
-    /// of that name.
-    pub(super) fn rewrite(
-        &self,
-        expr: &Expr,
-        column: &str,
-        source: &str,
-        row: Option<&str>,
-    ) -> Result<String, CatalogError> {
-        self.rewritten(expr, column, source, row)
-            .map(|(text, _)| text)
-    }
-
-    /// As [`rewrite`](Op::rewrite), with the columns it reads, sorted.
+    /// of that name; with the columns it reads, sorted.
     fn rewritten(
         &self,
         expr: &Expr,
