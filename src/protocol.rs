@@ -8,7 +8,11 @@
 //!    expand the live version is still N-1; the new objects are additive.)
 //!    Shown by `tests/concurrency.rs`, `tests/fleet.rs`, `tests/model.rs`,
 //!    `tests/crash_recovery.rs`, and `examples/rolling_upgrade.rs`, which
-//!    reads the state row at the start and the end of every call.
+//!    reads the state row at the start and the end of every call; a unit of
+//!    work that waits for its write turn through a switch, by
+//!    `tests/fleet.rs` (`a_unit_of_work_waiting_for_its_write_turn_…`, both
+//!    backends) and a renewal held between its read and its write by
+//!    `tests/postgres.rs` (`held_renewal`).
 //! 2. **At most two versions in use.** No instance serves N-2 while another
 //!    serves N: version N+1 can be expanded only once N is contracted.
 //!    Shown by `tests/model.rs` and `tests/upgrade.rs`. Checked at run time

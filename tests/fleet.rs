@@ -235,6 +235,100 @@ macro_rules! fleet_suite {
                 }
             }
 
+            /// Regression (CI, stop 22: a call ran binding 1 on version 2): a
+            /// steady unit of work waits for its write turn (SQLite: its write
+            /// lock, up to the busy timeout) after it read the cached version;
+            /// its instance's renewals queue behind it, its row expires, and the
+            /// switch commits without it. With its turn, the unit must run the
+            /// live version, not the cached one. `poller_first`: the renewal
+            /// waits at the head of the queue and the unit behind it, so the
+            /// renewal (which reads the switched row) commits first.
+            fn unit_waiting_for_its_write_turn_through_a_switch(url: &str, poller_first: bool) {
+                let open = |label: &str, lease: u64| {
+                    Tandem::<B>::builder(url, tandem::testing::demo::catalog().unwrap())
+                        .poll_interval(Duration::from_millis(20))
+                        .lease(Duration::from_millis(lease))
+                        .label(label)
+                        .open()
+                        .unwrap()
+                };
+                let upgrader_side = open("upgrader", 1000);
+                let stalled = open("stalled", 500);
+                upgrader_side.upgrader().expand().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while !stalled.steady() {
+                    assert!(Instant::now() < deadline, "the instance reaches the steady path");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                // The first write of the thread picked waits for the release.
+                let pick = if poller_first { "tandem-poller" } else { "unit" };
+                let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+                let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+                let once = std::sync::Mutex::new(Some((entered_tx, release_rx)));
+                stalled.stall_writes(Some(Arc::new(move || {
+                    if thread::current().name() == Some(pick) {
+                        if let Some((entered, release)) = once.lock().unwrap().take() {
+                            entered.send(()).unwrap();
+                            release.recv().unwrap();
+                        }
+                    }
+                })));
+                if poller_first {
+                    entered_rx.recv().unwrap(); // the renewal holds the write turn
+                }
+                assert!(stalled.steady(), "the unit of work starts on the steady path");
+                let unit = {
+                    let stalled = stalled.clone();
+                    thread::Builder::new()
+                        .name("unit".into())
+                        .spawn(move || {
+                            let repo = accounts_on::<<B as Backend>::Connection>();
+                            stalled.unit_of_work(|s| {
+                                let r = s.repo(&repo)?;
+                                let live = r.live(s.conn())?;
+                                Ok::<_, Error>((r.version(), live))
+                            })
+                        })
+                        .unwrap()
+                };
+                if !poller_first {
+                    entered_rx.recv().unwrap(); // the unit holds the write turn
+                }
+                // SQLite: writers queue in-process, so the renewals wait behind
+                // the stalled write, the row expires and the switch goes on
+                // without this instance. PostgreSQL: writers do not queue; the
+                // renewals go on, and the instance cannot acknowledge while its
+                // unit is in flight (or, poller first, the unit did not wait).
+                let queued = B::NAME == "sqlite";
+                let switched = upgrader_side.upgrader().switch();
+                match (&switched, queued, poller_first) {
+                    (Ok(_), true, _) | (Ok(_), false, true) => {}
+                    (Err(Error::FleetNotAcknowledged { instances, .. }), false, false) => {
+                        assert!(instances[0].contains("stalled"), "{instances:?}")
+                    }
+                    other => panic!("unexpected switch outcome {other:?}"),
+                }
+                release_tx.send(()).unwrap();
+                let (binding, live) = unit.join().unwrap().unwrap();
+                // (PostgreSQL: the unit ran before any switch.)
+                let expected = if queued { 2 } else { 1 };
+                assert_eq!((i64::from(binding), live), (expected, expected), "the unit ran binding {binding} on live version {live}");
+                assert_eq!(upgrader_side.state().unwrap().version.get(), if switched.is_ok() { 2 } else { 1 });
+                stalled.stall_writes(None);
+            }
+
+            #[test]
+            fn a_unit_of_work_waiting_for_its_write_turn_through_a_switch_runs_the_live_version() {
+                let Some((_guard, url)) = $setup("a_unit_waiting_for_its_turn") else { return };
+                unit_waiting_for_its_write_turn_through_a_switch(&url, false);
+            }
+
+            #[test]
+            fn a_unit_of_work_queued_behind_a_held_renewal_runs_the_live_version() {
+                let Some((_guard, url)) = $setup("a_unit_behind_a_held_renewal") else { return };
+                unit_waiting_for_its_write_turn_through_a_switch(&url, true);
+            }
+
             /// An upgrader that crashed after setting deploying mode leaves the
             /// fleet there. An upgrader on another instance that resumes the
             /// switch must drain its *own* steady calls first: the

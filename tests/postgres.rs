@@ -540,3 +540,139 @@ mod lock_waits {
         assert_eq!(db.state().unwrap().version.get(), 2);
     }
 }
+
+#[cfg(feature = "postgres")]
+mod held_renewal {
+    use super::common::{accounts_on, pg::PgDb};
+    use diesel::connection::SimpleConnection;
+    use diesel::RunQueryDsl;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+    use tandem::{Error, Postgres, Tandem};
+
+    fn open(pg: &PgDb, label: &str, lease_ms: u64, poll_ms: u64) -> Tandem<Postgres> {
+        Tandem::<Postgres>::builder(&pg.url, tandem::testing::demo::catalog().unwrap())
+            .poll_interval(Duration::from_millis(poll_ms))
+            .lease(Duration::from_millis(lease_ms))
+            .label(label)
+            .open()
+            .unwrap()
+    }
+
+    /// A renewal's transaction reads the state row and then waits (here for
+    /// a row lock on its fleet row) while the row expires and a switch
+    /// commits without the instance. Committed afterwards, the renewal must
+    /// not put the old version back on the steady path: the local deadline
+    /// it sets runs from before its read (so a renewal held this long gives
+    /// none), it holds the shared schema lock from before its read (a
+    /// switch cannot commit in between: this closes the window where a
+    /// shorter hold would), and the switch checks the acknowledgements again
+    /// under its exclusive lock (a row renewed meanwhile acknowledges
+    /// deploying mode first).
+    #[test]
+    fn a_renewal_held_between_its_read_and_its_write_never_reopens_the_old_version() {
+        let Some(pg) = PgDb::new("a_renewal_held_between_its_read_and_write") else {
+            return;
+        };
+        let upgrader_side = open(&pg, "upgrader", 1000, 20);
+        // A renewal on every tick, and a tick only every 200 ms: a state
+        // adopted wrongly would stand for that long.
+        let held = open(&pg, "held", 500, 200);
+        upgrader_side.upgrader().expand().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !held.steady() {
+            assert!(
+                Instant::now() < deadline,
+                "the instance reaches the steady path"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Lock the instance's fleet row: its next renewal reads the state
+        // row, then waits at its UPDATE.
+        let mut locker = pg.conn();
+        locker.batch_execute("BEGIN").unwrap();
+        diesel::sql_query("SELECT id FROM tandem_fleet WHERE id = $1 FOR UPDATE")
+            .bind::<diesel::sql_types::Text, _>(held.instance_id())
+            .execute(&mut locker)
+            .unwrap();
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut watcher = pg.conn();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let waiting: Vec<N> = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .load(&mut watcher)
+            .unwrap();
+            if waiting[0].n > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the renewal waits for the row lock"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Calls on the held instance throughout, each checking its binding
+        // against the state row at its start and end.
+        let stop = Arc::new(AtomicBool::new(false));
+        let prober = {
+            let (held, stop) = (held.clone(), stop.clone());
+            thread::spawn(move || {
+                let repo = accounts_on::<diesel::PgConnection>();
+                let (mut calls, mut wrong) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let seen = held.call(&repo, |r, s| {
+                        let before = r.live(s.conn())?;
+                        Ok::<_, Error>((r.version(), before, r.live(s.conn())?))
+                    });
+                    match seen {
+                        Ok((v, before, after)) => {
+                            calls += 1;
+                            if (i64::from(v), i64::from(v)) != (before, after) {
+                                wrong.push((v, before, after));
+                            }
+                        }
+                        Err(e) => panic!("a call failed: {e}"),
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+                (calls, wrong)
+            })
+        };
+        let switching = {
+            let up = upgrader_side.clone();
+            thread::spawn(move || up.upgrader().switch().map(|_| ()))
+        };
+        // Long enough for the row to expire and the notice to pass.
+        thread::sleep(Duration::from_millis(2500));
+        locker.batch_execute("COMMIT").unwrap();
+        match switching.join().unwrap() {
+            Ok(()) => {}
+            // Gave up while the renewal held the shared lock: nothing changed.
+            Err(Error::LockTimeout { .. } | Error::FleetNotAcknowledged { .. }) => {
+                assert_eq!(upgrader_side.state().unwrap().version.get(), 1);
+                upgrader_side.upgrader().switch().unwrap();
+            }
+            Err(e) => panic!("unexpected switch error: {e:?}"),
+        }
+        assert_eq!(upgrader_side.state().unwrap().version.get(), 2);
+        thread::sleep(Duration::from_millis(600)); // past the held instance's next ticks
+        stop.store(true, Ordering::Relaxed);
+        let (calls, wrong) = prober.join().unwrap();
+        assert!(calls > 0, "the prober ran");
+        assert!(
+            wrong.is_empty(),
+            "{} of {calls} calls ran a binding other than the live version, e.g. (binding, before, after) {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        );
+    }
+}

@@ -37,9 +37,15 @@
 //! committed, so its quarter lease ends before the switch's half does (time
 //! measured on each host's monotonic clock only; nothing compares clocks).
 //!
-//! An instance (re)registers under the database's shared schema lock and
-//! adopts the state row read in that transaction, so a switch that did not
-//! see it in the fleet has committed before that read. The cached version
+//! An instance (re)registers and renews under the database's shared schema
+//! lock and adopts the state row read in that transaction, so a switch that
+//! did not see it in the fleet (or saw its row expired) has committed before
+//! that read; a renewal that reads a row it has not adopted closes the
+//! steady path before it commits. Under its exclusive lock a switch in
+//! deploying mode checks again that every live row acknowledged it. A unit
+//! of work that waited for its write turn (SQLite's write lock, behind
+//! which this instance's renewals queue) looks at the steady path again
+//! once it has the turn. The cached version
 //! carries its state row's epoch: a tick that read the row before this
 //! process's own switch cannot put the old version back.
 
@@ -177,9 +183,9 @@ fn register<B: Backend>(
     acknowledge: bool,
 ) -> Result<State> {
     let (state, observed) = shared.write_transaction(conn, |c| -> Result<_> {
-        let key = shared.lock_key;
-        B::enter_shared(c, shared.store.prefix(), shared.store.state_table(), key)?;
+        shared.enter_shared(c)?;
         let state = shared.store.read_state::<B>(c)?;
+        close_if_unadopted(shared, &state, shared.adopted_copy.load(Ordering::Acquire));
         let mut me = shared.me.clone();
         me.observed_epoch = if acknowledge { state.epoch } else { 0 };
         shared.store.register::<B>(c, &me, millis(shared.lease))?;
@@ -187,6 +193,24 @@ fn register<B: Backend>(
     })?;
     shared.acknowledged.store(observed, Ordering::Release);
     Ok(state)
+}
+
+/// Inside a renewal's (or a registration's) transaction, before it
+/// commits: when the state row read is not the one adopted last, closes
+/// the steady path ([`CallPath::Undrained`]). The lease the renewal
+/// extends vouches for the adopted state only; until the adoption has
+/// drained and cached the new row, no call may trust the cached version:
+/// neither a new one nor one that waited for its write turn behind this
+/// transaction (a switch may have committed without this instance while
+/// its renewals were held back).
+fn close_if_unadopted<B: Backend>(shared: &Shared<B>, state: &State, adopted: i64) {
+    if state.epoch != adopted && shared.path.replace(CallPath::Steady, CallPath::Undrained) {
+        tracing::debug!(
+            epoch = state.epoch,
+            adopted,
+            "a renewal read a state row not adopted yet: steady path closed until it is"
+        );
+    }
 }
 
 /// After the state row's epoch went backwards: under the in-process

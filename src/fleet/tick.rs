@@ -84,7 +84,14 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
         let state = via.run(shared, |conn| {
             // The lease runs from the database's clock, not this host's.
             let (state, renewed, observed) = shared.write_transaction(conn, |c| -> Result<_> {
+                // Under the shared schema lock, as calls on the locking
+                // path and registrations take it: a switch that finds this
+                // row live and unacknowledged under its exclusive lock
+                // waits for it, and one that found it expired has
+                // committed before the read below.
+                shared.enter_shared(c)?;
                 let state = shared.store.read_state::<B>(c)?;
+                close_if_unadopted(shared, &state, last_adopted);
                 // Restated with the renewal: the epoch adopted (drained)
                 // last, only while the row is still that epoch (so adopting
                 // it is a no-op): never one this tick has not acted on.

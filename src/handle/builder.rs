@@ -226,6 +226,8 @@ impl<B: Backend> Builder<B> {
             lease_deadline: AtomicU64::new(0),
             fleet_paused: AtomicBool::new(false),
             renewals_held: AtomicBool::new(false),
+            write_stall: parking_lot::Mutex::new(None),
+            stalling: AtomicBool::new(false),
             adopted_epoch: parking_lot::Mutex::new(i64::MIN),
             adopted_copy: AtomicI64::new(i64::MIN),
             renewed_at: AtomicU64::new(0),

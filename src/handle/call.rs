@@ -119,10 +119,21 @@ impl<B: Backend> Tandem<B> {
         let mut conn = self.connection()?;
         let read = self.shared.lock.read();
         let result = if self.shared.steady() {
-            let version = self.served_live()?;
-            let result = self
-                .shared
-                .write_transaction(&mut conn, |c| f(&mut Session::new(c, version)));
+            let cached = self.served_live()?;
+            let result = self.shared.write_transaction(&mut conn, |c| {
+                // The wait for the write turn (SQLite: its write lock, for
+                // up to the busy timeout) can outlast the lease, and a
+                // switch commit meanwhile without this instance. With the
+                // turn held, the cached version stands only while the
+                // steady path is still open; otherwise the transaction
+                // reads the live version as the locking path does.
+                let version = if self.shared.steady() {
+                    cached
+                } else {
+                    self.enter_shared(c)?
+                };
+                f(&mut Session::new(c, version))
+            });
             drop(read);
             result
         } else {
@@ -144,16 +155,7 @@ impl<B: Backend> Tandem<B> {
     fn enter_shared(&self, conn: &mut B::Connection) -> Result<Version> {
         let shared = &self.shared;
         let start = Instant::now();
-        let raw = B::enter_shared(
-            conn,
-            shared.store.prefix(),
-            shared.store.state_table(),
-            shared.lock_key,
-        )
-        .map_err(|e| match e {
-            diesel::result::Error::NotFound => shared.store.state_row_missing(),
-            e => Error::Query(e),
-        })?;
+        let raw = shared.enter_shared(conn)?;
         shared.lock.record_wait(start.elapsed());
         dispatch::serve(raw, &shared.served(), shared.store.state_table())
     }

@@ -81,6 +81,10 @@ pub(crate) struct Backfill<B: Backend> {
     pub(crate) sql: Option<String>,
 }
 
+/// A test's stand-in for a database busy with another writer
+/// (`testing::faults::FleetFaults::stall_writes`).
+pub(crate) type WriteStall = Arc<dyn Fn() + Send + Sync>;
+
 /// The state of one opened database (see the module docs).
 pub(crate) struct Shared<B: Backend> {
     pub(crate) pool: Pool<ConnectionManager<B::Connection>>,
@@ -126,6 +130,11 @@ pub(crate) struct Shared<B: Backend> {
     pub(crate) fleet_paused: AtomicBool,
     /// Test hook: the poller renews nothing, the confirmer still reads.
     pub(crate) renewals_held: AtomicBool,
+    /// Test hook: what each write transaction runs once it has its write
+    /// turn (`testing::faults::FleetFaults::stall_writes`); `stalling` says
+    /// whether there is one, so that the path without costs one load.
+    pub(crate) write_stall: parking_lot::Mutex<Option<WriteStall>>,
+    pub(crate) stalling: AtomicBool,
     /// Serialises fleet ticks of this instance (the poller and `refresh`)
     /// and holds the last epoch adopted: an older state row is never
     /// adopted after a newer one.
@@ -180,7 +189,38 @@ impl<B: Backend> Shared<B> {
         } else {
             None
         };
+        if self.stalling.load(Ordering::Acquire) {
+            self.stall_write();
+        }
         B::write_transaction(conn, f)
+    }
+
+    /// Inside the current transaction: the database's shared schema lock
+    /// (PostgreSQL: the transaction-scoped shared advisory lock; SQLite: its
+    /// write lock, which the transaction holds from `BEGIN IMMEDIATE`) and
+    /// the live version read with it, as stored (not yet checked against
+    /// the versions served). No switch commits between this and the end of
+    /// the transaction.
+    pub(crate) fn enter_shared(&self, conn: &mut B::Connection) -> Result<i64> {
+        B::enter_shared(
+            conn,
+            self.store.prefix(),
+            self.store.state_table(),
+            self.lock_key,
+        )
+        .map_err(|e| match e {
+            diesel::result::Error::NotFound => self.store.state_row_missing(),
+            e => Error::Query(e),
+        })
+    }
+
+    /// Runs the test's write stall, if one is set (outside its lock).
+    #[cold]
+    fn stall_write(&self) {
+        let stall = self.write_stall.lock().clone();
+        if let Some(stall) = stall {
+            stall();
+        }
     }
 
     /// Sets the phase lock timeout inside the current transaction.

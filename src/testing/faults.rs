@@ -66,6 +66,15 @@ pub trait FleetFaults {
     /// Stop (or resume) renewing the lease and acknowledging, but keep the
     /// confirmation reads, as a long write holding SQLite's lock back would.
     fn hold_renewals(&self, held: bool);
+
+    /// Make every write transaction of this instance (units of work, calls
+    /// on the locking path, the fleet ticks' renewals and acknowledgements)
+    /// run `stall` once it has its write turn and before it begins, as a
+    /// database busy with another writer holds it there (SQLite: its busy
+    /// handler, for up to the busy timeout, while this process's other
+    /// writers queue behind it). `stall` may block, and may look at
+    /// [`std::thread::current`] to pick whom; `None` stops stalling.
+    fn stall_writes(&self, stall: Option<std::sync::Arc<dyn Fn() + Send + Sync>>);
 }
 
 impl<B: Backend> FleetFaults for Tandem<B> {
@@ -75,5 +84,11 @@ impl<B: Backend> FleetFaults for Tandem<B> {
 
     fn hold_renewals(&self, held: bool) {
         self.shared.renewals_held.store(held, Ordering::Release);
+    }
+
+    fn stall_writes(&self, stall: Option<std::sync::Arc<dyn Fn() + Send + Sync>>) {
+        let on = stall.is_some();
+        *self.shared.write_stall.lock() = stall;
+        self.shared.stalling.store(on, Ordering::Release);
     }
 }

@@ -392,8 +392,9 @@ impl<B: Backend> Upgrader<B> {
     }
 
     /// Inside a phase transaction: the state is still what the phase was
-    /// planned on, and this upgrader still holds the lease.
-    fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<()> {
+    /// planned on, and this upgrader still holds the lease. Returns the
+    /// state row as read (its mode and epoch may have moved: deploying).
+    fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<State> {
         let now_state = self.shared.store.read_state::<B>(conn)?;
         if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
             return Err(Error::UpgraderBusy {
@@ -415,7 +416,7 @@ impl<B: Backend> Upgrader<B> {
                 ),
             });
         }
-        Ok(())
+        Ok(now_state)
     }
 
     /// Inside a phase transaction: moves the state row `from` -> `to` under

@@ -207,7 +207,7 @@ impl<B: Backend> Upgrader<B> {
 
     /// The switch's transaction: the exclusive schema lock, the state and
     /// the fleet checked again under it, the SQL, the state row moved and
-    /// journaled. `(None, …)`: alone before, it now needs deploying mode.
+    /// journaled. `(None, …)`: it needs deploying mode first (again).
     fn switch_transaction(
         &self,
         c: &mut B::Connection,
@@ -221,10 +221,13 @@ impl<B: Backend> Upgrader<B> {
         let (db_wait, db_escalated) =
             self.enter_exclusive(c, &self.shared.writer, attempt, to, from)?;
         self.shared.ddl_preamble(c)?;
-        self.recheck(c, &job.state)?;
+        let now_state = self.recheck(c, &job.state)?;
         // The fleet again, under the exclusive lock (instances register
-        // under the shared one): one that joined since we looked may lack
-        // the new version, or, alone before, we now need deploying mode.
+        // and renew under the shared one): one that joined since we looked
+        // may lack the new version; alone before, we now need deploying
+        // mode; in deploying mode, a live instance that has not
+        // acknowledged it (it renewed again after its row had expired, or
+        // registered again) must first.
         let live = store.live_instances::<B>(c, job.grace)?;
         let lacking = self.lacking(&live, to);
         if !lacking.is_empty() {
@@ -237,6 +240,21 @@ impl<B: Backend> Upgrader<B> {
         let others = |rows: &[Instance]| rows.iter().any(|i| i.id != job.me);
         if !deploying && (others(&live) || others(&store.noticed_instances::<B>(c, job.grace)?)) {
             return Ok((None, db_wait, db_escalated));
+        }
+        if deploying {
+            let unacknowledged: Vec<&str> = live
+                .iter()
+                .filter(|i| i.id != job.me && i.observed_epoch != now_state.epoch)
+                .map(|i| i.id.as_str())
+                .collect();
+            if !unacknowledged.is_empty() {
+                tracing::info!(
+                    ?unacknowledged,
+                    epoch = now_state.epoch,
+                    "live instances have not acknowledged deploying mode: asking again"
+                );
+                return Ok((None, db_wait, db_escalated));
+            }
         }
         if let Some(sql) = &job.sql {
             run_sql(c, sql, job.owner_version, job.phase)?;
@@ -418,7 +436,9 @@ impl SwitchJob {
 /// How an attempt of the switch ended, when it did not fail.
 enum Attempt {
     Committed,
-    /// Alone when it started, it found other instances: deploying mode first.
+    /// Alone when it started, it found other instances; or, in deploying
+    /// mode, a live instance that has not acknowledged it: deploying mode
+    /// (again) first.
     NeedsDeploying,
     /// A lock conflict, nothing changed: back off and try again.
     Retry,
