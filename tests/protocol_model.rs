@@ -1,0 +1,1049 @@
+//! The fleet protocol as a model, checked exhaustively with `stateright`
+//! (issue 14): every interleaving of up to three instances (poller, lease
+//! watchdog, calls on the steady and the locking path, steady units of work
+//! waiting for their write turn), one upgrader that can crash and resume,
+//! and the database (state row, fleet rows, the schema lock, its clock),
+//! with crashes, freezes past the lease (an instance that takes no step
+//! while time passes), a lost connection or a server restart (every open
+//! transaction rolled back). Clocks are kept as ticks left (a lease, a
+//! local deadline, a steady call's age), so time itself is unbounded;
+//! epochs are bounded, and the checks of the code's protocol go a bounded
+//! number of actions deep (sized so that the whole file runs in well under
+//! two minutes in a debug build; `TANDEM_MODEL_DEPTH` raises it).
+//!
+//! Checked in every reachable state: invariants 1–3 of `src/protocol.rs`
+//! (one binding per call and it is the live version's; at most two versions
+//! in use; no switch while a live instance lacks N, no contract while one
+//! may still use N-1) and "no statement through a binding whose structures
+//! are gone". Then each fix the code carries is switched off in turn, and
+//! the checker must find a counterexample, printed as a trace.
+//!
+//! What the model assumes (the README's "Known limits"): a call on the
+//! steady path ends within a lease of its start (a process frozen in the
+//! middle of a steady call is the one limit left). A steady unit of work
+//! waiting for its write turn is not bounded: it may wait forever.
+//! Confirmation reads (the renewal grace of long SQLite writes) and
+//! switch back are not modelled.
+//!
+//! ## Model actions and the code that implements them
+//!
+//! | action | code |
+//! |---|---|
+//! | `Time` | the clock: the database's and each host's monotonic one; the lease watchdog (`fleet::check_lease`) runs with it |
+//! | `Join`, `JoinInsert` | `fleet::join_fleet`, `fleet::register` (under `Shared::enter_shared`) |
+//! | `Renew` | `fleet::tick::poll_via`, the renewal transaction (`Store::renew`, `fleet::close_if_unadopted`, `set_lease_deadline`) |
+//! | `Adopt` | `fleet::tick::poll_via` after the read: the epoch check (`readopt`), `fleet::adopt`, `fleet::drain` closing the path |
+//! | `Drained` | `fleet::adopt` / `readopt` once `SchemaLock::write` is held: `Shared::cache_state`, `path_for`; then `set_adopted` and `fleet::tick::acknowledge` |
+//! | `StartCall` | `Tandem::call`: `Shared::steady`, `served_live` or `call_locking` / `Tandem::enter_shared` |
+//! | `StartUnit`, `UnitTurn` | `Tandem::unit_of_work` on the steady path: the cached version, the write turn (`Shared::write_transaction`), the check inside the transaction |
+//! | `Statement` | a binding's statement (checked against the state row and the structures) |
+//! | `Crash`, `ServerRestart` | a process killed; every open transaction rolled back (`tests/server_restart.rs`) |
+//! | `Expand` | `Upgrader::expand` |
+//! | `StartSwitch` | `Upgrader::switch_within`: `fleet_ready`, then `enter_deploying` or alone |
+//! | `AloneCommit` | `switch_attempt` without deploying mode: the in-process write lock, `switch_transaction` |
+//! | `LeftSteady` | `Upgrader::leave_steady_path` (`fleet::on_drained_locking_path`) |
+//! | `Acked`, `GiveUp` | `Upgrader::await_acknowledged` (`fleet::await_fleet`), `leave_deploying` |
+//! | `SwitchCommit` | `switch_transaction` in deploying mode: exclusive lock, acknowledgements again, `transition` |
+//! | `LeaveDeploying` | `after_deploying_commit` |
+//! | `Contract` | `Upgrader::contract_leased` |
+//! | `UpgraderCrash`, `Resume` | an upgrader killed at a step; the next `switch` on a deploying state row |
+//!
+//! The counterexamples found with a fix switched off are printed
+//! (`cargo test --test protocol_model -- --nocapture`).
+
+use std::fmt::Write as _;
+
+use stateright::{Checker, Model, Property};
+
+/// The lease, in ticks of the model's clock.
+const LEASE: i16 = 2;
+/// How long a renewal keeps the steady path open locally (the code: three
+/// quarters of the lease; here half, the nearest tick below).
+const FRESH: i16 = 1;
+/// The skew of instance 1's host clock (behind), when leases are written from hosts' clocks.
+const SKEW: i16 = 2 * LEASE;
+/// Instances modelled at most.
+const N: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Mode {
+    Steady,
+    Deploying,
+}
+
+/// The state row's phase for its version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Phase {
+    /// Nothing pending.
+    Stable,
+    /// The next version is expanded.
+    Expanded,
+    /// Switched to; the previous version is not contracted yet.
+    Switched,
+}
+
+/// The state row as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Snap {
+    epoch: u8,
+    version: u8,
+    mode: Mode,
+}
+
+/// A fleet row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Row {
+    /// Ticks of the database's clock until `lease_until` (negative: past;
+    /// at `-LEASE` the row is no longer live, and stays there).
+    lease_left: i16,
+    observed: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Db {
+    version: u8,
+    phase: Phase,
+    mode: Mode,
+    epoch: u8,
+    /// Bit `v`: version `v`'s structures exist.
+    structures: u8,
+    fleet: [Option<Row>; N],
+}
+
+impl Db {
+    fn snap(&self) -> Snap {
+        Snap {
+            epoch: self.epoch,
+            version: self.version,
+            mode: self.mode,
+        }
+    }
+
+    /// `Store::live_instances`: a row is live for a lease past its own.
+    fn live(&self, i: usize) -> bool {
+        self.fleet[i].is_some_and(|r| r.lease_left > -LEASE)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Path {
+    Steady,
+    Locking,
+    Undrained,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Call {
+    Idle,
+    /// On the steady path for `age` ticks, with the cached version.
+    Steady {
+        v: u8,
+        age: i16,
+    },
+    /// On the locking path: holds the database's shared lock, read `v`.
+    Locking {
+        v: u8,
+    },
+    /// A steady unit of work waiting for its write turn, having read `v`.
+    Unit {
+        v: u8,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Tick {
+    Idle,
+    Read(Snap),
+    /// Waiting for the steady calls to drain: the row to cache (`None`:
+    /// read again, the epoch went backwards), whether the path was closed.
+    Draining {
+        snap: Option<Snap>,
+        closed: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Life {
+    Down,
+    /// Registration read the state row but has not inserted its row (only
+    /// when registration does not take the shared lock).
+    Joining(Snap),
+    Up,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Inst {
+    life: Life,
+    path: Path,
+    cached: u8,
+    cached_epoch: u8,
+    adopted: u8,
+    /// Ticks of this host's monotonic clock until the lease deadline (0: stale).
+    fresh: i16,
+    tick: Tick,
+    call: Call,
+}
+
+impl Inst {
+    const DOWN: Inst = Inst {
+        life: Life::Down,
+        path: Path::Locking,
+        cached: 0,
+        cached_epoch: 0,
+        adopted: 0,
+        fresh: 0,
+        tick: Tick::Idle,
+        call: Call::Idle,
+    };
+
+    /// `Shared::steady`.
+    fn steady(&self) -> bool {
+        self.life == Life::Up && self.path == Path::Steady && self.fresh > 0
+    }
+
+    /// Holds the in-process read lock (a drain waits for it).
+    fn holds_read_lock(&self) -> bool {
+        matches!(self.call, Call::Steady { .. } | Call::Unit { .. })
+    }
+
+    /// `fleet::path_for`.
+    fn path_for(&self, snap: Snap) -> Path {
+        if snap.mode == Mode::Steady && self.fresh > 0 {
+            Path::Steady
+        } else {
+            Path::Locking
+        }
+    }
+
+    /// Closes the steady path (`Steady` -> `Undrained`); whether it was open.
+    fn close(&mut self) -> bool {
+        let open = self.path == Path::Steady;
+        if open {
+            self.path = Path::Undrained;
+        }
+        open
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Pc {
+    Idle,
+    Alone,
+    LeaveSteady { resumed: bool },
+    AwaitAcks,
+    SwitchTx,
+    AfterCommit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Violation {
+    StaleBinding { inst: usize, binding: u8, live: u8 },
+    StructuresGone { inst: usize, binding: u8 },
+    ThreeVersions { low: u8, high: u8 },
+    SwitchWhileLacking { inst: usize, version: u8 },
+    ContractWhileInUse { inst: usize, version: u8 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct State {
+    db: Db,
+    inst: [Inst; N],
+    pc: Pc,
+    violation: Option<Violation>,
+    switched: bool,
+    contracted: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Action {
+    Time,
+    Join(usize),
+    JoinInsert(usize),
+    Renew(usize),
+    Adopt(usize),
+    Drained(usize),
+    StartCall(usize),
+    StartUnit(usize),
+    Statement(usize),
+    UnitTurn(usize),
+    Crash(usize),
+    ServerRestart,
+    Expand,
+    StartSwitch,
+    AloneCommit,
+    LeftSteady,
+    Acked,
+    GiveUp,
+    SwitchCommit,
+    LeaveDeploying,
+    Contract,
+    UpgraderCrash,
+    Resume,
+}
+
+/// The behaviour the code has; each switched off in turn by the tests.
+#[derive(Clone, Copy, Debug)]
+struct Fixes {
+    /// A resuming upgrader drains its own instance's steady calls
+    /// (`an_upgrader_resuming_deploying_mode_drains_its_own_calls_first`).
+    resume_drains_own: bool,
+    /// A state row older than the one cached is never adopted
+    /// (`a_state_row_read_before_a_switch_is_not_adopted_after_it`).
+    epoch_guard: bool,
+    /// Registration reads the state row under the shared schema lock
+    /// (`an_instance_joining_during_a_switch_adopts_the_switched_version`).
+    register_under_lock: bool,
+    /// Leases are written and compared on the database's clock
+    /// (`tests/clock_skew.rs`).
+    db_clock: bool,
+    /// A steady unit of work looks at the steady path again with its turn
+    /// (`a_unit_of_work_waiting_for_its_write_turn_…`).
+    unit_rechecks: bool,
+}
+
+const CODE: Fixes = Fixes {
+    resume_drains_own: true,
+    epoch_guard: true,
+    register_under_lock: true,
+    db_clock: true,
+    unit_rechecks: true,
+};
+
+#[derive(Clone, Debug)]
+struct Protocol {
+    /// The newest version each instance's binary serves (0: not modelled).
+    serves: [u8; N],
+    max_version: u8,
+    max_epoch: u8,
+    /// Whether the upgrader may crash (and resume).
+    upgrader_crashes: bool,
+    /// Whether instances may crash, and the server restart.
+    crashes: bool,
+    fixes: Fixes,
+}
+
+impl Protocol {
+    /// The lease a renewal writes, from now: on the database's clock, or
+    /// (a fix switched off) from instance 1's host clock, behind by `SKEW`.
+    fn lease_written(&self, i: usize) -> i16 {
+        if !self.fixes.db_clock && i == 1 {
+            LEASE - SKEW
+        } else {
+            LEASE
+        }
+    }
+
+    fn instances(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..N).filter(|&i| self.serves[i] > 0)
+    }
+
+    /// Records the first violation of a statement through `binding` on `i`.
+    fn statement(&self, s: &mut State, i: usize, binding: u8) {
+        let v = if binding != s.db.version {
+            Some(Violation::StaleBinding {
+                inst: i,
+                binding,
+                live: s.db.version,
+            })
+        } else if s.db.structures & (1 << binding) == 0 {
+            Some(Violation::StructuresGone { inst: i, binding })
+        } else {
+            None
+        };
+        s.violation = s.violation.or(v);
+    }
+
+    fn others_live(&self, s: &State) -> bool {
+        self.instances().any(|j| j != 0 && s.db.live(j))
+    }
+
+    fn lacking(&self, s: &State, version: u8) -> Option<usize> {
+        self.instances()
+            .find(|&j| s.db.live(j) && self.serves[j] < version)
+    }
+
+    fn unacked(&self, s: &State) -> bool {
+        self.instances().any(|j| {
+            j != 0 && s.db.live(j) && s.db.fleet[j].is_some_and(|r| r.observed != s.db.epoch)
+        })
+    }
+
+    fn any_locking_call(s: &State) -> bool {
+        s.inst
+            .iter()
+            .any(|i| matches!(i.call, Call::Locking { .. }))
+    }
+
+    /// The switch's commit: the state row, and this process's cache.
+    fn commit_switch(&self, s: &mut State) {
+        let to = s.db.version + 1;
+        if let Some(j) = self.lacking(s, to) {
+            s.violation = s.violation.or(Some(Violation::SwitchWhileLacking {
+                inst: j,
+                version: to,
+            }));
+        }
+        s.db.version = to;
+        s.db.phase = Phase::Switched;
+        s.db.epoch += 1;
+        s.inst[0].cached = to;
+        s.inst[0].cached_epoch = s.db.epoch;
+        s.switched = true;
+    }
+
+    fn check_two_versions(&self, s: &mut State) {
+        let mut low = u8::MAX;
+        let mut high = 0;
+        for inst in s.inst.iter().filter(|i| i.life == Life::Up) {
+            let used = match inst.call {
+                Call::Steady { v, .. } | Call::Locking { v } => Some(v),
+                Call::Idle | Call::Unit { .. } => None,
+            };
+            let cached = inst.steady().then_some(inst.cached);
+            for v in used.into_iter().chain(cached) {
+                low = low.min(v);
+                high = high.max(v);
+            }
+        }
+        if high > low.saturating_add(1) {
+            s.violation = s.violation.or(Some(Violation::ThreeVersions { low, high }));
+        }
+    }
+
+    fn instance_actions(&self, s: &State, i: usize, out: &mut Vec<Action>) {
+        let inst = &s.inst[i];
+        match inst.life {
+            Life::Down => {
+                if s.db.version <= self.serves[i] {
+                    out.push(Action::Join(i));
+                }
+                return;
+            }
+            Life::Joining(_) => {
+                out.push(Action::JoinInsert(i));
+                return;
+            }
+            Life::Up => {}
+        }
+        match inst.tick {
+            Tick::Idle => out.push(Action::Renew(i)),
+            Tick::Read(_) => out.push(Action::Adopt(i)),
+            Tick::Draining { .. } if !inst.holds_read_lock() => out.push(Action::Drained(i)),
+            Tick::Draining { .. } => {}
+        }
+        match inst.call {
+            Call::Idle => {
+                out.push(Action::StartCall(i));
+                if inst.steady() {
+                    out.push(Action::StartUnit(i));
+                }
+            }
+            Call::Steady { .. } | Call::Locking { .. } => out.push(Action::Statement(i)),
+            Call::Unit { .. } => out.push(Action::UnitTurn(i)),
+        }
+        if self.crashes {
+            out.push(Action::Crash(i));
+        }
+    }
+
+    fn upgrader_actions(&self, s: &State, out: &mut Vec<Action>) {
+        if s.inst[0].life != Life::Up {
+            return;
+        }
+        let db = &s.db;
+        match s.pc {
+            Pc::Idle => {
+                let steady = db.mode == Mode::Steady;
+                if steady && db.phase == Phase::Stable && db.version < self.max_version {
+                    out.push(Action::Expand);
+                }
+                if steady
+                    && db.phase == Phase::Expanded
+                    && self.lacking(s, db.version + 1).is_none()
+                {
+                    out.push(Action::StartSwitch);
+                }
+                if steady && db.phase == Phase::Switched && !self.unacked(s) {
+                    out.push(Action::Contract);
+                }
+                if db.mode == Mode::Deploying {
+                    out.push(Action::Resume);
+                }
+            }
+            Pc::Alone => {
+                if !s.inst[0].holds_read_lock() && !Self::any_locking_call(s) {
+                    out.push(Action::AloneCommit);
+                }
+            }
+            Pc::LeaveSteady { resumed } => {
+                // The upgrader's own tick (`poll_via` on its connection, after
+                // any tick of the poller: ticks are serialized) adopted the
+                // deploying row and left this instance drained on the locking
+                // path.
+                let own = &s.inst[0];
+                let drained = own.tick == Tick::Idle
+                    && own.adopted == s.db.epoch
+                    && own.path == Path::Locking;
+                let skips = resumed && !self.fixes.resume_drains_own;
+                if drained || skips {
+                    out.push(Action::LeftSteady);
+                }
+                out.push(Action::GiveUp);
+            }
+            Pc::AwaitAcks => {
+                if !self.unacked(s) {
+                    out.push(Action::Acked);
+                }
+                out.push(Action::GiveUp);
+            }
+            Pc::SwitchTx => {
+                if !Self::any_locking_call(s) {
+                    out.push(Action::SwitchCommit);
+                }
+            }
+            Pc::AfterCommit => out.push(Action::LeaveDeploying),
+        }
+        if self.upgrader_crashes && s.pc != Pc::Idle {
+            out.push(Action::UpgraderCrash);
+        }
+    }
+
+    fn step_instance(&self, s: &mut State, action: Action) {
+        match action {
+            Action::Join(i) => {
+                if self.fixes.register_under_lock {
+                    let snap = s.db.snap();
+                    self.register(s, i, snap);
+                } else {
+                    s.inst[i].life = Life::Joining(s.db.snap());
+                }
+            }
+            Action::JoinInsert(i) => {
+                if let Life::Joining(snap) = s.inst[i].life {
+                    self.register(s, i, snap);
+                }
+            }
+            Action::Renew(i) => {
+                let snap = s.db.snap();
+                let lease = self.lease_written(i);
+                if let Some(row) = s.db.fleet[i].as_mut() {
+                    row.lease_left = lease;
+                }
+                let inst = &mut s.inst[i];
+                if snap.epoch != inst.adopted {
+                    inst.close();
+                }
+                inst.fresh = inst.fresh.max(FRESH);
+                inst.tick = Tick::Read(snap);
+            }
+            Action::Adopt(i) => {
+                let inst = &mut s.inst[i];
+                let Tick::Read(snap) = inst.tick else { return };
+                let newest = inst.adopted.max(inst.cached_epoch);
+                if self.fixes.epoch_guard && snap.epoch < newest {
+                    let closed = inst.close();
+                    inst.tick = Tick::Draining { snap: None, closed };
+                } else if inst.path == inst.path_for(snap) && inst.cached == snap.version {
+                    self.acknowledge(s, i, snap.epoch);
+                } else {
+                    let closed = inst.close();
+                    inst.tick = Tick::Draining {
+                        snap: Some(snap),
+                        closed,
+                    };
+                }
+            }
+            Action::Drained(i) => {
+                let fresh = s.db.snap();
+                let inst = &mut s.inst[i];
+                let Tick::Draining { snap, closed } = inst.tick else {
+                    return;
+                };
+                let forced = snap.is_none();
+                let row = snap.unwrap_or(fresh);
+                if forced || !self.fixes.epoch_guard || row.epoch >= inst.cached_epoch {
+                    inst.cached = row.version;
+                    inst.cached_epoch = row.epoch;
+                    inst.path = inst.path_for(row);
+                } else if closed && inst.path == Path::Undrained {
+                    inst.path = Path::Steady;
+                }
+                self.acknowledge(s, i, row.epoch);
+            }
+            Action::StartCall(i) => {
+                let inst = &s.inst[i];
+                let v = if inst.steady() {
+                    inst.cached
+                } else {
+                    s.db.version
+                };
+                if v > self.serves[i] || v == 0 {
+                    return; // `VersionNotServed` before any statement
+                }
+                s.inst[i].call = if inst.steady() {
+                    Call::Steady { v, age: 0 }
+                } else {
+                    Call::Locking { v }
+                };
+            }
+            Action::StartUnit(i) => {
+                let v = s.inst[i].cached;
+                if v <= self.serves[i] {
+                    s.inst[i].call = Call::Unit { v };
+                }
+            }
+            Action::Statement(i) => {
+                let (Call::Steady { v, .. } | Call::Locking { v }) = s.inst[i].call else {
+                    return;
+                };
+                self.statement(s, i, v);
+                s.inst[i].call = Call::Idle;
+            }
+            Action::UnitTurn(i) => {
+                let Call::Unit { v } = s.inst[i].call else {
+                    return;
+                };
+                let v = if self.fixes.unit_rechecks && !s.inst[i].steady() {
+                    s.db.version
+                } else {
+                    v
+                };
+                if v <= self.serves[i] {
+                    self.statement(s, i, v);
+                }
+                s.inst[i].call = Call::Idle;
+            }
+            Action::Crash(i) => {
+                s.inst[i] = Inst::DOWN;
+                if i == 0 {
+                    s.pc = Pc::Idle;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The end of a tick: the epoch adopted, and acknowledged in the fleet
+    /// row. (The code writes the acknowledgement in a transaction of its
+    /// own, later: an earlier acknowledgement only lets a switch go sooner.)
+    fn acknowledge(&self, s: &mut State, i: usize, epoch: u8) {
+        s.inst[i].adopted = epoch;
+        s.inst[i].tick = Tick::Idle;
+        if let Some(row) = s.db.fleet[i].as_mut() {
+            row.observed = epoch;
+        }
+    }
+
+    /// `fleet::register` and the adoption at open.
+    fn register(&self, s: &mut State, i: usize, snap: Snap) {
+        s.db.fleet[i] = Some(Row {
+            lease_left: self.lease_written(i),
+            observed: snap.epoch,
+        });
+        s.inst[i] = Inst {
+            life: Life::Up,
+            path: if snap.mode == Mode::Steady {
+                Path::Steady
+            } else {
+                Path::Locking
+            },
+            cached: snap.version,
+            cached_epoch: snap.epoch,
+            adopted: snap.epoch,
+            fresh: FRESH,
+            tick: Tick::Idle,
+            call: Call::Idle,
+        };
+    }
+
+    fn step_upgrader(&self, s: &mut State, action: Action) {
+        match action {
+            Action::Expand => {
+                s.db.structures |= 1 << (s.db.version + 1);
+                s.db.phase = Phase::Expanded;
+                s.db.epoch += 1;
+            }
+            Action::StartSwitch => {
+                if self.others_live(s) {
+                    s.db.mode = Mode::Deploying;
+                    s.db.epoch += 1;
+                    s.pc = Pc::LeaveSteady { resumed: false };
+                } else {
+                    s.pc = Pc::Alone;
+                }
+            }
+            Action::AloneCommit => {
+                if self.others_live(s) {
+                    s.db.mode = Mode::Deploying;
+                    s.db.epoch += 1;
+                    s.pc = Pc::LeaveSteady { resumed: false };
+                } else if self.lacking(s, s.db.version + 1).is_some() {
+                    s.pc = Pc::Idle; // `SwitchRefused`
+                } else {
+                    self.commit_switch(s);
+                    s.pc = Pc::Idle;
+                }
+            }
+            Action::LeftSteady => s.pc = Pc::AwaitAcks,
+            Action::Acked => s.pc = Pc::SwitchTx,
+            Action::GiveUp => {
+                s.db.mode = Mode::Steady;
+                s.db.epoch += 1;
+                s.pc = Pc::Idle;
+            }
+            Action::SwitchCommit => {
+                if self.unacked(s) {
+                    s.db.epoch += 1; // deploying mode again
+                    s.pc = Pc::LeaveSteady { resumed: false };
+                } else if self.lacking(s, s.db.version + 1).is_some() {
+                    s.pc = Pc::Idle; // `SwitchRefused`, still deploying
+                } else {
+                    self.commit_switch(s);
+                    s.pc = Pc::AfterCommit;
+                }
+            }
+            Action::LeaveDeploying => {
+                s.db.mode = Mode::Steady;
+                s.db.epoch += 1;
+                s.pc = Pc::Idle;
+            }
+            Action::Contract => {
+                let old = s.db.version - 1;
+                for j in self.instances() {
+                    let inst = &s.inst[j];
+                    let uses = matches!(inst.call, Call::Steady { v, .. } | Call::Locking { v } if v == old)
+                        || inst.steady() && inst.cached == old;
+                    if inst.life == Life::Up && uses {
+                        s.violation = s.violation.or(Some(Violation::ContractWhileInUse {
+                            inst: j,
+                            version: old,
+                        }));
+                    }
+                }
+                s.db.structures &= !(1 << old);
+                s.db.phase = Phase::Stable;
+                s.db.epoch += 1;
+                s.contracted = true;
+            }
+            Action::UpgraderCrash => s.pc = Pc::Idle,
+            Action::Resume => {
+                s.pc = if s.db.phase == Phase::Switched {
+                    Pc::AfterCommit
+                } else {
+                    Pc::LeaveSteady { resumed: true }
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Model for Protocol {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let db = Db {
+            version: 1,
+            phase: Phase::Stable,
+            mode: Mode::Steady,
+            epoch: 1,
+            structures: 1 << 1,
+            fleet: [None; N],
+        };
+        let mut s = State {
+            db,
+            inst: [Inst::DOWN; N],
+            pc: Pc::Idle,
+            violation: None,
+            switched: false,
+            contracted: false,
+        };
+        // Instance 0 (the upgrader's) is up; the others join when they will.
+        self.register(&mut s, 0, db.snap());
+        vec![s]
+    }
+
+    fn actions(&self, s: &State, out: &mut Vec<Action>) {
+        if s.violation.is_some() {
+            return;
+        }
+        let steady_calls_end_in_time = s.inst.iter().all(|i| match i.call {
+            Call::Steady { age, .. } => age + 1 < LEASE,
+            _ => true,
+        });
+        if steady_calls_end_in_time {
+            out.push(Action::Time);
+        }
+        for i in self.instances() {
+            self.instance_actions(s, i, out);
+        }
+        if self.crashes && Self::any_locking_call(s) {
+            out.push(Action::ServerRestart);
+        }
+        self.upgrader_actions(s, out);
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Action::Time => {
+                // Every clock moves on. The lease watchdog (and every call,
+                // which checks the lease itself) leaves the steady path once
+                // its deadline passed.
+                for inst in &mut s.inst {
+                    inst.fresh = (inst.fresh - 1).max(0);
+                    if inst.life == Life::Up && inst.fresh == 0 {
+                        inst.close();
+                    }
+                    if let Call::Steady { age, .. } = &mut inst.call {
+                        *age += 1;
+                    }
+                }
+                for row in s.db.fleet.iter_mut().flatten() {
+                    row.lease_left = (row.lease_left - 1).max(-LEASE);
+                }
+            }
+            Action::ServerRestart => {
+                for inst in &mut s.inst {
+                    if matches!(inst.call, Call::Locking { .. }) {
+                        inst.call = Call::Idle;
+                    }
+                }
+            }
+            Action::Expand
+            | Action::StartSwitch
+            | Action::AloneCommit
+            | Action::LeftSteady
+            | Action::Acked
+            | Action::GiveUp
+            | Action::SwitchCommit
+            | Action::LeaveDeploying
+            | Action::Contract
+            | Action::UpgraderCrash
+            | Action::Resume => self.step_upgrader(&mut s, action),
+            _ => self.step_instance(&mut s, action),
+        }
+        self.check_two_versions(&mut s);
+        Some(s)
+    }
+
+    fn within_boundary(&self, s: &State) -> bool {
+        s.db.epoch <= self.max_epoch
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always(
+                "one binding per call, the live version's",
+                |_, s: &State| !matches!(s.violation, Some(Violation::StaleBinding { .. })),
+            ),
+            Property::always(
+                "no statement through a binding whose structures are gone",
+                |_, s: &State| !matches!(s.violation, Some(Violation::StructuresGone { .. })),
+            ),
+            Property::always("at most two versions in use", |_, s: &State| {
+                !matches!(s.violation, Some(Violation::ThreeVersions { .. }))
+            }),
+            Property::always("the fleet is ready", |_, s: &State| {
+                !matches!(
+                    s.violation,
+                    Some(
+                        Violation::SwitchWhileLacking { .. } | Violation::ContractWhileInUse { .. }
+                    )
+                )
+            }),
+            Property::sometimes("a switch commits", |_, s: &State| s.switched),
+            Property::sometimes("a contract commits", |_, s: &State| s.contracted),
+        ]
+    }
+}
+
+const SAFETY: [&str; 4] = [
+    "one binding per call, the live version's",
+    "no statement through a binding whose structures are gone",
+    "at most two versions in use",
+    "the fleet is ready",
+];
+
+/// A state in one line.
+fn describe(s: &State) -> String {
+    let mut out = format!(
+        "db: v{} {:?} {:?} epoch {} |",
+        s.db.version, s.db.phase, s.db.mode, s.db.epoch
+    );
+    for (i, inst) in s.inst.iter().enumerate() {
+        if inst.life == Life::Down && s.db.fleet[i].is_none() {
+            continue;
+        }
+        let row = s.db.fleet[i].map_or("-".to_owned(), |r| {
+            format!("lease left {} ack {}", r.lease_left, r.observed)
+        });
+        let _ = write!(
+            out,
+            " i{i}: {:?} {:?} v{} e{} fresh {} {:?} {:?} ({row}) |",
+            inst.life, inst.path, inst.cached, inst.cached_epoch, inst.fresh, inst.tick, inst.call
+        );
+    }
+    let _ = write!(out, " upgrader {:?}", s.pc);
+    out
+}
+
+/// The first counterexample to a safety property in `model`, with its
+/// name, as a trace of states and actions (the checker stops at the first).
+fn counterexample(model: Protocol) -> Option<(&'static str, String)> {
+    let checker = model
+        .checker()
+        .finish_when(stateright::HasDiscoveries::AnyFailures)
+        .spawn_bfs()
+        .join();
+    let (name, path) = SAFETY
+        .iter()
+        .find_map(|&name| Some((name, checker.discovery(name)?)))?;
+    let mut trace = String::new();
+    for (state, action) in path.into_vec() {
+        let _ = writeln!(trace, "  {}", describe(&state));
+        if let Some(action) = action {
+            let _ = writeln!(trace, "    -> {action:?}");
+        }
+    }
+    Some((name, trace))
+}
+
+/// Checks every state of `model` reachable in `depth` actions (a bounded
+/// check, sized to CI; `TANDEM_MODEL_DEPTH` raises it): the safety
+/// properties hold, and a switch and a contract are reached (the model is
+/// not vacuous).
+fn holds(model: Protocol, depth: usize) {
+    let depth = std::env::var("TANDEM_MODEL_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(depth);
+    let checker = model.checker().target_max_depth(depth).spawn_bfs().join();
+    eprintln!(
+        "{} states (depth {}) checked",
+        checker.unique_state_count(),
+        checker.max_depth()
+    );
+    for name in SAFETY {
+        if let Some(path) = checker.discovery(name) {
+            let mut trace = String::new();
+            for (state, action) in path.into_vec() {
+                let _ = writeln!(trace, "  {}", describe(&state));
+                if let Some(action) = action {
+                    let _ = writeln!(trace, "    -> {action:?}");
+                }
+            }
+            panic!("the protocol as coded breaks {name:?}:\n{trace}");
+        }
+    }
+    assert!(
+        checker.discovery("a switch commits").is_some(),
+        "no switch is reachable"
+    );
+    assert!(
+        checker.discovery("a contract commits").is_some(),
+        "no contract is reachable"
+    );
+}
+
+/// Two instances of binaries serving 1..=2 (instance 1 joins when it will)
+/// and the upgrader on instance 0, up to `max_time` ticks.
+fn fleet(faults: bool, fixes: Fixes) -> Protocol {
+    Protocol {
+        serves: [2, 2, 0],
+        max_version: 2,
+        max_epoch: 7,
+        upgrader_crashes: faults,
+        crashes: faults,
+        fixes,
+    }
+}
+
+/// Crashes of instances and of the upgrader, server restarts, joins at
+/// any point, over three ticks (no lease expires).
+#[test]
+fn with_crashes_restarts_and_joins_every_invariant_holds() {
+    holds(fleet(true, CODE), 14);
+}
+
+/// Leases that expire: instances frozen (taking no step) past their lease
+/// while the switch goes on without them, over six ticks.
+#[test]
+fn with_leases_that_expire_every_invariant_holds() {
+    holds(fleet(false, CODE), 18);
+}
+
+/// An old binary (serving 1 only) that can join at any time: no switch
+/// while it lives.
+#[test]
+fn with_an_old_binary_every_invariant_holds() {
+    holds(
+        Protocol {
+            serves: [2, 2, 1],
+            ..fleet(false, CODE)
+        },
+        12,
+    );
+}
+
+/// Each fix switched off: the checker finds the counterexample the
+/// fleet tests guard against.
+fn bites(model: Protocol, what: &str) {
+    match counterexample(model) {
+        Some((property, trace)) => eprintln!("{what}: counterexample to {property:?}:\n{trace}"),
+        None => panic!("{what}: no counterexample found"),
+    }
+}
+
+#[test]
+fn a_resuming_upgrader_that_does_not_drain_its_own_instance_is_caught() {
+    let fixes = Fixes {
+        resume_drains_own: false,
+        ..CODE
+    };
+    bites(fleet(true, fixes), "resume without draining");
+}
+
+#[test]
+fn a_stale_tick_adopted_after_a_switch_is_caught() {
+    let fixes = Fixes {
+        epoch_guard: false,
+        ..CODE
+    };
+    let alone = Protocol {
+        serves: [2, 0, 0],
+        ..fleet(false, fixes)
+    };
+    bites(alone, "no epoch guard");
+}
+
+#[test]
+fn a_registration_racing_a_switch_is_caught() {
+    let fixes = Fixes {
+        register_under_lock: false,
+        ..CODE
+    };
+    bites(fleet(false, fixes), "registration without the shared lock");
+}
+
+#[test]
+fn leases_on_hosts_clocks_are_caught() {
+    let fixes = Fixes {
+        db_clock: false,
+        ..CODE
+    };
+    bites(fleet(false, fixes), "leases on a skewed host clock");
+}
+
+#[test]
+fn a_unit_of_work_that_trusts_its_cached_version_after_its_turn_is_caught() {
+    let fixes = Fixes {
+        unit_rechecks: false,
+        ..CODE
+    };
+    bites(
+        fleet(false, fixes),
+        "no look at the steady path after the turn",
+    );
+}
