@@ -889,6 +889,18 @@ fn describe(s: &State) -> String {
     out
 }
 
+/// A path as a trace: each state in one line, the action taken under it.
+fn trace(path: stateright::Path<State, Action>) -> String {
+    let mut out = String::new();
+    for (state, action) in path.into_vec() {
+        let _ = writeln!(out, "  {}", describe(&state));
+        if let Some(action) = action {
+            let _ = writeln!(out, "    -> {action:?}");
+        }
+    }
+    out
+}
+
 /// The first counterexample to a safety property in `model`, with its
 /// name, as a trace of states and actions (the checker stops at the first).
 fn counterexample(model: Protocol) -> Option<(&'static str, String)> {
@@ -900,14 +912,7 @@ fn counterexample(model: Protocol) -> Option<(&'static str, String)> {
     let (name, path) = SAFETY
         .iter()
         .find_map(|&name| Some((name, checker.discovery(name)?)))?;
-    let mut trace = String::new();
-    for (state, action) in path.into_vec() {
-        let _ = writeln!(trace, "  {}", describe(&state));
-        if let Some(action) = action {
-            let _ = writeln!(trace, "    -> {action:?}");
-        }
-    }
-    Some((name, trace))
+    Some((name, trace(path)))
 }
 
 /// Checks every state of `model` reachable in `depth` actions (a bounded
@@ -927,14 +932,7 @@ fn holds(model: Protocol, depth: usize) {
     );
     for name in SAFETY {
         if let Some(path) = checker.discovery(name) {
-            let mut trace = String::new();
-            for (state, action) in path.into_vec() {
-                let _ = writeln!(trace, "  {}", describe(&state));
-                if let Some(action) = action {
-                    let _ = writeln!(trace, "    -> {action:?}");
-                }
-            }
-            panic!("the protocol as coded breaks {name:?}:\n{trace}");
+            panic!("the protocol as coded breaks {name:?}:\n{}", trace(path));
         }
     }
     assert!(
