@@ -1,11 +1,18 @@
 //! The fleet protocol as a model, checked exhaustively with `stateright`
-//! (issue 14): every interleaving of up to three instances (poller, lease
-//! watchdog, calls on the steady and the locking path, steady units of work
-//! waiting for their write turn), one upgrader that can crash and resume,
-//! and the database (state row, fleet rows, the schema lock, its clock),
-//! with crashes, freezes past the lease (an instance that takes no step
-//! while time passes), a lost connection or a server restart (every open
-//! transaction rolled back). Clocks are kept as ticks left (a lease, a
+//! (issue 14): every interleaving of up to three instances (poller with
+//! renewing and read-only ticks, lease watchdog, calls on the steady and the
+//! locking path, steady units of work waiting for their write turn), one or
+//! two upgraders (in different processes, excluded by the upgrade lease)
+//! that can crash, freeze past their lease and resume, and the database
+//! (state row, upgrade lease, fleet rows, the schema lock, its clock), with
+//! crashes, freezes past the lease (an instance that takes no step while
+//! time passes), a lost connection (that instance's open transaction rolled
+//! back) or a server restart (every open one). Instance 1's host clock is
+//! skewed (behind by `SKEW`); the code never reads a host's wall clock, so
+//! it changes nothing until leases are written from it (a fix switched
+//! off). Host monotonic clocks run at the database's rate: under NTP they
+//! drift by at most 500 ppm, far inside the quarter lease the local
+//! deadline leaves. Clocks are kept as ticks left (a lease, a
 //! local deadline, a steady call's age), so time itself is unbounded;
 //! epochs are bounded, and the checks of the code's protocol go a bounded
 //! number of actions deep (sized so that the whole file runs in well under
@@ -32,21 +39,25 @@
 //! | `Time` | the clock: the database's and each host's monotonic one; the lease watchdog (`fleet::check_lease`) runs with it |
 //! | `Join`, `JoinInsert` | `fleet::join_fleet`, `fleet::register` (under `Shared::enter_shared`) |
 //! | `Renew` | `fleet::tick::poll_via`, the renewal transaction (`Store::renew`, `fleet::close_if_unadopted`, `set_lease_deadline`) |
+//! | `Poll` | `fleet::tick::poll_via` between renewals (`renewal_due` false): the state row read alone |
 //! | `Adopt` | `fleet::tick::poll_via` after the read: the epoch check (`readopt`), `fleet::adopt`, `fleet::drain` closing the path |
 //! | `Drained` | `fleet::adopt` / `readopt` once `SchemaLock::write` is held: `Shared::cache_state`, `path_for`; then `set_adopted` and `fleet::tick::acknowledge` |
 //! | `StartCall` | `Tandem::call`: `Shared::steady`, `served_live` or `call_locking` / `Tandem::enter_shared` |
 //! | `StartUnit`, `UnitTurn` | `Tandem::unit_of_work` on the steady path: the cached version, the write turn (`Shared::write_transaction`), the check inside the transaction |
 //! | `Statement` | a binding's statement (checked against the state row and the structures) |
 //! | `Crash`, `ServerRestart` | a process killed; every open transaction rolled back (`tests/server_restart.rs`) |
-//! | `Expand` | `Upgrader::expand` |
-//! | `StartSwitch` | `Upgrader::switch_within`: `fleet_ready`, then `enter_deploying` or alone |
-//! | `AloneCommit` | `switch_attempt` without deploying mode: the in-process write lock, `switch_transaction` |
+//! | `LostConnection` | a connection killed (`tests/bad_input.rs`, `tests/postgres.rs`): the call's or tick's transaction rolled back, the tick's error path (`sweep_pool`) |
+//! | `Up(u, _)` | upgrader `u`, in instance `u`'s process; each command under `Upgrader::with_lease` (`acquire_lease`, `Store::try_lease`; `clean_up` at its end: steady mode and `release_lease`, only while the lease is its own) |
+//! | `Expand` | `Upgrader::expand` (its transaction `claim`s the lease) |
+//! | `StartSwitch` | `Upgrader::switch_within`: `fleet_ready`, then `enter_deploying` (`Store::set_mode`, fenced) or alone |
+//! | `AloneCommit` | `switch_attempt` without deploying mode: the in-process write lock, `switch_transaction` (`recheck`: the lease's holder) |
 //! | `LeftSteady` | `Upgrader::leave_steady_path` (`fleet::on_drained_locking_path`) |
-//! | `Acked`, `GiveUp` | `Upgrader::await_acknowledged` (`fleet::await_fleet`), `leave_deploying` |
-//! | `SwitchCommit` | `switch_transaction` in deploying mode: exclusive lock, acknowledgements again, `transition` |
-//! | `LeaveDeploying` | `after_deploying_commit` |
-//! | `Contract` | `Upgrader::contract_leased` |
-//! | `UpgraderCrash`, `Resume` | an upgrader killed at a step; the next `switch` on a deploying state row |
+//! | `Acked`, `GiveUp` | `Upgrader::await_acknowledged` (`fleet::await_fleet`), `leave_deploying` (`Store::set_mode`, fenced) |
+//! | `SwitchCommit` | `switch_transaction` in deploying mode: exclusive lock, `recheck` (the lease's holder, the planned version), acknowledgements again, `transition` |
+//! | `LeaveDeploying` | `after_deploying_commit` (`Store::set_mode`, fenced) |
+//! | `Contract` | `Upgrader::contract_leased` (its transaction `claim`s the lease) |
+//! | `RenewLease` | `Upgrader::renew_lease` and the lease keeper (`keep_lease`) |
+//! | `Crash`, `Resume` (upgrader) | an upgrader killed or frozen at a step; the next `switch` on a deploying state row |
 //!
 //! The counterexamples found with a fix switched off are printed
 //! (`cargo test --test protocol_model -- --nocapture`).
@@ -64,6 +75,8 @@ const FRESH: i16 = 1;
 const SKEW: i16 = 2 * LEASE;
 /// Instances modelled at most.
 const N: usize = 3;
+/// Upgraders modelled at most: upgrader `u` runs in instance `u`'s process.
+const U: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Mode {
@@ -108,6 +121,11 @@ struct Db {
     /// Bit `v`: version `v`'s structures exist.
     structures: u8,
     fleet: [Option<Row>; N],
+    /// The upgrade lease's holder (an upgrader's index) and the ticks of
+    /// the database's clock until it lapses (0: lapsed; it stays with its
+    /// holder until someone takes it).
+    owner: Option<u8>,
+    owner_left: i16,
 }
 
 impl Db {
@@ -122,6 +140,26 @@ impl Db {
     /// `Store::live_instances`: a row is live for a lease past its own.
     fn live(&self, i: usize) -> bool {
         self.fleet[i].is_some_and(|r| r.lease_left > -LEASE)
+    }
+
+    /// `Store::try_lease`: upgrader `u` may take the upgrade lease (free,
+    /// its own, or lapsed).
+    fn claimable(&self, u: usize) -> bool {
+        self.owner.is_none_or(|o| usize::from(o) == u) || self.owner_left <= 0
+    }
+
+    /// `Upgrader::recheck`, `Store::set_mode`: the write is made only while
+    /// the state row names `u` as the holder (lapsed or not: nobody took it).
+    fn held_by(&self, u: usize) -> bool {
+        self.owner.is_some_and(|o| usize::from(o) == u)
+    }
+
+    /// `Store::release_lease`.
+    fn release(&mut self, u: usize) {
+        if self.held_by(u) {
+            self.owner = None;
+            self.owner_left = 0;
+        }
     }
 }
 
@@ -248,7 +286,8 @@ enum Violation {
 struct State {
     db: Db,
     inst: [Inst; N],
-    pc: Pc,
+    /// Each upgrader's place in its command.
+    ups: [Pc; U],
     violation: Option<Violation>,
     switched: bool,
     contracted: bool,
@@ -260,6 +299,7 @@ enum Action {
     Join(usize),
     JoinInsert(usize),
     Renew(usize),
+    Poll(usize),
     Adopt(usize),
     Drained(usize),
     StartCall(usize),
@@ -267,7 +307,15 @@ enum Action {
     Statement(usize),
     UnitTurn(usize),
     Crash(usize),
+    LostConnection(usize),
     ServerRestart,
+    /// A step of upgrader `u`.
+    Up(usize, Step),
+}
+
+/// An upgrader's steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Step {
     Expand,
     StartSwitch,
     AloneCommit,
@@ -277,7 +325,8 @@ enum Action {
     SwitchCommit,
     LeaveDeploying,
     Contract,
-    UpgraderCrash,
+    RenewLease,
+    Crash,
     Resume,
 }
 
@@ -299,6 +348,11 @@ struct Fixes {
     /// A steady unit of work looks at the steady path again with its turn
     /// (`a_unit_of_work_waiting_for_its_write_turn_…`).
     unit_rechecks: bool,
+    /// An upgrader's writes to the state row (mode, switch) are made only
+    /// while the row names it as the lease's holder (`Upgrader::recheck`,
+    /// `Store::set_mode`). No code test freezes an upgrader in the middle
+    /// of a switch while another takes its lease; this check stands for it.
+    lease_fences: bool,
 }
 
 const CODE: Fixes = Fixes {
@@ -307,6 +361,7 @@ const CODE: Fixes = Fixes {
     register_under_lock: true,
     db_clock: true,
     unit_rechecks: true,
+    lease_fences: true,
 };
 
 #[derive(Clone, Debug)]
@@ -315,10 +370,22 @@ struct Protocol {
     serves: [u8; N],
     max_version: u8,
     max_epoch: u8,
-    /// Whether the upgrader may crash (and resume).
+    /// Upgraders (1 or 2), in instances 0 and 1.
+    upgraders: usize,
+    /// Whether upgraders may crash (and resume).
     upgrader_crashes: bool,
-    /// Whether instances may crash, and the server restart.
+    /// Whether instances may crash, lose their connection, and the server
+    /// restart.
     crashes: bool,
+    /// Whether ticks between renewals only read (`poll_via`'s read-only
+    /// tick), beside ticks that renew; and whether steady units of work run.
+    /// (Switched off to keep a check small: that only removes behaviours.)
+    polls: bool,
+    units: bool,
+    /// Where the check starts: version 2 expanded and every instance up
+    /// (a smaller space, for a counterexample that needs a long run-up);
+    /// else version 1 with instance 0 up.
+    expanded: bool,
     fixes: Fixes,
 }
 
@@ -353,8 +420,9 @@ impl Protocol {
         s.violation = s.violation.or(v);
     }
 
-    fn others_live(&self, s: &State) -> bool {
-        self.instances().any(|j| j != 0 && s.db.live(j))
+    /// Whether an instance other than upgrader `u`'s is live.
+    fn others_live(&self, s: &State, u: usize) -> bool {
+        self.instances().any(|j| j != u && s.db.live(j))
     }
 
     fn lacking(&self, s: &State, version: u8) -> Option<usize> {
@@ -362,9 +430,11 @@ impl Protocol {
             .find(|&j| s.db.live(j) && self.serves[j] < version)
     }
 
-    fn unacked(&self, s: &State) -> bool {
+    /// Whether a live instance other than upgrader `u`'s has not
+    /// acknowledged the state row's epoch.
+    fn unacked(&self, s: &State, u: usize) -> bool {
         self.instances().any(|j| {
-            j != 0 && s.db.live(j) && s.db.fleet[j].is_some_and(|r| r.observed != s.db.epoch)
+            j != u && s.db.live(j) && s.db.fleet[j].is_some_and(|r| r.observed != s.db.epoch)
         })
     }
 
@@ -374,8 +444,8 @@ impl Protocol {
             .any(|i| matches!(i.call, Call::Locking { .. }))
     }
 
-    /// The switch's commit: the state row, and this process's cache.
-    fn commit_switch(&self, s: &mut State) {
+    /// Upgrader `u`'s switch commits: the state row, and its process's cache.
+    fn commit_switch(&self, s: &mut State, u: usize) {
         let to = s.db.version + 1;
         if let Some(j) = self.lacking(s, to) {
             s.violation = s.violation.or(Some(Violation::SwitchWhileLacking {
@@ -386,8 +456,8 @@ impl Protocol {
         s.db.version = to;
         s.db.phase = Phase::Switched;
         s.db.epoch += 1;
-        s.inst[0].cached = to;
-        s.inst[0].cached_epoch = s.db.epoch;
+        s.inst[u].cached = to;
+        s.inst[u].cached_epoch = s.db.epoch;
         s.switched = true;
     }
 
@@ -426,7 +496,12 @@ impl Protocol {
             Life::Up => {}
         }
         match inst.tick {
-            Tick::Idle => out.push(Action::Renew(i)),
+            Tick::Idle => {
+                out.push(Action::Renew(i));
+                if self.polls {
+                    out.push(Action::Poll(i));
+                }
+            }
             Tick::Read(_) => out.push(Action::Adopt(i)),
             Tick::Draining { .. } if !inst.holds_read_lock() => out.push(Action::Drained(i)),
             Tick::Draining { .. } => {}
@@ -434,7 +509,7 @@ impl Protocol {
         match inst.call {
             Call::Idle => {
                 out.push(Action::StartCall(i));
-                if inst.steady() {
+                if self.units && inst.steady() {
                     out.push(Action::StartUnit(i));
                 }
             }
@@ -443,36 +518,46 @@ impl Protocol {
         }
         if self.crashes {
             out.push(Action::Crash(i));
+            let open = inst.call != Call::Idle || matches!(inst.tick, Tick::Read(_));
+            if open {
+                out.push(Action::LostConnection(i));
+            }
         }
     }
 
-    fn upgrader_actions(&self, s: &State, out: &mut Vec<Action>) {
-        if s.inst[0].life != Life::Up {
+    fn upgrader_actions(&self, s: &State, u: usize, out: &mut Vec<Action>) {
+        if s.inst[u].life != Life::Up {
             return;
         }
         let db = &s.db;
-        match s.pc {
+        let mut step = |step| out.push(Action::Up(u, step));
+        match s.ups[u] {
             Pc::Idle => {
+                // Each command takes the lease first (`Upgrader::with_lease`).
+                if !db.claimable(u) {
+                    return;
+                }
                 let steady = db.mode == Mode::Steady;
                 if steady && db.phase == Phase::Stable && db.version < self.max_version {
-                    out.push(Action::Expand);
+                    step(Step::Expand);
                 }
                 if steady
                     && db.phase == Phase::Expanded
                     && self.lacking(s, db.version + 1).is_none()
                 {
-                    out.push(Action::StartSwitch);
+                    step(Step::StartSwitch);
                 }
-                if steady && db.phase == Phase::Switched && !self.unacked(s) {
-                    out.push(Action::Contract);
+                if steady && db.phase == Phase::Switched && !self.unacked(s, u) {
+                    step(Step::Contract);
                 }
                 if db.mode == Mode::Deploying {
-                    out.push(Action::Resume);
+                    step(Step::Resume);
                 }
+                return;
             }
             Pc::Alone => {
-                if !s.inst[0].holds_read_lock() && !Self::any_locking_call(s) {
-                    out.push(Action::AloneCommit);
+                if !s.inst[u].holds_read_lock() && !Self::any_locking_call(s) {
+                    step(Step::AloneCommit);
                 }
             }
             Pc::LeaveSteady { resumed } => {
@@ -480,31 +565,36 @@ impl Protocol {
                 // any tick of the poller: ticks are serialized) adopted the
                 // deploying row and left this instance drained on the locking
                 // path.
-                let own = &s.inst[0];
+                let own = &s.inst[u];
                 let drained = own.tick == Tick::Idle
                     && own.adopted == s.db.epoch
                     && own.path == Path::Locking;
                 let skips = resumed && !self.fixes.resume_drains_own;
                 if drained || skips {
-                    out.push(Action::LeftSteady);
+                    step(Step::LeftSteady);
                 }
-                out.push(Action::GiveUp);
+                step(Step::GiveUp);
             }
             Pc::AwaitAcks => {
-                if !self.unacked(s) {
-                    out.push(Action::Acked);
+                if !self.unacked(s, u) {
+                    step(Step::Acked);
                 }
-                out.push(Action::GiveUp);
+                step(Step::GiveUp);
             }
             Pc::SwitchTx => {
                 if !Self::any_locking_call(s) {
-                    out.push(Action::SwitchCommit);
+                    step(Step::SwitchCommit);
                 }
             }
-            Pc::AfterCommit => out.push(Action::LeaveDeploying),
+            Pc::AfterCommit => step(Step::LeaveDeploying),
         }
-        if self.upgrader_crashes && s.pc != Pc::Idle {
-            out.push(Action::UpgraderCrash);
+        // Inside a command: the lease renewed as it waits
+        // (`Upgrader::renew_lease`); only another upgrader could take it.
+        if self.upgraders > 1 {
+            step(Step::RenewLease);
+        }
+        if self.upgrader_crashes {
+            step(Step::Crash);
         }
     }
 
@@ -613,10 +703,20 @@ impl Protocol {
                 }
                 s.inst[i].call = Call::Idle;
             }
+            Action::Poll(i) => s.inst[i].tick = Tick::Read(s.db.snap()),
             Action::Crash(i) => {
                 s.inst[i] = Inst::DOWN;
-                if i == 0 {
-                    s.pc = Pc::Idle;
+                if let Some(pc) = s.ups.get_mut(i) {
+                    *pc = Pc::Idle;
+                }
+            }
+            Action::LostConnection(i) => {
+                // Its open transaction rolled back: the call fails (no
+                // statement ran), the tick fails before it adopts anything.
+                let inst = &mut s.inst[i];
+                inst.call = Call::Idle;
+                if matches!(inst.tick, Tick::Read(_)) {
+                    inst.tick = Tick::Idle;
                 }
             }
             _ => {}
@@ -656,58 +756,103 @@ impl Protocol {
         };
     }
 
-    fn step_upgrader(&self, s: &mut State, action: Action) {
-        match action {
-            Action::Expand => {
+    /// Upgrader `u` takes the upgrade lease, a lease ahead. (With one
+    /// upgrader nobody else could take it: its expiry is not tracked.)
+    fn take_lease(&self, s: &mut State, u: usize) {
+        s.db.owner = u8::try_from(u).ok();
+        s.db.owner_left = if self.upgraders > 1 { LEASE } else { 0 };
+    }
+
+    /// Whether upgrader `u`'s write to the state row is made (it holds the
+    /// lease, or the fence is switched off).
+    fn fenced_write(&self, s: &State, u: usize) -> bool {
+        !self.fixes.lease_fences || s.db.held_by(u)
+    }
+
+    /// Sets the mode (`Store::set_mode`, under the fence); whether it did.
+    fn set_mode(&self, s: &mut State, u: usize, mode: Mode) -> bool {
+        let made = self.fenced_write(s, u);
+        if made {
+            s.db.mode = mode;
+            s.db.epoch += 1;
+        }
+        made
+    }
+
+    /// Deploying mode, or the switch alone (`Upgrader::switch_within`).
+    fn deploying_or_alone(&self, s: &mut State, u: usize) {
+        if !self.others_live(s, u) {
+            s.ups[u] = Pc::Alone;
+        } else if self.set_mode(s, u, Mode::Deploying) {
+            s.ups[u] = Pc::LeaveSteady { resumed: false };
+        } else {
+            s.ups[u] = Pc::Idle; // `UpgraderBusy`
+        }
+    }
+
+    /// The command's end (`Upgrader::clean_up`): steady mode, the lease
+    /// given up (both only while it is this upgrader's).
+    fn clean_up(&self, s: &mut State, u: usize) {
+        if s.db.mode == Mode::Deploying && s.db.held_by(u) {
+            s.db.mode = Mode::Steady;
+            s.db.epoch += 1;
+        }
+        s.db.release(u);
+        s.ups[u] = Pc::Idle;
+    }
+
+    fn step_upgrader(&self, s: &mut State, u: usize, step: Step) {
+        match step {
+            Step::Expand => {
+                self.take_lease(s, u);
                 s.db.structures |= 1 << (s.db.version + 1);
                 s.db.phase = Phase::Expanded;
                 s.db.epoch += 1;
+                self.clean_up(s, u);
             }
-            Action::StartSwitch => {
-                if self.others_live(s) {
-                    s.db.mode = Mode::Deploying;
-                    s.db.epoch += 1;
-                    s.pc = Pc::LeaveSteady { resumed: false };
-                } else {
-                    s.pc = Pc::Alone;
-                }
+            Step::StartSwitch => {
+                self.take_lease(s, u);
+                self.deploying_or_alone(s, u);
             }
-            Action::AloneCommit => {
-                if self.others_live(s) {
-                    s.db.mode = Mode::Deploying;
-                    s.db.epoch += 1;
-                    s.pc = Pc::LeaveSteady { resumed: false };
+            Step::AloneCommit => {
+                if !self.fenced_write(s, u) {
+                    s.ups[u] = Pc::Idle; // `UpgraderBusy`
+                } else if self.others_live(s, u) {
+                    self.deploying_or_alone(s, u);
                 } else if self.lacking(s, s.db.version + 1).is_some() {
-                    s.pc = Pc::Idle; // `SwitchRefused`
+                    self.clean_up(s, u); // `SwitchRefused`
                 } else {
-                    self.commit_switch(s);
-                    s.pc = Pc::Idle;
+                    self.commit_switch(s, u);
+                    self.clean_up(s, u);
                 }
             }
-            Action::LeftSteady => s.pc = Pc::AwaitAcks,
-            Action::Acked => s.pc = Pc::SwitchTx,
-            Action::GiveUp => {
-                s.db.mode = Mode::Steady;
-                s.db.epoch += 1;
-                s.pc = Pc::Idle;
+            Step::LeftSteady => s.ups[u] = Pc::AwaitAcks,
+            Step::Acked => s.ups[u] = Pc::SwitchTx,
+            Step::GiveUp => {
+                self.set_mode(s, u, Mode::Steady);
+                self.clean_up(s, u);
             }
-            Action::SwitchCommit => {
-                if self.unacked(s) {
+            Step::SwitchCommit => {
+                if !self.fenced_write(s, u) || s.db.phase != Phase::Expanded {
+                    // `UpgraderBusy`; or, with the fence off, the state row
+                    // is not the one planned (`MetadataCorrupt`).
+                    s.ups[u] = Pc::Idle;
+                } else if self.unacked(s, u) {
                     s.db.epoch += 1; // deploying mode again
-                    s.pc = Pc::LeaveSteady { resumed: false };
+                    s.ups[u] = Pc::LeaveSteady { resumed: false };
                 } else if self.lacking(s, s.db.version + 1).is_some() {
-                    s.pc = Pc::Idle; // `SwitchRefused`, still deploying
+                    self.clean_up(s, u); // `SwitchRefused`
                 } else {
-                    self.commit_switch(s);
-                    s.pc = Pc::AfterCommit;
+                    self.commit_switch(s, u);
+                    s.ups[u] = Pc::AfterCommit;
                 }
             }
-            Action::LeaveDeploying => {
-                s.db.mode = Mode::Steady;
-                s.db.epoch += 1;
-                s.pc = Pc::Idle;
+            Step::LeaveDeploying => {
+                self.set_mode(s, u, Mode::Steady);
+                self.clean_up(s, u);
             }
-            Action::Contract => {
+            Step::Contract => {
+                self.take_lease(s, u);
                 let old = s.db.version - 1;
                 for j in self.instances() {
                     let inst = &s.inst[j];
@@ -724,16 +869,24 @@ impl Protocol {
                 s.db.phase = Phase::Stable;
                 s.db.epoch += 1;
                 s.contracted = true;
+                self.clean_up(s, u);
             }
-            Action::UpgraderCrash => s.pc = Pc::Idle,
-            Action::Resume => {
-                s.pc = if s.db.phase == Phase::Switched {
+            Step::RenewLease => {
+                if s.db.claimable(u) {
+                    self.take_lease(s, u);
+                } else {
+                    s.ups[u] = Pc::Idle; // `UpgraderBusy`: another took it
+                }
+            }
+            Step::Crash => s.ups[u] = Pc::Idle,
+            Step::Resume => {
+                self.take_lease(s, u);
+                s.ups[u] = if s.db.phase == Phase::Switched {
                     Pc::AfterCommit
                 } else {
                     Pc::LeaveSteady { resumed: true }
                 };
             }
-            _ => {}
         }
     }
 }
@@ -750,17 +903,29 @@ impl Model for Protocol {
             epoch: 1,
             structures: 1 << 1,
             fleet: [None; N],
+            owner: None,
+            owner_left: 0,
         };
         let mut s = State {
             db,
             inst: [Inst::DOWN; N],
-            pc: Pc::Idle,
+            ups: [Pc::Idle; U],
             violation: None,
             switched: false,
             contracted: false,
         };
-        // Instance 0 (the upgrader's) is up; the others join when they will.
-        self.register(&mut s, 0, db.snap());
+        if self.expanded {
+            s.db.structures |= 1 << 2;
+            s.db.phase = Phase::Expanded;
+            s.db.epoch += 1;
+            let snap = s.db.snap();
+            for i in self.instances() {
+                self.register(&mut s, i, snap);
+            }
+        } else {
+            // Instance 0 (the upgrader's) is up; the others join when they will.
+            self.register(&mut s, 0, db.snap());
+        }
         vec![s]
     }
 
@@ -781,7 +946,9 @@ impl Model for Protocol {
         if self.crashes && Self::any_locking_call(s) {
             out.push(Action::ServerRestart);
         }
-        self.upgrader_actions(s, out);
+        for u in 0..self.upgraders {
+            self.upgrader_actions(s, u, out);
+        }
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
@@ -803,6 +970,7 @@ impl Model for Protocol {
                 for row in s.db.fleet.iter_mut().flatten() {
                     row.lease_left = (row.lease_left - 1).max(-LEASE);
                 }
+                s.db.owner_left = (s.db.owner_left - 1).max(0);
             }
             Action::ServerRestart => {
                 for inst in &mut s.inst {
@@ -811,17 +979,7 @@ impl Model for Protocol {
                     }
                 }
             }
-            Action::Expand
-            | Action::StartSwitch
-            | Action::AloneCommit
-            | Action::LeftSteady
-            | Action::Acked
-            | Action::GiveUp
-            | Action::SwitchCommit
-            | Action::LeaveDeploying
-            | Action::Contract
-            | Action::UpgraderCrash
-            | Action::Resume => self.step_upgrader(&mut s, action),
+            Action::Up(u, step) => self.step_upgrader(&mut s, u, step),
             _ => self.step_instance(&mut s, action),
         }
         self.check_two_versions(&mut s);
@@ -885,7 +1043,11 @@ fn describe(s: &State) -> String {
             inst.life, inst.path, inst.cached, inst.cached_epoch, inst.fresh, inst.tick, inst.call
         );
     }
-    let _ = write!(out, " upgrader {:?}", s.pc);
+    let _ = write!(
+        out,
+        " upgraders {:?}, lease {:?} ({} left)",
+        s.ups, s.db.owner, s.db.owner_left
+    );
     out
 }
 
@@ -946,14 +1108,18 @@ fn holds(model: Protocol, depth: usize) {
 }
 
 /// Two instances of binaries serving 1..=2 (instance 1 joins when it will)
-/// and the upgrader on instance 0, up to `max_time` ticks.
+/// and the upgrader on instance 0.
 fn fleet(faults: bool, fixes: Fixes) -> Protocol {
     Protocol {
         serves: [2, 2, 0],
         max_version: 2,
         max_epoch: 7,
+        upgraders: 1,
         upgrader_crashes: faults,
         crashes: faults,
+        polls: true,
+        units: true,
+        expanded: false,
         fixes,
     }
 }
@@ -969,7 +1135,13 @@ fn with_crashes_restarts_and_joins_every_invariant_holds() {
 /// while the switch goes on without them, over six ticks.
 #[test]
 fn with_leases_that_expire_every_invariant_holds() {
-    holds(fleet(false, CODE), 18);
+    holds(
+        Protocol {
+            polls: false,
+            ..fleet(false, CODE)
+        },
+        18,
+    );
 }
 
 /// An old binary (serving 1 only) that can join at any time: no switch
@@ -982,6 +1154,22 @@ fn with_an_old_binary_every_invariant_holds() {
             ..fleet(false, CODE)
         },
         12,
+    );
+}
+
+/// Two upgraders, one in each instance's process, each of which may
+/// freeze past the upgrade lease (take no step while time passes) and
+/// crash: the lease excludes, and a frozen holder's writes after another
+/// took the lease are refused.
+#[test]
+fn with_two_upgraders_every_invariant_holds() {
+    holds(
+        Protocol {
+            upgraders: 2,
+            polls: false,
+            ..fleet(true, CODE)
+        },
+        13,
     );
 }
 
@@ -1044,4 +1232,21 @@ fn a_unit_of_work_that_trusts_its_cached_version_after_its_turn_is_caught() {
         fleet(false, fixes),
         "no look at the steady path after the turn",
     );
+}
+
+#[test]
+fn an_upgrader_writing_after_its_lease_was_taken_over_is_caught() {
+    let fixes = Fixes {
+        lease_fences: false,
+        ..CODE
+    };
+    let two = Protocol {
+        upgraders: 2,
+        expanded: true,
+        max_epoch: 5,
+        polls: false,
+        units: false,
+        ..fleet(false, fixes)
+    };
+    bites(two, "upgrader writes without the lease's fence");
 }
