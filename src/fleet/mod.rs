@@ -370,11 +370,25 @@ pub(crate) fn await_fleet<B: Backend>(
     between_polls: &mut dyn FnMut(&mut B::Connection) -> Result<()>,
 ) -> Result<Vec<Instance>> {
     let deadline = Instant::now() + timeout.min(FOREVER);
+    let grace = millis(shared.lease);
     loop {
         let noticing = notice_until.is_some_and(|n| Instant::now() < n);
+        // While some are behind, one counting read per poll (no write, no
+        // rows fetched, whatever the fleet's size); the rows are read, and
+        // expired ones removed, once the count says done or time is up.
+        if Instant::now() < deadline {
+            let behind =
+                shared
+                    .store
+                    .count_behind::<B>(conn, &shared.me.id, epoch, grace, noticing)?;
+            if behind > 0 {
+                between_polls(conn)?;
+                thread::sleep((shared.poll_interval / 4).max(Duration::from_millis(1)));
+                continue;
+            }
+        }
         let (instances, current) = shared.write_transaction(conn, |c| -> Result<_> {
             let current = shared.store.read_state::<B>(c)?.epoch;
-            let grace = millis(shared.lease);
             let mut live = shared.store.live_instances::<B>(c, grace)?;
             if noticing {
                 live.extend(shared.store.noticed_instances::<B>(c, grace)?);

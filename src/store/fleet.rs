@@ -154,6 +154,38 @@ impl Store {
         rows.into_iter().map(|r| self.to_instance(r)).collect()
     }
 
+    /// How many instances other than `me` are live (as
+    /// [`live_instances`](Self::live_instances) counts them; with `noticing`,
+    /// rows in the renewal grace too) and have not acknowledged an epoch
+    /// from `epoch` to the state row's: one read, no transaction, nothing
+    /// written, whatever the fleet's size. The upgrader's wait polls this,
+    /// and fetches the rows only when it is done.
+    pub(crate) fn count_behind<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        me: &str,
+        epoch: i64,
+        grace: i64,
+        noticing: bool,
+    ) -> Result<i64> {
+        let window = if noticing {
+            grace.saturating_add(crate::limits::millis(crate::limits::RENEWAL_GRACE))
+        } else {
+            grace
+        };
+        Store::count::<B>(
+            conn,
+            &format!(
+                "SELECT COUNT(*) AS n FROM {fleet} WHERE id <> ? AND lease_until > {now} - ? \
+                 AND (observed_epoch < ? OR observed_epoch > (SELECT epoch FROM {state} WHERE id = 1))",
+                fleet = self.fleet,
+                state = self.state,
+                now = B::now_ms_sql()
+            ),
+            &[Bind::Text(me), Bind::I64(window), Bind::I64(epoch)],
+        )
+    }
+
     /// Instances past `grace` but within the renewal grace after it: dead,
     /// or alive with their renewals held back by a long write (SQLite's
     /// write lock during a phase). Such an instance may still be on the
