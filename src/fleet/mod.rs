@@ -376,39 +376,48 @@ pub(crate) fn await_fleet<B: Backend>(
         // While some are behind, one counting read per poll (no write, no
         // rows fetched, whatever the fleet's size); the rows are read, and
         // expired ones removed, once the count says done or time is up.
-        if Instant::now() < deadline {
-            let behind =
-                shared
-                    .store
-                    .count_behind::<B>(conn, &shared.me.id, epoch, grace, noticing)?;
-            if behind > 0 {
-                between_polls(conn)?;
-                thread::sleep((shared.poll_interval / 4).max(Duration::from_millis(1)));
-                continue;
+        let counted_some = Instant::now() < deadline
+            && shared
+                .store
+                .count_behind::<B>(conn, &shared.me.id, epoch, grace, noticing)?
+                > 0;
+        if !counted_some {
+            let behind = fetch_behind(shared, conn, epoch, grace, noticing)?;
+            if behind.is_empty() || Instant::now() >= deadline {
+                return Ok(behind);
             }
-        }
-        let (instances, current) = shared.write_transaction(conn, |c| -> Result<_> {
-            let current = shared.store.read_state::<B>(c)?.epoch;
-            let mut live = shared.store.live_instances::<B>(c, grace)?;
-            if noticing {
-                live.extend(shared.store.noticed_instances::<B>(c, grace)?);
-            }
-            Ok((live, current))
-        })?;
-        // An acknowledgement beyond the state row's own epoch was never
-        // made by an instance (a ghost row, a hand edit): it counts as
-        // none.
-        let behind: Vec<Instance> = instances
-            .into_iter()
-            .filter(|i| i.id != shared.me.id && !(epoch..=current).contains(&i.observed_epoch))
-            .collect();
-        if behind.is_empty() || Instant::now() >= deadline {
-            return Ok(behind);
         }
         // (The upgrader renews its lease here: the wait may be long.)
         between_polls(conn)?;
         thread::sleep((shared.poll_interval / 4).max(Duration::from_millis(1)));
     }
+}
+
+/// The rows [`await_fleet`] waits for: live instances other than this one
+/// (with `noticing`, those in the renewal grace too; expired ones removed on
+/// the way) that have not acknowledged an epoch from `epoch` to the state
+/// row's.
+fn fetch_behind<B: Backend>(
+    shared: &Shared<B>,
+    conn: &mut B::Connection,
+    epoch: i64,
+    grace: i64,
+    noticing: bool,
+) -> Result<Vec<Instance>> {
+    let (instances, current) = shared.write_transaction(conn, |c| -> Result<_> {
+        let current = shared.store.read_state::<B>(c)?.epoch;
+        let mut live = shared.store.live_instances::<B>(c, grace)?;
+        if noticing {
+            live.extend(shared.store.noticed_instances::<B>(c, grace)?);
+        }
+        Ok((live, current))
+    })?;
+    // An acknowledgement beyond the state row's own epoch was never made by
+    // an instance (a ghost row, a hand edit): it counts as none.
+    Ok(instances
+        .into_iter()
+        .filter(|i| i.id != shared.me.id && !(epoch..=current).contains(&i.observed_epoch))
+        .collect())
 }
 
 /// Whether calls take the locking path with no steady call left in
