@@ -905,10 +905,14 @@ macro_rules! fleet_suite {
                 impl AnyVersion for Binding {}
                 let Some((_guard, url)) = $setup("two_versions_ahead") else { return };
                 let (_c, cat) = common::catalog(common::THREE_VERSIONS);
+                // Push off: a hand edit sends no notice, and a steady
+                // instance that hears notices reads the row only at its next
+                // renewal (`Builder::push`); this test wants the next poll.
                 let db = Tandem::<B>::builder(&url, cat)
                     .serves(1..=3)
                     .poll_interval(Duration::from_millis(20))
                     .lease(Duration::from_secs(2))
+                    .push(false)
                     .open()
                     .unwrap();
                 let repo = tandem::Repository::<dyn AnyVersion>::builder("any")

@@ -40,6 +40,7 @@
 //! | `Join`, `JoinInsert` | `fleet::join_fleet`, `fleet::register` (under `Shared::enter_shared`) |
 //! | `Renew` | `fleet::tick::poll_via`, the renewal transaction (`Store::renew`, `fleet::close_if_unadopted`, `set_lease_deadline`) |
 //! | `Poll` | `fleet::tick::poll_via` between renewals (`renewal_due` false): the state row read alone |
+//! | (a notice) | `fleet::push`: `Store::announce` in `set_mode`/`transition`, the hearer unparking pollers. A notice only makes a `Renew` or `Poll` happen sooner: both are enabled in every state where the tick is idle, whatever the time, so every tick a notice can cause (or a lost one fail to cause) is already an interleaving checked; no action of its own |
 //! | `Adopt` | `fleet::tick::poll_via` after the read: the epoch check (`readopt`), `fleet::adopt`, `fleet::drain` closing the path |
 //! | `Drained` | `fleet::adopt` / `readopt` once `SchemaLock::write` is held: `Shared::cache_state`, `path_for`; then `set_adopted` and `fleet::tick::acknowledge` |
 //! | `StartCall` | `Tandem::call`: `Shared::steady`, `served_live` or `call_locking` / `Tandem::enter_shared` |

@@ -64,6 +64,14 @@ pub trait Dialect: super::sealed::Sealed {
     #[doc(hidden)]
     fn metadata_extras(prefix: &str, state_table: &str) -> Vec<String>;
 
+    /// SQL that tells listening sessions, at commit, that the state row
+    /// changed: two binds, the channel and a payload (PostgreSQL
+    /// `pg_notify`); `None` where the backend has no notices.
+    #[doc(hidden)]
+    fn notify_sql() -> Option<&'static str> {
+        None
+    }
+
     /// SQL that bounds, for the rest of the current transaction, how long a
     /// statement waits for a lock; `None` where waits are bounded otherwise
     /// (SQLite's `busy_timeout`).

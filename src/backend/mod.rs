@@ -124,6 +124,21 @@ pub trait Backend:
     #[doc(hidden)]
     type Writers: WriteGate;
 
+    /// A session of its own on which this process hears of state-row
+    /// changes as they commit ([`Listener`]; PostgreSQL `LISTEN`), or
+    /// `NoPush` where the backend has no such notices (SQLite).
+    #[doc(hidden)]
+    type Listener: Listener;
+
+    /// Opens a session to `url` that hears `channel` (a name made from the
+    /// validated prefix), or `None` if this backend has no notices.
+    ///
+    /// # Errors
+    ///
+    /// The connection's or `LISTEN`'s error.
+    #[doc(hidden)]
+    fn listen(url: &str, channel: &str) -> QueryResult<Option<Self::Listener>>;
+
     /// Runs one statement of tandem's metadata SQL with `binds`, one per
     /// `?` placeholder in order (see [`Dialect::placeholders`]).
     ///
@@ -169,6 +184,31 @@ pub trait Backend:
         ConnectionManager<Self::Connection>,
         Option<Box<dyn diesel::r2d2::CustomizeConnection<Self::Connection, diesel::r2d2::Error>>>,
     );
+}
+
+/// A session hearing the state row's change notices (see
+/// [`Backend::listen`]). Never blocks: it reads what already arrived.
+#[doc(hidden)]
+pub trait Listener: Send + 'static {
+    /// Whether any notice arrived since the last call (all are consumed).
+    ///
+    /// # Errors
+    ///
+    /// The session's error (the connection was lost): open another.
+    fn heard(&mut self) -> QueryResult<bool>;
+}
+
+/// The listener of a backend without notices: never made.
+#[doc(hidden)]
+#[derive(Debug)]
+#[cfg(feature = "sqlite")]
+pub enum NoPush {}
+
+#[cfg(feature = "sqlite")]
+impl Listener for NoPush {
+    fn heard(&mut self) -> QueryResult<bool> {
+        match *self {}
+    }
 }
 
 pub(crate) mod sealed {

@@ -30,6 +30,29 @@ struct MaybeCount {
     n: Option<i64>,
 }
 
+/// A session that ran `LISTEN` (see [`Backend::listen`]).
+#[doc(hidden)]
+pub struct PgListener(PgConnection);
+
+impl std::fmt::Debug for PgListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgListener")
+    }
+}
+
+impl super::Listener for PgListener {
+    /// `PQconsumeInput` and `PQnotifies`: reads what the socket already
+    /// holds, no round trip to the server.
+    fn heard(&mut self) -> QueryResult<bool> {
+        let mut heard = false;
+        for notice in self.0.notifications_iter() {
+            notice?;
+            heard = true;
+        }
+        Ok(heard)
+    }
+}
+
 /// The PostgreSQL backend (libpq), for fleets of instances on one database.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Postgres;
@@ -61,6 +84,10 @@ impl Dialect for Postgres {
                  autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 500)"
             ),
         ]
+    }
+
+    fn notify_sql() -> Option<&'static str> {
+        Some("SELECT pg_notify(?, ?)")
     }
 
     fn lock_timeout_sql(timeout: Duration) -> Option<String> {
@@ -175,6 +202,22 @@ impl Backend for Postgres {
     type Connection = PgConnection;
     const NAME: &'static str = "postgres";
     type Writers = Direct;
+    type Listener = PgListener;
+
+    /// A connection of its own, outside the pool (a pooled one would be
+    /// handed to calls, and `LISTEN` is session state), that has run
+    /// `LISTEN <channel>`.
+    fn listen(url: &str, channel: &str) -> QueryResult<Option<PgListener>> {
+        let mut conn = PgConnection::establish(url).map_err(|e| {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UnableToSendCommand,
+                Box::new(e.to_string()),
+            )
+        })?;
+        // The channel is the validated prefix and `state`: an identifier.
+        diesel::sql_query(format!("LISTEN {channel}")).execute(&mut conn)?;
+        Ok(Some(PgListener(conn)))
+    }
 
     fn execute(conn: &mut PgConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
         bound_query!(diesel::pg::Pg, &*Self::placeholders(sql), binds).execute(conn)

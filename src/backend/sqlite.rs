@@ -165,6 +165,12 @@ impl Backend for Sqlite {
     type Connection = SqliteConnection;
     const NAME: &'static str = "sqlite";
     type Writers = Queued;
+    type Listener = super::NoPush;
+
+    /// SQLite has no notices: every instance on the file polls.
+    fn listen(_url: &str, _channel: &str) -> QueryResult<Option<super::NoPush>> {
+        Ok(None)
+    }
 
     fn execute(conn: &mut SqliteConnection, sql: &str, binds: &[Bind<'_>]) -> QueryResult<usize> {
         bound_query!(diesel::sqlite::Sqlite, sql, binds).execute(conn)

@@ -88,6 +88,7 @@ fn leave<B: Backend>(shared: &Shared<B>) {
     for thread in shared.threads.lock().drain(..) {
         thread.unpark();
     }
+    shared.push.lock().take();
     // Wait for a fleet tick in progress, so it cannot renew after this.
     let _ticks = shared.adopted_epoch.lock();
     match shared.pool.get_timeout(Duration::from_secs(2)) {
@@ -389,9 +390,19 @@ pub(crate) fn await_fleet<B: Backend>(
         }
         // (The upgrader renews its lease here: the wait may be long.)
         between_polls(conn)?;
-        thread::sleep((shared.poll_interval / 4).max(Duration::from_millis(1)));
+        thread::sleep(
+            ACK_CHECK
+                .min(shared.poll_interval / 4)
+                .max(Duration::from_millis(1)),
+        );
     }
 }
+
+/// How often [`await_fleet`] counts the laggards (a quarter poll if that is
+/// shorter): pushed instances acknowledge within milliseconds, and the
+/// count is one read of the fleet table's rows, made only during a switch's
+/// wait, by its one upgrader.
+const ACK_CHECK: Duration = Duration::from_millis(10);
 
 /// The rows [`await_fleet`] waits for: live instances other than this one
 /// (with `noticing`, those in the renewal grace too; expired ones removed on
@@ -428,6 +439,7 @@ pub(crate) fn on_drained_locking_path<B: Backend>(shared: &Shared<B>) -> bool {
 }
 
 mod missed;
+pub(crate) mod push;
 mod threads;
 mod tick;
 

@@ -38,9 +38,14 @@ pub(crate) fn spawn_poller<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread
         check_lease(shared);
         if !shared.fleet_paused.load(Ordering::Acquire)
             && !shared.renewals_held.load(Ordering::Acquire)
+            && !quiet(shared)
         {
             if let Err(e) = poll_via(shared, Via::Poller) {
                 tracing::warn!(error = %e, "fleet poll failed");
+                // The next tick polls, notice or not.
+                if let Some(s) = shared.push.lock().as_ref() {
+                    s.notice_again();
+                }
                 // Perhaps the server restarted: no broken connection
                 // stays in the pool for a call to find.
                 shared.sweep_pool();
@@ -48,6 +53,18 @@ pub(crate) fn spawn_poller<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread
         }
         check_lease(shared);
     })
+}
+
+/// Whether this tick may be skipped: the handle hears notices now, none
+/// came since its last tick, it is on the steady path, and no renewal is
+/// due (see `push`'s module docs).
+fn quiet<B: Backend>(shared: &Shared<B>) -> bool {
+    let pushed = shared
+        .push
+        .lock()
+        .as_ref()
+        .is_some_and(|s| s.listening() && !s.take_notice());
+    pushed && shared.path.load() == CallPath::Steady && !tick::renewal_due(shared)
 }
 
 /// Starts the confirmer (see the module's "Confirmation reads"): every poll

@@ -190,7 +190,7 @@ pub(crate) fn renewal_interval<B: Backend>(shared: &Shared<B>) -> Duration {
 
 /// Whether the last renewal (taken before its round trip) is a renewal
 /// interval old, less half a poll so that the tick near the mark renews.
-fn renewal_due<B: Backend>(shared: &Shared<B>) -> bool {
+pub(super) fn renewal_due<B: Backend>(shared: &Shared<B>) -> bool {
     let last = coarsetime::Instant::from_ticks(shared.renewed_at.load(Ordering::Acquire));
     let every = renewal_interval(shared).saturating_sub(shared.poll_interval / 2);
     coarsetime::Instant::now() >= last + coarsetime::Duration::from(every)

@@ -21,6 +21,7 @@ pub struct Builder<B: Backend> {
     lease: Option<Duration>,
     queue_writers: bool,
     statement_cache: bool,
+    push: bool,
 }
 
 impl<B: Backend> fmt::Debug for Builder<B> {
@@ -166,6 +167,33 @@ impl<B: Backend> Builder<B> {
         self
     }
 
+    /// Whether this instance hears the state row's changes as they commit,
+    /// so that its poller ticks at once instead of at its next poll: the
+    /// fleet then acknowledges deploying mode within a round trip plus its
+    /// drain, whatever [`poll_interval`](Builder::poll_interval) is.
+    /// Defaults to `true`; PostgreSQL only (SQLite polls).
+    ///
+    /// One session per process and database, outside the pool, runs
+    /// `LISTEN` (so each process holds one more server connection). It is
+    /// kept only if a probe notice sent at open from a pooled connection
+    /// reaches it within a second: behind a transaction-mode pooler
+    /// (PgBouncer's `pool_mode = transaction`) `LISTEN` does not work and
+    /// the process polls only, as with `false`, which also skips that
+    /// second. Notices are a hint; correctness never rests on them
+    /// ([`Tandem::pushed`] tells whether this instance hears them).
+    ///
+    /// While it hears them, an instance on the steady path skips the
+    /// read-only polls between its lease renewals (about every quarter
+    /// lease, each of which still reads the state row): every state change
+    /// tandem makes sends a notice, so a steady fleet costs the database its
+    /// renewals only. A change of the state row by hand (a restore, an
+    /// edit) sends none and is seen at the next renewal instead of the next
+    /// poll.
+    pub fn push(mut self, push: bool) -> Self {
+        self.push = push;
+        self
+    }
+
     /// A label for this instance in the history and fleet tables (for
     /// example the service name). Defaults to the executable's name.
     pub fn label(mut self, label: &str) -> Self {
@@ -235,6 +263,7 @@ impl<B: Backend> Builder<B> {
             cached_epoch: parking_lot::Mutex::new(i64::MIN),
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: parking_lot::Mutex::new(Vec::new()),
+            push: parking_lot::Mutex::new(None),
             lock_key,
             secrets,
         };
@@ -250,6 +279,10 @@ impl<B: Backend> Builder<B> {
             fleet::spawn_watchdog(&db.shared)?,
             fleet::spawn_confirmer(&db.shared)?,
         ];
+        if self.push {
+            *db.shared.push.lock() =
+                fleet::push::subscribe(&db.shared, &self.url, threads[0].clone());
+        }
         *db.shared.threads.lock() = threads;
         tracing::info!(database = %db.shared.target, live = %live, serves = ?(first, last), "tandem opened");
         Ok(db)
@@ -456,6 +489,7 @@ impl<B: Backend> Tandem<B> {
             lease: None,
             queue_writers: true,
             statement_cache: true,
+            push: true,
             label: std::env::args()
                 .next()
                 .and_then(|a| a.rsplit('/').next().map(str::to_owned))

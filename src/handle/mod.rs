@@ -103,6 +103,19 @@ impl<B: Backend> Tandem<B> {
         &self.shared.instance
     }
 
+    /// Whether this instance hears the state row's changes as they commit
+    /// (see [`Builder::push`]): PostgreSQL, push on, and the listening
+    /// session's probe notice arrived and it is connected now. `false`: it
+    /// polls only (SQLite; `push(false)`; a transaction-mode pooler between;
+    /// the session reconnecting).
+    pub fn pushed(&self) -> bool {
+        self.shared
+            .push
+            .lock()
+            .as_ref()
+            .is_some_and(crate::fleet::push::Subscription::listening)
+    }
+
     /// Reads the state row from the database.
     ///
     /// # Errors

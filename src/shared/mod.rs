@@ -151,6 +151,9 @@ pub(crate) struct Shared<B: Backend> {
     pub(crate) shutdown: Arc<AtomicBool>,
     /// The poller and lease watchdog threads, to wake them at shutdown.
     pub(crate) threads: parking_lot::Mutex<Vec<std::thread::Thread>>,
+    /// This handle's subscription to its database's change notices, if it
+    /// hears them (`fleet::push`); dropped as it leaves the fleet.
+    pub(crate) push: parking_lot::Mutex<Option<crate::fleet::push::Subscription>>,
     /// The database schema lock's advisory key.
     pub(crate) lock_key: i64,
     /// The last breach of the two-version rule this instance noticed

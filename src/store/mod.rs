@@ -355,6 +355,13 @@ impl Store {
         &self.state
     }
 
+    /// The notice channel of this prefix's state row (its table's name:
+    /// notices stay within one database; two schemas using one prefix in
+    /// it wake each other's pollers for nothing, no worse).
+    pub(crate) fn channel(&self) -> &str {
+        &self.state
+    }
+
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }

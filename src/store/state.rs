@@ -96,7 +96,23 @@ impl Store {
         }
         // No `RETURNING` (not every dialect has it): the caller's write
         // transaction holds the row, so the epoch read now is the one just set.
-        Ok(Some(self.read_state::<B>(conn)?.epoch))
+        let epoch = self.read_state::<B>(conn)?.epoch;
+        self.announce::<B>(conn, epoch)?;
+        Ok(Some(epoch))
+    }
+
+    /// Tells listening instances (see `fleet::push`), at this transaction's
+    /// commit, that the state row is now at `epoch`: a hint to poll at
+    /// once, never relied on (a lost notice leaves the poll).
+    fn announce<B: Backend>(&self, conn: &mut B::Connection, epoch: i64) -> Result<()> {
+        if let Some(sql) = B::notify_sql() {
+            B::execute(
+                conn,
+                sql,
+                &[Bind::Text(self.channel()), Bind::Text(&epoch.to_string())],
+            )?;
+        }
+        Ok(())
     }
 
     /// Takes or renews the upgrade lease for `owner`, for `lease_ms` of the
@@ -217,6 +233,8 @@ impl Store {
                 expires_in_ms: 0,
             });
         }
-        Ok(self.read_state::<B>(conn)?.epoch)
+        let epoch = self.read_state::<B>(conn)?.epoch;
+        self.announce::<B>(conn, epoch)?;
+        Ok(epoch)
     }
 }
