@@ -114,24 +114,43 @@ struct Counters {
     wal: i64,
 }
 
-/// The counters, or the statements and commits from `pg_stat_statements`
-/// as `None` where it is not loaded.
-fn counters(conn: &mut PgConnection, statements: bool) -> Counters {
-    let from_statements = if statements {
-        "(SELECT sum(calls)::BIGINT FROM pg_stat_statements WHERE dbid = d.oid) AS statements, \
-         (SELECT sum(calls)::BIGINT FROM pg_stat_statements WHERE dbid = d.oid AND query = 'COMMIT') AS commits"
-    } else {
-        "NULL::BIGINT AS statements, NULL::BIGINT AS commits"
-    };
-    diesel::sql_query(format!(
-        "SELECT {from_statements}, \
+#[derive(QueryableByName)]
+struct Statements {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    statements: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    commits: Option<i64>,
+}
+
+/// The counters of database `name`: statements and commits from
+/// `pg_stat_statements` (read through `admin`, a connection to the database
+/// holding the extension, so that the measured one has no view of it), or
+/// `None` where it is not loaded; the fleet table's writes and the WAL
+/// through `conn`.
+fn counters(conn: &mut PgConnection, admin: Option<&mut PgConnection>, name: &str) -> Counters {
+    let statements = admin.map(|admin| {
+        diesel::sql_query(
+            "SELECT sum(calls)::BIGINT AS statements, \
+             sum(calls) FILTER (WHERE query = 'COMMIT')::BIGINT AS commits \
+             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)",
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Statements>(admin)
+        .expect("read pg_stat_statements")
+    });
+    let mut c: Counters = diesel::sql_query(
+        "SELECT NULL::BIGINT AS statements, NULL::BIGINT AS commits, \
          COALESCE((SELECT n_tup_upd + n_tup_ins + n_tup_del FROM pg_stat_user_tables \
                    WHERE relname = 'tandem_fleet'), 0)::BIGINT AS fleet_writes, \
-         (pg_current_wal_lsn() - '0/0'::pg_lsn)::BIGINT AS wal \
-         FROM pg_database d WHERE d.datname = current_database()"
-    ))
+         (pg_current_wal_lsn() - '0/0'::pg_lsn)::BIGINT AS wal",
+    )
     .get_result(conn)
-    .expect("read the statistics")
+    .expect("read the statistics");
+    if let Some(s) = statements {
+        c.statements = Some(s.statements.unwrap_or(0));
+        c.commits = Some(s.commits.unwrap_or(0));
+    }
+    c
 }
 
 #[derive(QueryableByName)]
@@ -279,38 +298,28 @@ fn main() {
         let fresh = FreshDatabase::postgres(&server).expect("a fresh database");
         let url = fresh.url().to_owned();
         let mut conn = PgConnection::establish(&url).expect("connect for the statistics");
-        if statements {
-            diesel::sql_query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-                .execute(&mut conn)
-                .expect("pg_stat_statements");
-        }
+        let name = url.rsplit('/').next().unwrap_or_default().to_owned();
         let upgrader = open(&url, "scale-upgrader", push);
         let (fleet, pushed) = Fleet::spawn(&url, n, processes, push);
         thread::sleep(Duration::from_secs(2)); // every open's own work done
-        let before = counters(&mut conn, statements);
+        let before = counters(&mut conn, statements.then_some(&mut admin), &name);
         let started = Instant::now();
         thread::sleep(Duration::from_secs(seconds));
-        let after = counters(&mut conn, statements);
+        let after = counters(&mut conn, statements.then_some(&mut admin), &name);
         let elapsed = started.elapsed().as_secs_f64();
-        // The instances: the children's and the upgrader's; the counting
-        // connection's own statement and commit once each read, subtracted.
+        // The instances: the children's and the upgrader's. The counting
+        // connection's own statement (one autocommit read, no COMMIT) is
+        // subtracted from the statements.
         let per = |d: i64| d as f64 / elapsed / (n + 1) as f64;
-        let opt = |a: Option<i64>, b: Option<i64>| match (a, b) {
-            (Some(a), Some(b)) => format!("{:.2}", per(a - b - 1)),
-            _ => "n/a".to_owned(),
-        };
+        let delta =
+            |a: Option<i64>, b: Option<i64>, own: i64| a.zip(b).map(|(a, b)| per(a - b - own));
         let steady = (
-            after
-                .statements
-                .zip(before.statements)
-                .map(|(a, b)| per(a - b - 1)),
-            after
-                .commits
-                .zip(before.commits)
-                .map(|(a, b)| per(a - b - 1)),
+            delta(after.statements, before.statements, 1),
+            delta(after.commits, before.commits, 0),
             per(after.fleet_writes - before.fleet_writes),
             per(after.wal - before.wal),
         );
+        let shown = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}"));
         let mut fleet = fleet;
         fleet.tell("calls");
         thread::sleep(Duration::from_millis(500));
@@ -328,8 +337,8 @@ fn main() {
         println!(
             "| {n} | {} | {pushed} | {} | {} | {:.2} | {:.0} | {} | {:.0} | {:.1} | {calls}, {errors} |",
             processes.clamp(1, n),
-            opt(after.statements, before.statements),
-            opt(after.commits, before.commits),
+            shown(steady.0),
+            shown(steady.1),
             steady.2,
             steady.3,
             acked.map_or("n/a".to_owned(), |a| a.to_string()),
