@@ -23,6 +23,9 @@ fn open<B: Backend>(url: &str, label: &str) -> Tandem<B> {
         .serves(1..=2)
         .label(label)
         .poll_interval(Duration::from_millis(50))
+        // Ten polls on both backends (PostgreSQL's default is 30 s): the
+        // killed instance's lease runs out within the test.
+        .lease(Duration::from_millis(500))
         .switch_timeout(BOUND)
         .open()
         .unwrap()

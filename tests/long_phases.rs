@@ -54,10 +54,20 @@ impl Slow for tandem::Postgres {
 
 /// Instances poll every 50 ms; their leases are ten polls (half a second).
 fn open<B: Slow>(url: &str, catalog: tandem::Catalog, label: &str) -> Tandem<B> {
+    open_leased(url, catalog, label, Duration::from_millis(500))
+}
+
+fn open_leased<B: Slow>(
+    url: &str,
+    catalog: tandem::Catalog,
+    label: &str,
+    lease: Duration,
+) -> Tandem<B> {
     Tandem::<B>::builder(url, catalog)
         .serves(1..=2)
         .label(label)
         .poll_interval(Duration::from_millis(50))
+        .lease(lease)
         .open()
         .unwrap()
 }
@@ -317,11 +327,22 @@ reads_during_a_long_phase!(
 /// The other side of confirmation reads (`src/fleet/mod.rs`): an
 /// instance whose renewals are held back (its row past the lease and its
 /// grace) stays on the steady path by reading that nothing changed; a
-/// switch then gives it notice (deploying mode, half a lease) and it leaves
+/// switch then gives it notice (deploying mode, two confirmation spans:
+/// here half a lease) and it leaves
 /// the steady path before the switch commits. Every call it made ran the
 /// binding of the version live at its start and end.
 macro_rules! notice_for_held_renewals {
     ($test:ident, $backend:ty, $setup:expr) => {
+        // Half of the 500 ms lease (a quarter lease is under a second).
+        notice_for_held_renewals!(
+            $test,
+            $backend,
+            $setup,
+            Duration::from_millis(500),
+            Duration::from_millis(250)
+        );
+    };
+    ($test:ident, $backend:ty, $setup:expr, $lease:expr, $notice:expr) => {
         #[test]
         fn $test() {
             type B = $backend;
@@ -340,8 +361,10 @@ macro_rules! notice_for_held_renewals {
                 ),
             ];
             let (_c, catalog) = common::catalog(&files);
-            let upgrader = open::<B>(&url, catalog.clone(), "upgrader");
-            let held = open::<B>(&url, catalog, "held");
+            let lease: Duration = $lease;
+            let notice: Duration = $notice;
+            let upgrader = open_leased::<B>(&url, catalog.clone(), "upgrader", lease);
+            let held = open_leased::<B>(&url, catalog, "held", lease);
             upgrader.upgrader().expand().unwrap();
             held.refresh().unwrap(); // adopts the expanded state first
             held.hold_renewals(true);
@@ -369,7 +392,7 @@ macro_rules! notice_for_held_renewals {
             };
             // Past its lease and the lease's grace: no longer live, but in
             // the renewal grace.
-            thread::sleep(Duration::from_millis(1500));
+            thread::sleep(lease * 3);
             assert!(
                 held.steady(),
                 "confirmation reads keep it on the steady path"
@@ -384,11 +407,17 @@ macro_rules! notice_for_held_renewals {
                 "calls with another binding than the live version: {bad:?}"
             );
             assert!(calls > 100, "too few calls: {calls}");
-            let notice = Duration::from_millis(250); // half of the 500 ms lease
             assert!(
                 switch.fleet_ack.is_some_and(|waited| waited >= notice),
                 "the switch gave the held instance notice: {switch:?}"
             );
+            if notice < lease / 2 {
+                // Two confirmation spans, not half the long lease.
+                assert!(
+                    switch.fleet_ack.is_some_and(|waited| waited < lease / 2),
+                    "the notice is two confirmation spans ({notice:?}), not half the lease: {switch:?}"
+                );
+            }
             assert!(!steady_after, "the held instance left the steady path");
             held.hold_renewals(false);
         }
@@ -405,4 +434,15 @@ notice_for_held_renewals!(
     postgres_notice_for_held_renewals,
     tandem::Postgres,
     common::pg_setup
+);
+// A long lease (6 s; PostgreSQL's default is 30 s): a confirmation read
+// keeps the path open for a second (not a quarter lease), so the notice is
+// 2 s, not half the lease, and stays inside the default `switch_timeout`
+// whatever the lease. Seen failing before the fix: the switch waited 3 s.
+notice_for_held_renewals!(
+    sqlite_notice_with_a_long_lease_is_two_confirmation_spans,
+    tandem::Sqlite,
+    common::sqlite_setup,
+    Duration::from_secs(6),
+    Duration::from_secs(2)
 );

@@ -170,3 +170,85 @@ fn behind_a_transaction_pooler_the_fleet_falls_back_to_polling() {
     eprintln!("switch behind PgBouncer, 100 ms polls: {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+/// A change of the state row that commits while a handle opens, after its
+/// last read and before it subscribes to notices, sends its notice to no
+/// one in the handle's process; a state row edited by hand sends none at
+/// all. Either way the handle's first tick after subscribing reads the row
+/// (its subscription starts as noticed): here an epoch bumped by hand right
+/// after the open is acknowledged at the first poll (2 s), not at the first
+/// renewal (a quarter of the 60 s lease). Seen failing before the fix (a
+/// subscription that started unnoticed): the row was still unacknowledged
+/// after 6 s.
+#[test]
+fn a_change_before_the_subscription_is_read_at_the_first_tick() {
+    let Some((db, url)) = common::pg_setup("a_change_before_the_subscription") else {
+        return;
+    };
+    let handle = Tandem::<Postgres>::builder(&url, tandem::testing::demo::catalog().unwrap())
+        .poll_interval(Duration::from_secs(2))
+        .lease(Duration::from_secs(60))
+        .open()
+        .unwrap();
+    assert!(handle.pushed());
+    let before = handle.state().unwrap().epoch;
+    diesel::sql_query("UPDATE tandem_state SET epoch = epoch + 1")
+        .execute(&mut db.conn())
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let me = handle.instances().unwrap();
+        assert_eq!(me.len(), 1);
+        if me[0].observed_epoch == before + 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "epoch {} by hand still unacknowledged after {:?} (acknowledged {})",
+            before + 1,
+            started.elapsed(),
+            me[0].observed_epoch
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("acknowledged after {:?}", started.elapsed());
+}
+
+/// PostgreSQL's default lease is 30 s, renewed about every quarter lease:
+/// a steady instance at the default settings writes its fleet row about
+/// every 7.5 s, not every second poll (BENCHMARKS.md, "The fleet at scale",
+/// measures what that costs the server).
+#[test]
+fn the_default_lease_on_postgres_is_30_s_and_renewals_are_rare() {
+    #[derive(diesel::QueryableByName)]
+    struct Left {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        left: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        until: i64,
+    }
+    let Some((db, url)) = common::pg_setup("the_default_lease_on_postgres") else {
+        return;
+    };
+    let handle = Tandem::<Postgres>::builder(&url, tandem::testing::demo::catalog().unwrap())
+        .open()
+        .unwrap();
+    let read = || {
+        diesel::sql_query(
+            "SELECT lease_until - (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS left, \
+             lease_until AS until FROM tandem_fleet",
+        )
+        .get_result::<Left>(&mut db.conn())
+        .unwrap()
+    };
+    let first = read();
+    assert!(
+        (25_000..=30_000).contains(&first.left),
+        "lease left {} ms",
+        first.left
+    );
+    thread::sleep(Duration::from_secs(3));
+    let later = read();
+    assert_eq!(later.until, first.until, "no renewal within 3 s");
+    drop(handle);
+}

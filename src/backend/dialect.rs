@@ -72,6 +72,14 @@ pub trait Dialect: super::sealed::Sealed {
         None
     }
 
+    /// The fleet lease when `Builder::lease` is not set, from the poll
+    /// interval: ten polls (renewed about every quarter lease, so every
+    /// second poll). Before `MAX_LEASE` and the two-poll floor.
+    #[doc(hidden)]
+    fn default_lease(poll_interval: Duration) -> Duration {
+        poll_interval.saturating_mul(10)
+    }
+
     /// SQL that bounds, for the rest of the current transaction, how long a
     /// statement waits for a lock; `None` where waits are bounded otherwise
     /// (SQLite's `busy_timeout`).

@@ -29,13 +29,15 @@
 //! the renewals are late, in one statement that writes nothing (WAL readers
 //! never wait for the writer). If the instance is on the steady path and
 //! the read shows steady mode, the adopted epoch and its row, the steady
-//! path stays open for a quarter lease from before that read, up to
+//! path stays open for a confirmation span from before that read (a
+//! quarter lease, at most a second or two polls: [`confirm_span`]), up to
 //! [`RENEWAL_GRACE`] past what the last renewal gave. In exchange, a switch
 //! that finds rows in that grace gives notice: it enters deploying mode and
-//! waits half a lease ([`notice`]) before it goes on without them.
+//! waits two spans ([`notice`]) before it goes on without them.
 //! A read that saw steady mode was made before the deploying mode was
-//! committed, so its quarter lease ends before the switch's half does (time
-//! measured on each host's monotonic clock only; nothing compares clocks).
+//! committed, so its span ends before the switch's two do (time
+//! measured on each host's monotonic clock only; nothing compares clocks;
+//! every instance of a fleet uses the same lease and poll interval).
 //!
 //! An instance (re)registers and renews under the database's shared schema
 //! lock and adopts the state row read in that transaction, so a switch that
@@ -126,7 +128,7 @@ fn set_adopted<B: Backend>(shared: &Shared<B>, adopted: &mut i64, epoch: i64) {
 /// The confirmer's read (see the module's "Confirmation reads"): while
 /// this instance is on the steady path, a read showing steady mode, the
 /// epoch it adopted and its own fleet row keeps the steady path open for
-/// a quarter lease from before the read (never past
+/// a [`confirm_span`] from before the read (never past
 /// [`RENEWAL_GRACE`] beyond what the last renewal gave).
 pub(crate) fn confirm_steady<B: Backend>(shared: &Shared<B>) {
     if shared.path.load() != CallPath::Steady {
@@ -153,22 +155,38 @@ pub(crate) fn confirm_steady<B: Backend>(shared: &Shared<B>) {
     if row.mode != Mode::Steady.as_str() || row.epoch != adopted || row.mine != 1 {
         return;
     }
-    let quarter = coarsetime::Duration::from(shared.lease / 4);
+    let span = coarsetime::Duration::from(confirm_span(shared));
     let cap = coarsetime::Instant::from_ticks(shared.renewed_at.load(Ordering::Acquire))
         + coarsetime::Duration::from(shared.lease - shared.lease / 4)
         + coarsetime::Duration::from(RENEWAL_GRACE.saturating_sub(shared.lease / 4));
-    let until = (read_at + quarter).as_ticks().min(cap.as_ticks());
+    let until = (read_at + span).as_ticks().min(cap.as_ticks());
     let before = shared.lease_deadline.fetch_max(until, Ordering::AcqRel);
     if until > before {
         tracing::trace!("steady path confirmed while the lease renewal is late");
     }
 }
 
+/// How long one confirmation read keeps the steady path open: a quarter
+/// lease, but no more than a second or two polls (whichever is longer), so
+/// that the notice a switch gives ([`notice`]) stays short with a long
+/// lease (PostgreSQL's 30 s default) and inside the default
+/// `switch_timeout`. Confirmation reads come every poll while renewals are
+/// late, so two polls keep the path open from one to the next.
+pub(crate) fn confirm_span<B: Backend>(shared: &Shared<B>) -> Duration {
+    (shared.lease / 4).min(CONFIRM_SPAN.max(shared.poll_interval.saturating_mul(2)))
+}
+
+/// The most a confirmation read keeps the steady path open at polls of up
+/// to half a second (see [`confirm_span`]).
+const CONFIRM_SPAN: Duration = Duration::from_secs(1);
+
 /// How long a switch waits after entering deploying mode before it goes
-/// on without fleet rows in the renewal grace: half a lease, twice the
-/// longest a confirmation read keeps an instance on the steady path.
+/// on without fleet rows in the renewal grace: twice the longest a
+/// confirmation read keeps an instance on the steady path
+/// ([`confirm_span`]; half a lease for leases up to 4 s at polls up to
+/// half a second).
 pub(crate) fn notice<B: Backend>(shared: &Shared<B>) -> Duration {
-    shared.lease / 2
+    confirm_span(shared).saturating_mul(2)
 }
 
 /// Registers this instance's fleet row and returns the state row read in

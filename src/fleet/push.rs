@@ -16,9 +16,10 @@
 //! (a notice wakes it instead); every renewal, about every quarter lease,
 //! still reads the state row and adopts it, so a notice lost on a session
 //! that looks alive (a half-open connection) delays an acknowledgement by
-//! at most a renewal interval. A session that broke (the server
-//! restarted) is seen at once: the handles poll every interval again
-//! until it is back. Behind a pooler no session is kept (below).
+//! at most a renewal interval; the session asks libpq for TCP keepalives,
+//! so a peer gone silently fails it within about 11 s. A session that broke
+//! (the server restarted) is seen at once: the handles poll every interval
+//! again until it is back. Behind a pooler no session is kept (below).
 //!
 //! Behind a transaction-mode pooler (PgBouncer's `pool_mode =
 //! transaction`) `LISTEN` is lost with the server connection it ran on. So
@@ -47,6 +48,12 @@ pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Every hearer of this process, by backend, target and channel.
 static HEARERS: Lazy<Mutex<HashMap<String, Hearing>>> = Lazy::new(Default::default);
+
+/// Per key of [`HEARERS`]: held by the handle that opens and probes the
+/// session for it, so that a second handle of that database waits for the
+/// outcome instead of opening another (one small entry per database the
+/// process ever listened to).
+static STARTING: Lazy<Mutex<HashMap<String, Arc<Mutex<()>>>>> = Lazy::new(Default::default);
 
 /// What the process knows of one database's notices.
 #[derive(Clone)]
@@ -120,56 +127,106 @@ pub(crate) fn subscribe<B: Backend>(
     B::notify_sql()?;
     let channel = shared.store.channel().to_owned();
     let key = format!("{}\u{0}{url}\u{0}{channel}", B::NAME);
-    let mut hearers = HEARERS.lock();
-    let hearer = match hearers.get(&key) {
-        Some(Hearing::Heard(hearer)) => Arc::clone(hearer),
-        Some(Hearing::Unheard) => return None,
-        None => {
-            let listener = match B::listen(url, &channel) {
-                Ok(listener) => listener?,
-                Err(e) => {
-                    tracing::warn!(database = %shared.target, error = %shared.secrets.redact(&e.to_string()),
-                        "cannot listen for state changes; polling only");
-                    return None;
-                }
-            };
-            let Some(listener) = probe(shared, &channel, listener) else {
-                tracing::info!(database = %shared.target, channel = %channel,
-                    "a probe notice sent from a pooled connection did not arrive within {PROBE_WAIT:?} \
-                     (a transaction-mode pooler between?): polling only; set `push(false)` to skip the probe");
-                hearers.insert(key, Hearing::Unheard);
-                return None;
-            };
-            let hearer = Arc::new(Hearer::default());
-            hearer.listening.store(true, Ordering::Release);
-            if let Err(e) = spawn_hearer::<B>(
-                &hearer,
-                listener,
-                key.clone(),
-                url.to_owned(),
-                channel.clone(),
-                shared.secrets.clone(),
-                shared.target.clone(),
-            ) {
-                tracing::warn!(database = %shared.target, error = %e, "cannot start the hearer; polling only");
-                return None;
-            }
-            hearers.insert(key, Hearing::Heard(Arc::clone(&hearer)));
-            hearer
+    if let Some(known) = join_known(&key, &poller) {
+        return known;
+    }
+    // The first handle of this database in the process: it opens the
+    // session and probes it, alone for this key (a second one waits here
+    // and then joins what the first found), and without the registry's
+    // lock, so that opens of other databases do not wait behind this one's
+    // connect and probe (up to a second behind a pooler).
+    let starting = Arc::clone(STARTING.lock().entry(key.clone()).or_default());
+    let _alone = starting.lock();
+    if let Some(known) = join_known(&key, &poller) {
+        return known;
+    }
+    let listener = match B::listen(url, &channel) {
+        Ok(listener) => listener?,
+        Err(e) => {
+            tracing::warn!(database = %shared.target, error = %shared.secrets.redact(&e.to_string()),
+                "cannot listen for state changes; polling only");
+            return None;
         }
     };
+    let listener = match probe(shared, &channel, listener) {
+        Probe::Heard(listener) => listener,
+        Probe::Unheard => {
+            tracing::info!(database = %shared.target, channel = %channel,
+                "a probe notice sent from a pooled connection did not arrive within {PROBE_WAIT:?} \
+                 (a transaction-mode pooler between?): polling only; set `push(false)` to skip the probe");
+            HEARERS.lock().insert(key, Hearing::Unheard);
+            return None;
+        }
+        Probe::Failed(e) => {
+            // Not remembered: the next handle opened tries again.
+            tracing::warn!(database = %shared.target, error = %shared.secrets.redact(&e),
+                "could not probe the notices of this database; this handle polls only");
+            return None;
+        }
+    };
+    let hearer = Arc::new(Hearer::default());
+    hearer.listening.store(true, Ordering::Release);
+    // Started, registered and subscribed to under the registry's lock: the
+    // thread's first check for subscribers (`gone`) waits for it, so it
+    // never ends before its first subscriber is in.
+    let mut hearers = HEARERS.lock();
+    if let Err(e) = spawn_hearer::<B>(
+        &hearer,
+        listener,
+        key.clone(),
+        url.to_owned(),
+        channel.clone(),
+        shared.secrets.clone(),
+        shared.target.clone(),
+    ) {
+        tracing::warn!(database = %shared.target, error = %e, "cannot start the hearer; polling only");
+        return None;
+    }
+    hearers.insert(key, Hearing::Heard(Arc::clone(&hearer)));
+    Some(join(hearer, poller))
+}
+
+/// Under the registry's lock: `Some` when the process already knows this
+/// database's notices (subscribed to its hearer, or `None` inside: they do
+/// not arrive here); `None` when no hearer runs for it.
+fn join_known(key: &str, poller: &thread::Thread) -> Option<Option<Subscription>> {
+    let hearers = HEARERS.lock();
+    match hearers.get(key)? {
+        Hearing::Heard(hearer) => Some(Some(join(Arc::clone(hearer), poller.clone()))),
+        Hearing::Unheard => Some(None),
+    }
+}
+
+/// Adds `poller` to `hearer`'s subscribers (the caller holds the
+/// registry's lock, so the hearer cannot end meanwhile).
+fn join(hearer: Arc<Hearer>, poller: thread::Thread) -> Subscription {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let noticed = Arc::new(AtomicBool::new(false));
+    // Noticed from the start: a change committed after the open's last
+    // read and before this subscription sent its notice to no one here
+    // (or the probe ate it), so the first tick reads whatever it is.
+    let noticed = Arc::new(AtomicBool::new(true));
     hearer.pollers.lock().push(Poller {
         id,
         thread: poller,
         noticed: Arc::clone(&noticed),
     });
-    Some(Subscription {
+    Subscription {
         hearer,
         id,
         noticed,
-    })
+    }
+}
+
+/// What a probe found.
+enum Probe<L> {
+    /// The notice arrived: keep this session.
+    Heard(L),
+    /// It was sent and did not arrive in time: notices do not reach this
+    /// process (remembered).
+    Unheard,
+    /// It could not be sent or the session failed meanwhile (a busy pool,
+    /// a database error): nothing learnt (not remembered).
+    Failed(String),
 }
 
 /// Sends a notice from a pooled connection (another session) and waits up
@@ -178,17 +235,28 @@ fn probe<B: Backend>(
     shared: &Shared<B>,
     channel: &str,
     mut listener: B::Listener,
-) -> Option<B::Listener> {
-    let sql = B::notify_sql()?;
-    let mut conn = shared.pool.get_timeout(PROBE_WAIT).ok()?;
-    B::execute(&mut conn, sql, &[Bind::Text(channel), Bind::Text("probe")]).ok()?;
-    drop(conn);
+) -> Probe<B::Listener> {
+    let Some(sql) = B::notify_sql() else {
+        return Probe::Unheard;
+    };
+    let sent = shared
+        .pool
+        .get_timeout(PROBE_WAIT)
+        .map_err(|e| e.to_string())
+        .and_then(|mut conn| {
+            B::execute(&mut conn, sql, &[Bind::Text(channel), Bind::Text("probe")])
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = sent {
+        return Probe::Failed(e);
+    }
     let deadline = Instant::now() + PROBE_WAIT;
     loop {
         match listener.heard() {
-            Ok(true) => return Some(listener),
+            Ok(true) => return Probe::Heard(listener),
             Ok(false) if Instant::now() < deadline => thread::sleep(Duration::from_millis(1)),
-            _ => return None,
+            Ok(false) => return Probe::Unheard,
+            Err(e) => return Probe::Failed(e.to_string()),
         }
     }
 }
@@ -224,15 +292,30 @@ fn spawn_hearer<B: Backend>(
                         "the session listening for state changes failed; polling until it is back");
                     let mut backoff =
                         Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+                    let mut tries = 0u32;
                     listener = loop {
                         backoff.wait();
                         if gone(&hearer, &key) {
                             return;
                         }
-                        if let Ok(Some(again)) = B::listen(&url, &channel) {
-                            break again;
+                        match B::listen(&url, &channel) {
+                            Ok(Some(again)) => break again,
+                            Ok(None) => {}
+                            // Said on the first failure and then every
+                            // hundredth (about every 8 minutes at the 5 s
+                            // backoff cap): a lasting refusal (a rotated
+                            // password, pg_hba) is not silent.
+                            Err(e) => {
+                                if tries % 100 == 0 {
+                                    tracing::warn!(database = %target, error = %secrets.redact(&e.to_string()),
+                                        tries = tries.saturating_add(1),
+                                        "cannot listen for state changes again yet; polling meanwhile");
+                                }
+                                tries = tries.saturating_add(1);
+                            }
                         }
                     };
+                    tracing::info!(database = %target, "listening for state changes again");
                     hearer.listening.store(true, Ordering::Release);
                     wake(&hearer);
                 }

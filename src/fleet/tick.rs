@@ -175,8 +175,9 @@ fn acknowledge<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>, epoch: i64)
 
 /// How often the poller renews its lease: about every quarter lease, and
 /// no more often than every poll ([`renewal_due`] renews at the first tick
-/// from a quarter lease less half a poll on: every second tick at the
-/// defaults, 200 ms poll and 2 s lease). Between renewals its ticks only
+/// from a quarter lease less half a poll on: every second tick at
+/// SQLite's defaults, 200 ms poll and 2 s lease; every 7.5 s at
+/// PostgreSQL's 30 s lease). Between renewals its ticks only
 /// read the state row. A renewal sets `lease_until` a whole lease ahead by
 /// the database's clock, so a dead instance's row expires, and drops out,
 /// exactly as when every tick renewed: one lease after its last renewal,

@@ -123,12 +123,25 @@ impl<B: Backend> Builder<B> {
         self
     }
 
-    /// How long this instance's fleet lease lasts unless renewed: an
-    /// instance that cannot renew it (database unreachable, process paused)
-    /// leaves the steady path by itself after three quarters of it, and an
-    /// upgrader waits at most this long for a dead instance. Defaults to ten
-    /// poll intervals (at most two hours); at least two; at most two hours
-    /// ([`Error::InvalidSetting`] from [`open`](Builder::open)).
+    /// How long this instance's fleet lease lasts unless renewed (about
+    /// every quarter lease): an instance that cannot renew it (database
+    /// unreachable, process paused) leaves the steady path by itself after
+    /// three quarters of it. An instance that dies without closing its
+    /// handle holds a switch back until its lease has expired, and an
+    /// upgrader's own lease after that (calls it had in flight may still be
+    /// finishing): up to two leases, so a switch in that time fails with
+    /// [`Error::FleetNotAcknowledged`] naming it
+    /// ([`Upgrader::switch_when_ready`](crate::Upgrader::switch_when_ready)
+    /// waits it out). A handle dropped or closed leaves at once.
+    ///
+    /// Defaults to ten poll intervals on SQLite (2 s), and to 30 s (or ten
+    /// polls, if longer) on PostgreSQL, where instances hear deploying mode
+    /// as it commits ([`push`](Builder::push)) and renewals every 7.5 s keep
+    /// a steady instance's cost under one statement a second (BENCHMARKS.md,
+    /// "The fleet at scale"). Every instance of a fleet should use the same
+    /// lease: an upgrader judges other rows by its own. At least two poll
+    /// intervals; at most two hours ([`Error::InvalidSetting`] from
+    /// [`open`](Builder::open)).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
@@ -288,7 +301,9 @@ impl<B: Backend> Builder<B> {
         Ok(db)
     }
 
-    /// The fleet lease: as set (bounded), or ten poll intervals; at least two.
+    /// The fleet lease: as set (bounded), or the backend's default (SQLite:
+    /// ten poll intervals; PostgreSQL: 30 s or ten polls, if longer); at
+    /// least two poll intervals.
     fn fleet_lease(&self) -> Result<Duration> {
         let lease = match self.lease {
             Some(lease) => bounded_by(
@@ -297,7 +312,7 @@ impl<B: Backend> Builder<B> {
                 MAX_LEASE,
                 "a fleet row claiming a longer lease is read as this long",
             )?,
-            None => (self.poll_interval * 10).min(MAX_LEASE),
+            None => B::default_lease(self.poll_interval).min(MAX_LEASE),
         };
         Ok(lease.max(self.poll_interval * 2))
     }
