@@ -93,8 +93,9 @@ macro_rules! fleet_suite {
                     .label(label)
                     .pool_size(10)
                     .poll_interval(Duration::from_millis(poll_ms))
-                    // Ten polls on both backends (PostgreSQL's default is 30 s).
-                    .lease(Duration::from_millis(poll_ms * 10))
+                    // Ten polls (at most the longest lease, two hours) on
+                    // both backends: PostgreSQL's default is 30 s.
+                    .lease(Duration::from_millis(poll_ms * 10).min(Duration::from_secs(7200)))
                     .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
                     .open()
                     .unwrap()

@@ -38,7 +38,7 @@
 //! |---|---|
 //! | `Time` | the clock: the database's and each host's monotonic one; the lease watchdog (`fleet::check_lease`) runs with it |
 //! | `Join`, `JoinInsert` | `fleet::join_fleet`, `fleet::register` (under `Shared::enter_shared`) |
-//! | `Renew` | `fleet::tick::poll_via`, the renewal transaction (`Store::renew`, `fleet::close_if_unadopted`, `set_lease_deadline`) |
+//! | `Renew` | `fleet::tick::poll_via`, the renewal transaction (`Store::renew_reading_state`: on PostgreSQL the state read and the renewal in one statement, on SQLite two, in one transaction either way; `fleet::close_if_unadopted` before its commit, `set_lease_deadline`) |
 //! | `Poll` | `fleet::tick::poll_via` between renewals (`renewal_due` false): the state row read alone |
 //! | (a notice) | `fleet::push`: `Store::announce` in `set_mode`/`transition`, the hearer unparking pollers. A notice only makes a `Renew` or `Poll` happen sooner: both are enabled in every state where the tick is idle, whatever the time, so every tick a notice can cause (or a lost one fail to cause) is already an interleaving checked; no action of its own |
 //! | `Adopt` | `fleet::tick::poll_via` after the read: the epoch check (`readopt`), `fleet::adopt`, `fleet::drain` closing the path |

@@ -72,6 +72,12 @@ pub trait Dialect: super::sealed::Sealed {
         None
     }
 
+    /// Whether an `UPDATE … FROM` may return the other table's columns
+    /// (PostgreSQL; SQLite's `RETURNING` sees only the updated table): a
+    /// lease renewal then reads the state row in the same statement.
+    #[doc(hidden)]
+    const RENEW_RETURNS_STATE: bool = false;
+
     /// The fleet lease when `Builder::lease` is not set, from the poll
     /// interval: ten polls (renewed about every quarter lease, so every
     /// second poll). Before `MAX_LEASE` and the two-poll floor.

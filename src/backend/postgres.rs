@@ -91,6 +91,8 @@ pub struct Postgres;
 impl super::sealed::Sealed for Postgres {}
 
 impl Dialect for Postgres {
+    const RENEW_RETURNS_STATE: bool = true;
+
     fn placeholders(sql: &str) -> Cow<'_, str> {
         super::dialect::numbered(sql)
     }

@@ -268,7 +268,7 @@ fn probe<B: Backend>(
 /// session, when the last subscriber is gone.
 fn spawn_hearer<B: Backend>(
     hearer: &Arc<Hearer>,
-    mut listener: B::Listener,
+    listener: B::Listener,
     key: String,
     url: String,
     channel: String,
@@ -278,50 +278,88 @@ fn spawn_hearer<B: Backend>(
     let hearer = Arc::clone(hearer);
     thread::Builder::new()
         .name("tandem-hearer".to_owned())
-        .spawn(move || loop {
-            thread::sleep(HEAR_EVERY);
-            if gone(&hearer, &key) {
-                return;
-            }
-            match listener.heard() {
-                Ok(false) => {}
-                Ok(true) => wake(&hearer),
-                Err(e) => {
-                    hearer.listening.store(false, Ordering::Release);
-                    tracing::warn!(database = %target, error = %secrets.redact(&e.to_string()),
-                        "the session listening for state changes failed; polling until it is back");
-                    let mut backoff =
-                        Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-                    let mut tries = 0u32;
-                    listener = loop {
-                        backoff.wait();
-                        if gone(&hearer, &key) {
-                            return;
-                        }
-                        match B::listen(&url, &channel) {
-                            Ok(Some(again)) => break again,
-                            Ok(None) => {}
-                            // Said on the first failure and then every
-                            // hundredth (about every 8 minutes at the 5 s
-                            // backoff cap): a lasting refusal (a rotated
-                            // password, pg_hba) is not silent.
-                            Err(e) => {
-                                if tries % 100 == 0 {
-                                    tracing::warn!(database = %target, error = %secrets.redact(&e.to_string()),
-                                        tries = tries.saturating_add(1),
-                                        "cannot listen for state changes again yet; polling meanwhile");
-                                }
-                                tries = tries.saturating_add(1);
-                            }
-                        }
-                    };
-                    tracing::info!(database = %target, "listening for state changes again");
-                    hearer.listening.store(true, Ordering::Release);
-                    wake(&hearer);
-                }
-            }
+        .spawn(move || {
+            let _ending = Ending {
+                hearer: Arc::clone(&hearer),
+                key: key.clone(),
+            };
+            hearer_loop::<B>(&hearer, listener, &key, &url, &channel, &secrets, &target);
         })?;
     Ok(())
+}
+
+/// Ends a hearer however its thread ends (a panic in a log subscriber
+/// included): its handles stop trusting it and poll every interval, and the
+/// registry forgets it, so that the next handle opened starts another.
+struct Ending {
+    hearer: Arc<Hearer>,
+    key: String,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.hearer.listening.store(false, Ordering::Release);
+        let mut hearers = HEARERS.lock();
+        if matches!(hearers.get(&self.key), Some(Hearing::Heard(h)) if Arc::ptr_eq(h, &self.hearer))
+        {
+            hearers.remove(&self.key);
+        }
+    }
+}
+
+/// The hearer thread's work (see [`spawn_hearer`]); returns when the last
+/// subscriber is gone.
+fn hearer_loop<B: Backend>(
+    hearer: &Arc<Hearer>,
+    mut listener: B::Listener,
+    key: &str,
+    url: &str,
+    channel: &str,
+    secrets: &crate::redact::Secrets,
+    target: &str,
+) {
+    loop {
+        thread::sleep(HEAR_EVERY);
+        if gone(hearer, key) {
+            return;
+        }
+        match listener.heard() {
+            Ok(false) => {}
+            Ok(true) => wake(hearer),
+            Err(e) => {
+                hearer.listening.store(false, Ordering::Release);
+                tracing::warn!(database = %target, error = %secrets.redact(&e.to_string()),
+                        "the session listening for state changes failed; polling until it is back");
+                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+                let mut tries = 0u32;
+                listener = loop {
+                    backoff.wait();
+                    if gone(hearer, key) {
+                        return;
+                    }
+                    match B::listen(url, channel) {
+                        Ok(Some(again)) => break again,
+                        Ok(None) => {}
+                        // Said on the first failure and then every
+                        // hundredth (about every 8 minutes at the 5 s
+                        // backoff cap): a lasting refusal (a rotated
+                        // password, pg_hba) is not silent.
+                        Err(e) => {
+                            if tries % 100 == 0 {
+                                tracing::warn!(database = %target, error = %secrets.redact(&e.to_string()),
+                                        tries = tries.saturating_add(1),
+                                        "cannot listen for state changes again yet; polling meanwhile");
+                            }
+                            tries = tries.saturating_add(1);
+                        }
+                    }
+                };
+                tracing::info!(database = %target, "listening for state changes again");
+                hearer.listening.store(true, Ordering::Release);
+                wake(hearer);
+            }
+        }
+    }
 }
 
 /// Unparks every subscriber's poller.

@@ -90,17 +90,19 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
                 // waits for it, and one that found it expired has
                 // committed before the read below.
                 shared.enter_shared(c)?;
-                let state = shared.store.read_state::<B>(c)?;
-                close_if_unadopted(shared, &state, last_adopted);
                 // Restated with the renewal: the epoch adopted (drained)
                 // last, only while the row is still that epoch (so adopting
                 // it is a no-op): never one this tick has not acted on.
+                let (state, renewed) = shared.store.renew_reading_state::<B>(
+                    c,
+                    &shared.me.id,
+                    millis(shared.lease),
+                    last_adopted,
+                )?;
+                // Before the renewal commits.
+                close_if_unadopted(shared, &state, last_adopted);
                 let observed = (last_adopted != i64::MIN && state.epoch == last_adopted)
                     .then_some(last_adopted);
-                let renewed =
-                    shared
-                        .store
-                        .renew::<B>(c, &shared.me.id, millis(shared.lease), observed)?;
                 Ok((state, renewed, observed))
             })?;
             if renewed {

@@ -39,6 +39,47 @@ impl Store {
         Ok(())
     }
 
+    /// A renewal that also reads the state row (inside the caller's
+    /// transaction, after the shared schema lock): the row's state and
+    /// whether this instance's row was still there to renew. The epoch
+    /// `adopted` is restated as observed only while the state row is still
+    /// at it (as [`renew`](Self::renew)'s `observed`). Where the dialect
+    /// can, one statement (PostgreSQL: `UPDATE … FROM` the state row
+    /// `RETURNING` it, one round trip fewer per renewal); otherwise, and
+    /// when the row is gone, the read and then the renewal.
+    pub(crate) fn renew_reading_state<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        id: &str,
+        lease_ms: i64,
+        adopted: i64,
+    ) -> Result<(State, bool)> {
+        if B::RENEW_RETURNS_STATE {
+            let rows: Vec<StateRow> = B::load(
+                conn,
+                &format!(
+                    "UPDATE {fleet} SET lease_until = {now} + ?, \
+                     observed_epoch = CASE WHEN s.epoch = ? THEN s.epoch ELSE {fleet}.observed_epoch END \
+                     FROM {state} s WHERE s.id = 1 AND {fleet}.id = ? \
+                     RETURNING s.version, s.phase, s.mode, s.epoch, s.owner, s.owner_until - {now} AS owner_left",
+                    fleet = self.fleet,
+                    state = self.state,
+                    now = B::now_ms_sql()
+                ),
+                &[Bind::I64(lease_ms), Bind::I64(adopted), Bind::Text(id)],
+            )?;
+            if let Some(row) = rows.into_iter().next() {
+                return Ok((self.parse_state(row)?, true));
+            }
+            // Our row is gone (or the state row: the read says which).
+            return Ok((self.read_state::<B>(conn)?, false));
+        }
+        let state = self.read_state::<B>(conn)?;
+        let observed = (adopted != i64::MIN && state.epoch == adopted).then_some(adopted);
+        let renewed = self.renew::<B>(conn, id, lease_ms, observed)?;
+        Ok((state, renewed))
+    }
+
     /// Renews this instance's lease for `lease_ms` of the database's clock,
     /// and restates `observed`, the epoch it has adopted (so that a row
     /// changed behind its back, a restore say, is right again within a

@@ -20,6 +20,11 @@ impl Store {
             .into_iter()
             .next()
             .ok_or_else(|| self.state_row_missing())?;
+        self.parse_state(row)
+    }
+
+    /// The state row as read, checked.
+    pub(crate) fn parse_state(&self, row: StateRow) -> Result<State> {
         let version = Version::from_i64(row.version).ok_or_else(|| {
             self.corrupt(
                 &self.state,
