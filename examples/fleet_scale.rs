@@ -12,7 +12,7 @@
 //! ```text
 //! cargo run --release --all-features --example fleet_scale -- \
 //!     --database-url postgres://postgres@127.0.0.1:5432/postgres \
-//!     --instances 1,10,100,500 --processes 5 --seconds 10 [--no-push]
+//!     --instances 1,10,100,500 --processes 5 --seconds 30 [--no-push] [--lease-ms N]
 //! ```
 //!
 //! The server needs `shared_preload_libraries = 'pg_stat_statements'`
@@ -44,14 +44,24 @@ fn flag(name: &str) -> bool {
 }
 
 fn open(url: &str, label: &str, push: bool) -> Tandem<Postgres> {
-    Tandem::<Postgres>::builder(url, tandem::testing::demo::catalog().expect("demo catalog"))
-        .serves(1..=2)
-        .label(label)
-        .pool_size(1)
-        .push(push)
-        .backfill(2, "copy emails", tandem::testing::demo::backfill_emails)
-        .open()
-        .expect("open an instance")
+    let builder =
+        Tandem::<Postgres>::builder(url, tandem::testing::demo::catalog().expect("demo catalog"))
+            .serves(1..=2)
+            .label(label)
+            .pool_size(1)
+            .push(push)
+            .backfill(2, "copy emails", tandem::testing::demo::backfill_emails);
+    match lease() {
+        Some(lease) => builder.lease(lease),
+        None => builder,
+    }
+    .open()
+    .expect("open an instance")
+}
+
+/// `--lease-ms N`: every handle's lease instead of the default (30 s).
+fn lease() -> Option<Duration> {
+    arg("--lease-ms").map(|ms| Duration::from_millis(ms.parse().expect("--lease-ms N")))
 }
 
 /// A child process: opens `--count` handles, says `ready`, on `calls`
@@ -210,6 +220,9 @@ impl Fleet {
             if !push {
                 cmd.arg("--no-push");
             }
+            if let Some(ms) = arg("--lease-ms") {
+                cmd.args(["--lease-ms", &ms]);
+            }
             children.push(
                 cmd.stdin(Stdio::piped())
                     .stdout(Stdio::piped())
@@ -285,8 +298,9 @@ fn main() {
         })
         .is_ok();
     println!(
-        "steady fleet at the default poll (200 ms) and lease (2 s), push {}, {seconds} s window; \
+        "steady fleet at the default poll (200 ms), lease {:?}, push {}, {seconds} s window; \
          per instance per second, then a switch under calls:",
+        lease().unwrap_or(Duration::from_secs(30)),
         if push { "on" } else { "off" }
     );
     println!(
