@@ -30,14 +30,14 @@
 //! never wait for the writer). If the instance is on the steady path and
 //! the read shows steady mode, the adopted epoch and its row, the steady
 //! path stays open for a confirmation span from before that read (a
-//! quarter lease, at most a second or two polls: [`confirm_span`]), up to
+//! quarter lease, at most a second: [`confirm_span`]), up to
 //! [`RENEWAL_GRACE`] past what the last renewal gave. In exchange, a switch
 //! that finds rows in that grace gives notice: it enters deploying mode and
 //! waits two spans ([`notice`]) before it goes on without them.
 //! A read that saw steady mode was made before the deploying mode was
 //! committed, so its span ends before the switch's two do (time
 //! measured on each host's monotonic clock only; nothing compares clocks;
-//! every instance of a fleet uses the same lease and poll interval).
+//! every instance of a fleet uses the same lease, whatever its poll).
 //!
 //! An instance (re)registers and renews under the database's shared schema
 //! lock and adopts the state row read in that transaction, so a switch that
@@ -167,24 +167,35 @@ pub(crate) fn confirm_steady<B: Backend>(shared: &Shared<B>) {
 }
 
 /// How long one confirmation read keeps the steady path open: a quarter
-/// lease, but no more than a second or two polls (whichever is longer), so
-/// that the notice a switch gives ([`notice`]) stays short with a long
-/// lease (PostgreSQL's 30 s default) and inside the default
-/// `switch_timeout`. Confirmation reads come every poll while renewals are
-/// late, so two polls keep the path open from one to the next.
+/// lease, but at most a second, so that the notice a switch gives
+/// ([`notice`]) stays short with a long lease (PostgreSQL's 30 s default).
+/// It depends on the lease only, never on the poll interval: the switch
+/// computes the notice from its own settings, and the fleet shares one
+/// lease (`Builder::lease`), not necessarily one poll interval. The
+/// confirmer reads often enough to keep the path open from one read to the
+/// next ([`confirm_every`]).
 pub(crate) fn confirm_span<B: Backend>(shared: &Shared<B>) -> Duration {
-    (shared.lease / 4).min(CONFIRM_SPAN.max(shared.poll_interval.saturating_mul(2)))
+    (shared.lease / 4).min(CONFIRM_SPAN)
 }
 
-/// The most a confirmation read keeps the steady path open at polls of up
-/// to half a second (see [`confirm_span`]).
+/// How often the confirmer wakes: every poll interval, or twice a
+/// [`confirm_span`] if that is sooner (it reads only while renewals are
+/// late).
+pub(crate) fn confirm_every<B: Backend>(shared: &Shared<B>) -> Duration {
+    shared
+        .poll_interval
+        .min(confirm_span(shared) / 2)
+        .max(Duration::from_millis(1))
+}
+
+/// The most a confirmation read keeps the steady path open (see
+/// [`confirm_span`]).
 const CONFIRM_SPAN: Duration = Duration::from_secs(1);
 
 /// How long a switch waits after entering deploying mode before it goes
 /// on without fleet rows in the renewal grace: twice the longest a
 /// confirmation read keeps an instance on the steady path
-/// ([`confirm_span`]; half a lease for leases up to 4 s at polls up to
-/// half a second).
+/// ([`confirm_span`]; half a lease for leases up to 4 s, 2 s beyond).
 pub(crate) fn notice<B: Backend>(shared: &Shared<B>) -> Duration {
     confirm_span(shared).saturating_mul(2)
 }

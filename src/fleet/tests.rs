@@ -78,3 +78,44 @@ fn a_call_checks_the_lease_itself() {
     assert_eq!(which().unwrap(), 2, "a call trusted a stale lease");
     assert_eq!(db.shared.path.load(), crate::shared::CallPath::Undrained);
 }
+
+/// The notice a switch gives fleet rows in the renewal grace (computed
+/// from the upgrader's settings) is at least twice the longest a
+/// confirmation read of any instance with the same lease keeps its steady
+/// path open, whatever either's poll interval: the fleet shares a lease,
+/// not a poll. Seen failing before the fix (a span of up to two polls): at
+/// a 6 s lease an instance polling every second kept the path 1.5 s per
+/// read, and an upgrader polling every 5 ms gave 2 s of notice.
+#[test]
+fn the_notice_covers_every_confirmation_span_of_the_same_lease() {
+    let open = |lease: Duration, poll: Duration| {
+        Tandem::<Sqlite>::builder(":memory:", demo::catalog().unwrap())
+            .pool_size(1)
+            .lease(lease)
+            .poll_interval(poll)
+            .open()
+            .unwrap()
+    };
+    let polls = [5, 50, 200, 1_000, 2_000, 10_000].map(Duration::from_millis);
+    for lease in [150, 2_000, 6_000, 30_000, 120_000].map(Duration::from_millis) {
+        // A lease shorter than two polls is raised to two: another lease.
+        let fitting: Vec<_> = polls.iter().filter(|p| **p * 2 <= lease).collect();
+        let handles: Vec<_> = fitting.iter().map(|p| open(lease, **p)).collect();
+        for upgrader in &handles {
+            for instance in &handles {
+                let notice = super::notice(&upgrader.shared);
+                let span = super::confirm_span(&instance.shared);
+                assert!(
+                    notice >= span * 2,
+                    "lease {lease:?}: an upgrader polling every {:?} gives {notice:?} of notice, \
+                     an instance polling every {:?} confirms for {span:?}",
+                    upgrader.shared.poll_interval,
+                    instance.shared.poll_interval
+                );
+                assert!(
+                    super::confirm_every(&instance.shared) <= span / 2 + Duration::from_millis(1)
+                );
+            }
+        }
+    }
+}

@@ -68,16 +68,17 @@ fn quiet<B: Backend>(shared: &Shared<B>) -> bool {
 }
 
 /// Starts the confirmer (see the module's "Confirmation reads"): every poll
-/// interval, if no renewal came a poll after one fell due (the poller is
-/// held back), a confirmation read. (With a renewal on every tick, as for
-/// leases under four polls, that is two polls after the last one.)
+/// interval (or half a confirmation span, if sooner: `confirm_every`), if
+/// no renewal came a poll after one fell due (the poller is held back), a
+/// confirmation read. (With a renewal on every tick, as for leases under
+/// four polls, that is two polls after the last one.)
 pub(crate) fn spawn_confirmer<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread::Thread> {
     let late =
         coarsetime::Duration::from(renewal_interval(shared).saturating_add(shared.poll_interval));
     spawn_ticking(
         shared,
         "tandem-confirm",
-        shared.poll_interval,
+        confirm_every(shared),
         move |shared| {
             if shared.fleet_paused.load(Ordering::Acquire) {
                 return;
