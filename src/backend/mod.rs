@@ -173,6 +173,23 @@ pub trait Backend:
         F: FnOnce(&mut Self::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>;
 
+    /// Runs `f`, a single write statement, as a transaction of its own: on
+    /// SQLite inside [`write_transaction`](Backend::write_transaction)
+    /// (`BEGIN IMMEDIATE` takes the write lock up front); on PostgreSQL
+    /// the statement alone (autocommit: one round trip instead of three).
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error, or the database error of `BEGIN` or `COMMIT`.
+    #[doc(hidden)]
+    fn write_statement<T, E, F>(conn: &mut Self::Connection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self::Connection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        Self::write_transaction(conn, f)
+    }
+
     /// Adjusts pool settings for `url` and returns the connection manager
     /// and a customizer applied to every new connection.
     #[allow(clippy::type_complexity)]

@@ -283,6 +283,16 @@ impl Backend for Postgres {
         conn.transaction(f)
     }
 
+    /// The statement alone: PostgreSQL commits a statement outside a
+    /// transaction block by itself.
+    fn write_statement<T, E, F>(conn: &mut PgConnection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        f(conn)
+    }
+
     fn configure_pool(
         url: &str,
         _settings: &mut PoolSettings,

@@ -166,8 +166,9 @@ fn acknowledge<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>, epoch: i64)
     if shared.acknowledged.load(Ordering::Acquire) == epoch {
         return Ok(());
     }
+    // One statement: on PostgreSQL no transaction block around it.
     via.run(shared, |c| {
-        shared.write_transaction(c, |c| {
+        shared.write_statement(c, |c| {
             shared.store.acknowledge::<B>(c, &shared.me.id, epoch)
         })
     })?;

@@ -198,6 +198,24 @@ impl<B: Backend> Shared<B> {
         B::write_transaction(conn, f)
     }
 
+    /// One write statement as its own transaction ([`Backend::write_statement`]),
+    /// queued and stalled as [`write_transaction`](Self::write_transaction).
+    pub(crate) fn write_statement<T, E, F>(&self, conn: &mut B::Connection, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut B::Connection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        let _turn = if self.queue_writers {
+            self.write_gate.turn()
+        } else {
+            None
+        };
+        if self.stalling.load(Ordering::Acquire) {
+            self.stall_write();
+        }
+        B::write_statement(conn, f)
+    }
+
     /// Inside the current transaction: the database's shared schema lock
     /// (PostgreSQL: the transaction-scoped shared advisory lock; SQLite: its
     /// write lock, which the transaction holds from `BEGIN IMMEDIATE`) and
