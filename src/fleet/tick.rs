@@ -101,8 +101,7 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
                 )?;
                 // Before the renewal commits.
                 close_if_unadopted(shared, &state, last_adopted);
-                let observed = (last_adopted != i64::MIN && state.epoch == last_adopted)
-                    .then_some(last_adopted);
+                let observed = crate::store::restated(last_adopted, &state);
                 Ok((state, renewed, observed))
             })?;
             if renewed {

@@ -1,8 +1,10 @@
 //! The `Builder`: settings, validated, and `open`.
 
-use super::setup::{initialize, instance_id, LogConnectionErrors, NoStatementCache};
+use super::setup::{
+    fleet_lease, initialize, instance_id, instance_row, LogConnectionErrors, NoStatementCache,
+};
 use super::*;
-use crate::limits::{bounded, bounded_by, MAX_LEASE};
+use crate::limits::bounded;
 
 /// Configures and opens a [`Tandem`]. Made by [`Tandem::builder`].
 pub struct Builder<B: Backend> {
@@ -239,8 +241,8 @@ impl<B: Backend> Builder<B> {
         let mut conn = pool.get().map_err(|e| pool_error(&e, &secrets))?;
         let live = initialize::<B>(&mut *conn, &store, &self.catalog, baseline, &instance)?;
         drop(conn);
-        let lease = self.fleet_lease()?;
-        let me = self.instance_row(&instance, host, first, last);
+        let lease = fleet_lease::<B>(self.lease, self.poll_interval)?;
+        let me = instance_row::<B>(&self.catalog, &self.label, &instance, host, (first, last));
         let lock_key = store.lock_key();
         let shared = Shared {
             pool,
@@ -299,45 +301,6 @@ impl<B: Backend> Builder<B> {
         *db.shared.threads.lock() = threads;
         tracing::info!(database = %db.shared.target, live = %live, serves = ?(first, last), "tandem opened");
         Ok(db)
-    }
-
-    /// The fleet lease: as set (bounded), or the backend's default (SQLite:
-    /// ten poll intervals; PostgreSQL: 30 s or ten polls, if longer); at
-    /// least two poll intervals.
-    fn fleet_lease(&self) -> Result<Duration> {
-        let lease = match self.lease {
-            Some(lease) => bounded_by(
-                "lease",
-                lease,
-                MAX_LEASE,
-                "a fleet row claiming a longer lease is read as this long",
-            )?,
-            None => B::default_lease(self.poll_interval).min(MAX_LEASE),
-        };
-        Ok(lease.max(self.poll_interval * 2))
-    }
-
-    /// This instance's fleet row as it registers.
-    fn instance_row(&self, id: &str, host: String, first: Version, last: Version) -> Instance {
-        Instance {
-            id: id.to_owned(),
-            host,
-            pid: i64::from(std::process::id()),
-            label: self.label.clone(),
-            first,
-            last,
-            observed_epoch: 0,
-            lease_until_ms: 0,
-            // What this binary's catalog says of each version it serves:
-            // the switch compares it across the fleet.
-            catalog: Some(
-                (first.get()..=last.get())
-                    .filter_map(Version::new)
-                    .map(|v| format!("{v}={}", self.catalog.digest(v, B::NAME)))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        }
     }
 
     /// The served range and the baseline, checked against the catalog.

@@ -3,6 +3,51 @@
 
 use super::*;
 
+/// The fleet lease: as set (`set`, bounded), or the backend's default
+/// (SQLite: ten poll intervals; PostgreSQL: 30 s or ten polls, if longer);
+/// at least two poll intervals.
+pub(super) fn fleet_lease<B: Backend>(set: Option<Duration>, poll: Duration) -> Result<Duration> {
+    let lease = match set {
+        Some(lease) => crate::limits::bounded_by(
+            "lease",
+            lease,
+            crate::limits::MAX_LEASE,
+            "a fleet row claiming a longer lease is read as this long",
+        )?,
+        None => B::default_lease(poll).min(crate::limits::MAX_LEASE),
+    };
+    Ok(lease.max(poll.saturating_mul(2)))
+}
+
+/// This instance's fleet row as it registers, serving `first..=last`.
+pub(super) fn instance_row<B: Backend>(
+    catalog: &Catalog,
+    label: &str,
+    id: &str,
+    host: String,
+    (first, last): (Version, Version),
+) -> Instance {
+    Instance {
+        id: id.to_owned(),
+        host,
+        pid: i64::from(std::process::id()),
+        label: label.to_owned(),
+        first,
+        last,
+        observed_epoch: 0,
+        lease_until_ms: 0,
+        // What this binary's catalog says of each version it serves:
+        // the switch compares it across the fleet.
+        catalog: Some(
+            (first.get()..=last.get())
+                .filter_map(Version::new)
+                .map(|v| format!("{v}={}", catalog.digest(v, B::NAME)))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    }
+}
+
 /// Creates the metadata on first use, or checks it; returns the live version.
 pub(super) fn initialize<B: Backend>(
     conn: &mut B::Connection,

@@ -187,14 +187,7 @@ impl<B: Backend> Shared<B> {
         F: FnOnce(&mut B::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let _turn = if self.queue_writers {
-            self.write_gate.turn()
-        } else {
-            None
-        };
-        if self.stalling.load(Ordering::Acquire) {
-            self.stall_write();
-        }
+        let _turn = self.write_turn();
         B::write_transaction(conn, f)
     }
 
@@ -205,7 +198,14 @@ impl<B: Backend> Shared<B> {
         F: FnOnce(&mut B::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let _turn = if self.queue_writers {
+        let _turn = self.write_turn();
+        B::write_statement(conn, f)
+    }
+
+    /// This process's turn to write (where the backend queues writers),
+    /// then the test's write stall, if one is set.
+    fn write_turn(&self) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
+        let turn = if self.queue_writers {
             self.write_gate.turn()
         } else {
             None
@@ -213,7 +213,7 @@ impl<B: Backend> Shared<B> {
         if self.stalling.load(Ordering::Acquire) {
             self.stall_write();
         }
-        B::write_statement(conn, f)
+        turn
     }
 
     /// Inside the current transaction: the database's shared schema lock

@@ -75,8 +75,7 @@ impl Store {
             return Ok((self.read_state::<B>(conn)?, false));
         }
         let state = self.read_state::<B>(conn)?;
-        let observed = (adopted != i64::MIN && state.epoch == adopted).then_some(adopted);
-        let renewed = self.renew::<B>(conn, id, lease_ms, observed)?;
+        let renewed = self.renew::<B>(conn, id, lease_ms, restated(adopted, &state))?;
         Ok((state, renewed))
     }
 
@@ -333,6 +332,13 @@ impl Store {
         self.deregister::<B>(conn, id)?;
         Ok(Some(described))
     }
+}
+
+/// The epoch a renewal restates as observed: the one adopted last, only
+/// while the state row is still at it (so adopting it again is a no-op);
+/// `None` before any adoption (`i64::MIN`) or once the row moved on.
+pub(crate) fn restated(adopted: i64, state: &State) -> Option<i64> {
+    (adopted != i64::MIN && state.epoch == adopted).then_some(adopted)
 }
 
 #[cfg(test)]

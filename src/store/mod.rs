@@ -17,6 +17,7 @@ use crate::version::{Phase, Version};
 
 mod entry;
 pub use entry::{HistoryPhase, Outcome};
+pub(crate) use fleet::restated;
 
 /// A validated metadata table prefix (default `tandem_`).
 ///
