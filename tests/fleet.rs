@@ -264,12 +264,20 @@ macro_rules! fleet_suite {
                     thread::sleep(Duration::from_millis(5));
                 }
                 // The first write of the thread picked waits for the release.
-                let pick = if poller_first { "tandem-poller" } else { "unit" };
+                // (The poller: a handle's own, or its process's shared one on
+                // PostgreSQL, where a member with a write stall ticks alone.)
+                let picked = move |name: Option<&str>| {
+                    if poller_first {
+                        matches!(name, Some("tandem-poller" | "tandem-fleet"))
+                    } else {
+                        name == Some("unit")
+                    }
+                };
                 let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
                 let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
                 let once = std::sync::Mutex::new(Some((entered_tx, release_rx)));
                 stalled.stall_writes(Some(Arc::new(move || {
-                    if thread::current().name() == Some(pick) {
+                    if picked(thread::current().name()) {
                         if let Some((entered, release)) = once.lock().unwrap().take() {
                             entered.send(()).unwrap();
                             release.recv().unwrap();

@@ -78,6 +78,12 @@ pub trait Dialect: super::sealed::Sealed {
     #[doc(hidden)]
     const RENEW_RETURNS_STATE: bool = false;
 
+    /// Whether a process's handles on one database share one poller with
+    /// a connection of its own (`fleet::group`; PostgreSQL) instead of
+    /// polling each on its own pool (SQLite, whose writes queue per handle).
+    #[doc(hidden)]
+    const SHARED_POLLER: bool = false;
+
     /// The fleet lease when `Builder::lease` is not set, from the poll
     /// interval: ten polls (renewed about every quarter lease, so every
     /// second poll). Before `MAX_LEASE` and the two-poll floor.

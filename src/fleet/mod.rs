@@ -467,6 +467,7 @@ pub(crate) fn on_drained_locking_path<B: Backend>(shared: &Shared<B>) -> bool {
     shared.path.load() == CallPath::Locking
 }
 
+pub(crate) mod group;
 mod missed;
 pub(crate) mod push;
 mod threads;

@@ -36,23 +36,37 @@ pub(crate) fn spawn_poller<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread
     spawn_ticking(shared, "tandem-poller", shared.poll_interval, |shared| {
         // First: after a pause, stop trusting a stale lease before anything else.
         check_lease(shared);
-        if !shared.fleet_paused.load(Ordering::Acquire)
-            && !shared.renewals_held.load(Ordering::Acquire)
-            && !quiet(shared)
-        {
-            if let Err(e) = poll_via(shared, Via::Poller) {
-                tracing::warn!(error = %e, "fleet poll failed");
-                // The next tick polls, notice or not.
-                if let Some(s) = shared.push.lock().as_ref() {
-                    s.notice_again();
-                }
-                // Perhaps the server restarted: no broken connection
-                // stays in the pool for a call to find.
-                shared.sweep_pool();
-            }
+        if wants_tick(shared) {
+            poll_alone(shared);
         }
         check_lease(shared);
     })
+}
+
+/// Whether the poller ticks for this handle now: not paused or held back
+/// (by a test), and not [`quiet`].
+pub(super) fn wants_tick<B: Backend>(shared: &Shared<B>) -> bool {
+    !shared.fleet_paused.load(Ordering::Acquire)
+        && !shared.renewals_held.load(Ordering::Acquire)
+        && !quiet(shared)
+}
+
+/// One poller tick for this handle alone, on its own pool.
+pub(super) fn poll_alone<B: Backend>(shared: &Shared<B>) {
+    if let Err(e) = poll_via(shared, Via::Poller) {
+        tracing::warn!(error = %e, "fleet poll failed");
+        poll_failed(shared);
+    }
+}
+
+/// After a failed tick: the next one polls, notice or not, and no broken
+/// connection stays in the pool for a call to find (perhaps the server
+/// restarted).
+pub(super) fn poll_failed<B: Backend>(shared: &Shared<B>) {
+    if let Some(s) = shared.push.lock().as_ref() {
+        s.notice_again();
+    }
+    shared.sweep_pool();
 }
 
 /// Whether this tick may be skipped: the handle hears notices now, none

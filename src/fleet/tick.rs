@@ -131,9 +131,28 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
     if matches!(via, Via::Taken(_)) {
         via = Via::Poller; // given back: no pooled connection is held while draining
     }
+    let state = adopt_read(shared, *adopted, state, &mut via)?;
+    set_adopted(shared, &mut adopted, state.epoch);
+    acknowledge(shared, &mut via, state.epoch)?;
+    Ok(state)
+}
+
+/// A tick's adoption of the state row it read, under its tick lock (the
+/// member's `adopted_epoch`, last at `adopted`): drains steady calls if the
+/// mode or version changes. Returns the row adopted, for the caller to
+/// record ([`set_adopted`]) under that lock: the one read, or, if its
+/// epoch went backwards, the row read again (and cached whatever its
+/// epoch). No pooled connection is held while it waits for the in-process
+/// write lock, unless `via` holds one.
+pub(super) fn adopt_read<B: Backend>(
+    shared: &Shared<B>,
+    adopted: i64,
+    state: State,
+    via: &mut Via<'_, B>,
+) -> Result<State> {
     // (Against the cached epoch too: this process's own switch caches
     // the epoch it wrote, which no tick may have adopted yet.)
-    let newest = (*adopted).max(*shared.cached_epoch.lock());
+    let newest = adopted.max(*shared.cached_epoch.lock());
     if state.epoch < newest {
         // Ticks are serialized and each reads committed state: an older
         // epoch than the last one adopted means the row itself went
@@ -146,15 +165,9 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
              dropping the cached version and adopting the row as it is now"
         );
         check_two_versions(shared, &state);
-        let fresh = readopt(shared, &mut via)?;
-        set_adopted(shared, &mut adopted, fresh.epoch);
-        acknowledge(shared, &mut via, fresh.epoch)?;
-        return Ok(fresh);
+        return readopt(shared, via);
     }
-    // No pooled connection is held while waiting for the in-process write lock.
     adopt(shared, &state, false)?;
-    set_adopted(shared, &mut adopted, state.epoch);
-    acknowledge(shared, &mut via, state.epoch)?;
     Ok(state)
 }
 

@@ -236,6 +236,12 @@ impl<B: Backend> Builder<B> {
         let (first, last, baseline) = self.versions()?;
         self.check_bounds()?;
         let (pool, target, secrets) = self.pool()?;
+        // (For the shared poller's own connection, if this handle starts it.)
+        let (url, settings, statement_cache) = (
+            self.url.clone(),
+            self.settings.clone(),
+            self.statement_cache,
+        );
         let (instance, host) = instance_id(&self.label);
         let store = Store::new(&prefix);
         let mut conn = pool.get().map_err(|e| pool_error(&e, &secrets))?;
@@ -289,8 +295,14 @@ impl<B: Backend> Builder<B> {
         };
         db.shared.verify_checksums(&mut *db.connection()?)?;
         fleet::join_fleet(&db.shared)?;
+        let poller = if B::SHARED_POLLER {
+            let reserved = || Ok(build_pool::<B>(&url, &settings, statement_cache, true)?.0);
+            fleet::group::join(&db.shared, &self.url, reserved)?
+        } else {
+            fleet::spawn_poller(&db.shared)?
+        };
         let threads = vec![
-            fleet::spawn_poller(&db.shared)?,
+            poller,
             fleet::spawn_watchdog(&db.shared)?,
             fleet::spawn_confirmer(&db.shared)?,
         ];
@@ -378,9 +390,8 @@ impl<B: Backend> Builder<B> {
         Ok(())
     }
 
-    /// The connection pool, after one probe connection (the database's own
-    /// error at once, not a pool timeout); the redacted target and the
-    /// password's pieces for messages.
+    /// The connection pool ([`build_pool`]), and the redacted target and
+    /// the password's pieces for messages.
     #[allow(clippy::type_complexity)]
     fn pool(
         &self,
@@ -389,57 +400,79 @@ impl<B: Backend> Builder<B> {
         String,
         Secrets,
     )> {
-        let target = redact(&self.url);
-        let secrets = Secrets::of(&self.url);
-        let connect_error = |message: String| Error::Connect {
-            target: target.clone(),
-            message: secrets.redact(&message),
-        };
-        // A URL libpq would misread quotes pieces of its password in its
-        // error: refuse it before it gets there.
-        if let Some(reason) = crate::redact::malformed_url_password(&self.url) {
-            return Err(connect_error(reason.to_owned()));
-        }
-        let mut settings = self.settings.clone();
-        let (manager, backend_customizer) = B::configure_pool(&self.url, &mut settings);
-        let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
-            if self.statement_cache {
-                backend_customizer
-            } else {
-                Some(Box::new(NoStatementCache(backend_customizer)))
-            };
-        // One connection first, outside the pool: a database that cannot be
-        // opened at all (refused, no such file or directory, not a database,
-        // bad credentials) is reported with its cause at once, instead of
-        // after the pool's `connection_timeout` as "timed out".
-        {
-            use r2d2::ManageConnection as _;
-            let mut probe = manager
-                .connect()
-                .map_err(|e| connect_error(e.to_string()))?;
-            if let Some(customizer) = &customizer {
-                customizer
-                    .on_acquire(&mut probe)
-                    .map_err(|e| connect_error(e.to_string()))?;
-            }
-        }
-        let mut builder = Pool::builder()
-            .max_size(settings.max_size)
-            .min_idle(Some(1))
-            .connection_timeout(settings.connection_timeout)
-            .test_on_check_out(settings.test_on_check_out)
-            .idle_timeout(settings.idle_timeout)
-            .max_lifetime(settings.max_lifetime)
-            .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
-        if let Some(customizer) = customizer {
-            builder = builder.connection_customizer(customizer);
-        }
-        let pool = builder
-            .build(manager)
-            .map_err(|e| connect_error(e.to_string()))?;
-
-        Ok((pool, target, secrets))
+        build_pool::<B>(&self.url, &self.settings, self.statement_cache, false)
     }
+}
+
+/// The connection pool, after one probe connection (the database's own
+/// error at once, not a pool timeout); the redacted target and the
+/// password's pieces for messages. `reserved`: a pool of one
+/// connection, kept open, for the process's shared poller
+/// (`fleet::group`), with the same settings otherwise.
+#[allow(clippy::type_complexity)]
+fn build_pool<B: Backend>(
+    url: &str,
+    settings: &PoolSettings,
+    statement_cache: bool,
+    reserved: bool,
+) -> Result<(
+    Pool<diesel::r2d2::ConnectionManager<B::Connection>>,
+    String,
+    Secrets,
+)> {
+    let target = redact(&url);
+    let secrets = Secrets::of(&url);
+    let connect_error = |message: String| Error::Connect {
+        target: target.clone(),
+        message: secrets.redact(&message),
+    };
+    // A URL libpq would misread quotes pieces of its password in its
+    // error: refuse it before it gets there.
+    if let Some(reason) = crate::redact::malformed_url_password(&url) {
+        return Err(connect_error(reason.to_owned()));
+    }
+    let mut settings = settings.clone();
+    if reserved {
+        settings.max_size = 1;
+    }
+    let (manager, backend_customizer) = B::configure_pool(&url, &mut settings);
+    let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
+        if statement_cache {
+            backend_customizer
+        } else {
+            Some(Box::new(NoStatementCache(backend_customizer)))
+        };
+    // One connection first, outside the pool: a database that cannot be
+    // opened at all (refused, no such file or directory, not a database,
+    // bad credentials) is reported with its cause at once, instead of
+    // after the pool's `connection_timeout` as "timed out".
+    {
+        use r2d2::ManageConnection as _;
+        let mut probe = manager
+            .connect()
+            .map_err(|e| connect_error(e.to_string()))?;
+        if let Some(customizer) = &customizer {
+            customizer
+                .on_acquire(&mut probe)
+                .map_err(|e| connect_error(e.to_string()))?;
+        }
+    }
+    let mut builder = Pool::builder()
+        .max_size(settings.max_size)
+        .min_idle(Some(1))
+        .connection_timeout(settings.connection_timeout)
+        .test_on_check_out(settings.test_on_check_out)
+        .idle_timeout(settings.idle_timeout)
+        .max_lifetime(settings.max_lifetime)
+        .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
+    if let Some(customizer) = customizer {
+        builder = builder.connection_customizer(customizer);
+    }
+    let pool = builder
+        .build(manager)
+        .map_err(|e| connect_error(e.to_string()))?;
+
+    Ok((pool, target, secrets))
 }
 
 impl<B: Backend> Tandem<B> {

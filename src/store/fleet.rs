@@ -133,6 +133,77 @@ impl Store {
         Ok(())
     }
 
+    /// Renews the leases of several instances of this process in one
+    /// statement (a shared poller's tick: see `fleet::group`), each
+    /// restating its own adopted epoch where it has one to restate (as
+    /// [`renew`](Self::renew)'s `observed`). Returns the ids whose rows
+    /// were there to renew.
+    pub(crate) fn renew_many<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        members: &[(&str, Option<i64>)],
+        lease_ms: i64,
+    ) -> Result<Vec<String>> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut binds = vec![Bind::I64(lease_ms)];
+        let restating: Vec<_> = members
+            .iter()
+            .filter_map(|(id, observed)| observed.map(|e| (*id, e)))
+            .collect();
+        let observed = if restating.is_empty() {
+            String::new()
+        } else {
+            for (id, epoch) in &restating {
+                binds.push(Bind::Text(id));
+                binds.push(Bind::I64(*epoch));
+            }
+            format!(
+                ", observed_epoch = CASE id {} ELSE observed_epoch END",
+                " WHEN ? THEN ?".repeat(restating.len()).trim_start()
+            )
+        };
+        binds.extend(members.iter().map(|(id, _)| Bind::Text(id)));
+        let rows: Vec<NameRow> = B::load(
+            conn,
+            &format!(
+                "UPDATE {fleet} SET lease_until = {now} + ?{observed} WHERE id IN ({ids}) RETURNING id AS name",
+                fleet = self.fleet,
+                now = B::now_ms_sql(),
+                ids = vec!["?"; members.len()].join(", "),
+            ),
+            &binds,
+        )?;
+        Ok(rows.into_iter().map(|r| r.name).collect())
+    }
+
+    /// Acknowledges `epoch` for several instances of this process in one
+    /// statement (as [`acknowledge`](Self::acknowledge) for each).
+    pub(crate) fn acknowledge_many<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        ids: &[&str],
+        epoch: i64,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut binds = vec![Bind::I64(epoch)];
+        binds.extend(ids.iter().map(|id| Bind::Text(id)));
+        binds.push(Bind::I64(epoch));
+        B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET observed_epoch = ? WHERE id IN ({}) AND observed_epoch <> ?",
+                self.fleet,
+                vec!["?"; ids.len()].join(", ")
+            ),
+            &binds,
+        )?;
+        Ok(())
+    }
+
     /// Removes this instance's fleet row (clean shutdown).
     pub(crate) fn deregister<B: Backend>(&self, conn: &mut B::Connection, id: &str) -> Result<()> {
         B::execute(
