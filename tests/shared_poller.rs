@@ -89,6 +89,19 @@ fn threads_named(prefix: &str) -> usize {
         .count()
 }
 
+/// How many threads are named `prefix…` once the count settles at
+/// `want` (a new thread names itself as it starts), or after 2 s.
+fn settled_threads(prefix: &str, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = threads_named(prefix);
+        if n == want || Instant::now() >= deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Twenty handles of one process on one database: one poller thread for
 /// all of them (none of their own), and it ends with the last handle. A
 /// handle with another poll interval gets a poller of its own.
@@ -111,15 +124,20 @@ fn the_handles_of_a_process_share_one_poller() {
         })
         .collect();
     assert_eq!(
-        threads_named("tandem-fleet"),
+        settled_threads("tandem-fleet", fleet_threads + 1),
         fleet_threads + 1,
         "one shared poller for 20 handles"
     );
+    assert_eq!(threads_named("tandem-poller"), 0, "no handle polls alone");
     let other = builder(&url, "other")
         .poll_interval(Duration::from_millis(150))
         .open()
         .unwrap();
-    assert_eq!(threads_named("tandem-fleet"), fleet_threads + 2);
+    assert_eq!(
+        settled_threads("tandem-fleet", fleet_threads + 2),
+        fleet_threads + 2,
+        "another poll interval, another shared poller"
+    );
     // All of them acknowledge a switch (each its own fleet row).
     common::seed(&handles[0], 5);
     handles[0].upgrader().expand().unwrap();

@@ -420,22 +420,22 @@ fn build_pool<B: Backend>(
     String,
     Secrets,
 )> {
-    let target = redact(&url);
-    let secrets = Secrets::of(&url);
+    let target = redact(url);
+    let secrets = Secrets::of(url);
     let connect_error = |message: String| Error::Connect {
         target: target.clone(),
         message: secrets.redact(&message),
     };
     // A URL libpq would misread quotes pieces of its password in its
     // error: refuse it before it gets there.
-    if let Some(reason) = crate::redact::malformed_url_password(&url) {
+    if let Some(reason) = crate::redact::malformed_url_password(url) {
         return Err(connect_error(reason.to_owned()));
     }
     let mut settings = settings.clone();
     if reserved {
         settings.max_size = 1;
     }
-    let (manager, backend_customizer) = B::configure_pool(&url, &mut settings);
+    let (manager, backend_customizer) = B::configure_pool(url, &mut settings);
     let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
         if statement_cache {
             backend_customizer
