@@ -135,18 +135,16 @@ fn run<B: Backend>(key: &str, reserved: &Reserved<B>, poll: Duration) {
                 return;
             };
             let mut list = group.members.lock();
-            let live: Vec<Arc<Shared<B>>> = list
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter(|s| !s.shutdown.load(Ordering::Acquire))
-                .collect();
-            if live.is_empty() {
+            list.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|s| !s.shutdown.load(Ordering::Acquire))
+            });
+            if list.is_empty() {
                 drop(list);
                 groups.remove(key);
                 return;
             }
-            list.retain(|w| live.iter().any(|s| Weak::ptr_eq(w, &Arc::downgrade(s))));
-            live
+            list.iter().filter_map(Weak::upgrade).collect()
         };
         tick(reserved, &members);
     }

@@ -1,8 +1,6 @@
 //! The `Builder`: settings, validated, and `open`.
 
-use super::setup::{
-    fleet_lease, initialize, instance_id, instance_row, LogConnectionErrors, NoStatementCache,
-};
+use super::setup::{build_pool, fleet_lease, initialize, instance_id, instance_row};
 use super::*;
 use crate::limits::bounded;
 
@@ -402,77 +400,6 @@ impl<B: Backend> Builder<B> {
     )> {
         build_pool::<B>(&self.url, &self.settings, self.statement_cache, false)
     }
-}
-
-/// The connection pool, after one probe connection (the database's own
-/// error at once, not a pool timeout); the redacted target and the
-/// password's pieces for messages. `reserved`: a pool of one
-/// connection, kept open, for the process's shared poller
-/// (`fleet::group`), with the same settings otherwise.
-#[allow(clippy::type_complexity)]
-fn build_pool<B: Backend>(
-    url: &str,
-    settings: &PoolSettings,
-    statement_cache: bool,
-    reserved: bool,
-) -> Result<(
-    Pool<diesel::r2d2::ConnectionManager<B::Connection>>,
-    String,
-    Secrets,
-)> {
-    let target = redact(url);
-    let secrets = Secrets::of(url);
-    let connect_error = |message: String| Error::Connect {
-        target: target.clone(),
-        message: secrets.redact(&message),
-    };
-    // A URL libpq would misread quotes pieces of its password in its
-    // error: refuse it before it gets there.
-    if let Some(reason) = crate::redact::malformed_url_password(url) {
-        return Err(connect_error(reason.to_owned()));
-    }
-    let mut settings = settings.clone();
-    if reserved {
-        settings.max_size = 1;
-    }
-    let (manager, backend_customizer) = B::configure_pool(url, &mut settings);
-    let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
-        if statement_cache {
-            backend_customizer
-        } else {
-            Some(Box::new(NoStatementCache(backend_customizer)))
-        };
-    // One connection first, outside the pool: a database that cannot be
-    // opened at all (refused, no such file or directory, not a database,
-    // bad credentials) is reported with its cause at once, instead of
-    // after the pool's `connection_timeout` as "timed out".
-    {
-        use r2d2::ManageConnection as _;
-        let mut probe = manager
-            .connect()
-            .map_err(|e| connect_error(e.to_string()))?;
-        if let Some(customizer) = &customizer {
-            customizer
-                .on_acquire(&mut probe)
-                .map_err(|e| connect_error(e.to_string()))?;
-        }
-    }
-    let mut builder = Pool::builder()
-        .max_size(settings.max_size)
-        .min_idle(Some(1))
-        .connection_timeout(settings.connection_timeout)
-        .test_on_check_out(settings.test_on_check_out)
-        .idle_timeout(settings.idle_timeout)
-        .max_lifetime(settings.max_lifetime)
-        .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
-    if let Some(customizer) = customizer {
-        builder = builder.connection_customizer(customizer);
-    }
-    let pool = builder
-        .build(manager)
-        .map_err(|e| connect_error(e.to_string()))?;
-
-    Ok((pool, target, secrets))
 }
 
 impl<B: Backend> Tandem<B> {
