@@ -48,9 +48,12 @@
 //! It must not drop, rename or retype anything old code reads or writes, nor
 //! add a constraint old code's writes would break. On PostgreSQL it must
 //! also not hold a busy table's lock for a build or a scan: an index on an
-//! existing table is built beforehand with `CREATE INDEX CONCURRENTLY`
-//! (which cannot run inside a phase's transaction) and written here as
-//! `CREATE INDEX IF NOT EXISTS`; a `CHECK` or foreign key arrives
+//! existing table is built with `CREATE INDEX CONCURRENTLY`, which cannot
+//! run inside a phase's transaction: a change file's `create_index` does
+//! that after expand's transaction (resumable; see
+//! [`ConcurrentIndex`](crate::change::ConcurrentIndex)); in hand-written
+//! SQL, build it beforehand and write it here as `CREATE INDEX IF NOT
+//! EXISTS`; a `CHECK` or foreign key arrives
 //! `NOT VALID` and is validated later.
 //!
 //! The [lint](crate::lint) reads every phase file this way, and the kit runs

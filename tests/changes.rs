@@ -373,6 +373,78 @@ fn pg_kit(test: &str, catalog: Catalog) -> Option<Kit<tandem::Postgres>> {
 #[cfg(feature = "postgres")]
 changes_suite!(postgres, tandem::Postgres, pg_kit);
 
+/// PostgreSQL: an index the change file adds to an existing table is built
+/// with `CREATE INDEX CONCURRENTLY` after expand's transaction; an invalid
+/// index of its name, as an interrupted build leaves (here a unique build
+/// that met a duplicate), is found, dropped and built again, not taken for
+/// done. (Built `IF NOT EXISTS` in the transaction, the invalid index
+/// stayed: never used by a query, and unique where the change said not.)
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_rebuilds_an_invalid_index_an_interrupted_build_left() {
+    #[derive(diesel::QueryableByName)]
+    struct Index {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        valid: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        unique: bool,
+    }
+    let index = |db: &tandem::Tandem<tandem::Postgres>| -> Vec<(bool, bool)> {
+        diesel::sql_query(
+            "SELECT indisvalid AS valid, indisunique AS unique FROM pg_index \
+             WHERE indexrelid = to_regclass('orders_by_qty')",
+        )
+        .load::<Index>(&mut *db.connection().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.valid, i.unique))
+        .collect()
+    };
+    let (_dir, catalog) = catalog();
+    let Some(kit) = pg_kit("postgres_rebuilds_an_invalid_index", catalog) else {
+        return;
+    };
+    let change = kit.transition(2).unwrap();
+    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+    let repo = orders::<diesel::PgConnection>();
+    for _ in 0..2 {
+        staged
+            .run(&repo, tandem::Version::FIRST, |r, s| {
+                r.create(s.conn(), "kay", 5)
+            })
+            .unwrap();
+    }
+    let interrupted =
+        diesel::sql_query("CREATE UNIQUE INDEX CONCURRENTLY orders_by_qty ON orders (qty)")
+            .execute(&mut *staged.handle().connection().unwrap());
+    assert!(interrupted.is_err(), "the duplicate interrupts the build");
+    assert_eq!(
+        index(staged.handle()),
+        [(false, true)],
+        "an invalid index is left"
+    );
+    let plan = staged.handle().upgrader().plan(2).unwrap();
+    assert_eq!(
+        plan[0].indexes,
+        ["orders_by_qty"],
+        "the plan lists the build"
+    );
+    assert!(
+        plan[0]
+            .to_string()
+            .contains("-- then the index `orders_by_qty`, built concurrently"),
+        "{}",
+        plan[0]
+    );
+    let report = staged.handle().upgrader().expand().unwrap();
+    assert_eq!(report.indexes_built, 1, "{report:?}");
+    assert_eq!(
+        index(staged.handle()),
+        [(true, false)],
+        "the change's index, valid and not unique"
+    );
+}
+
 /// PostgreSQL's constraint operations through the kit: `set_not_null`
 /// (version 1 keeps inserting NULL in expand and the trigger fills it; NOT
 /// NULL once contracted), `add_check` (enforced from the switch, validated

@@ -7,7 +7,9 @@
 //! (state row, upgrade lease, fleet rows, the schema lock, its clock), with
 //! crashes, freezes past the lease (an instance that takes no step while
 //! time passes), a lost connection (that instance's open transaction rolled
-//! back) or a server restart (every open one). Instance 1's host clock is
+//! back) or a server restart (every open one). One check puts instances 0
+//! and 1 in one process whose handles share one poller (`fleet::group`,
+//! issue 16). Instance 1's host clock is
 //! skewed (behind by `SKEW`); the code never reads a host's wall clock, so
 //! it changes nothing until leases are written from it (a fix switched
 //! off). Host monotonic clocks run at the database's rate: under NTP they
@@ -41,6 +43,8 @@
 //! | `Renew` | `fleet::tick::poll_via`, the renewal transaction (`Store::renew_reading_state`: on PostgreSQL the state read and the renewal in one statement, on SQLite two, in one transaction either way; `fleet::close_if_unadopted` before its commit, `set_lease_deadline`) |
 //! | `Poll` | `fleet::tick::poll_via` between renewals (`renewal_due` false): the state row read alone |
 //! | (a notice) | `fleet::push`: `Store::announce` in `set_mode`/`transition`, the hearer unparking pollers. A notice only makes a `Renew` or `Poll` happen sooner: both are enabled in every state where the tick is idle, whatever the time, so every tick a notice can cause (or a lost one fail to cause) is already an interleaving checked; no action of its own |
+//! | `GroupRenew`, `GroupPoll` | `fleet::group::tick_batch` (PostgreSQL, one poller for a process's handles): on its reserved connection, every member's tick lock in id order, then one renewal transaction for all (`Store::renew_many`: the state read, every lease, `close_if_unadopted` per member) or one state read; each member then adopts and acknowledges on its own (`adopt_and_acknowledge`: `Adopt`, `Drained`, `Store::acknowledge_many`), and the next group tick waits for every drain |
+//! | `GroupLost` | the reserved connection lost: the group tick's transaction rolled back, no member adopts; calls run on the members' own pools |
 //! | `Adopt` | `fleet::tick::poll_via` after the read: the epoch check (`readopt`), `fleet::adopt`, `fleet::drain` closing the path |
 //! | `Drained` | `fleet::adopt` / `readopt` once `SchemaLock::write` is held: `Shared::cache_state`, `path_for`; then `set_adopted` and `fleet::tick::acknowledge` |
 //! | `StartCall` | `Tandem::call`: `Shared::steady`, `served_live` or `call_locking` / `Tandem::enter_shared` |
@@ -221,6 +225,8 @@ struct Inst {
     fresh: i16,
     tick: Tick,
     call: Call,
+    /// The tick under way is the shared poller's (`grouped`).
+    batched: bool,
 }
 
 impl Inst {
@@ -233,6 +239,7 @@ impl Inst {
         fresh: 0,
         tick: Tick::Idle,
         call: Call::Idle,
+        batched: false,
     };
 
     /// `Shared::steady`.
@@ -310,6 +317,14 @@ enum Action {
     Crash(usize),
     LostConnection(usize),
     ServerRestart,
+    /// The shared poller of the process holding instances 0 and 1 (when
+    /// `grouped`): one renewal transaction for both members.
+    GroupRenew,
+    /// The shared poller's read between renewals: one state read for both.
+    GroupPoll,
+    /// The shared poller's reserved connection lost: its open tick rolled
+    /// back for both members (their calls, on their own pools, go on).
+    GroupLost,
     /// A step of upgrader `u`.
     Up(usize, Step),
 }
@@ -354,6 +369,10 @@ struct Fixes {
     /// `Store::set_mode`). No code test freezes an upgrader in the middle
     /// of a switch while another takes its lease; this check stands for it.
     lease_fences: bool,
+    /// The shared poller acknowledges a member's epoch once that member's
+    /// own adoption has drained (`group::acknowledge_adopted`, for the
+    /// adoptions that ended), not with the first member's.
+    acks_own_drain: bool,
 }
 
 const CODE: Fixes = Fixes {
@@ -363,6 +382,7 @@ const CODE: Fixes = Fixes {
     db_clock: true,
     unit_rechecks: true,
     lease_fences: true,
+    acks_own_drain: true,
 };
 
 #[derive(Clone, Debug)]
@@ -387,6 +407,11 @@ struct Protocol {
     /// (a smaller space, for a counterexample that needs a long run-up);
     /// else version 1 with instance 0 up.
     expanded: bool,
+    /// Instances 0 and 1 are two handles of one process on PostgreSQL
+    /// (`fleet::group`): one poller ticks both (`GroupRenew`, `GroupPoll`),
+    /// a crash takes both down, the poller's connection is its own.
+    /// Instance 0 keeps a tick of its own too: the upgrader's (`Via::Held`).
+    grouped: bool,
     fixes: Fixes,
 }
 
@@ -403,6 +428,65 @@ impl Protocol {
 
     fn instances(&self) -> impl Iterator<Item = usize> + '_ {
         (0..N).filter(|&i| self.serves[i] > 0)
+    }
+
+    /// The members of the shared poller's group (when `grouped`).
+    const GROUP: [usize; 2] = [0, 1];
+
+    /// The instances in `i`'s process: a crash takes them all down.
+    fn process_of(&self, i: usize) -> Vec<usize> {
+        if self.grouped && Self::GROUP.contains(&i) {
+            Self::GROUP.to_vec()
+        } else {
+            vec![i]
+        }
+    }
+
+    /// The shared poller's actions: a tick when every live member's tick
+    /// is idle (the group's next tick waits for every member's drain).
+    fn group_actions(&self, s: &State, out: &mut Vec<Action>) {
+        let up: Vec<&Inst> = Self::GROUP
+            .iter()
+            .map(|&i| &s.inst[i])
+            .filter(|i| i.life == Life::Up)
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        if up.iter().all(|i| i.tick == Tick::Idle) {
+            out.push(Action::GroupRenew);
+            if self.polls {
+                out.push(Action::GroupPoll);
+            }
+        }
+        if self.crashes && up.iter().any(|i| matches!(i.tick, Tick::Read(_))) {
+            out.push(Action::GroupLost);
+        }
+    }
+
+    fn step_group(&self, s: &mut State, action: Action) {
+        for i in Self::GROUP {
+            if s.inst[i].life != Life::Up {
+                continue;
+            }
+            match action {
+                Action::GroupRenew => {
+                    self.renew(s, i);
+                    s.inst[i].batched = true;
+                }
+                Action::GroupPoll => {
+                    self.step_instance(s, Action::Poll(i));
+                    s.inst[i].batched = true;
+                }
+                Action::GroupLost => {
+                    if matches!(s.inst[i].tick, Tick::Read(_)) {
+                        s.inst[i].tick = Tick::Idle;
+                        s.inst[i].batched = false;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Records the first violation of a statement through `binding` on `i`.
@@ -496,7 +580,9 @@ impl Protocol {
             }
             Life::Up => {}
         }
+        let own_poller = !(self.grouped && i == 1);
         match inst.tick {
+            Tick::Idle if !own_poller => {}
             Tick::Idle => {
                 out.push(Action::Renew(i));
                 if self.polls {
@@ -614,19 +700,7 @@ impl Protocol {
                     self.register(s, i, snap);
                 }
             }
-            Action::Renew(i) => {
-                let snap = s.db.snap();
-                let lease = self.lease_written(i);
-                if let Some(row) = s.db.fleet[i].as_mut() {
-                    row.lease_left = lease;
-                }
-                let inst = &mut s.inst[i];
-                if snap.epoch != inst.adopted {
-                    inst.close();
-                }
-                inst.fresh = inst.fresh.max(FRESH);
-                inst.tick = Tick::Read(snap);
-            }
+            Action::Renew(i) => self.renew(s, i),
             Action::Adopt(i) => {
                 let inst = &mut s.inst[i];
                 let Tick::Read(snap) = inst.tick else { return };
@@ -659,7 +733,19 @@ impl Protocol {
                 } else if closed && inst.path == Path::Undrained {
                     inst.path = Path::Steady;
                 }
+                let batched = s.inst[i].batched;
                 self.acknowledge(s, i, row.epoch);
+                if batched && !self.fixes.acks_own_drain {
+                    // (The fix switched off: the rows of the other members
+                    // of the same tick too, drained or not.)
+                    for j in Self::GROUP {
+                        if s.inst[j].batched {
+                            if let Some(r) = s.db.fleet[j].as_mut() {
+                                r.observed = row.epoch;
+                            }
+                        }
+                    }
+                }
             }
             Action::StartCall(i) => {
                 let inst = &s.inst[i];
@@ -706,9 +792,11 @@ impl Protocol {
             }
             Action::Poll(i) => s.inst[i].tick = Tick::Read(s.db.snap()),
             Action::Crash(i) => {
-                s.inst[i] = Inst::DOWN;
-                if let Some(pc) = s.ups.get_mut(i) {
-                    *pc = Pc::Idle;
+                for j in self.process_of(i) {
+                    s.inst[j] = Inst::DOWN;
+                    if let Some(pc) = s.ups.get_mut(j) {
+                        *pc = Pc::Idle;
+                    }
                 }
             }
             Action::LostConnection(i) => {
@@ -718,10 +806,28 @@ impl Protocol {
                 inst.call = Call::Idle;
                 if matches!(inst.tick, Tick::Read(_)) {
                     inst.tick = Tick::Idle;
+                    inst.batched = false;
                 }
             }
             _ => {}
         }
+    }
+
+    /// Instance `i`'s renewal, reading the state row; its steady path
+    /// closed before the renewal commits if the row is not the one it
+    /// adopted (`close_if_unadopted`).
+    fn renew(&self, s: &mut State, i: usize) {
+        let snap = s.db.snap();
+        let lease = self.lease_written(i);
+        if let Some(row) = s.db.fleet[i].as_mut() {
+            row.lease_left = lease;
+        }
+        let inst = &mut s.inst[i];
+        if snap.epoch != inst.adopted {
+            inst.close();
+        }
+        inst.fresh = inst.fresh.max(FRESH);
+        inst.tick = Tick::Read(snap);
     }
 
     /// The end of a tick: the epoch adopted, and acknowledged in the fleet
@@ -730,6 +836,7 @@ impl Protocol {
     fn acknowledge(&self, s: &mut State, i: usize, epoch: u8) {
         s.inst[i].adopted = epoch;
         s.inst[i].tick = Tick::Idle;
+        s.inst[i].batched = false;
         if let Some(row) = s.db.fleet[i].as_mut() {
             row.observed = epoch;
         }
@@ -754,6 +861,7 @@ impl Protocol {
             fresh: FRESH,
             tick: Tick::Idle,
             call: Call::Idle,
+            batched: false,
         };
     }
 
@@ -944,6 +1052,9 @@ impl Model for Protocol {
         for i in self.instances() {
             self.instance_actions(s, i, out);
         }
+        if self.grouped {
+            self.group_actions(s, out);
+        }
         if self.crashes && Self::any_locking_call(s) {
             out.push(Action::ServerRestart);
         }
@@ -981,6 +1092,9 @@ impl Model for Protocol {
                 }
             }
             Action::Up(u, step) => self.step_upgrader(&mut s, u, step),
+            Action::GroupRenew | Action::GroupPoll | Action::GroupLost => {
+                self.step_group(&mut s, action);
+            }
             _ => self.step_instance(&mut s, action),
         }
         self.check_two_versions(&mut s);
@@ -1121,6 +1235,7 @@ fn fleet(faults: bool, fixes: Fixes) -> Protocol {
         polls: true,
         units: true,
         expanded: false,
+        grouped: false,
         fixes,
     }
 }
@@ -1155,6 +1270,23 @@ fn with_an_old_binary_every_invariant_holds() {
             ..fleet(false, CODE)
         },
         12,
+    );
+}
+
+/// One poller per process (`fleet::group`, PostgreSQL): instances 0 and 1
+/// are handles of one process, renewed and read by one poller in one
+/// transaction, adopting and acknowledging each on its own; that process
+/// crashes whole, its poller's connection is lost on its own; the upgrader
+/// (instance 0) still ticks alone too. Crashes, restarts and joins, as in
+/// the first check.
+#[test]
+fn with_one_poller_per_process_every_invariant_holds() {
+    holds(
+        Protocol {
+            grouped: true,
+            ..fleet(true, CODE)
+        },
+        14,
     );
 }
 
@@ -1250,4 +1382,17 @@ fn an_upgrader_writing_after_its_lease_was_taken_over_is_caught() {
         ..fleet(false, fixes)
     };
     bites(two, "upgrader writes without the lease's fence");
+}
+
+#[test]
+fn a_shared_poller_acknowledging_a_member_before_its_drain_is_caught() {
+    let fixes = Fixes {
+        acks_own_drain: false,
+        ..CODE
+    };
+    let grouped = Protocol {
+        grouped: true,
+        ..fleet(false, fixes)
+    };
+    bites(grouped, "members acknowledged with the first drain");
 }

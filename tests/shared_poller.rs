@@ -240,3 +240,118 @@ fn a_slow_member_holds_up_no_other_members_acknowledgement() {
     });
     assert_eq!(members[1].refresh().unwrap().version.get(), 2);
 }
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+/// The server processes of the test's database (but the asker's own).
+fn backends(pg: &common::pg::PgDb) -> Vec<i32> {
+    diesel::sql_query(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .load::<Pid>(&mut pg.conn())
+    .unwrap()
+    .into_iter()
+    .map(|p| p.pid)
+    .collect()
+}
+
+/// The shared poller's own connection killed (as a terminated backend, a
+/// server restart or a pooler's timeout would): the tick that finds it
+/// dead fails, the poller drops it and connects again, and the lease goes
+/// on being renewed. (It was a pool of one that did not test connections
+/// at checkout, and diesel counts a PostgreSQL connection broken only
+/// inside a failed transaction: the dead connection came back every tick,
+/// and every handle of the process lost its lease.)
+#[test]
+fn the_shared_poller_connects_again_after_its_connection_is_killed() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let Some((pg, url)) = common::pg_setup("the_shared_poller_connects_again") else {
+        return;
+    };
+    let before = backends(&pg);
+    let db = builder(&url, "killed")
+        .pool_size(1)
+        .poll_interval(Duration::from_millis(50))
+        .lease(Duration::from_secs(1))
+        .push(false)
+        .open()
+        .unwrap();
+    let member = {
+        let mut conn = db.connection().unwrap();
+        diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<Pid>(&mut *conn)
+            .unwrap()
+            .pid
+    };
+    let poller: Vec<i32> = backends(&pg)
+        .into_iter()
+        .filter(|p| !before.contains(p) && *p != member)
+        .collect();
+    assert_eq!(
+        poller.len(),
+        1,
+        "one connection beside the pool's: the poller's ({poller:?})"
+    );
+    diesel::sql_query("SELECT pg_terminate_backend($1)")
+        .bind::<diesel::sql_types::Integer, _>(poller[0])
+        .execute(&mut pg.conn())
+        .unwrap();
+    // A tick finds it dead.
+    thread::sleep(Duration::from_millis(300));
+    let killed = lease_until(&pg, db.instance_id());
+    thread::sleep(Duration::from_millis(2_000));
+    let later = lease_until(&pg, db.instance_id());
+    assert!(
+        later >= killed + 1_000,
+        "renewed after the poller's connection was killed: lease_until moved {} ms in 2 s",
+        later - killed
+    );
+    assert!(db.steady(), "on the steady path again");
+}
+
+/// A member's `refresh` waiting for its busy one-connection pool (its tick
+/// lock held throughout) holds up no other member of the process: the
+/// other's lease is renewed meanwhile and it stays on the steady path.
+/// (The shared poller waited for that member's tick lock, and so no member
+/// renewed until the refresh got its connection.)
+#[test]
+fn a_refresh_waiting_for_its_pool_holds_up_no_other_member() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let Some((pg, url)) = common::pg_setup("a_refresh_waiting_for_its_pool") else {
+        return;
+    };
+    let open = |label: &str, pool: u32| {
+        builder(&url, label)
+            .pool_size(pool)
+            .connection_timeout(Duration::from_secs(5))
+            .poll_interval(Duration::from_millis(50))
+            .lease(Duration::from_secs(1))
+            .push(false)
+            .open()
+            .unwrap()
+    };
+    let busy = open("busy", 1);
+    let other = open("other", 2);
+    let held = busy.connection().unwrap();
+    thread::scope(|s| {
+        let refresh = s.spawn(|| busy.refresh());
+        thread::sleep(Duration::from_millis(200));
+        let before = lease_until(&pg, other.instance_id());
+        thread::sleep(Duration::from_millis(2_000));
+        let during = lease_until(&pg, other.instance_id());
+        let steady = other.steady();
+        drop(held);
+        refresh.join().unwrap().unwrap();
+        assert!(
+            during >= before + 1_000,
+            "the other member renewed while the busy one's refresh waited: \
+             lease_until moved {} ms in 2 s",
+            during - before
+        );
+        assert!(steady, "the other member stayed on the steady path");
+    });
+}

@@ -1,6 +1,7 @@
 //! One poller per process: the handles of a process on one PostgreSQL
-//! database (same URL, prefix, poll interval and lease) share one poller
-//! thread with a connection of its own, outside their pools.
+//! database (same URL and session settings, prefix, poll interval and
+//! lease) share one poller thread with a connection of its own, outside
+//! their pools.
 //!
 //! Each of its ticks does for all of them what each handle's own poller
 //! would (see `tick`), in as few statements as one handle's tick: one read
@@ -8,20 +9,24 @@
 //! transaction for all (`BEGIN`, the shared schema lock, the state read,
 //! one `UPDATE … WHERE id IN (…)`, `COMMIT`), each member's steady path
 //! closed before it commits if the row read is not the one it adopted;
-//! then each member's adoption (the members whose epoch changed drain at
-//! the same time, each on a thread of the tick's own, so one member's long
-//! call does not hold up the others); then one acknowledgement for all
-//! the members that adopted a new epoch. Renewing early is always safe, so
-//! when one member's renewal is due all renew, and they keep renewing
-//! together.
+//! then each member's adoption (the members whose adoption may drain
+//! calls drain at the same time, each on a thread of the tick's own, so
+//! one member's long call does not hold up the others); then one
+//! acknowledgement for all the members that adopted a new epoch together.
+//! Renewing early is always safe, so when one member's renewal is due all
+//! renew, and they keep renewing together.
 //!
 //! Each member's tick lock (`adopted_epoch`) is held across its part of
-//! the tick, taken in the order of the members' ids; every other holder
-//! (`refresh`, an upgrader's own tick, leaving the fleet) takes only its
-//! own. The reserved connection means a handle with a one-connection pool,
-//! or one whose calls hold all its connections, still renews and
-//! acknowledges. A member the tests stall (`stall_writes`) ticks alone on
-//! its own pool, as a handle that polls alone does.
+//! the tick, taken (without waiting) in the order of the members' ids; a
+//! member whose lock another holder has (`refresh`, an upgrader's own
+//! tick, leaving the fleet: each takes only its own) is ticking already
+//! and is left out of this tick, so a `refresh` waiting for a busy pool
+//! holds up no other member. The reserved connection means a handle with a
+//! one-connection pool, or one whose calls hold all its connections, still
+//! renews and acknowledges; it is dropped after a failed tick and opened
+//! again at the next (a restart, a terminated backend). A tick that
+//! panicked counts as failed, and the thread goes on. A member the tests
+//! stall (`stall_writes`) ticks alone on its own pool, on this thread.
 //!
 //! SQLite keeps one poller per handle: its handles queue their writes per
 //! handle (`Shared::write_gate`), and an embedded database seldom has many
@@ -31,18 +36,51 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
 
-use diesel::r2d2::{ConnectionManager, Pool};
 use once_cell::sync::Lazy;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::threads::{poll_alone, poll_failed, wants_tick};
+use super::settled;
+use super::threads::{held_back, poll_alone, poll_failed, wants_tick};
 use super::tick::{adopt_read, renewal_due};
 use super::*;
 use crate::store::restated;
 
-/// The shared poller's own connection: a pool of one, so that a broken
-/// connection is replaced as a pool replaces one, and never lent to anyone.
-pub(crate) type Reserved<B> = Pool<ConnectionManager<<B as Backend>::Connection>>;
+/// The shared poller's own connection, outside every pool and never lent:
+/// dropped after a failed tick and opened again at the next. (A pool would
+/// hand a dead connection back: diesel counts a PostgreSQL connection as
+/// broken only inside a failed transaction, and the handle's pools test a
+/// connection at checkout only if asked.)
+pub(crate) struct Reserved<B: Backend> {
+    connect: Box<dyn Fn() -> Result<B::Connection> + Send>,
+    conn: Option<B::Connection>,
+}
+
+impl<B: Backend> Reserved<B> {
+    /// `first`, and `connect` for each one after it.
+    pub(crate) fn new(
+        connect: Box<dyn Fn() -> Result<B::Connection> + Send>,
+        first: B::Connection,
+    ) -> Self {
+        Reserved {
+            connect,
+            conn: Some(first),
+        }
+    }
+
+    /// The connection, opened again if the last one was dropped.
+    fn get(&mut self) -> Result<&mut B::Connection> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => (self.connect)()?,
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Drops the connection after a failed tick (it may be dead).
+    fn discard(&mut self) {
+        self.conn = None;
+    }
+}
 
 /// Every shared poller of this process, by backend, URL, fleet table and
 /// timing; each value an `Arc<Group<B>>`.
@@ -54,11 +92,11 @@ pub(crate) struct Group<B: Backend> {
     thread: thread::Thread,
 }
 
-/// The key of the poller `shared` can share: the same database (URL),
-/// tables and lock (prefix), poll interval and lease.
-fn key<B: Backend>(shared: &Shared<B>, url: &str) -> String {
+/// The key of the poller `shared` can share: the same database (URL) and
+/// session settings, tables and lock (prefix), poll interval and lease.
+fn key<B: Backend>(shared: &Shared<B>, url: &str, statement_cache: bool) -> String {
     format!(
-        "{}\u{0}{url}\u{0}{}\u{0}{}\u{0}{:?}\u{0}{:?}",
+        "{}\u{0}{url}\u{0}{statement_cache}\u{0}{}\u{0}{}\u{0}{:?}\u{0}{:?}",
         B::NAME,
         shared.store.channel(),
         shared.lock_key,
@@ -73,9 +111,10 @@ fn key<B: Backend>(shared: &Shared<B>, url: &str) -> String {
 pub(crate) fn join<B: Backend>(
     shared: &Arc<Shared<B>>,
     url: &str,
+    statement_cache: bool,
     reserved: impl FnOnce() -> Result<Reserved<B>>,
 ) -> Result<thread::Thread> {
-    let key = key(shared, url);
+    let key = key(shared, url, statement_cache);
     if let Some(thread) = join_known(&key, shared) {
         return Ok(thread);
     }
@@ -92,7 +131,7 @@ pub(crate) fn join<B: Backend>(
     let thread_key = key.clone();
     let handle = thread::Builder::new()
         .name("tandem-fleet".to_owned())
-        .spawn(move || run::<B>(&thread_key, &reserved, poll))
+        .spawn(move || run::<B>(&thread_key, reserved, poll))
         .map_err(|e| Error::Connect {
             target: shared.target.clone(),
             message: format!("cannot start the fleet poller thread: {e}"),
@@ -125,8 +164,9 @@ fn known<'g, B: Backend>(
 
 /// The shared poller's thread: every poll interval (or when a notice or a
 /// member's leaving unparks it), one tick for its live members; it ends,
-/// and leaves the registry, when it has none.
-fn run<B: Backend>(key: &str, reserved: &Reserved<B>, poll: Duration) {
+/// and leaves the registry, when it has none. A tick that panicked is
+/// logged and counts as failed: the other members keep their poller.
+fn run<B: Backend>(key: &str, mut reserved: Reserved<B>, poll: Duration) {
     loop {
         thread::park_timeout(poll);
         let members: Vec<Arc<Shared<B>>> = {
@@ -146,19 +186,39 @@ fn run<B: Backend>(key: &str, reserved: &Reserved<B>, poll: Duration) {
             }
             list.iter().filter_map(Weak::upgrade).collect()
         };
-        tick(reserved, &members);
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tick(&mut reserved, &members);
+        }));
+        if ticked.is_err() {
+            tracing::error!(
+                instances = members.len(),
+                "a fleet tick panicked; polling again"
+            );
+            reserved.discard();
+            for m in &members {
+                poll_failed(m);
+            }
+        }
     }
 }
 
 /// One tick of the shared poller (see the module's docs).
-fn tick<B: Backend>(reserved: &Reserved<B>, members: &[Arc<Shared<B>>]) {
+fn tick<B: Backend>(reserved: &mut Reserved<B>, members: &[Arc<Shared<B>>]) {
     // First: after a pause, stop trusting a stale lease before anything else.
     for m in members {
         check_lease(m);
     }
+    // Every member's notice taken (no short cut): when one member wants a
+    // tick, all tick, quiet or not, so that their renewals stay together
+    // in one transaction (renewing early is safe; a quiet member's read
+    // finds nothing new).
+    let wanted = members.iter().filter(|m| wants_tick(m)).count();
+    if wanted == 0 {
+        return;
+    }
     let mut batch: Vec<&Shared<B>> = Vec::new();
     for m in members {
-        if !wants_tick(m) {
+        if held_back(m) {
             continue;
         }
         if m.write_stall.lock().is_some() {
@@ -170,6 +230,7 @@ fn tick<B: Backend>(reserved: &Reserved<B>, members: &[Arc<Shared<B>>]) {
     batch.sort_by(|a, b| a.me.id.cmp(&b.me.id));
     if let Err(e) = tick_batch(reserved, &batch) {
         tracing::warn!(error = %e, instances = batch.len(), "fleet poll failed");
+        reserved.discard();
         for m in &batch {
             poll_failed(m);
         }
@@ -183,30 +244,33 @@ fn tick<B: Backend>(reserved: &Reserved<B>, members: &[Arc<Shared<B>>]) {
 type Locked<'a, B> = (&'a Shared<B>, MutexGuard<'a, i64>);
 
 /// The batched part of a tick, for members in the order of their ids.
-fn tick_batch<B: Backend>(reserved: &Reserved<B>, batch: &[&Shared<B>]) -> Result<()> {
-    let Some(first) = batch.first().copied() else {
+fn tick_batch<B: Backend>(reserved: &mut Reserved<B>, batch: &[&Shared<B>]) -> Result<()> {
+    if batch.is_empty() {
         return Ok(());
-    };
+    }
     // Ours alone: this waits only for a (re)connection.
-    let mut conn = reserved
-        .get()
-        .map_err(|e| crate::shared::pool_error(&e, &first.secrets))?;
+    let conn = reserved.get()?;
     let members: Vec<Locked<'_, B>> = batch
         .iter()
-        .map(|m| (*m, m.adopted_epoch.lock()))
-        // A member leaving now waits for this tick: skip it.
+        // A member whose tick lock is held is ticking already (`refresh`,
+        // its upgrader's own tick, leaving the fleet), and may be waiting
+        // for its pool: skip it rather than wait (and hold up the others).
+        .filter_map(|m| Some((*m, m.adopted_epoch.try_lock()?)))
         .filter(|(m, _)| !m.shutdown.load(Ordering::Acquire))
         .collect();
+    let Some(first) = members.first().map(|(m, _)| *m) else {
+        return Ok(());
+    };
     let tick = coarsetime::Instant::now();
     let states = if members.iter().any(|(m, _)| renewal_due(m)) {
-        renew_all(first, &mut conn, &members, tick)?
+        renew_all(first, conn, &members, tick)?
     } else {
         // Between renewals a tick only reads: one statement, no
         // transaction, nothing written.
-        let state = first.store.read_state::<B>(&mut conn)?;
+        let state = first.store.read_state::<B>(conn)?;
         vec![state; members.len()]
     };
-    adopt_and_acknowledge(first, &mut conn, members, states)
+    adopt_and_acknowledge(first, conn, members, states)
 }
 
 /// Every member's renewal, in one transaction under the shared schema
@@ -255,8 +319,10 @@ fn renew_all<B: Backend>(
 }
 
 /// Each member's adoption of its state, then the acknowledgement of the
-/// epochs adopted: the members whose epoch changed (which may drain calls)
-/// adopt at the same time, each on a thread of its own, the others here;
+/// epochs adopted: the members whose adoption may drain calls (a new
+/// epoch, or a path or version that is not the state's, as after a stale
+/// lease) adopt at the same time, each on a thread of its own, the others
+/// here;
 /// the acknowledgements go out, one statement for all, as adoptions end
 /// (those that ended together in one), and each member's tick lock is let
 /// go once its acknowledgement is written: one member's long drain holds
@@ -279,13 +345,16 @@ fn adopt_and_acknowledge<B: Backend>(
         let mut running = Vec::new();
         for (i, (m, state)) in shareds.iter().copied().zip(states).enumerate() {
             let adopted = last.get(i).copied().unwrap_or(i64::MIN);
-            if state.epoch == adopted {
-                done.push((i, adopt_read(m, adopted, state, &mut Via::Pool)));
+            // (`Via::Poller`: a re-read after the epoch went backwards
+            // waits at most a poll interval for the member's pool.)
+            let newest = adopted.max(*m.cached_epoch.lock());
+            if state.epoch == newest && settled(m, &state) {
+                done.push((i, adopt_read(m, adopted, state, &mut Via::Poller)));
                 continue;
             }
             let sender = sender.clone();
             let adopt = move || {
-                let adopted = adopt_read(m, adopted, state, &mut Via::Pool);
+                let adopted = adopt_read(m, adopted, state, &mut Via::Poller);
                 // (The receiver outlives every sender in this scope.)
                 let _ = sender.send((i, adopted));
             };
@@ -319,8 +388,10 @@ fn adopt_and_acknowledge<B: Backend>(
             pending = pending.saturating_sub(done.len());
         }
         for thread in running {
-            if let Err(panic) = thread.join() {
-                std::panic::resume_unwind(panic);
+            if thread.join().is_err() {
+                // Its member's tick lock goes with the others' below, its
+                // epoch not recorded: it adopts again next tick.
+                tracing::error!("a member's adoption panicked; it polls again");
             }
         }
         Ok(())

@@ -305,6 +305,14 @@ struct Drained<'a> {
     closed: bool,
 }
 
+/// Whether the local path and cached version are what `state` asks for,
+/// so that adopting it drains nothing. (`Undrained` never is: steady calls
+/// may be in flight.)
+pub(super) fn settled<B: Backend>(shared: &Shared<B>, state: &State) -> bool {
+    shared.path.load() == path_for(shared, state)
+        && shared.live.load(Ordering::Acquire) == state.version.get()
+}
+
 /// Makes the local mode and cached version match `state`, draining steady
 /// calls in flight (in-process write lock) when either changes. The
 /// drain's budget stays under a quarter of the lease, so the poller keeps
@@ -316,10 +324,7 @@ fn adopt<B: Backend>(shared: &Shared<B>, state: &State, joining: bool) -> Result
         check_two_versions(shared, state);
     }
     let want = path_for(shared, state);
-    // `Undrained` never equals `want`: steady calls may be in flight.
-    let same =
-        shared.path.load() == want && shared.live.load(Ordering::Acquire) == state.version.get();
-    if same {
+    if settled(shared, state) {
         return Ok(());
     }
     let drained = drain(shared, state.version)?;

@@ -43,12 +43,16 @@ pub(crate) fn spawn_poller<B: Backend>(shared: &Arc<Shared<B>>) -> Result<thread
     })
 }
 
-/// Whether the poller ticks for this handle now: not paused or held back
-/// (by a test), and not [`quiet`].
+/// Whether the poller ticks for this handle now: not [`held_back`], and
+/// not [`quiet`].
 pub(super) fn wants_tick<B: Backend>(shared: &Shared<B>) -> bool {
-    !shared.fleet_paused.load(Ordering::Acquire)
-        && !shared.renewals_held.load(Ordering::Acquire)
-        && !quiet(shared)
+    !held_back(shared) && !quiet(shared)
+}
+
+/// Whether the tests pause this handle's fleet ticks or hold back its
+/// renewals.
+pub(super) fn held_back<B: Backend>(shared: &Shared<B>) -> bool {
+    shared.fleet_paused.load(Ordering::Acquire) || shared.renewals_held.load(Ordering::Acquire)
 }
 
 /// One poller tick for this handle alone, on its own pool.

@@ -1,6 +1,6 @@
 //! The `Builder`: settings, validated, and `open`.
 
-use super::setup::{build_pool, fleet_lease, initialize, instance_id, instance_row};
+use super::setup::{fleet_lease, initialize, instance_id, instance_row, Connector, Opened};
 use super::*;
 use crate::limits::bounded;
 
@@ -294,8 +294,8 @@ impl<B: Backend> Builder<B> {
         db.shared.verify_checksums(&mut *db.connection()?)?;
         fleet::join_fleet(&db.shared)?;
         let poller = if B::SHARED_POLLER {
-            let reserved = || Ok(build_pool::<B>(&url, &settings, statement_cache, true)?.0);
-            fleet::group::join(&db.shared, &self.url, reserved)?
+            let reserved = || Connector::<B>::new(&url, &settings, statement_cache)?.reserved();
+            fleet::group::join(&db.shared, &self.url, statement_cache, reserved)?
         } else {
             fleet::spawn_poller(&db.shared)?
         };
@@ -388,17 +388,10 @@ impl<B: Backend> Builder<B> {
         Ok(())
     }
 
-    /// The connection pool ([`build_pool`]), and the redacted target and
-    /// the password's pieces for messages.
-    #[allow(clippy::type_complexity)]
-    fn pool(
-        &self,
-    ) -> Result<(
-        Pool<diesel::r2d2::ConnectionManager<B::Connection>>,
-        String,
-        Secrets,
-    )> {
-        build_pool::<B>(&self.url, &self.settings, self.statement_cache, false)
+    /// The connection pool ([`Connector::pool`]), and the redacted target
+    /// and the password's pieces for messages.
+    fn pool(&self) -> Result<Opened<B>> {
+        Connector::<B>::new(&self.url, &self.settings, self.statement_cache)?.pool()
     }
 }
 

@@ -211,73 +211,110 @@ pub(super) fn instance_id(label: &str) -> (String, String) {
     )
 }
 
-/// The connection pool, after one probe connection (the database's own
-/// error at once, not a pool timeout); the redacted target and the
-/// password's pieces for messages. `reserved`: a pool of one
-/// connection, kept open, for the process's shared poller
-/// (`fleet::group`), with the same settings otherwise.
-#[allow(clippy::type_complexity)]
-pub(super) fn build_pool<B: Backend>(
-    url: &str,
-    settings: &PoolSettings,
-    statement_cache: bool,
-    reserved: bool,
-) -> Result<(
-    Pool<diesel::r2d2::ConnectionManager<B::Connection>>,
+/// A handle's pool, with the redacted target and the password's pieces.
+pub(super) type Opened<B> = (
+    Pool<diesel::r2d2::ConnectionManager<<B as Backend>::Connection>>,
     String,
     Secrets,
-)> {
-    let target = redact(url);
-    let secrets = Secrets::of(url);
-    let connect_error = |message: String| Error::Connect {
-        target: target.clone(),
-        message: secrets.redact(&message),
-    };
-    // A URL libpq would misread quotes pieces of its password in its
-    // error: refuse it before it gets there.
-    if let Some(reason) = crate::redact::malformed_url_password(url) {
-        return Err(connect_error(reason.to_owned()));
+);
+
+/// How a handle opens connections: the backend's manager and session
+/// settings (the statement cache off if asked), for its pool and for the
+/// shared poller's reserved connection; the redacted target and the
+/// password's pieces for messages.
+pub(super) struct Connector<B: Backend> {
+    manager: diesel::r2d2::ConnectionManager<B::Connection>,
+    customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>>,
+    settings: PoolSettings,
+    pub(super) target: String,
+    pub(super) secrets: Secrets,
+}
+
+impl<B: Backend> Connector<B> {
+    pub(super) fn new(url: &str, settings: &PoolSettings, statement_cache: bool) -> Result<Self> {
+        let target = redact(url);
+        let secrets = Secrets::of(url);
+        // A URL libpq would misread quotes pieces of its password in its
+        // error: refuse it before it gets there.
+        if let Some(reason) = crate::redact::malformed_url_password(url) {
+            return Err(Error::Connect {
+                target,
+                message: reason.to_owned(),
+            });
+        }
+        let mut settings = settings.clone();
+        let (manager, backend_customizer) = B::configure_pool(url, &mut settings);
+        let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
+            if statement_cache {
+                backend_customizer
+            } else {
+                Some(Box::new(NoStatementCache(backend_customizer)))
+            };
+        Ok(Connector {
+            manager,
+            customizer,
+            settings,
+            target,
+            secrets,
+        })
     }
-    let mut settings = settings.clone();
-    if reserved {
-        settings.max_size = 1;
-    }
-    let (manager, backend_customizer) = B::configure_pool(url, &mut settings);
-    let customizer: Option<Box<dyn CustomizeConnection<B::Connection, diesel::r2d2::Error>>> =
-        if statement_cache {
-            backend_customizer
-        } else {
-            Some(Box::new(NoStatementCache(backend_customizer)))
-        };
-    // One connection first, outside the pool: a database that cannot be
-    // opened at all (refused, no such file or directory, not a database,
-    // bad credentials) is reported with its cause at once, instead of
-    // after the pool's `connection_timeout` as "timed out".
-    {
-        use r2d2::ManageConnection as _;
-        let mut probe = manager
-            .connect()
-            .map_err(|e| connect_error(e.to_string()))?;
-        if let Some(customizer) = &customizer {
-            customizer
-                .on_acquire(&mut probe)
-                .map_err(|e| connect_error(e.to_string()))?;
+
+    fn error(&self, message: &str) -> Error {
+        Error::Connect {
+            target: self.target.clone(),
+            message: self.secrets.redact(message),
         }
     }
-    let mut builder = Pool::builder()
-        .max_size(settings.max_size)
-        .min_idle(Some(1))
-        .connection_timeout(settings.connection_timeout)
-        .test_on_check_out(settings.test_on_check_out)
-        .idle_timeout(settings.idle_timeout)
-        .max_lifetime(settings.max_lifetime)
-        .error_handler(Box::new(LogConnectionErrors(secrets.clone())));
-    if let Some(customizer) = customizer {
-        builder = builder.connection_customizer(customizer);
-    }
-    let pool = builder
-        .build(manager)
-        .map_err(|e| connect_error(e.to_string()))?;
 
-    Ok((pool, target, secrets))
+    /// One connection, outside any pool, with the pool's session settings.
+    pub(super) fn connect(&self) -> Result<B::Connection> {
+        use r2d2::ManageConnection as _;
+        let mut conn = self
+            .manager
+            .connect()
+            .map_err(|e| self.error(&e.to_string()))?;
+        if let Some(customizer) = &self.customizer {
+            customizer
+                .on_acquire(&mut conn)
+                .map_err(|e| self.error(&e.to_string()))?;
+        }
+        Ok(conn)
+    }
+
+    /// The connection pool, after one probe connection (the database's own
+    /// error at once, not a pool timeout: a database that cannot be opened
+    /// at all, refused, no such file or directory, not a database, bad
+    /// credentials, is reported with its cause, instead of after the
+    /// pool's `connection_timeout` as "timed out").
+    pub(super) fn pool(self) -> Result<Opened<B>> {
+        drop(self.connect()?);
+        let settings = &self.settings;
+        let mut builder = Pool::builder()
+            .max_size(settings.max_size)
+            .min_idle(Some(1))
+            .connection_timeout(settings.connection_timeout)
+            .test_on_check_out(settings.test_on_check_out)
+            .idle_timeout(settings.idle_timeout)
+            .max_lifetime(settings.max_lifetime)
+            .error_handler(Box::new(LogConnectionErrors(self.secrets.clone())));
+        if let Some(customizer) = self.customizer {
+            builder = builder.connection_customizer(customizer);
+        }
+        let connect_error = |e: r2d2::Error| Error::Connect {
+            target: self.target.clone(),
+            message: self.secrets.redact(&e.to_string()),
+        };
+        let pool = builder.build(self.manager).map_err(connect_error)?;
+        Ok((pool, self.target, self.secrets))
+    }
+
+    /// The shared poller's reserved connection (`fleet::group`): connected
+    /// now, and again by the poller whenever it dropped a failed one.
+    pub(super) fn reserved(self) -> Result<crate::fleet::group::Reserved<B>> {
+        let first = self.connect()?;
+        Ok(crate::fleet::group::Reserved::new(
+            Box::new(move || self.connect()),
+            first,
+        ))
+    }
 }

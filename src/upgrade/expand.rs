@@ -1,5 +1,6 @@
 //! Expand: the next version's additive SQL in one transaction, then its
-//! backfills (generated, then the builder's) in batches, resumable.
+//! backfills (generated, then the builder's) in batches, then the indexes
+//! its change file builds concurrently; each resumable.
 
 use super::*;
 use crate::shared::Backfill;
@@ -65,6 +66,14 @@ impl<B: Backend> Upgrader<B> {
             .filter(|s| s.version == target.get())
         {
             report.batches += self.run_backfill(conn, target, backfill, report.batches)?;
+        }
+        // After the backfills: their writes need not maintain the index.
+        if let Some(version) = self.shared.catalog.get(target) {
+            for index in version.indexes(B::NAME) {
+                if self.build_index(conn, target, index, report.batches)? {
+                    report.indexes_built = report.indexes_built.saturating_add(1);
+                }
+            }
         }
 
         self.step("expand: before finishing")?;

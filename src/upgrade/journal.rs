@@ -96,8 +96,14 @@ pub(super) fn run_sql<C: SimpleConnection>(
     version: Version,
     phase: Phase,
 ) -> Result<()> {
-    if sql.trim().is_empty() {
-        return Ok(()); // a phase without SQL (a rename-only change has no expand)
+    let statements = sql
+        .lines()
+        .map(str::trim)
+        .any(|line| !line.is_empty() && !line.starts_with("--"));
+    if !statements {
+        // A phase without SQL (a rename-only change has no expand), or only
+        // comments (an index a change file builds after the transaction).
+        return Ok(());
     }
     conn.batch_execute(sql)
         .map_err(|source| Error::PhaseFailed {

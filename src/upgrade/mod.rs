@@ -43,6 +43,7 @@ mod backfill;
 mod contract;
 mod deploying;
 mod expand;
+mod index;
 mod journal;
 use journal::run_sql;
 mod lease;
@@ -68,6 +69,10 @@ pub struct PhaseReport {
     /// Rows the generated backfills of a `change.toml` wrote (expand only;
     /// a resumed walk counts only what it wrote itself).
     pub backfilled_rows: u64,
+    /// Indexes a `change.toml` built after expand's transaction (PostgreSQL's
+    /// `CREATE INDEX CONCURRENTLY`; expand only; a resumed expand counts
+    /// only those it built itself, not one it found built).
+    pub indexes_built: u64,
     /// For switch and switch back: how long the writer waited for the schema
     /// write lock.
     pub writer_wait: Duration,
@@ -94,6 +99,7 @@ impl PhaseReport {
             duration: Duration::ZERO,
             batches: 0,
             backfilled_rows: 0,
+            indexes_built: 0,
             writer_wait: Duration::ZERO,
             held: Duration::ZERO,
             escalated: false,

@@ -183,6 +183,10 @@ pub struct PlannedPhase {
     /// is in a comment at the end of [`sql`](PlannedPhase::sql)), then the
     /// builder's.
     pub backfills: Vec<String>,
+    /// The indexes built after the backfills, outside any transaction
+    /// (PostgreSQL's `CREATE INDEX CONCURRENTLY`), by name; their SQL is in
+    /// a comment at the end of [`sql`](PlannedPhase::sql).
+    pub indexes: Vec<String>,
 }
 
 impl std::fmt::Display for PlannedPhase {
@@ -194,6 +198,9 @@ impl std::fmt::Display for PlannedPhase {
         }
         for name in &self.backfills {
             write!(f, "\n-- then the backfill `{name}`, in batches")?;
+        }
+        for name in &self.indexes {
+            write!(f, "\n-- then the index `{name}`, built concurrently")?;
         }
         Ok(())
     }
@@ -235,6 +242,12 @@ pub(crate) fn phases(
                         .filter(|(v, _)| *v == files.get())
                         .map(|(_, name)| (*name).to_owned()),
                 )
+                .filter(|_| phase == Phase::Expand)
+                .collect(),
+            indexes: catalog
+                .get(files)
+                .into_iter()
+                .flat_map(|v| v.indexes(backend).map(|i| i.name.clone()))
                 .filter(|_| phase == Phase::Expand)
                 .collect(),
         });

@@ -84,8 +84,8 @@ pub struct CatalogVersion {
     files: Vec<PhaseFile>,
     /// The backends a change file limits the version to (`None`: all).
     backends: Option<Vec<&'static str>>,
-    /// The backfills its change file generates, per backend.
-    backfills: Vec<(&'static str, crate::change::Backfill)>,
+    /// What its change file runs after expand's transaction, per backend.
+    after_expand: generated::AfterExpand,
 }
 
 impl CatalogVersion {
@@ -104,10 +104,25 @@ impl CatalogVersion {
         &'a self,
         backend: &'a str,
     ) -> impl Iterator<Item = &'a crate::change::Backfill> + 'a {
-        self.backfills
+        self.after_expand
+            .backfills
             .iter()
             .filter(move |(b, _)| *b == backend)
             .map(|(_, backfill)| backfill)
+    }
+
+    /// The indexes its `change.toml` builds for `backend` after expand's
+    /// transaction and its backfills, in order (PostgreSQL's `CREATE INDEX
+    /// CONCURRENTLY`: see [`ConcurrentIndex`](crate::change::ConcurrentIndex)).
+    pub fn indexes<'a>(
+        &'a self,
+        backend: &'a str,
+    ) -> impl Iterator<Item = &'a crate::change::ConcurrentIndex> + 'a {
+        self.after_expand
+            .indexes
+            .iter()
+            .filter(move |(b, _)| *b == backend)
+            .map(|(_, index)| index)
     }
 
     /// The version number.
@@ -363,12 +378,12 @@ fn parse_version(
         parsed.push(parse_phase_file(folder, &file, path, version, bytes)?);
     }
     let mut backends = None;
-    let mut backfills = Vec::new();
+    let mut after_expand = generated::AfterExpand::default();
     if let Some((change, path)) = &change {
         let supported = change.for_backends(path)?;
-        let (mut generated, mut filled) =
+        let (mut generated, after) =
             generated_files(folder, version, change, path, &parsed, &supported)?;
-        backfills.append(&mut filled);
+        after_expand = after;
         if supported.len() < BACKEND_NAMES.len() {
             backends = Some(supported);
         }
@@ -391,7 +406,7 @@ fn parse_version(
         name: name.to_owned(),
         files: parsed,
         backends,
-        backfills,
+        after_expand,
     })
 }
 

@@ -4,19 +4,25 @@
 use std::path::Path;
 
 use super::{sha256_hex, PhaseFile};
-use crate::change::Backfill;
+use crate::change::{Backfill, ConcurrentIndex};
 use crate::error::CatalogError;
 use crate::version::{Phase, Version};
 
 /// A version folder's declarative change file (see [`crate::change`]).
 pub(crate) const CHANGE_FILE: &str = "change.toml";
 
-/// The backfills a change file generates, with the backend each is for.
-pub(super) type Backfills = Vec<(&'static str, Backfill)>;
+/// What a change file runs after expand's transaction, with the backend
+/// each step is for: the backfills, then the index builds.
+#[derive(Debug, Clone, Default)]
+pub(super) struct AfterExpand {
+    pub(super) backfills: Vec<(&'static str, Backfill)>,
+    pub(super) indexes: Vec<(&'static str, ConcurrentIndex)>,
+}
 
 /// The phase files a change file generates, per backend: its statements
 /// for the phase, then the hand-written file's (the backend's own, else
-/// the generic one) if there is one; and the backfills it generates.
+/// the generic one) if there is one; and what it runs after expand's
+/// transaction.
 pub(super) fn generated_files(
     folder: &str,
     version: Version,
@@ -24,12 +30,15 @@ pub(super) fn generated_files(
     path: &Path,
     written: &[PhaseFile],
     backends: &[&'static str],
-) -> Result<(Vec<PhaseFile>, Backfills), CatalogError> {
+) -> Result<(Vec<PhaseFile>, AfterExpand), CatalogError> {
     let mut files = Vec::new();
-    let mut backfills = Vec::new();
+    let mut after = AfterExpand::default();
     for &backend in backends {
         let generated = change.generate(backend, path, version)?;
-        backfills.extend(generated.backfills.iter().map(|b| (backend, b.clone())));
+        let backfills = generated.backfills.iter().map(|b| (backend, b.clone()));
+        after.backfills.extend(backfills);
+        let indexes = generated.indexes.iter().map(|i| (backend, i.clone()));
+        after.indexes.extend(indexes);
         for phase in Phase::ALL {
             let sql = generated.phase(phase);
             if sql.is_empty() {
@@ -73,7 +82,7 @@ pub(super) fn generated_files(
             });
         }
     }
-    Ok((files, backfills))
+    Ok((files, after))
 }
 
 /// The generated `sql` of `phase` with the hand-written file beside it, and

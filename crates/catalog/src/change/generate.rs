@@ -24,6 +24,10 @@ pub struct Generated {
     /// also described in a comment at the end of its operation's expand
     /// statements, which the checksum covers).
     pub backfills: Vec<super::Backfill>,
+    /// The indexes built after expand's transaction, after the backfills
+    /// (PostgreSQL; each also described in a comment at the end of its
+    /// operation's expand statements).
+    pub indexes: Vec<super::ConcurrentIndex>,
 }
 
 impl Generated {
@@ -74,6 +78,7 @@ impl Change {
         let mut undo: Vec<String> = Vec::new();
         // An `sql` operation whose switch has no switch back.
         let mut undone_by_nothing = None;
+        let mut created = std::collections::BTreeSet::new();
         for (i, operation) in self.operations.iter().enumerate() {
             if let Operation::Sql(raw) = operation {
                 let applies = raw.backend.as_deref().is_none_or(|b| b == backend);
@@ -85,6 +90,7 @@ impl Change {
                 path,
                 number: i + 1,
                 postgres: backend == "postgres",
+                created: &created,
             };
             let parts = op.parts(operation)?;
             let header = format!(
@@ -94,13 +100,20 @@ impl Change {
             );
             for phase in Phase::ALL {
                 let statements = parts.phase(phase);
-                if statements.is_empty() {
+                let after_expand = phase == Phase::Expand && !parts.indexes.is_empty();
+                if statements.is_empty() && !after_expand {
                     continue;
                 }
-                let mut block = format!("{header}{}\n", statements.join("\n"));
+                let mut block = header.clone();
+                for statement in statements {
+                    block.push_str(statement);
+                    block.push('\n');
+                }
                 if phase == Phase::Expand {
-                    for backfill in &parts.backfills {
-                        block.push_str(&backfill.comment());
+                    let comments = parts.backfills.iter().map(super::Backfill::comment);
+                    let indexes = parts.indexes.iter().map(super::ConcurrentIndex::comment);
+                    for comment in comments.chain(indexes) {
+                        block.push_str(&comment);
                         block.push('\n');
                     }
                 }
@@ -116,6 +129,10 @@ impl Change {
                 }
             }
             generated.backfills.extend(parts.backfills);
+            generated.indexes.extend(parts.indexes);
+            if let Operation::CreateTable { table, .. } = operation {
+                created.insert(table.clone());
+            }
         }
         // Undone in reverse: a later operation may build on an earlier one.
         generated.switch_back = undo.into_iter().rev().collect::<Vec<_>>().join("\n");

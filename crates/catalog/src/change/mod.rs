@@ -14,7 +14,7 @@
 //! |-----------------|--------------------------------|--------------------------|----------------|
 //! | `create_table`  | `CREATE TABLE`                 |                          |                |
 //! | `add_column`    | `ADD COLUMN` (nullable, or with a default) |              |                |
-//! | `create_index`  | `CREATE INDEX IF NOT EXISTS`   |                          |                |
+//! | `create_index`  | `CREATE INDEX IF NOT EXISTS`; PostgreSQL: `CONCURRENTLY`, after the transaction, resumable | |   |
 //! | `rename_table`  |                                | `RENAME TO`, and back    |                |
 //! | `rename_column` |                                | `RENAME COLUMN`, and back|                |
 //! | `drop_column`   |                                |                          | `DROP COLUMN`  |
@@ -24,7 +24,7 @@
 //! | `drop_not_null` | `DROP NOT NULL` (PostgreSQL)   |                          |                |
 //! | `set_default`   | `SET DEFAULT` (PostgreSQL)     |                          |                |
 //! | `add_check`     |                                | `CHECK … NOT VALID`, and dropped back | `VALIDATE` |
-//! | `add_unique`    | `CREATE UNIQUE INDEX IF NOT EXISTS` |                     |                |
+//! | `add_unique`    | `CREATE UNIQUE INDEX IF NOT EXISTS`; PostgreSQL: `CONCURRENTLY`, as `create_index` | |      |
 //! | `add_foreign_key` |                              | `FOREIGN KEY … NOT VALID`, and dropped back (PostgreSQL) | `VALIDATE` |
 //! | `change_type`   | new column, sync trigger, keyset backfill | swap names and triggers, and back | drop the old column |
 //! | `sql`           | as written, per phase (and per backend if asked) |        |                |
@@ -75,12 +75,14 @@ use crate::version::Phase;
 
 mod backfill;
 mod generate;
+mod index;
 mod ops;
 mod retype;
 mod sql;
 
 pub use backfill::Backfill;
 pub use generate::Generated;
+pub use index::ConcurrentIndex;
 
 /// A parsed `change.toml`: its operations, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -117,9 +119,13 @@ pub enum Operation {
         /// The column.
         column: Column,
     },
-    /// A new index (expand), `IF NOT EXISTS`: on a large PostgreSQL table,
-    /// build it beforehand with `CREATE INDEX CONCURRENTLY` under the same
-    /// name.
+    /// A new index (expand). On PostgreSQL, on a table that exists before
+    /// this change, it is built with `CREATE INDEX CONCURRENTLY` after
+    /// expand's transaction has committed, so the table keeps taking
+    /// writes while it builds; an invalid index an interrupted build left
+    /// is dropped and built again ([`ConcurrentIndex`]). Otherwise (SQLite,
+    /// a table the file creates) `IF NOT EXISTS` in expand's transaction:
+    /// on SQLite the build holds the write lock for its length.
     CreateIndex {
         /// The table.
         table: String,
@@ -209,12 +215,12 @@ pub enum Operation {
         /// The condition, one SQL expression.
         check: String,
     },
-    /// A unique index over `columns`, in expand (`CREATE UNIQUE INDEX IF
-    /// NOT EXISTS`, both backends): from then on a duplicate written by
-    /// either version fails, and the expand fails (changing nothing) while
-    /// the table holds one. On a large PostgreSQL table, build it
-    /// beforehand with `CREATE UNIQUE INDEX CONCURRENTLY` under the same
-    /// name.
+    /// A unique index over `columns`, in expand, built as
+    /// [`CreateIndex`](Operation::CreateIndex) builds one (on PostgreSQL
+    /// concurrently): from then on a duplicate written by either version
+    /// fails, and the expand fails while the table holds one (on
+    /// PostgreSQL leaving an invalid index, which the next expand drops
+    /// and builds again).
     AddUnique {
         /// The table.
         table: String,

@@ -14,6 +14,8 @@ pub(super) struct Parts {
     pub(super) contract: Vec<String>,
     /// The backfills expand runs after its statements.
     pub(super) backfills: Vec<super::Backfill>,
+    /// The index builds expand runs after its transaction (PostgreSQL).
+    pub(super) indexes: Vec<super::ConcurrentIndex>,
 }
 
 impl Op<'_> {
@@ -34,27 +36,12 @@ impl Op<'_> {
                 name,
                 columns,
                 unique,
-            } => {
-                let cols = self.columns(name, columns)?;
-                p.expand.push(format!(
-                    "CREATE {}INDEX IF NOT EXISTS {} ON {} ({cols});",
-                    if *unique { "UNIQUE " } else { "" },
-                    self.name("index", name)?,
-                    self.name("table", table)?,
-                ));
-            }
+            } => self.create_index(table, name, columns, *unique, &mut p)?,
             Operation::AddUnique {
                 table,
                 name,
                 columns,
-            } => {
-                let cols = self.columns(name, columns)?;
-                p.expand.push(format!(
-                    "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({cols});",
-                    self.name("index", name)?,
-                    self.name("table", table)?
-                ));
-            }
+            } => self.create_index(table, name, columns, true, &mut p)?,
             Operation::RenameTable { from, to } => {
                 let (from, to) = (self.name("table", from)?, self.name("table", to)?);
                 p.switch.push(format!("ALTER TABLE {from} RENAME TO {to};"));
@@ -250,6 +237,35 @@ impl Op<'_> {
     }
 
     /// [`Operation::CreateTable`]'s statement.
+    /// An index: on PostgreSQL, on a table that is already there, built
+    /// concurrently after expand's transaction ([`ConcurrentIndex`]
+    /// (super::ConcurrentIndex)); otherwise in expand, `IF NOT EXISTS`.
+    fn create_index(
+        &self,
+        table: &str,
+        name: &str,
+        columns: &[String],
+        unique: bool,
+        p: &mut Parts,
+    ) -> Result<(), CatalogError> {
+        let cols = self.columns(name, columns)?;
+        let head = if unique {
+            "CREATE UNIQUE INDEX"
+        } else {
+            "CREATE INDEX"
+        };
+        let index = self.name("index", name)?;
+        let rest = format!("ON {} ({cols})", self.name("table", table)?);
+        if self.postgres && !self.created.contains(table) {
+            p.indexes
+                .push(super::ConcurrentIndex::new(name, &index, head, &rest));
+        } else {
+            p.expand
+                .push(format!("{head} IF NOT EXISTS {index} {rest};"));
+        }
+        Ok(())
+    }
+
     fn create_table(
         &self,
         table: &str,

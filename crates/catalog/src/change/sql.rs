@@ -19,6 +19,9 @@ pub(super) struct Op<'a> {
     pub(super) path: &'a Path,
     pub(super) number: usize,
     pub(super) postgres: bool,
+    /// The tables earlier operations of the file create (empty until
+    /// expand: nothing uses them yet).
+    pub(super) created: &'a std::collections::BTreeSet<String>,
 }
 
 impl Op<'_> {

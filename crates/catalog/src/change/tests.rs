@@ -599,3 +599,57 @@ fn a_type_change_names_only_columns_in_its_expressions() {
     .unwrap_err();
     assert!(err.to_string().contains("without a default"), "{err}");
 }
+
+/// On PostgreSQL an index on a table that is already there is built
+/// concurrently after expand's transaction (with the check for an invalid
+/// one an interrupted build left, and its drop); on a table the same file
+/// creates, and on SQLite, it is built in expand's transaction.
+#[test]
+fn indexes_on_existing_postgres_tables_are_built_concurrently() {
+    let text = r#"
+[[operations]]
+create_table = { table = "tags", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "label", type = "text" },
+] }
+
+[[operations]]
+create_index = { table = "tags", name = "tags_by_label", columns = ["label"] }
+
+[[operations]]
+add_unique = { table = "orders", name = "orders_one_per_day", columns = ["customer", "day"] }
+"#;
+    let pg = generate(text, "postgres").unwrap();
+    assert!(
+        pg.expand
+            .contains(r#"CREATE INDEX IF NOT EXISTS "tags_by_label" ON "tags" ("label");"#),
+        "a new table's index in the transaction:\n{}",
+        pg.expand
+    );
+    assert_eq!(pg.indexes.len(), 1, "{:?}", pg.indexes);
+    let index = &pg.indexes[0];
+    assert_eq!(index.name, "orders_one_per_day");
+    assert_eq!(
+        index.create_sql,
+        r#"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "orders_one_per_day" ON "orders" ("customer", "day")"#
+    );
+    assert_eq!(
+        index.drop_sql,
+        r#"DROP INDEX CONCURRENTLY IF EXISTS "orders_one_per_day""#
+    );
+    assert!(index
+        .state_sql
+        .contains(r#"to_regclass('"orders_one_per_day"')"#));
+    assert!(
+        !pg.expand.contains("CREATE UNIQUE INDEX IF NOT EXISTS"),
+        "not in the transaction:\n{}",
+        pg.expand
+    );
+    // The build is in the text the checksum covers and a plan shows.
+    assert!(pg.expand.contains(&index.create_sql), "{}", pg.expand);
+    let sqlite = generate(text, "sqlite").unwrap();
+    assert!(sqlite.indexes.is_empty());
+    assert!(sqlite.expand.contains(
+        r#"CREATE UNIQUE INDEX IF NOT EXISTS "orders_one_per_day" ON "orders" ("customer", "day");"#
+    ));
+}
