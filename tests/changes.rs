@@ -7,11 +7,12 @@
 
 mod common;
 
+use common::crash_at_each_step;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::prelude::*;
-use tandem::testing::faults::UpgraderFaults as _;
 use tandem::testing::{Failure, Kit, Stage};
 use tandem::{Catalog, Repository};
 
@@ -59,17 +60,11 @@ drop_table = { table = "audit" }
 "#;
 
 fn catalog() -> (tempfile::TempDir, Catalog) {
-    let dir = tempfile::tempdir().unwrap();
-    for (folder, text) in [
+    common::change_catalog(&[
         ("0001_orders", V1),
         ("0002_purchases", V2),
         ("0003_drops", V3),
-    ] {
-        std::fs::create_dir(dir.path().join(folder)).unwrap();
-        std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
-    }
-    let catalog = Catalog::from_dir(dir.path()).unwrap();
-    (dir, catalog)
+    ])
 }
 
 mod v1 {
@@ -317,50 +312,6 @@ macro_rules! changes_suite {
     };
 }
 
-/// Crashes an upgrade to `to` at each of its steps, as a killed process
-/// would (its lease held), and shows that a new upgrader finishes it:
-/// `seed` writes rows on a fresh database first, `check` reads them back
-/// after. `upgrader` sets the upgraders up (the same for every run).
-fn crash_at_each_step<B: tandem::Backend, S>(
-    change: &tandem::testing::Transition<'_, B>,
-    upgrader: impl Fn(tandem::Upgrader<B>) -> tandem::Upgrader<B>,
-    seed: impl Fn(&tandem::testing::Staged<B>, usize) -> S,
-    check: impl Fn(&tandem::testing::Staged<B>, S, usize),
-    at_least: usize,
-) {
-    let to = change.to().get();
-    let counted = change.fresh_at(Stage::PreviousStable).unwrap();
-    seed(&counted, 0);
-    let up = upgrader(counted.handle().upgrader());
-    up.upgrade_to(to).unwrap();
-    let steps = up.steps_taken();
-    assert!(steps >= at_least, "{steps} steps");
-    for crash in 1..=steps {
-        let staged = change.fresh_at(Stage::PreviousStable).unwrap();
-        let seeded = seed(&staged, crash);
-        let up = upgrader(staged.handle().upgrader())
-            .lease(Duration::from_millis(150))
-            .crash_at(crash);
-        let crashed = up.upgrade_to(to);
-        assert!(
-            matches!(crashed, Err(tandem::Error::InjectedCrash { step, .. }) if step == crash),
-            "step {crash} of {steps}: {crashed:?}"
-        );
-        drop(up);
-        upgrader(staged.handle().upgrader())
-            .wait_for_lease(Duration::from_secs(10))
-            .upgrade_to(to)
-            .unwrap_or_else(|e| panic!("step {crash}: {e}"));
-        let state = staged.handle().state().unwrap();
-        assert_eq!(
-            (state.version.get(), state.phase),
-            (to, tandem::StatePhase::Stable),
-            "step {crash}"
-        );
-        check(&staged, seeded, crash);
-    }
-}
-
 fn sqlite_kit(_test: &str, catalog: Catalog) -> Option<Kit<tandem::Sqlite>> {
     Some(Kit::sqlite(catalog))
 }
@@ -520,12 +471,7 @@ add_check = { table = "items", name = "qty_non_negative", check = "qty >= 0" }
 
     #[test]
     fn set_not_null_add_check_and_set_default_keep_both_bindings_working() {
-        let dir = tempfile::tempdir().unwrap();
-        for (folder, text) in [("0001_items", V1), ("0002_rules", V2)] {
-            std::fs::create_dir(dir.path().join(folder)).unwrap();
-            std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
-        }
-        let catalog = Catalog::from_dir(dir.path()).unwrap();
+        let (_dir, catalog) = common::change_catalog(&[("0001_items", V1), ("0002_rules", V2)]);
         // Written for PostgreSQL only: SQLite refuses to open it.
         let err = tandem::Tandem::<tandem::Sqlite>::builder(":memory:", catalog.clone())
             .open()
@@ -632,13 +578,7 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
 "#;
 
     fn catalog() -> (tempfile::TempDir, Catalog) {
-        let dir = tempfile::tempdir().unwrap();
-        for (folder, text) in [("0001_stock", V1), ("0002_wide_qty", V2)] {
-            std::fs::create_dir(dir.path().join(folder)).unwrap();
-            std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
-        }
-        let catalog = Catalog::from_dir(dir.path()).unwrap();
-        (dir, catalog)
+        common::change_catalog(&[("0001_stock", V1), ("0002_wide_qty", V2)])
     }
 
     mod v1 {

@@ -20,6 +20,11 @@ pub(crate) enum Via<'c, B: Backend> {
     /// The poller's connection taken before the tick lock, for the first
     /// round trip (given back before any drain).
     Taken(Conn<B>),
+    /// `refresh`'s connection, taken from the pool before the tick lock
+    /// (so no tick lock is held while it waits for a busy pool: the shared
+    /// poller would leave that member out meanwhile), for the first round
+    /// trip; later ones as [`Via::Pool`].
+    Ahead(Conn<B>),
 }
 
 impl<B: Backend> Via<'_, B> {
@@ -38,7 +43,7 @@ impl<B: Backend> Via<'_, B> {
             Via::Pool => f(&mut *shared.connection()?),
             Via::Poller => f(&mut *poller_connection(shared, shared.poll_interval)?),
             Via::Held(conn) => f(conn),
-            Via::Taken(conn) => f(&mut **conn),
+            Via::Taken(conn) | Via::Ahead(conn) => f(&mut **conn),
         }
     }
 }
@@ -62,9 +67,10 @@ fn poller_connection<B: Backend>(shared: &Shared<B>, wait: Duration) -> Result<C
         .map_err(|e| crate::shared::pool_error(&e, &shared.secrets))
 }
 
-/// One fleet tick (see [`poll_via`]), on pooled connections.
+/// One fleet tick (see [`poll_via`]), on pooled connections (the first
+/// taken before the tick lock).
 pub(crate) fn poll_once<B: Backend>(shared: &Shared<B>) -> Result<State> {
-    poll_via(shared, Via::Pool)
+    poll_via(shared, Via::Ahead(shared.connection()?))
 }
 
 /// One fleet tick: read the state row (and renew the lease, in the same
@@ -128,8 +134,11 @@ pub(crate) fn poll_via<B: Backend>(shared: &Shared<B>, mut via: Via<'_, B>) -> R
         // transaction id, no WAL).
         via.run(shared, |conn| shared.store.read_state::<B>(conn))?
     };
-    if matches!(via, Via::Taken(_)) {
-        via = Via::Poller; // given back: no pooled connection is held while draining
+    // Given back: no pooled connection is held while draining.
+    match via {
+        Via::Taken(_) => via = Via::Poller,
+        Via::Ahead(_) => via = Via::Pool,
+        _ => {}
     }
     let state = adopt_read(shared, *adopted, state, &mut via)?;
     set_adopted(shared, &mut adopted, state.epoch);

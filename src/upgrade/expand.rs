@@ -51,8 +51,15 @@ impl<B: Backend> Upgrader<B> {
             tracing::info!(version = %target, "resuming expand: SQL already applied");
         }
 
-        // The change file's generated backfills, then the builder's.
+        // The change file's indexes, first: a backfill's batches may use
+        // them, as they could when the index was built in the transaction.
+        // Then its generated backfills, then the builder's.
         if let Some(version) = self.shared.catalog.get(target) {
+            for index in version.indexes(B::NAME) {
+                if self.build_index(conn, target, index, report.batches)? {
+                    report.indexes_built = report.indexes_built.saturating_add(1);
+                }
+            }
             for backfill in version.backfills(B::NAME) {
                 let walked = self.walk(conn, target, backfill, report.batches)?;
                 report.batches = report.batches.saturating_add(walked.batches);
@@ -66,14 +73,6 @@ impl<B: Backend> Upgrader<B> {
             .filter(|s| s.version == target.get())
         {
             report.batches += self.run_backfill(conn, target, backfill, report.batches)?;
-        }
-        // After the backfills: their writes need not maintain the index.
-        if let Some(version) = self.shared.catalog.get(target) {
-            for index in version.indexes(B::NAME) {
-                if self.build_index(conn, target, index, report.batches)? {
-                    report.indexes_built = report.indexes_built.saturating_add(1);
-                }
-            }
         }
 
         self.step("expand: before finishing")?;

@@ -96,8 +96,9 @@ pub(super) fn run_sql<C: SimpleConnection>(
     version: Version,
     phase: Phase,
 ) -> Result<()> {
+    // (A `--` comment ends at either line break.)
     let statements = sql
-        .lines()
+        .split(['\n', '\r'])
         .map(str::trim)
         .any(|line| !line.is_empty() && !line.starts_with("--"));
     if !statements {

@@ -183,7 +183,7 @@ pub struct PlannedPhase {
     /// is in a comment at the end of [`sql`](PlannedPhase::sql)), then the
     /// builder's.
     pub backfills: Vec<String>,
-    /// The indexes built after the backfills, outside any transaction
+    /// The indexes built before the backfills, outside any transaction
     /// (PostgreSQL's `CREATE INDEX CONCURRENTLY`), by name; their SQL is in
     /// a comment at the end of [`sql`](PlannedPhase::sql).
     pub indexes: Vec<String>,
@@ -196,11 +196,11 @@ impl std::fmt::Display for PlannedPhase {
             (Some(file), Some(sql)) => write!(f, " ({file})\n{}", sql.trim_end())?,
             _ => f.write_str(": no SQL")?,
         }
-        for name in &self.backfills {
-            write!(f, "\n-- then the backfill `{name}`, in batches")?;
-        }
         for name in &self.indexes {
             write!(f, "\n-- then the index `{name}`, built concurrently")?;
+        }
+        for name in &self.backfills {
+            write!(f, "\n-- then the backfill `{name}`, in batches")?;
         }
         Ok(())
     }

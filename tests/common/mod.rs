@@ -10,10 +10,13 @@ use diesel::prelude::*;
 use tandem::{Catalog, Repository, Sqlite, Tandem};
 use tempfile::TempDir;
 
+mod crash;
 mod kit;
 #[cfg(feature = "postgres")]
 pub mod pg;
 
+#[allow(unused_imports)] // each test binary uses a different part
+pub use crash::crash_at_each_step;
 #[cfg(feature = "postgres")]
 #[allow(unused_imports)]
 pub use kit::PgKit;
@@ -218,3 +221,15 @@ pub type Seen = (
     std::collections::BTreeMap<i64, String>,
     Vec<String>,
 );
+
+/// A catalog of change files in a temporary directory: each version's
+/// folder name and its `change.toml`.
+pub fn change_catalog(versions: &[(&str, &str)]) -> (TempDir, Catalog) {
+    let dir = tempfile::tempdir().unwrap();
+    for (folder, text) in versions {
+        std::fs::create_dir(dir.path().join(folder)).unwrap();
+        std::fs::write(dir.path().join(folder).join("change.toml"), text).unwrap();
+    }
+    let catalog = Catalog::from_dir(dir.path()).unwrap();
+    (dir, catalog)
+}

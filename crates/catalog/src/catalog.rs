@@ -112,7 +112,7 @@ impl CatalogVersion {
     }
 
     /// The indexes its `change.toml` builds for `backend` after expand's
-    /// transaction and its backfills, in order (PostgreSQL's `CREATE INDEX
+    /// transaction, before its backfills, in order (PostgreSQL's `CREATE INDEX
     /// CONCURRENTLY`: see [`ConcurrentIndex`](crate::change::ConcurrentIndex)).
     pub fn indexes<'a>(
         &'a self,

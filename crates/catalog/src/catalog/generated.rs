@@ -12,7 +12,7 @@ use crate::version::{Phase, Version};
 pub(crate) const CHANGE_FILE: &str = "change.toml";
 
 /// What a change file runs after expand's transaction, with the backend
-/// each step is for: the backfills, then the index builds.
+/// each step is for: the index builds, then the backfills.
 #[derive(Debug, Clone, Default)]
 pub(super) struct AfterExpand {
     pub(super) backfills: Vec<(&'static str, Backfill)>,

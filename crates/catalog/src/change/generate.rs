@@ -24,7 +24,7 @@ pub struct Generated {
     /// also described in a comment at the end of its operation's expand
     /// statements, which the checksum covers).
     pub backfills: Vec<super::Backfill>,
-    /// The indexes built after expand's transaction, after the backfills
+    /// The indexes built after expand's transaction, before the backfills
     /// (PostgreSQL; each also described in a comment at the end of its
     /// operation's expand statements).
     pub indexes: Vec<super::ConcurrentIndex>,
@@ -79,7 +79,24 @@ impl Change {
         // An `sql` operation whose switch has no switch back.
         let mut undone_by_nothing = None;
         let mut created = std::collections::BTreeSet::new();
+        let renames_tables = self
+            .operations
+            .iter()
+            .any(|o| matches!(o, Operation::RenameTable { .. }));
         for (i, operation) in self.operations.iter().enumerate() {
+            let copied = matches!(operation, Operation::RenameColumn { copy: Some(_), .. });
+            if copied && renames_tables {
+                return Err(CatalogError::BadChange {
+                    path: path.to_owned(),
+                    operation: Some(i + 1),
+                    problem: "the copy form of a rename runs from expand to contract, around the \
+                              switch at which this file renames a table: no one name of the table \
+                              holds in both"
+                        .to_owned(),
+                    instead: "rename the table in a version of its own, before or after this one"
+                        .to_owned(),
+                });
+            }
             if let Operation::Sql(raw) = operation {
                 let applies = raw.backend.as_deref().is_none_or(|b| b == backend);
                 if applies && raw.switch.is_some() && raw.switch_back.is_none() {
@@ -110,9 +127,10 @@ impl Change {
                     block.push('\n');
                 }
                 if phase == Phase::Expand {
-                    let comments = parts.backfills.iter().map(super::Backfill::comment);
+                    // In the order they run.
                     let indexes = parts.indexes.iter().map(super::ConcurrentIndex::comment);
-                    for comment in comments.chain(indexes) {
+                    let backfills = parts.backfills.iter().map(super::Backfill::comment);
+                    for comment in indexes.chain(backfills) {
                         block.push_str(&comment);
                         block.push('\n');
                     }
@@ -154,7 +172,14 @@ impl Change {
 impl Op<'_> {
     /// Refuses an operation's `block` of `phase` that breaks the lint.
     fn lint(&self, version: Version, phase: Phase, block: &str) -> Result<(), CatalogError> {
-        let report = crate::lint::lint_text(version, phase, self.path, self.postgres, block);
+        let report = crate::lint::lint_text(
+            version,
+            phase,
+            self.path,
+            self.postgres,
+            block,
+            self.created,
+        );
         match report.findings.first() {
             Some(finding) => Err(self.bad(
                 format!(

@@ -17,6 +17,7 @@
 //! | `create_index`  | `CREATE INDEX IF NOT EXISTS`; PostgreSQL: `CONCURRENTLY`, after the transaction, resumable | |   |
 //! | `rename_table`  |                                | `RENAME TO`, and back    |                |
 //! | `rename_column` |                                | `RENAME COLUMN`, and back|                |
+//! | `rename_column` with `copy` | new column, sync trigger both ways, keyset backfill | | drop the trigger and the old column |
 //! | `drop_column`   |                                |                          | `DROP COLUMN`  |
 //! | `drop_index`    |                                |                          | `DROP INDEX`   |
 //! | `drop_table`    |                                |                          | `DROP TABLE`   |
@@ -39,9 +40,9 @@
 //! runs version N's binding. So a rename runs in switch, as the metadata
 //! change it is, and back in switch back: no new column, trigger or
 //! backfill. (Clients that use the database without tandem would see the
-//! name change at the switch; for them, write the copy-and-sync form by
-//! hand: a new column in expand, triggers both ways, a backfill, a drop in
-//! contract.)
+//! name change at the switch; for them, `rename_column` has the
+//! copy-and-sync form, [`CopySync`]: a new column in expand, a trigger both
+//! ways, a backfill, the old column dropped in contract.)
 //!
 //! Expand runs before the switch's renames and contract after them: an
 //! expand operation names tables and columns as version N-1 has them, a
@@ -77,6 +78,7 @@ mod backfill;
 mod generate;
 mod index;
 mod ops;
+mod rename;
 mod retype;
 mod sql;
 
@@ -144,15 +146,24 @@ pub enum Operation {
         /// The new name.
         to: String,
     },
-    /// A column renamed at the switch (and back at a switch back).
+    /// A column renamed at the switch (and back at a switch back); with
+    /// `copy`, the copy-and-sync form instead, for a database that clients
+    /// outside tandem also use: the new column is added in expand, kept
+    /// equal to the old one both ways by a trigger until contract (each
+    /// writer, of either name, is seen by readers of both), filled by a
+    /// keyset backfill, and the old column dropped in contract.
     RenameColumn {
         /// The table, as the operations before this one leave it (after
-        /// a `rename_table` earlier in the file, its new name).
+        /// a `rename_table` earlier in the file, its new name; the copy
+        /// form refuses a file that renames tables).
         table: String,
         /// The old name.
         from: String,
         /// The new name.
         to: String,
+        /// The copy-and-sync form (see [`CopySync`]).
+        #[serde(default)]
+        copy: Option<CopySync>,
     },
     /// A column dropped in contract.
     DropColumn {
@@ -324,6 +335,29 @@ impl Operation {
             Operation::Sql(_) => "sql",
         }
     }
+}
+
+/// The copy-and-sync form of [`Operation::RenameColumn`]:
+/// `copy = { type = "text" }`.
+///
+/// The new column has the old one's `type` and is nullable, without a
+/// default (a write that names only one of the two columns is what the
+/// trigger copies from). On an insert, a non-NULL value of the new name
+/// wins; on an update, a change of the new name wins over one of the old.
+/// On SQLite, version N's inserts leave the old column out, so it must be
+/// nullable or have a default (SQLite checks `NOT NULL` before a trigger
+/// can fill it); the new column stays nullable after contract on both
+/// backends (add `set_not_null` in a later version on PostgreSQL).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopySync {
+    /// The column's portable type.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The integer key the backfill walks on PostgreSQL (SQLite walks
+    /// `rowid`); `id` unless set.
+    #[serde(default = "id")]
+    pub key: String,
 }
 
 /// A column of [`Operation::CreateTable`] or [`Operation::AddColumn`].

@@ -48,7 +48,18 @@ impl Op<'_> {
                 p.switch_back
                     .push(format!("ALTER TABLE {to} RENAME TO {from};"));
             }
-            Operation::RenameColumn { table, from, to } => {
+            Operation::RenameColumn {
+                table,
+                from,
+                to,
+                copy: Some(copy),
+            } => self.copied_rename(table, from, to, copy, &mut p)?,
+            Operation::RenameColumn {
+                table,
+                from,
+                to,
+                copy: None,
+            } => {
                 let table = self.name("table", table)?;
                 let (from, to) = (self.name("column", from)?, self.name("column", to)?);
                 p.switch
@@ -255,10 +266,20 @@ impl Op<'_> {
             "CREATE INDEX"
         };
         let index = self.name("index", name)?;
-        let rest = format!("ON {} ({cols})", self.name("table", table)?);
+        let t = self.name("table", table)?;
+        let rest = format!("ON {t} ({cols})");
         if self.postgres && !self.created.contains(table) {
+            // Checked in expand's transaction: a mistake rolls it back
+            // (the build itself runs after it committed).
+            p.expand.push(format!(
+                "DO {BODY_QUOTE} BEGIN\n    \
+                 IF (SELECT relkind FROM pg_class WHERE oid = '{t}'::regclass) = 'p' THEN\n        \
+                 RAISE EXCEPTION 'tandem: table {table} is partitioned: CREATE INDEX CONCURRENTLY cannot \
+                 build index {name} on it; build it per partition in an `sql` operation';\n    \
+                 END IF;\n    PERFORM {cols} FROM {t} LIMIT 0;\nEND {BODY_QUOTE};"
+            ));
             p.indexes
-                .push(super::ConcurrentIndex::new(name, &index, head, &rest));
+                .push(super::ConcurrentIndex::new(name, &index, &t, head, &rest));
         } else {
             p.expand
                 .push(format!("{head} IF NOT EXISTS {index} {rest};"));

@@ -12,13 +12,13 @@ use super::{Column, Operation};
 use crate::error::CatalogError;
 
 /// One direction of the sync: `source`'s writes copied into `target`.
-struct Sync<'a> {
+pub(super) struct Sync<'a> {
     /// `tandem_up_…` or `tandem_down_…`.
-    trigger: String,
-    target: &'a str,
+    pub(super) trigger: String,
+    pub(super) target: &'a str,
     /// The expression, `column` meaning `source`.
-    expr: &'a Expr,
-    source: &'a str,
+    pub(super) expr: &'a Expr,
+    pub(super) source: &'a str,
 }
 
 impl Op<'_> {
@@ -99,7 +99,7 @@ impl Op<'_> {
     }
 
     /// The keyset walk that fills `sync.target` in the rows already there.
-    fn backfill(
+    pub(super) fn backfill(
         &self,
         t: &str,
         table: &str,

@@ -19,8 +19,9 @@ pub(super) struct Op<'a> {
     pub(super) path: &'a Path,
     pub(super) number: usize,
     pub(super) postgres: bool,
-    /// The tables earlier operations of the file create (empty until
-    /// expand: nothing uses them yet).
+    /// The tables earlier operations of the file create: nobody uses them
+    /// yet, so an index on one is built in expand's transaction, and the
+    /// lint counts them as new.
     pub(super) created: &'a std::collections::BTreeSet<String>,
 }
 

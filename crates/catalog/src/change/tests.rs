@@ -637,9 +637,19 @@ add_unique = { table = "orders", name = "orders_one_per_day", columns = ["custom
         index.drop_sql,
         r#"DROP INDEX CONCURRENTLY IF EXISTS "orders_one_per_day""#
     );
-    assert!(index
-        .state_sql
-        .contains(r#"to_regclass('"orders_one_per_day"')"#));
+    for sql in [&index.state_sql, &index.building_sql] {
+        assert!(
+            sql.contains("c.relname = 'orders_one_per_day'")
+                && sql.contains(r#"oid = '"orders"'::regclass"#),
+            "looked up in the table's schema: {sql}"
+        );
+    }
+    assert!(
+        pg.expand
+            .contains(r#"PERFORM "customer", "day" FROM "orders" LIMIT 0;"#),
+        "the table and columns checked in the transaction:\n{}",
+        pg.expand
+    );
     assert!(
         !pg.expand.contains("CREATE UNIQUE INDEX IF NOT EXISTS"),
         "not in the transaction:\n{}",
@@ -652,4 +662,58 @@ add_unique = { table = "orders", name = "orders_one_per_day", columns = ["custom
     assert!(sqlite.expand.contains(
         r#"CREATE UNIQUE INDEX IF NOT EXISTS "orders_one_per_day" ON "orders" ("customer", "day");"#
     ));
+}
+
+/// The lint of an operation counts the tables earlier operations of the
+/// file create as new: an `sql` index on such a table needs no concurrent
+/// build (it was refused with `index-not-concurrent`), one on a table
+/// that was there still does.
+#[test]
+fn the_lint_of_an_operation_knows_the_tables_earlier_ones_create() {
+    let text = r#"
+[[operations]]
+create_table = { table = "tags", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "label", type = "text" },
+] }
+
+[[operations]]
+[operations.sql]
+expand = "CREATE INDEX tags_by_label ON tags (label);"
+"#;
+    let pg = generate(text, "postgres").unwrap();
+    assert!(pg
+        .expand
+        .contains("CREATE INDEX tags_by_label ON tags (label);"));
+    let existing = text.replace("ON tags", "ON orders");
+    let err = generate(&existing, "postgres").unwrap_err();
+    assert!(err.to_string().contains("index-not-concurrent"), "{err}");
+}
+
+/// `rename_column` with `copy`: the new column and the trigger both ways
+/// in expand, a backfill, nothing at the switch, the old column dropped in
+/// contract; refused beside a table rename.
+#[test]
+fn a_copied_rename_syncs_both_ways_until_contract() {
+    let text = r#"
+[[operations]]
+rename_column = { table = "orders", from = "customer", to = "customer_name", copy = { type = "text" } }
+"#;
+    for backend in ["sqlite", "postgres"] {
+        let generated = generate(text, backend).unwrap();
+        insta::assert_snapshot!(format!("copied_rename_{backend}"), all_phases(&generated));
+        assert!(generated.switch.is_empty() && generated.switch_back.is_empty());
+        assert_eq!(generated.backfills.len(), 1);
+        assert_eq!(generated.backfills[0].name, "orders.customer_name");
+    }
+    let renamed = format!(
+        "{text}\n[[operations]]\nrename_table = {{ from = \"orders\", to = \"purchases\" }}\n"
+    );
+    let err = generate(&renamed, "sqlite").unwrap_err();
+    assert!(err.to_string().contains("in a version of its own"), "{err}");
+    let untyped = text.replace("{ type = \"text\" }", "{ }");
+    assert!(
+        generate(&untyped, "sqlite").is_err(),
+        "the copy needs the column's type"
+    );
 }

@@ -221,7 +221,7 @@ impl CatalogVersion {
                     path: sql.file,
                     postgres: backend == "postgres",
                 };
-                report.merge(file.lint(sql.text));
+                report.merge(file.lint(sql.text, &BTreeSet::new()));
             }
         }
         Ok(report)
@@ -252,7 +252,9 @@ impl File<'_> {
         }
     }
 
-    fn lint(&self, sql: &str) -> LintReport {
+    /// `created`: tables created before this text (by earlier operations
+    /// of a change file).
+    fn lint(&self, sql: &str, created: &BTreeSet<String>) -> LintReport {
         let dialect = self.dialect();
         let mut report = LintReport::default();
         // (The catalog refused a file no dialect can read when it loaded.)
@@ -261,7 +263,7 @@ impl File<'_> {
         };
         // Tables this file creates: an index or a constraint on one locks
         // nothing anyone uses yet.
-        let mut created = BTreeSet::new();
+        let mut created = created.clone();
         for statement in split(sql, &tokens) {
             let parsed = Parser::parse_sql(dialect.as_ref(), &statement.text);
             let parsed = match parsed {
@@ -357,13 +359,15 @@ pub fn one_statement(sql: &str, backend: &str) -> Result<(), String> {
 }
 
 /// Lints one phase's `text` (a change file's generated SQL), as if it
-/// were the file at `path`; version 1 has no findings.
+/// were the file at `path`, the tables in `created` (made by the file's
+/// earlier operations) counting as new; version 1 has no findings.
 pub(crate) fn lint_text(
     version: Version,
     phase: Phase,
     path: &std::path::Path,
     postgres: bool,
     text: &str,
+    created: &BTreeSet<String>,
 ) -> LintReport {
     if version == Version::FIRST {
         return LintReport::default();
@@ -375,7 +379,7 @@ pub(crate) fn lint_text(
         path: &path,
         postgres,
     };
-    file.lint(text)
+    file.lint(text, created)
 }
 
 /// The opt-outs a statement's comments carry.

@@ -228,7 +228,7 @@ pub(super) fn unbounded_write(text: &str, dialect: &dyn sqlparser::dialect::Dial
 pub(super) fn matters_unparsed(statement: &Statement) -> bool {
     matches!(
         statement.words.first().map(String::as_str),
-        Some("ALTER" | "UPDATE" | "DELETE")
+        Some("ALTER" | "UPDATE" | "DELETE" | "WITH")
     )
 }
 
@@ -264,15 +264,14 @@ pub(super) fn check(
         (Some("TRUNCATE"), _) if !context.contract() => broken.push(Rule::UnbatchedWrite),
         (Some("CREATE"), _) if context.contract() => broken.push(Rule::ContractOnlyRemoves),
         (Some("INSERT"), _) if context.contract() => broken.push(Rule::ContractOnlyRemoves),
-        (_, Some(Sql::Update(update))) => {
-            if update.selection.is_none() {
-                broken.push(Rule::UnbatchedWrite);
-            } else if context.contract() {
-                broken.push(Rule::ContractOnlyRemoves);
-            }
+        (_, Some(write @ (Sql::Update(_) | Sql::Delete(_)))) => {
+            broken.extend(write_rule(context, write));
         }
-        (_, Some(Sql::Delete(delete))) if delete.selection.is_none() => {
-            broken.push(Rule::UnbatchedWrite)
+        // `WITH … UPDATE …`, `WITH gone AS (DELETE … RETURNING …) SELECT …`.
+        (_, Some(Sql::Query(query))) => {
+            for write in writes_in(query) {
+                broken.extend(write_rule(context, write));
+            }
         }
         (_, Some(Sql::AlterTable(alter))) => {
             let existing = context.existing(&alter.name);
@@ -283,6 +282,36 @@ pub(super) fn check(
         _ => {}
     }
     broken
+}
+
+/// The rule an `UPDATE` or `DELETE` breaks: without `WHERE` anywhere but
+/// in contract, which an `UPDATE` breaks whatever it writes.
+fn write_rule(context: &Context<'_>, write: &Sql) -> Option<Rule> {
+    match write {
+        Sql::Update(u) if u.selection.is_none() => Some(Rule::UnbatchedWrite),
+        Sql::Update(_) if context.contract() => Some(Rule::ContractOnlyRemoves),
+        Sql::Delete(d) if d.selection.is_none() => Some(Rule::UnbatchedWrite),
+        _ => None,
+    }
+}
+
+/// The `UPDATE`s and `DELETE`s a query runs: its body's (`WITH … UPDATE`)
+/// and its common table expressions', nested ones included.
+fn writes_in(query: &sqlparser::ast::Query) -> Vec<&Sql> {
+    use sqlparser::ast::SetExpr;
+    let mut writes = Vec::new();
+    let mut queries = vec![query];
+    while let Some(q) = queries.pop() {
+        if let Some(with) = &q.with {
+            queries.extend(with.cte_tables.iter().map(|cte| cte.query.as_ref()));
+        }
+        match q.body.as_ref() {
+            SetExpr::Update(write) | SetExpr::Delete(write) => writes.push(write),
+            SetExpr::Query(inner) => queries.push(inner),
+            _ => {}
+        }
+    }
+    writes
 }
 
 /// The rules one `ALTER TABLE` operation breaks.
@@ -318,6 +347,13 @@ fn alter_table(
                 Some(Rule::TableRewrite)
             } else if pg && existing && unique(column_def) {
                 Some(Rule::UniqueConstraint)
+            } else if pg && existing && checked(column_def) {
+                // (The rows already there are checked as it is added.)
+                if context.switch() {
+                    Some(Rule::SwitchTableScan)
+                } else {
+                    Some(Rule::ConstraintNotValid)
+                }
             } else if context.expand() && existing && required(column_def) {
                 Some(Rule::ExpandRequiredColumn)
             } else {
@@ -408,6 +444,16 @@ fn unique(column: &ColumnDef) -> bool {
         matches!(
             o.option,
             ColumnOption::Unique(_) | ColumnOption::PrimaryKey(_)
+        )
+    })
+}
+
+/// A column with a `REFERENCES` or `CHECK` of its own.
+fn checked(column: &ColumnDef) -> bool {
+    column.options.iter().any(|o| {
+        matches!(
+            o.option,
+            ColumnOption::ForeignKey(_) | ColumnOption::Check(_)
         )
     })
 }

@@ -483,3 +483,59 @@ fn a_not_null_column_whose_default_is_null_is_required() {
         ["expand-required-column"]
     );
 }
+
+/// A column added with a `REFERENCES` or `CHECK` of its own checks every
+/// row already there as it is added (PostgreSQL); an `UPDATE` or `DELETE`
+/// inside a `WITH` is read like one on its own.
+#[test]
+fn inline_column_constraints_and_writes_inside_with_are_read() {
+    for (sql, want) in [
+        (
+            "ALTER TABLE orders ADD COLUMN customer_id BIGINT REFERENCES customers (id);",
+            vec!["constraint-not-valid"],
+        ),
+        (
+            "ALTER TABLE orders ADD COLUMN qty2 INTEGER CHECK (qty2 > 0);",
+            vec!["constraint-not-valid"],
+        ),
+        (
+            "WITH one AS (SELECT 1) UPDATE orders SET qty = 0;",
+            vec!["unbatched-write"],
+        ),
+        (
+            "WITH gone AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM gone;",
+            vec!["unbatched-write"],
+        ),
+        (
+            "WITH one AS (SELECT 1) UPDATE orders SET qty = 0 WHERE id IN (SELECT id FROM orders LIMIT 100);",
+            vec![],
+        ),
+    ] {
+        assert_eq!(rules("postgres", "expand", sql), want, "{sql}");
+    }
+    // SQLite checks no existing row as the column is added.
+    assert_eq!(
+        rules(
+            "sqlite",
+            "expand",
+            "ALTER TABLE orders ADD COLUMN customer_id INTEGER REFERENCES customers (id);"
+        ),
+        Vec::<&str>::new()
+    );
+    assert_eq!(
+        rules(
+            "postgres",
+            "contract.sql",
+            "WITH one AS (SELECT 1) UPDATE orders SET qty = 0 WHERE id = 1;"
+        ),
+        vec!["contract-only-removes"]
+    );
+    assert_eq!(
+        rules(
+            "postgres",
+            "switch.sql",
+            "ALTER TABLE orders ADD COLUMN customer_id BIGINT REFERENCES customers (id);"
+        ),
+        vec!["switch-table-scan"]
+    );
+}
