@@ -9,9 +9,10 @@
 //! transaction for all (`BEGIN`, the shared schema lock, the state read,
 //! one `UPDATE … WHERE id IN (…)`, `COMMIT`), each member's steady path
 //! closed before it commits if the row read is not the one it adopted;
-//! then each member's adoption (the members whose adoption may drain
-//! calls drain at the same time, each on a thread of the tick's own, so
-//! one member's long call does not hold up the others); then one
+//! then each member's adoption (here, one after another, for the members
+//! with no steady call in flight; the others drain at the same time, each
+//! on a thread of the tick's own, so one member's long call does not hold
+//! up the others); then one
 //! acknowledgement for all the members that adopted a new epoch together.
 //! Renewing early is always safe, so when one member's renewal is due all
 //! renew, and they keep renewing together.
@@ -39,10 +40,10 @@ use std::sync::mpsc;
 use once_cell::sync::Lazy;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::settled;
 use super::threads::{held_back, poll_alone, poll_failed, wants_tick};
 use super::tick::{adopt_read, renewal_due};
 use super::*;
+use super::{adopt_if_free, settled};
 use crate::store::restated;
 
 /// The shared poller's own connection, outside every pool and never lent:
@@ -319,10 +320,10 @@ fn renew_all<B: Backend>(
 }
 
 /// Each member's adoption of its state, then the acknowledgement of the
-/// epochs adopted: the members whose adoption may drain calls (a new
-/// epoch, or a path or version that is not the state's, as after a stale
-/// lease) adopt at the same time, each on a thread of its own, the others
-/// here;
+/// epochs adopted: the members whose adoption must wait for steady calls
+/// in flight (a new epoch, or a path or version that is not the state's,
+/// as after a stale lease, and a call on the steady path now) adopt at the
+/// same time, each on a thread of its own, the others here;
 /// the acknowledgements go out, one statement for all, as adoptions end
 /// (those that ended together in one), and each member's tick lock is let
 /// go once its acknowledgement is written: one member's long drain holds
@@ -351,6 +352,14 @@ fn adopt_and_acknowledge<B: Backend>(
             if state.epoch == newest && settled(m, &state) {
                 done.push((i, adopt_read(m, adopted, state, &mut Via::Poller)));
                 continue;
+            }
+            // Most members have no steady call in flight at this moment:
+            // drained here at once, without a thread.
+            if state.epoch >= newest {
+                if let Some(adopted) = adopt_if_free(m, &state) {
+                    done.push((i, adopted.map(|()| state)));
+                    continue;
+                }
             }
             let sender = sender.clone();
             let adopt = move || {

@@ -275,9 +275,20 @@ fn readopt<B: Backend>(shared: &Shared<B>, via: &mut Via<'_, B>) -> Result<State
 /// state asks for once drained; if the drain times out, calls stay on the
 /// locking path and the next tick drains again.
 fn drain<B: Backend>(shared: &Shared<B>, version: Version) -> Result<Drained<'_>> {
+    drain_with(shared, version, true)
+}
+
+/// [`drain`]; unless `wait`, one try at the write lock only (a
+/// [`Error::LockTimeout`] at once if a steady call is in flight).
+fn drain_with<B: Backend>(shared: &Shared<B>, version: Version, wait: bool) -> Result<Drained<'_>> {
     let closed = shared.path.replace(CallPath::Steady, CallPath::Undrained);
     let live = shared.live_version();
     let mut policy = shared.writer;
+    if !wait {
+        policy.patience = Duration::ZERO;
+        policy.escalation = Duration::ZERO;
+        policy.attempts = 1;
+    }
     let round = policy
         .patience
         .saturating_add(policy.escalation)
@@ -318,6 +329,25 @@ pub(super) fn settled<B: Backend>(shared: &Shared<B>, state: &State) -> bool {
 /// drain's budget stays under a quarter of the lease, so the poller keeps
 /// renewing while calls are slow.
 fn adopt<B: Backend>(shared: &Shared<B>, state: &State, joining: bool) -> Result<()> {
+    adopt_with(shared, state, joining, true)
+}
+
+/// [`adopt`] by a tick, if no steady call is in flight now (nothing to
+/// wait for): `None` if one is (the steady path is closed by then, and an
+/// [`adopt`] must follow, which waits for it).
+pub(super) fn adopt_if_free<B: Backend>(shared: &Shared<B>, state: &State) -> Option<Result<()>> {
+    match adopt_with(shared, state, false, false) {
+        Err(Error::LockTimeout { .. }) => None,
+        adopted => Some(adopted),
+    }
+}
+
+fn adopt_with<B: Backend>(
+    shared: &Shared<B>,
+    state: &State,
+    joining: bool,
+    wait: bool,
+) -> Result<()> {
     if !joining {
         // (At open nothing has been served yet: the version read at
         // initialization may be a multi-hop upgrade behind the row.)
@@ -327,7 +357,7 @@ fn adopt<B: Backend>(shared: &Shared<B>, state: &State, joining: bool) -> Result
     if settled(shared, state) {
         return Ok(());
     }
-    let drained = drain(shared, state.version)?;
+    let drained = drain_with(shared, state.version, wait)?;
     // Drained: no steady call is in flight while the guard is held.
     if shared.cache_state(state.epoch, state.version, Some(want), false) {
         tracing::debug!(version = %state.version, mode = state.mode.as_str(), epoch = state.epoch, "adopted state");
