@@ -1,19 +1,22 @@
-//! What a `change_type`'s generated work costs: the expand of `qty` widened
-//! from int to bigint on a table of N rows (the new column, its sync
-//! trigger, and the keyset backfill in batches, one transaction each),
-//! against raw diesel doing the same copy in one statement on an identical
-//! table in the same run. Reports figures; asserts nothing.
+//! What a `change_type`'s generated backfill costs: the expand of `qty`
+//! widened from int to bigint on a table of N rows (the new column, its
+//! sync trigger, and the keyset backfill in batches, one transaction each),
+//! against raw diesel on an identical table in the same run: a batched
+//! `UPDATE` loop over the same key ranges with the same kind of sync
+//! trigger installed (what a careful hand-written backfill beside live
+//! writes does), and one `UPDATE` of every row without a trigger (the
+//! floor, which holds every row's lock until it ends). A thread makes calls through tandem
+//! (one-row updates, a unit of work each) before and during tandem's
+//! backfill: their latency, p50, p99 and max. Reports figures; asserts
+//! nothing.
 //!
 //! ```text
 //! cargo run --release --all-features --example backfill                    # SQLite, 200,000 rows
 //! cargo run --release --all-features --example backfill -- --rows 1000000 --batch 5000
 //! cargo run --release --all-features --example backfill -- --database-url postgres://…/postgres
 //! ```
-//!
-//! The raw statement holds its table's write lock for the whole copy; the
-//! batches hold it for one batch at a time, which is what keeps the
-//! application's calls flowing during the backfill.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -88,6 +91,61 @@ impl Raw for tandem::Postgres {
     }
 }
 
+/// A trigger keeping `wide` equal to `qty` on every write, as a hand-written
+/// backfill beside live writes needs one (tandem's is generated).
+fn sync_trigger(backend: &str) -> &'static [&'static str] {
+    if backend == "postgres" {
+        &[
+            "CREATE FUNCTION raw_sync() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN NEW.wide := NEW.qty; RETURN NEW; END $$",
+            "CREATE TRIGGER raw_sync BEFORE INSERT OR UPDATE OF qty ON stock \
+             FOR EACH ROW EXECUTE FUNCTION raw_sync()",
+        ]
+    } else {
+        &[
+            "CREATE TRIGGER raw_sync_insert AFTER INSERT ON stock BEGIN \
+             UPDATE stock SET wide = NEW.qty WHERE rowid = NEW.rowid; END",
+            "CREATE TRIGGER raw_sync_update AFTER UPDATE OF qty ON stock BEGIN \
+             UPDATE stock SET wide = NEW.qty WHERE rowid = NEW.rowid; END",
+        ]
+    }
+}
+
+/// Latencies of calls, in microseconds.
+type Latencies = hdrhistogram::Histogram<u64>;
+
+/// Calls through `db` (a one-row update in a unit of work each, on rows
+/// spread over the table) until `stop`; their latencies.
+fn calls<B: Raw>(db: &tandem::Tandem<B>, rows: u32, stop: &AtomicBool) -> Latencies {
+    let mut latencies = Latencies::new(3).expect("3 significant figures are valid");
+    let mut id: u64 = 1;
+    while !stop.load(Ordering::Relaxed) {
+        id = (id * 7919 + 13) % u64::from(rows.max(1)) + 1;
+        let sql = format!("UPDATE stock SET qty = qty WHERE id = {id}");
+        let started = Instant::now();
+        let done = db.unit_of_work(|s| -> Result<(), tandem::Error> {
+            B::raw(s.conn(), &sql)?;
+            Ok(())
+        });
+        if done.is_ok() {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let _ = latencies.record(us.max(1));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    latencies
+}
+
+fn summary(l: &Latencies) -> String {
+    format!(
+        "{} calls, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        l.len(),
+        l.value_at_quantile(0.5) as f64 / 1e3,
+        l.value_at_quantile(0.99) as f64 / 1e3,
+        l.max() as f64 / 1e3
+    )
+}
+
 fn run<B: Raw>(kit: &Kit<B>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let change = kit.transition(2)?;
     let seed = format!(
@@ -95,46 +153,112 @@ fn run<B: Raw>(kit: &Kit<B>, args: &Args) -> Result<(), Box<dyn std::error::Erro
          SELECT i + 1 FROM n WHERE i < {}) SELECT i FROM n) AS rows",
         args.rows
     );
+    let wide = if B::NAME == "postgres" {
+        "BIGINT"
+    } else {
+        "INTEGER"
+    };
 
-    // tandem: the generated expand, backfill included.
+    // Raw diesel first: a batched loop over the same key ranges, each batch
+    // its own transaction, on an identical table, with the same calls
+    // beside it as tandem's backfill has.
+    let raw_db = change.fresh_at(Stage::PreviousStable)?;
+    let mut conn = raw_db.handle().connection()?;
+    B::raw(&mut *conn, &seed)?;
+    let stop = AtomicBool::new(false);
+    let (raw_loop, longest_raw, raw_batches, during_raw) = std::thread::scope(|s| {
+        let calls = s.spawn(|| calls(raw_db.handle(), args.rows, &stop));
+        let looped = (|| -> QueryResult<_> {
+            let started = Instant::now();
+            B::raw(
+                &mut *conn,
+                &format!("ALTER TABLE stock ADD COLUMN wide {wide} NOT NULL DEFAULT 0"),
+            )?;
+            // The sync trigger any backfill that runs beside live writes
+            // needs, as tandem's.
+            for sql in sync_trigger(B::NAME) {
+                B::raw(&mut *conn, sql)?;
+            }
+            let (mut after, mut longest, mut batches) = (0u64, Duration::ZERO, 0u64);
+            while after < u64::from(args.rows) {
+                let upto = after + u64::from(args.batch);
+                let batch = Instant::now();
+                B::raw(
+                    &mut *conn,
+                    &format!("UPDATE stock SET wide = qty WHERE id > {after} AND id <= {upto}"),
+                )?;
+                longest = longest.max(batch.elapsed());
+                batches += 1;
+                after = upto;
+            }
+            Ok((started.elapsed(), longest, batches))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        looped.map(|(t, l, b)| (t, l, b, calls.join()))
+    })?;
+    let during_raw = during_raw.map_err(|_| "the calls thread panicked")?;
+    // And one statement for every row.
+    let one_db = change.fresh_at(Stage::PreviousStable)?;
+    let mut one_conn = one_db.handle().connection()?;
+    B::raw(&mut *one_conn, &seed)?;
+    let started = Instant::now();
+    B::raw(
+        &mut *one_conn,
+        &format!("ALTER TABLE stock ADD COLUMN wide {wide} NOT NULL DEFAULT 0"),
+    )?;
+    let copied = B::raw(&mut *one_conn, "UPDATE stock SET wide = qty")?;
+    let raw_one = started.elapsed();
+    drop((conn, one_conn));
+
+    // tandem: the generated expand, backfill included, with calls before
+    // and during it.
     let staged = change.fresh_at(Stage::PreviousStable)?;
     B::raw(&mut *staged.handle().connection()?, &seed)?;
     let up = staged
         .handle()
         .upgrader()
         .backfill_batches(args.batch, Duration::ZERO);
-    let started = Instant::now();
-    let report = up.expand()?;
-    let tandem = started.elapsed();
+    stop.store(false, Ordering::Relaxed);
+    let before = std::thread::scope(|s| {
+        let calls = s.spawn(|| calls(staged.handle(), args.rows, &stop));
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        calls.join()
+    })
+    .map_err(|_| "the calls thread panicked")?;
+    stop.store(false, Ordering::Relaxed);
+    let (report, tandem, during) = std::thread::scope(|s| {
+        let calls = s.spawn(|| calls(staged.handle(), args.rows, &stop));
+        let started = Instant::now();
+        let report = up.expand();
+        let tandem = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        (report, tandem, calls.join())
+    });
+    let report = report?;
+    let during = during.map_err(|_| "the calls thread panicked")?;
 
-    // Raw diesel: the same copy as one statement on an identical table.
-    let raw_db = change.fresh_at(Stage::PreviousStable)?;
-    let mut conn = raw_db.handle().connection()?;
-    B::raw(&mut *conn, &seed)?;
-    let wide = if B::NAME == "postgres" {
-        "BIGINT"
-    } else {
-        "INTEGER"
-    };
-    let started = Instant::now();
-    B::raw(
-        &mut *conn,
-        &format!("ALTER TABLE stock ADD COLUMN wide {wide} NOT NULL DEFAULT 0"),
-    )?;
-    let copied = B::raw(&mut *conn, "UPDATE stock SET wide = qty")?;
-    let raw = started.elapsed();
-
-    let ratio = tandem.as_secs_f64() / raw.as_secs_f64().max(f64::EPSILON);
+    let throughput = raw_loop.as_secs_f64() / tandem.as_secs_f64().max(f64::EPSILON);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{}: {} rows, batches of {}: tandem expand {:.1} ms ({} batches, {} rows written), \
-         raw diesel one UPDATE {:.1} ms ({copied} rows); ratio {ratio:.2}",
+        "{}: {} rows, batches of {}:\n  \
+         tandem expand {:.1} ms ({} batches, {} rows written, longest batch {:.2} ms)\n  \
+         raw batched loop with a sync trigger {:.1} ms ({raw_batches} batches, longest {:.2} ms): tandem's throughput {throughput:.2}x raw\n  \
+         raw one UPDATE, no trigger {:.1} ms ({copied} rows, one lock for all of them)\n  \
+         calls before: {}\n  calls during tandem's backfill: {}\n  calls during the raw loop: {}",
         B::NAME,
         args.rows,
         args.batch,
-        tandem.as_secs_f64() * 1e3,
+        ms(tandem),
         report.batches,
         report.backfilled_rows,
-        raw.as_secs_f64() * 1e3,
+        ms(report.longest_batch),
+        ms(raw_loop),
+        ms(longest_raw),
+        ms(raw_one),
+        summary(&before),
+        summary(&during),
+        summary(&during_raw),
     );
     Ok(())
 }

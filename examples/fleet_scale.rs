@@ -343,8 +343,12 @@ fn main() {
             thread::spawn(move || acknowledgement_ms(&url, &id))
         };
         let switch_started = Instant::now();
-        upgrader.upgrader().switch().expect("switch");
+        let report = upgrader.upgrader().switch().expect("switch");
         let switch = switch_started.elapsed();
+        eprintln!(
+            "N = {n}: the switch's fleet acknowledgement {:?}, schema write lock waited {:?} and held {:?}",
+            report.fleet_ack, report.writer_wait, report.held
+        );
         let acked = monitor.join().expect("the monitor");
         thread::sleep(Duration::from_millis(300));
         let (calls, errors, slowest) = fleet.stop();

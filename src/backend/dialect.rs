@@ -84,6 +84,12 @@ pub trait Dialect: super::sealed::Sealed {
     #[doc(hidden)]
     const SHARED_POLLER: bool = false;
 
+    /// Whether a `WITH` may hold an `UPDATE` (PostgreSQL): a generated
+    /// backfill's batch then finds its end and writes in one statement
+    /// ([`Backfill::step_sql`](crate::change::Backfill::step_sql)).
+    #[doc(hidden)]
+    const WRITING_WITH: bool = false;
+
     /// The fleet lease when `Builder::lease` is not set, from the poll
     /// interval: ten polls (renewed about every quarter lease, so every
     /// second poll). Before `MAX_LEASE` and the two-poll floor.

@@ -93,6 +93,7 @@ impl super::sealed::Sealed for Postgres {}
 impl Dialect for Postgres {
     const RENEW_RETURNS_STATE: bool = true;
     const SHARED_POLLER: bool = true;
+    const WRITING_WITH: bool = true;
 
     fn placeholders(sql: &str) -> Cow<'_, str> {
         super::dialect::numbered(sql)

@@ -13,6 +13,16 @@ struct Number {
     n: Option<i64>,
 }
 
+/// A PostgreSQL batch in one statement (`Backfill::step_sql`): its end and
+/// the rows it changed.
+#[derive(diesel::QueryableByName)]
+struct Stepped {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    n: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    changed: i64,
+}
+
 /// What a walk did.
 pub(super) struct Walked {
     pub(super) batches: u64,
@@ -28,6 +38,7 @@ impl<B: Backend> Upgrader<B> {
     pub(super) fn walk(
         &self,
         conn: &mut B::Connection,
+        keeper: &Keeper,
         target: Version,
         backfill: &Backfill,
         before: u64,
@@ -46,21 +57,38 @@ impl<B: Backend> Upgrader<B> {
             self.renew_lease(conn)?;
             self.step("expand: before backfill batch")?;
             let batches = before.saturating_add(walked.batches);
-            let end = B::load::<Number>(conn, &backfill.batch_end_sql(after, self.batch_rows), &[])
-                .map_err(|source| Error::StepFailed {
-                    version: target,
-                    step: backfill.name.clone(),
-                    batches,
-                    source,
+            let at = (target, backfill.name.as_str(), batches);
+            let stepped = if B::WRITING_WITH {
+                // One statement, one round trip: the end found and the
+                // rows filled.
+                let sql = backfill.step_sql(after, self.batch_rows);
+                let rows = self.batch(conn, keeper, false, at, |c| {
+                    B::load::<Stepped>(c, &sql, &[])
                 })?;
-            let Some(upto) = end.first().and_then(|r| r.n) else {
+                rows.first().and_then(|r| Some((r.n?, r.changed)))
+            } else {
+                let end =
+                    B::load::<Number>(conn, &backfill.batch_end_sql(after, self.batch_rows), &[])
+                        .map_err(|source| Error::StepFailed {
+                        version: target,
+                        step: backfill.name.clone(),
+                        batches,
+                        source,
+                    })?;
+                match end.first().and_then(|r| r.n) {
+                    Some(upto) => {
+                        let sql = backfill.batch_sql(after, upto);
+                        let changed =
+                            self.batch(conn, keeper, false, at, |c| B::execute(c, &sql, &[]))?;
+                        Some((upto, i64::try_from(changed).unwrap_or(i64::MAX)))
+                    }
+                    None => None,
+                }
+            };
+            let Some((upto, changed)) = stepped else {
                 tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, "backfill done");
                 return Ok(walked);
             };
-            let sql = backfill.batch_sql(after, upto);
-            let changed = self.batch(conn, target, &backfill.name, batches, |c| {
-                B::execute(c, &sql, &[])
-            })?;
             walked.batches = walked.batches.saturating_add(1);
             walked.rows = walked
                 .rows

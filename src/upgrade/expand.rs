@@ -17,6 +17,7 @@ impl<B: Backend> Upgrader<B> {
             }
         };
         let mut report = PhaseReport::new(target, Phase::Expand);
+        self.longest_batch.set(Duration::ZERO);
         let checksum = self.shared.phase_checksum(target, Phase::Expand);
         let sql = self
             .shared
@@ -60,21 +61,29 @@ impl<B: Backend> Upgrader<B> {
                     report.indexes_built = report.indexes_built.saturating_add(1);
                 }
             }
-            for backfill in version.backfills(B::NAME) {
-                let walked = self.walk(conn, target, backfill, report.batches)?;
-                report.batches = report.batches.saturating_add(walked.batches);
-                report.backfilled_rows = report.backfilled_rows.saturating_add(walked.rows);
+        }
+        // One lease keeper for every batch of every backfill.
+        self.keeping(|keeper| -> Result<()> {
+            if let Some(version) = self.shared.catalog.get(target) {
+                for backfill in version.backfills(B::NAME) {
+                    let walked = self.walk(conn, keeper, target, backfill, report.batches)?;
+                    report.batches = report.batches.saturating_add(walked.batches);
+                    report.backfilled_rows = report.backfilled_rows.saturating_add(walked.rows);
+                }
             }
-        }
-        for backfill in self
-            .shared
-            .backfills
-            .iter()
-            .filter(|s| s.version == target.get())
-        {
-            report.batches += self.run_backfill(conn, target, backfill, report.batches)?;
-        }
+            for backfill in self
+                .shared
+                .backfills
+                .iter()
+                .filter(|s| s.version == target.get())
+            {
+                report.batches +=
+                    self.run_backfill(conn, keeper, target, backfill, report.batches)?;
+            }
+            Ok(())
+        })?;
 
+        report.longest_batch = self.longest_batch.get();
         self.step("expand: before finishing")?;
         self.shared.write_transaction(conn, |c| -> Result<()> {
             let now = store::now_ms();
@@ -98,6 +107,7 @@ impl<B: Backend> Upgrader<B> {
     fn run_backfill(
         &self,
         conn: &mut B::Connection,
+        keeper: &Keeper,
         target: Version,
         backfill: &Backfill<B>,
         before: u64,
@@ -107,9 +117,10 @@ impl<B: Backend> Upgrader<B> {
             self.renew_lease(conn)?;
             self.step("expand: before backfill batch")?;
             let batches = before + done;
-            let changed = self.batch(conn, target, &backfill.name, batches, |c| {
-                (backfill.batch)(c)
-            })?;
+            let changed =
+                self.batch(conn, keeper, true, (target, &backfill.name, batches), |c| {
+                    (backfill.batch)(c)
+                })?;
             if changed == 0 {
                 return Ok(done);
             }
@@ -117,32 +128,50 @@ impl<B: Backend> Upgrader<B> {
         }
     }
 
-    /// Runs one backfill batch in a transaction of its own under the kept
-    /// lease, claiming the lease inside it; returns the rows it changed. A
-    /// database error of the batch or its transaction is
-    /// [`Error::StepFailed`] naming `step` and the `batches` committed.
-    pub(super) fn batch(
+    /// Runs one backfill batch in a transaction of its own with `keeper`
+    /// armed, claiming the lease inside it if `claim`; returns the rows it
+    /// changed. A database error of the batch or its transaction is
+    /// [`Error::StepFailed`] naming the version, the step and the batches
+    /// committed.
+    ///
+    /// A generated batch needs no claim: it sets a column to what the row's
+    /// other columns say (`SET c = f(row) WHERE c IS DISTINCT FROM f(row)`),
+    /// as the sync trigger does for every write, so a batch committed late
+    /// by an upgrader that lost its lease (another took over) writes what
+    /// any batch or trigger would, and after the switch it names a column
+    /// that is gone and fails. A builder's batch is the application's code:
+    /// it commits only while the lease is this upgrader's.
+    pub(super) fn batch<T>(
         &self,
         conn: &mut B::Connection,
-        target: Version,
-        step: &str,
-        batches: u64,
-        run: impl FnOnce(&mut B::Connection) -> diesel::QueryResult<usize>,
-    ) -> Result<usize> {
+        keeper: &Keeper,
+        claim: bool,
+        (target, step, batches): (Version, &str, u64),
+        run: impl FnOnce(&mut B::Connection) -> diesel::QueryResult<T>,
+    ) -> Result<T> {
         let failed = |source| Error::StepFailed {
             version: target,
             step: step.to_owned(),
             batches,
             source,
         };
-        self.kept(|| {
-            self.shared.write_transaction(conn, |c| -> Result<usize> {
-                let changed = run(c).map_err(failed)?;
-                self.claim(c)?;
-                Ok(changed)
-            })
-        })
-        .map_err(|e| match e {
+        let started = Instant::now();
+        let changed = keeper.armed(|| {
+            if claim {
+                self.shared.write_transaction(conn, |c| -> Result<T> {
+                    let changed = run(c).map_err(failed)?;
+                    self.claim(c)?;
+                    Ok(changed)
+                })
+            } else {
+                // One statement (on PostgreSQL no transaction block).
+                self.shared
+                    .write_statement(conn, |c| run(c).map_err(failed))
+            }
+        });
+        self.longest_batch
+            .set(self.longest_batch.get().max(started.elapsed()));
+        changed.map_err(|e| match e {
             // The transaction around the batch (its claim, commit).
             Error::Query(source) => failed(source),
             e => e,

@@ -220,15 +220,30 @@ impl<B: Backend> Upgrader<B> {
     /// then retakes the lease as the phase commits. A one-connection pool
     /// has no connection to spare for it: the claim alone.)
     pub(super) fn kept<T>(&self, f: impl FnOnce() -> T) -> T {
+        let out = self.keeping(|keeper| keeper.armed(f));
+        self.last_renewal.set(Some(Instant::now()));
+        out
+    }
+
+    /// Runs `f` with one keeper beside it (see [`kept`](Self::kept)) that
+    /// renews the lease only while `f` has it [`armed`](Keeper::armed):
+    /// the batches of a backfill share one keeper thread (a thread per
+    /// batch cost about as much as the batch), and between batches, where
+    /// the upgrader renews the lease itself, nothing renews it for a
+    /// thread that stopped.
+    pub(super) fn keeping<T>(&self, f: impl FnOnce(&Keeper) -> T) -> T {
         let done = AtomicBool::new(false);
+        let keeper = Keeper {
+            armed: AtomicBool::new(false),
+        };
         let (shared, owner, lease) = (&*self.shared, self.owner.as_str(), self.lease);
-        let out = thread::scope(|s| {
-            let keeper = thread::Builder::new()
+        thread::scope(|s| {
+            let thread = thread::Builder::new()
                 .name("tandem-lease-keeper".to_owned())
-                .spawn_scoped(s, || keep_lease(shared, owner, lease, &done));
-            let out = f();
+                .spawn_scoped(s, || keep_lease(shared, owner, lease, &done, &keeper.armed));
+            let out = f(&keeper);
             done.store(true, Ordering::Release);
-            match keeper {
+            match thread {
                 Ok(keeper) => {
                     keeper.thread().unpark();
                     if keeper.join().is_err() {
@@ -240,18 +255,37 @@ impl<B: Backend> Upgrader<B> {
                 }
             }
             out
-        });
-        self.last_renewal.set(Some(Instant::now()));
-        out
+        })
     }
 }
 
 /// How long the cleanup after a command waits for SQLite's write lock.
 const CLEANUP_WAIT: Duration = Duration::from_millis(250);
 
+/// The lease keeper of [`Upgrader::keeping`]: renews the lease while armed.
+pub(super) struct Keeper {
+    armed: AtomicBool,
+}
+
+impl Keeper {
+    /// Runs `f` with the lease renewed meanwhile.
+    pub(super) fn armed<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.armed.store(true, Ordering::Release);
+        let out = f();
+        self.armed.store(false, Ordering::Release);
+        out
+    }
+}
+
 /// The lease keeper's loop (see [`Upgrader::kept`]): renews `owner`'s
-/// upgrade lease every third of `lease` until `done`.
-fn keep_lease<B: Backend>(shared: &Shared<B>, owner: &str, lease: Duration, done: &AtomicBool) {
+/// upgrade lease every third of `lease` while `armed`, until `done`.
+fn keep_lease<B: Backend>(
+    shared: &Shared<B>,
+    owner: &str,
+    lease: Duration,
+    done: &AtomicBool,
+    armed: &AtomicBool,
+) {
     let every = (lease / 3).max(Duration::from_millis(1));
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
     let mut conn = None;
@@ -259,6 +293,9 @@ fn keep_lease<B: Backend>(shared: &Shared<B>, owner: &str, lease: Duration, done
         thread::park_timeout(every);
         if done.load(Ordering::Acquire) {
             return;
+        }
+        if !armed.load(Ordering::Acquire) {
+            continue;
         }
         let c = match conn.as_mut() {
             Some(c) => c,

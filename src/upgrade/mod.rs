@@ -47,6 +47,7 @@ mod index;
 mod journal;
 use journal::run_sql;
 mod lease;
+use lease::Keeper;
 mod plan;
 pub use plan::PlannedPhase;
 mod switch;
@@ -73,6 +74,10 @@ pub struct PhaseReport {
     /// `CREATE INDEX CONCURRENTLY`; expand only; a resumed expand counts
     /// only those it built itself, not one it found built).
     pub indexes_built: u64,
+    /// The longest backfill batch, from its transaction's start to its
+    /// commit: about the longest any batch held its row locks (and, on
+    /// SQLite, the database's write lock) (expand only).
+    pub longest_batch: Duration,
     /// For switch and switch back: how long the writer waited for the schema
     /// write lock.
     pub writer_wait: Duration,
@@ -100,6 +105,7 @@ impl PhaseReport {
             batches: 0,
             backfilled_rows: 0,
             indexes_built: 0,
+            longest_batch: Duration::ZERO,
             writer_wait: Duration::ZERO,
             held: Duration::ZERO,
             escalated: false,
@@ -149,6 +155,8 @@ pub struct Upgrader<B: Backend> {
     switch_deadline: Cell<Option<Instant>>,
     /// While a switch runs: (the version switched to, the live version).
     switch_versions: Cell<Option<(Version, Version)>>,
+    /// The longest backfill batch transaction of the current expand.
+    longest_batch: Cell<Duration>,
 }
 
 impl<B: Backend> fmt::Debug for Upgrader<B> {
@@ -179,6 +187,7 @@ impl<B: Backend> Upgrader<B> {
             last_renewal: Cell::new(None),
             switch_deadline: Cell::new(None),
             switch_versions: Cell::new(None),
+            longest_batch: Cell::new(Duration::ZERO),
         }
     }
 

@@ -68,6 +68,24 @@ impl Backfill {
         self.update(after.map(|a| a.to_string()).as_deref(), &upto.to_string())
     }
 
+    /// One statement for the whole of the batch after key `after` (from
+    /// the first if `None`) of `rows` rows, for PostgreSQL (a `WITH` that
+    /// holds an `UPDATE`): it finds the batch's end and fills its rows, and
+    /// its one row is that end (`n`, NULL once no row is left) and the
+    /// rows it changed (`changed`).
+    pub fn step_sql(&self, after: Option<i64>, rows: u32) -> String {
+        let k = &self.key;
+        let from = after.map_or_else(String::new, |a| format!("{k} > {a} AND "));
+        format!(
+            "WITH batch AS (SELECT {k} AS k FROM {t} WHERE {from}TRUE ORDER BY {k} LIMIT {rows}), \
+             done AS (UPDATE {t} SET {set} WHERE {from}{k} <= (SELECT max(k) FROM batch) AND {pending} RETURNING 1) \
+             SELECT CAST((SELECT max(k) FROM batch) AS BIGINT) AS n, CAST((SELECT count(*) FROM done) AS BIGINT) AS changed",
+            t = self.table,
+            set = self.set,
+            pending = self.pending,
+        )
+    }
+
     fn update(&self, after: Option<&str>, upto: &str) -> String {
         let k = &self.key;
         format!(
