@@ -227,6 +227,30 @@
 //! [`Upgrader::backfill_batches`](crate::Upgrader::backfill_batches), and a
 //! crash in the middle resumes (the walk rewrites no row it did already).
 //!
+//! An index on a table that is already there (`create_index`,
+//! `add_unique`) is built on PostgreSQL with `CREATE INDEX CONCURRENTLY`
+//! after expand's transaction, so the table keeps taking writes while it
+//! builds; expand's transaction first checks the table and the columns,
+//! so a typo rolls it back. A build that fails (a duplicate for a unique
+//! index) leaves the expand to resume: fix the data and run the upgrade
+//! again, and the invalid index is dropped and built anew.
+//!
+//! A rename is free at the switch only for tandem's own calls: a client
+//! that uses the database without tandem (a report, another service) sees
+//! the column's name change under it. For such a database write the
+//! copy-and-sync form, `copy = { type = "text" }` (the column's type):
+//!
+//! ```toml
+//! [[operations]]
+//! rename_column = { table = "orders", from = "customer", to = "customer_name", copy = { type = "text" } }
+//! ```
+//!
+//! Both names then exist from expand to contract and a trigger keeps them
+//! equal whichever one a writer names; nothing happens at the switch, and
+//! contract drops the old column (tell the other clients to move first).
+//! Version N's binding declares the new column nullable (`Nullable<Text>`):
+//! it is added without a constraint.
+//!
 //! What the operations do not cover yet (a column moved to another table,
 //! a column split in several) goes in an `sql` operation or a hand-written
 //! file beside `change.toml`, with the sync triggers and backfill this
