@@ -206,14 +206,14 @@ impl<B: Backend> Upgrader<B> {
     ) -> Result<()> {
         let me = self.shared.instance.as_str();
         let catalog = &self.shared.catalog;
+        // Ours once, not once per instance (a hash each).
+        let ours = [from, to].map(|v| (v, catalog.digest(v, B::NAME)));
         let disagreeing: Vec<String> = instances
             .iter()
             .filter(|i| i.id != me)
             .filter(|i| {
-                [from, to].into_iter().any(|v| {
-                    i.digest(v)
-                        .is_some_and(|theirs| theirs != catalog.digest(v, B::NAME))
-                })
+                ours.iter()
+                    .any(|(v, ours)| i.digest(*v).is_some_and(|theirs| theirs != ours.as_str()))
             })
             .map(Instance::describe)
             .collect();
