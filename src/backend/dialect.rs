@@ -90,6 +90,13 @@ pub trait Dialect: super::sealed::Sealed {
     #[doc(hidden)]
     const WRITING_WITH: bool = false;
 
+    /// What a `SELECT` inside a write transaction appends so that no other
+    /// transaction can change the rows it read until this one ends
+    /// (PostgreSQL: ` FOR SHARE`; SQLite's write transaction already
+    /// excludes every other writer).
+    #[doc(hidden)]
+    const HOLD_ROWS: &'static str = "";
+
     /// The fleet lease when `Builder::lease` is not set, from the poll
     /// interval: ten polls (renewed about every quarter lease, so every
     /// second poll). Before `MAX_LEASE` and the two-poll floor.

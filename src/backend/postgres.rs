@@ -94,6 +94,7 @@ impl Dialect for Postgres {
     const RENEW_RETURNS_STATE: bool = true;
     const SHARED_POLLER: bool = true;
     const WRITING_WITH: bool = true;
+    const HOLD_ROWS: &'static str = " FOR SHARE";
 
     fn placeholders(sql: &str) -> Cow<'_, str> {
         super::dialect::numbered(sql)

@@ -7,10 +7,21 @@ impl Store {
     /// Reads the state row. The database's clock decides whether the
     /// upgrader lease has expired.
     pub(crate) fn read_state<B: Backend>(&self, conn: &mut B::Connection) -> Result<State> {
+        self.read_state_as::<B>(conn, "")
+    }
+
+    /// Reads the state row inside a write transaction and holds it until
+    /// the transaction ends: nobody takes the upgrade lease or moves the
+    /// state meanwhile (see [`Dialect::HOLD_ROWS`](crate::Dialect::HOLD_ROWS)).
+    pub(crate) fn read_state_held<B: Backend>(&self, conn: &mut B::Connection) -> Result<State> {
+        self.read_state_as::<B>(conn, B::HOLD_ROWS)
+    }
+
+    fn read_state_as<B: Backend>(&self, conn: &mut B::Connection, hold: &str) -> Result<State> {
         let rows: Vec<StateRow> = B::load(
             conn,
             &format!(
-                "SELECT version, phase, mode, epoch, owner, owner_until - {} AS owner_left FROM {} WHERE id = 1",
+                "SELECT version, phase, mode, epoch, owner, owner_until - {} AS owner_left FROM {} WHERE id = 1{hold}",
                 B::now_ms_sql(),
                 self.state
             ),

@@ -38,7 +38,7 @@ impl<B: Backend> Upgrader<B> {
     pub(super) fn walk(
         &self,
         conn: &mut B::Connection,
-        keeper: &Keeper,
+        kept: (&Keeper, &State),
         target: Version,
         backfill: &Backfill,
         before: u64,
@@ -59,12 +59,9 @@ impl<B: Backend> Upgrader<B> {
             let batches = before.saturating_add(walked.batches);
             let at = (target, backfill.name.as_str(), batches);
             let stepped = if B::WRITING_WITH {
-                // One statement, one round trip: the end found and the
-                // rows filled.
+                // One statement: the end found and the rows filled.
                 let sql = backfill.step_sql(after, self.batch_rows);
-                let rows = self.batch(conn, keeper, false, at, |c| {
-                    B::load::<Stepped>(c, &sql, &[])
-                })?;
+                let rows = self.batch(conn, kept, at, |c| B::load::<Stepped>(c, &sql, &[]))?;
                 rows.first().and_then(|r| Some((r.n?, r.changed)))
             } else {
                 let end =
@@ -78,8 +75,7 @@ impl<B: Backend> Upgrader<B> {
                 match end.first().and_then(|r| r.n) {
                     Some(upto) => {
                         let sql = backfill.batch_sql(after, upto);
-                        let changed =
-                            self.batch(conn, keeper, false, at, |c| B::execute(c, &sql, &[]))?;
+                        let changed = self.batch(conn, kept, at, |c| B::execute(c, &sql, &[]))?;
                         Some((upto, i64::try_from(changed).unwrap_or(i64::MAX)))
                     }
                     None => None,

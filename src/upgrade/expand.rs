@@ -66,7 +66,8 @@ impl<B: Backend> Upgrader<B> {
         self.keeping(|keeper| -> Result<()> {
             if let Some(version) = self.shared.catalog.get(target) {
                 for backfill in version.backfills(B::NAME) {
-                    let walked = self.walk(conn, keeper, target, backfill, report.batches)?;
+                    let walked =
+                        self.walk(conn, (keeper, &state), target, backfill, report.batches)?;
                     report.batches = report.batches.saturating_add(walked.batches);
                     report.backfilled_rows = report.backfilled_rows.saturating_add(walked.rows);
                 }
@@ -78,7 +79,7 @@ impl<B: Backend> Upgrader<B> {
                 .filter(|s| s.version == target.get())
             {
                 report.batches +=
-                    self.run_backfill(conn, keeper, target, backfill, report.batches)?;
+                    self.run_backfill(conn, (keeper, &state), target, backfill, report.batches)?;
             }
             Ok(())
         })?;
@@ -107,7 +108,7 @@ impl<B: Backend> Upgrader<B> {
     fn run_backfill(
         &self,
         conn: &mut B::Connection,
-        keeper: &Keeper,
+        kept: (&Keeper, &State),
         target: Version,
         backfill: &Backfill<B>,
         before: u64,
@@ -117,10 +118,9 @@ impl<B: Backend> Upgrader<B> {
             self.renew_lease(conn)?;
             self.step("expand: before backfill batch")?;
             let batches = before + done;
-            let changed =
-                self.batch(conn, keeper, true, (target, &backfill.name, batches), |c| {
-                    (backfill.batch)(c)
-                })?;
+            let changed = self.batch(conn, kept, (target, &backfill.name, batches), |c| {
+                (backfill.batch)(c)
+            })?;
             if changed == 0 {
                 return Ok(done);
             }
@@ -128,24 +128,20 @@ impl<B: Backend> Upgrader<B> {
         }
     }
 
-    /// Runs one backfill batch in a transaction of its own with `keeper`
-    /// armed, claiming the lease inside it if `claim`; returns the rows it
-    /// changed. A database error of the batch or its transaction is
-    /// [`Error::StepFailed`] naming the version, the step and the batches
-    /// committed.
-    ///
-    /// A generated batch needs no claim: it sets a column to what the row's
-    /// other columns say (`SET c = f(row) WHERE c IS DISTINCT FROM f(row)`),
-    /// as the sync trigger does for every write, so a batch committed late
-    /// by an upgrader that lost its lease (another took over) writes what
-    /// any batch or trigger would, and after the switch it names a column
-    /// that is gone and fails. A builder's batch is the application's code:
-    /// it commits only while the lease is this upgrader's.
+    /// Runs one backfill batch in a transaction of its own with the keeper
+    /// armed; inside it, after the batch, reads and holds the state row
+    /// ([`fence`](Self::fence)): the batch commits only while the lease is
+    /// still this upgrader's and nobody moved the upgrade on (a batch that
+    /// an upgrader which lost its lease committed late could write a column
+    /// of the same name that a later version reuses), and nobody takes the
+    /// lease before it commits. It writes nothing to the state row: the
+    /// lease is renewed between batches and by the keeper. Returns what `run` returned. A database error of
+    /// the batch or its transaction is [`Error::StepFailed`] naming the
+    /// version, the step and the batches committed.
     pub(super) fn batch<T>(
         &self,
         conn: &mut B::Connection,
-        keeper: &Keeper,
-        claim: bool,
+        (keeper, planned): (&Keeper, &State),
         (target, step, batches): (Version, &str, u64),
         run: impl FnOnce(&mut B::Connection) -> diesel::QueryResult<T>,
     ) -> Result<T> {
@@ -157,17 +153,11 @@ impl<B: Backend> Upgrader<B> {
         };
         let started = Instant::now();
         let changed = keeper.armed(|| {
-            if claim {
-                self.shared.write_transaction(conn, |c| -> Result<T> {
-                    let changed = run(c).map_err(failed)?;
-                    self.claim(c)?;
-                    Ok(changed)
-                })
-            } else {
-                // One statement (on PostgreSQL no transaction block).
-                self.shared
-                    .write_statement(conn, |c| run(c).map_err(failed))
-            }
+            self.shared.write_transaction(conn, |c| -> Result<T> {
+                let changed = run(c).map_err(failed)?;
+                self.fence(c, planned)?;
+                Ok(changed)
+            })
         });
         self.longest_batch
             .set(self.longest_batch.get().max(started.elapsed()));

@@ -241,11 +241,16 @@ impl<B: Backend> Upgrader<B> {
             let thread = thread::Builder::new()
                 .name("tandem-lease-keeper".to_owned())
                 .spawn_scoped(s, || keep_lease(shared, owner, lease, &done, &keeper.armed));
+            // Stopped however `f` ends: a panic that unwinds through here
+            // would otherwise wait for a keeper that never stops.
+            let stop = Stop {
+                done: &done,
+                keeper: thread.as_ref().ok().map(|t| t.thread().clone()),
+            };
             let out = f(&keeper);
-            done.store(true, Ordering::Release);
+            drop(stop);
             match thread {
                 Ok(keeper) => {
-                    keeper.thread().unpark();
                     if keeper.join().is_err() {
                         tracing::warn!("the upgrade lease keeper panicked");
                     }
@@ -268,12 +273,33 @@ pub(super) struct Keeper {
 }
 
 impl Keeper {
-    /// Runs `f` with the lease renewed meanwhile.
+    /// Runs `f` with the lease renewed meanwhile (disarmed however `f`
+    /// ends).
     pub(super) fn armed<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Disarm<'a>(&'a AtomicBool);
+        impl Drop for Disarm<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         self.armed.store(true, Ordering::Release);
-        let out = f();
-        self.armed.store(false, Ordering::Release);
-        out
+        let _disarm = Disarm(&self.armed);
+        f()
+    }
+}
+
+/// Ends a keeper when dropped: sets `done` and wakes it.
+struct Stop<'a> {
+    done: &'a AtomicBool,
+    keeper: Option<thread::Thread>,
+}
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(keeper) = &self.keeper {
+            keeper.unpark();
+        }
     }
 }
 
@@ -295,6 +321,9 @@ fn keep_lease<B: Backend>(
             return;
         }
         if !armed.load(Ordering::Acquire) {
+            // Its connection back to the pool between batches: the
+            // application's calls and the fleet need it more.
+            conn = None;
             continue;
         }
         let c = match conn.as_mut() {

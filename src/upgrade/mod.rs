@@ -410,7 +410,16 @@ impl<B: Backend> Upgrader<B> {
     /// planned on, and this upgrader still holds the lease. Returns the
     /// state row as read (its mode and epoch may have moved: deploying).
     fn recheck(&self, conn: &mut B::Connection, planned: &State) -> Result<State> {
-        let now_state = self.shared.store.read_state::<B>(conn)?;
+        self.checked(self.shared.store.read_state::<B>(conn)?, planned)
+    }
+
+    /// [`recheck`](Self::recheck), the state row held until the transaction
+    /// ends: a batch's fence, which writes nothing.
+    fn fence(&self, conn: &mut B::Connection, planned: &State) -> Result<State> {
+        self.checked(self.shared.store.read_state_held::<B>(conn)?, planned)
+    }
+
+    fn checked(&self, now_state: State, planned: &State) -> Result<State> {
         if now_state.upgrader.as_deref() != Some(self.owner.as_str()) {
             return Err(Error::UpgraderBusy {
                 holder: now_state
