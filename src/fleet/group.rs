@@ -40,10 +40,10 @@ use std::sync::mpsc;
 use once_cell::sync::Lazy;
 use parking_lot::{Mutex, MutexGuard};
 
+use super::adopt_if_free;
 use super::threads::{held_back, poll_alone, poll_failed, wants_tick};
 use super::tick::{adopt_read, renewal_due};
 use super::*;
-use super::{adopt_if_free, settled};
 use crate::store::restated;
 
 /// The shared poller's own connection, outside every pool and never lent:
@@ -346,15 +346,11 @@ fn adopt_and_acknowledge<B: Backend>(
         let mut running = Vec::new();
         for (i, (m, state)) in shareds.iter().copied().zip(states).enumerate() {
             let adopted = last.get(i).copied().unwrap_or(i64::MIN);
-            // (`Via::Poller`: a re-read after the epoch went backwards
-            // waits at most a poll interval for the member's pool.)
+            // Most members have nothing to drain, or no steady call in
+            // flight at this moment: adopted here at once, without a
+            // thread. (Not a row whose epoch went backwards: that re-read
+            // drains whatever is in flight.)
             let newest = adopted.max(*m.cached_epoch.lock());
-            if state.epoch == newest && settled(m, &state) {
-                done.push((i, adopt_read(m, adopted, state, &mut Via::Poller)));
-                continue;
-            }
-            // Most members have no steady call in flight at this moment:
-            // drained here at once, without a thread.
             if state.epoch >= newest {
                 if let Some(adopted) = adopt_if_free(m, &state) {
                     done.push((i, adopted.map(|()| state)));
@@ -363,6 +359,8 @@ fn adopt_and_acknowledge<B: Backend>(
             }
             let sender = sender.clone();
             let adopt = move || {
+                // (`Via::Poller`: a re-read after the epoch went backwards
+                // waits at most a poll interval for the member's pool.)
                 let adopted = adopt_read(m, adopted, state, &mut Via::Poller);
                 // (The receiver outlives every sender in this scope.)
                 let _ = sender.send((i, adopted));

@@ -8,7 +8,8 @@ use super::*;
 /// own (an upgrader, which holds one for its whole command: a second from
 /// the pool could wait forever on a one-connection pool).
 pub(crate) enum Via<'c, B: Backend> {
-    /// Pooled, waiting up to the pool's `connection_timeout` (`refresh`).
+    /// Pooled, waiting up to the pool's `connection_timeout` (`refresh`'s
+    /// round trips after its first).
     Pool,
     /// The poller thread: pooled, taken before the tick lock (so that an
     /// upgrader of this process never waits behind a poller waiting for

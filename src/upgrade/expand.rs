@@ -1,6 +1,6 @@
-//! Expand: the next version's additive SQL in one transaction, then its
-//! backfills (generated, then the builder's) in batches, then the indexes
-//! its change file builds concurrently; each resumable.
+//! Expand: the next version's additive SQL in one transaction, then the
+//! indexes its change file builds concurrently, then its backfills
+//! (generated, then the builder's) in batches; each resumable.
 
 use super::*;
 use crate::shared::Backfill;
@@ -135,9 +135,10 @@ impl<B: Backend> Upgrader<B> {
     /// an upgrader which lost its lease committed late could write a column
     /// of the same name that a later version reuses), and nobody takes the
     /// lease before it commits. It writes nothing to the state row: the
-    /// lease is renewed between batches and by the keeper. Returns what `run` returned. A database error of
-    /// the batch or its transaction is [`Error::StepFailed`] naming the
-    /// version, the step and the batches committed.
+    /// lease is renewed between batches and by the keeper. Returns what
+    /// `run` returned. A database error of the batch or its transaction is
+    /// [`Error::StepFailed`] naming the version, the step and the batches
+    /// committed.
     pub(super) fn batch<T>(
         &self,
         conn: &mut B::Connection,

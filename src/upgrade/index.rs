@@ -52,9 +52,10 @@ impl<B: Backend> Upgrader<B> {
         self.renew_lease(conn)?;
         self.step("expand: before index build")?;
         let mut built = false;
-        // Two builds at most: one after a drop, one more if a concurrent
-        // one left an invalid index after ours found it there.
-        for _ in 0..3 {
+        // Two builds at most (one after a drop, one more if a concurrent
+        // one left an invalid index after ours found it there), each
+        // looked at again in the round after it.
+        for round in 0..3 {
             let found = match count(conn, &index.state_sql)? {
                 Some(1) => Found::Valid,
                 Some(0) => Found::Invalid,
@@ -86,6 +87,7 @@ impl<B: Backend> Upgrader<B> {
                     }
                     continue;
                 }
+                _ if round == 2 => break,
                 Found::Invalid => {
                     tracing::warn!(
                         version = %target,

@@ -104,11 +104,7 @@ impl CatalogVersion {
         &'a self,
         backend: &'a str,
     ) -> impl Iterator<Item = &'a crate::change::Backfill> + 'a {
-        self.after_expand
-            .backfills
-            .iter()
-            .filter(move |(b, _)| *b == backend)
-            .map(|(_, backfill)| backfill)
+        generated::for_backend(&self.after_expand.backfills, backend)
     }
 
     /// The indexes its `change.toml` builds for `backend` after expand's
@@ -118,11 +114,7 @@ impl CatalogVersion {
         &'a self,
         backend: &'a str,
     ) -> impl Iterator<Item = &'a crate::change::ConcurrentIndex> + 'a {
-        self.after_expand
-            .indexes
-            .iter()
-            .filter(move |(b, _)| *b == backend)
-            .map(|(_, index)| index)
+        generated::for_backend(&self.after_expand.indexes, backend)
     }
 
     /// The version number.

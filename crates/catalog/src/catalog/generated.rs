@@ -19,6 +19,16 @@ pub(super) struct AfterExpand {
     pub(super) indexes: Vec<(&'static str, ConcurrentIndex)>,
 }
 
+/// The steps of `list` for `backend`, in order.
+pub(super) fn for_backend<'a, T>(
+    list: &'a [(&'static str, T)],
+    backend: &'a str,
+) -> impl Iterator<Item = &'a T> + 'a {
+    list.iter()
+        .filter(move |(b, _)| *b == backend)
+        .map(|(_, step)| step)
+}
+
 /// The phase files a change file generates, per backend: its statements
 /// for the phase, then the hand-written file's (the backend's own, else
 /// the generic one) if there is one; and what it runs after expand's
