@@ -225,7 +225,8 @@
 //! same column name; rows already there are filled by a keyset backfill
 //! after expand's SQL, in batches of
 //! [`Upgrader::backfill_batches`](crate::Upgrader::backfill_batches), and a
-//! crash in the middle resumes (the walk rewrites no row it did already).
+//! crash in the middle resumes after the last batch that committed (each
+//! batch records its last key in the running expand's history row).
 //!
 //! An index on a table that is already there (`create_index`,
 //! `add_unique`) is built on PostgreSQL with `CREATE INDEX CONCURRENTLY`

@@ -716,6 +716,120 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                     assert!(diesel::sql_query("SELECT _tandem_old_qty FROM stock").execute(&mut *conn).is_err());
                 }
 
+                /// A batch commits only while the upgrade lease is still its
+                /// upgrader's: one whose lease another upgrader took before it
+                /// committed (here a trigger takes it inside the second batch,
+                /// as a takeover after the lease ran out would) writes nothing,
+                /// and the expand fails naming the holder. (A late batch could
+                /// otherwise write a column of the same name a later version
+                /// reuses.) The expand, run again, finishes the job.
+                #[test]
+                fn a_batch_whose_upgrader_lost_its_lease_commits_nothing() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("retype_lost_lease", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+                    let mut conn = staged.handle().connection().unwrap();
+                    let run = |conn: &mut C, sql: &str| {
+                        diesel::connection::SimpleConnection::batch_execute(conn, sql).unwrap()
+                    };
+                    run(
+                        &mut conn,
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                         INSERT INTO stock (qty) SELECT i FROM n",
+                    );
+                    let steal = "UPDATE tandem_state SET owner = 'thief', owner_until = 9000000000000000 WHERE id = 1";
+                    if <B as tandem::Backend>::NAME == "sqlite" {
+                        run(&mut conn, &format!("CREATE TRIGGER steal AFTER UPDATE ON stock WHEN NEW.id = 1500 BEGIN {steal}; END;"));
+                    } else {
+                        run(&mut conn, &format!(
+                            "CREATE FUNCTION steal() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {steal}; RETURN NULL; END $$; \
+                             CREATE TRIGGER steal AFTER UPDATE ON stock FOR EACH ROW WHEN (NEW.id = 1500) EXECUTE FUNCTION steal();"
+                        ));
+                    }
+                    let up = staged.handle().upgrader().backfill_batches(1000, Duration::ZERO);
+                    let err = up.expand().unwrap_err();
+                    assert!(
+                        matches!(&err, tandem::Error::UpgraderBusy { holder, .. } if holder == "thief"),
+                        "{err:?}"
+                    );
+                    #[derive(diesel::QueryableByName)]
+                    struct Filled {
+                        #[diesel(sql_type = diesel::sql_types::BigInt)]
+                        n: i64,
+                    }
+                    let filled = |conn: &mut C, from: i64, to: i64| {
+                        diesel::sql_query(format!(
+                            "SELECT COUNT(*) AS n FROM stock WHERE id BETWEEN {from} AND {to} AND _tandem_new_qty = qty"
+                        ))
+                        .get_result::<Filled>(conn)
+                        .unwrap()
+                        .n
+                    };
+                    assert_eq!(filled(&mut conn, 1, 1000), 1000, "the first batch committed");
+                    assert_eq!(filled(&mut conn, 1001, 2000), 0, "the batch that lost its lease committed nothing");
+                    // Nobody holds the lease now (the takeover went with the
+                    // batch's rollback): the expand resumes where it stopped.
+                    let on = if <B as tandem::Backend>::NAME == "sqlite" { "" } else { " ON stock" };
+                    run(&mut conn, &format!("DROP TRIGGER steal{on}"));
+                    let expand = up.expand().unwrap();
+                    assert!(expand.backfilled_rows >= 1500, "{expand:?}");
+                    assert_eq!(filled(&mut conn, 1, 2500), 2500);
+                }
+
+                /// A crashed expand's backfill goes on after the last batch
+                /// that committed (its end is in the running expand's history
+                /// row, written with the batch): crashed before its third
+                /// batch, the resumed expand runs one batch of 500 rows, not
+                /// three from the first key.
+                #[test]
+                fn a_resumed_backfill_goes_on_after_its_last_committed_batch() {
+                    use tandem::testing::faults::UpgraderFaults as _;
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("retype_resume_cursor", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let expand_detail = |staged: &tandem::testing::Staged<B>| {
+                        staged.handle().history().unwrap().into_iter()
+                            .find(|h| h.version.get() == 2 && h.phase.as_str() == "expand")
+                            .and_then(|h| h.detail)
+                    };
+                    for crash in 1..20 {
+                        let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+                        {
+                            let mut conn = staged.handle().connection().unwrap();
+                            diesel::sql_query(
+                                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                                 INSERT INTO stock (qty) SELECT i FROM n",
+                            )
+                            .execute(&mut *conn)
+                            .unwrap();
+                        }
+                        let batches = |up: tandem::Upgrader<B>| up.backfill_batches(1000, Duration::ZERO);
+                        let crashed = batches(staged.handle().upgrader())
+                            .lease(Duration::from_millis(150))
+                            .crash_at(crash)
+                            .expand();
+                        assert!(matches!(crashed, Err(tandem::Error::InjectedCrash { .. })), "step {crash}: {crashed:?}");
+                        if expand_detail(&staged).as_deref() != Some("backfilled through: stock.qty=2000") {
+                            continue;
+                        }
+                        let resumed = batches(staged.handle().upgrader())
+                            .wait_for_lease(Duration::from_secs(10))
+                            .expand()
+                            .unwrap();
+                        assert_eq!((resumed.batches, resumed.backfilled_rows), (1, 500), "{resumed:?}");
+                        assert_eq!(expand_detail(&staged), None, "cleared when the expand finished");
+                        let two = tandem::Version::new(2).unwrap();
+                        staged.handle().upgrader().switch().unwrap();
+                        let repo = stock::<C>();
+                        for id in [1, 1000, 1001, 2000, 2001, 2500] {
+                            assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), id)).unwrap(), id);
+                        }
+                        return;
+                    }
+                    panic!("no crash left the backfill through key 2000");
+                }
+
                 /// A crash at each step (each backfill batch is one) resumes.
                 #[test]
                 fn an_upgrade_crashed_at_each_step_resumes() {

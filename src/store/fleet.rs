@@ -227,6 +227,24 @@ impl Store {
         conn: &mut B::Connection,
         grace: i64,
     ) -> Result<Vec<Instance>> {
+        self.tidy_fleet::<B>(conn, grace)?;
+        let now = B::now_ms_sql();
+        let rows: Vec<FleetRow> = B::load(
+            conn,
+            &format!(
+                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
+                 FROM {} WHERE lease_until > {now} - ? ORDER BY id",
+                self.fleet
+            ),
+            &[Bind::I64(grace)],
+        )?;
+        rows.into_iter().map(|r| self.to_instance(r)).collect()
+    }
+
+    /// What [`live_instances`](Self::live_instances) does first: leases
+    /// longer than any instance takes cut, rows expired past the renewal
+    /// grace removed.
+    fn tidy_fleet<B: Backend>(&self, conn: &mut B::Connection, grace: i64) -> Result<()> {
         let now = B::now_ms_sql();
         let max_lease = crate::limits::millis(crate::limits::MAX_LEASE);
         let capped = B::execute(
@@ -253,16 +271,47 @@ impl Store {
                 crate::limits::RENEWAL_GRACE,
             )))],
         )?;
-        let rows: Vec<FleetRow> = B::load(
+        Ok(())
+    }
+
+    /// The live instances other than `me` (as
+    /// [`live_instances`](Self::live_instances) counts them, tidying the
+    /// same way), grouped by what a switch checks of them: the versions
+    /// they serve, their catalog digests and the epoch they acknowledged.
+    /// A fleet of one release in one epoch is one row whatever its size, so
+    /// a switch checks it without fetching every instance's row.
+    pub(crate) fn live_groups<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        me: &str,
+        grace: i64,
+    ) -> Result<Vec<LiveGroup>> {
+        self.tidy_fleet::<B>(conn, grace)?;
+        let rows: Vec<GroupRow> = B::load(
             conn,
             &format!(
-                "SELECT id, host, pid, label, min_version, max_version, observed_epoch, lease_until, catalog \
-                 FROM {} WHERE lease_until > {now} - ? ORDER BY id",
-                self.fleet
+                "SELECT min_version, max_version, observed_epoch, catalog, COUNT(*) AS instances \
+                 FROM {} WHERE id <> ? AND lease_until > {now} - ? \
+                 GROUP BY min_version, max_version, observed_epoch, catalog",
+                self.fleet,
+                now = B::now_ms_sql()
             ),
-            &[Bind::I64(grace)],
+            &[Bind::Text(me), Bind::I64(grace)],
         )?;
-        rows.into_iter().map(|r| self.to_instance(r)).collect()
+        rows.into_iter()
+            .map(|r| {
+                let bad = |v: i64| {
+                    self.corrupt(&self.fleet, format!("{v} is not a positive version number"))
+                };
+                Ok(LiveGroup {
+                    first: Version::from_i64(r.min_version).ok_or_else(|| bad(r.min_version))?,
+                    last: Version::from_i64(r.max_version).ok_or_else(|| bad(r.max_version))?,
+                    observed_epoch: r.observed_epoch,
+                    catalog: r.catalog,
+                    instances: r.instances,
+                })
+            })
+            .collect()
     }
 
     /// How many instances other than `me` are live (as
@@ -485,5 +534,82 @@ mod tests {
             ["behind", "expired_live", "ghost_ack", "noticed"]
         );
         assert_eq!(noticing, 4);
+    }
+
+    /// The switch's grouped check sees what the rows say: the live
+    /// instances other than this one (expired and in-grace rows left out),
+    /// one group per release and epoch, with the catalog digests as stored.
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn live_groups_sum_up_the_live_rows_other_than_this_instance() {
+        use crate::{Backend as _, Sqlite, Tandem};
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("t.db").display().to_string();
+        let db = Tandem::<Sqlite>::builder(&url, crate::testing::demo::catalog().unwrap())
+            .poll_interval(std::time::Duration::from_secs(3600))
+            .open()
+            .unwrap();
+        let shared = &db.shared;
+        let store = &shared.store;
+        let mut conn = shared.connection().unwrap();
+        let c = &mut *conn;
+        let epoch = store.read_state::<Sqlite>(c).unwrap().epoch;
+        let grace = 2_000;
+        // (id, serves up to, acknowledged epoch, lease_until from now, catalog)
+        let rows = [
+            ("new_a", 2, epoch, 1_000, Some("1=aa,2=bb")),
+            ("new_b", 2, epoch, 1_000, Some("1=aa,2=bb")),
+            ("new_behind", 2, epoch - 1, 1_000, Some("1=aa,2=bb")),
+            ("old", 1, epoch, 1_000, Some("1=aa")),
+            ("unrecorded", 2, epoch, 1_000, None),
+            ("in_grace", 1, epoch, -grace - 10, Some("1=zz")),
+        ];
+        for (id, max, observed, lease, catalog) in rows {
+            Sqlite::execute(
+                c,
+                &format!(
+                    "INSERT INTO {} (id, host, pid, label, min_version, max_version, observed_epoch, \
+                     lease_until, started_at, catalog) VALUES (?, 'h', 1, 'l', 1, ?, ?, {now} + ?, {now}, ?)",
+                    store.fleet,
+                    now = Sqlite::now_ms_sql()
+                ),
+                &[
+                    Bind::Text(id),
+                    Bind::I64(max),
+                    Bind::I64(observed),
+                    Bind::I64(lease),
+                    Bind::OptText(catalog),
+                ],
+            )
+            .unwrap();
+        }
+        let mut groups = store
+            .live_groups::<Sqlite>(c, &shared.me.id, grace)
+            .unwrap();
+        groups.sort_by_key(|g| (g.last, g.observed_epoch, g.catalog.clone()));
+        let v = |n| Version::new(n).unwrap();
+        let seen: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.last.get(),
+                    g.observed_epoch - epoch,
+                    g.digest(v(1)),
+                    g.digest(v(2)),
+                    g.instances,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, 0, Some("aa"), None, 1),
+                (2, -1, Some("aa"), Some("bb"), 1),
+                (2, 0, None, None, 1),
+                (2, 0, Some("aa"), Some("bb"), 2),
+            ]
+        );
+        assert!(groups.iter().all(|g| g.serves(v(1))));
+        assert_eq!(groups.iter().filter(|g| g.serves(v(2))).count(), 3);
     }
 }

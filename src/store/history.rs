@@ -49,7 +49,7 @@ impl Store {
         B::execute(
             conn,
             &format!(
-                "UPDATE {} SET outcome = ?, finished_at = ? WHERE version = ? AND phase = ? AND outcome = ?",
+                "UPDATE {} SET outcome = ?, finished_at = ?, detail = NULL WHERE version = ? AND phase = ? AND outcome = ?",
                 self.history
             ),
             &[
@@ -61,6 +61,30 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Sets the detail of `version`'s running expand row: how far its
+    /// generated backfills got (see `upgrade::backfill::Progress`). Inside a
+    /// backfill batch's transaction, so the two commit together.
+    pub(crate) fn set_expand_progress<B: Backend>(
+        &self,
+        conn: &mut B::Connection,
+        version: Version,
+        detail: &str,
+    ) -> diesel::QueryResult<usize> {
+        B::execute(
+            conn,
+            &format!(
+                "UPDATE {} SET detail = ? WHERE version = ? AND phase = ? AND outcome = ?",
+                self.history
+            ),
+            &[
+                Bind::Text(detail),
+                Bind::I64(version.as_i64()),
+                Bind::Text(Phase::Expand.as_str()),
+                Bind::Text(RUNNING),
+            ],
+        )
     }
 
     /// Every history row, oldest first.

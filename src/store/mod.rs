@@ -176,7 +176,9 @@ pub struct HistoryEntry {
     pub outcome: Outcome,
     /// The instance that ran it (host:pid:nonce).
     pub by: String,
-    /// The error, for a failed phase.
+    /// The error, for a failed phase; for a running expand, how far its
+    /// generated backfills got (`backfilled through: orders.qty=2000`: the
+    /// last key of the last batch committed), where a resumed expand goes on.
     pub detail: Option<String>,
 }
 
@@ -210,11 +212,7 @@ pub struct Instance {
 impl Instance {
     /// The digest its binary's catalog has for `version`, if it told.
     pub(crate) fn digest(&self, version: Version) -> Option<&str> {
-        let prefix = format!("{version}=");
-        self.catalog
-            .as_deref()?
-            .split(',')
-            .find_map(|entry| entry.strip_prefix(prefix.as_str()))
+        digest_in(self.catalog.as_deref(), version)
     }
 
     /// Whether its binary has bindings for `version`.
@@ -230,6 +228,57 @@ impl Instance {
             self.label, self.host, self.pid, self.first, self.last, self.id
         )
     }
+}
+
+/// The digest a fleet row's catalog column (`1=<sha256>,2=…`) has for
+/// `version`, if it has one.
+fn digest_in(catalog: Option<&str>, version: Version) -> Option<&str> {
+    let prefix = format!("{version}=");
+    catalog?
+        .split(',')
+        .find_map(|entry| entry.strip_prefix(prefix.as_str()))
+}
+
+/// Live instances alike in all a switch checks of them
+/// ([`Store::live_groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveGroup {
+    /// The oldest version their binaries serve.
+    pub(crate) first: Version,
+    /// The newest.
+    pub(crate) last: Version,
+    /// The epoch they acknowledged.
+    pub(crate) observed_epoch: i64,
+    /// Their catalog digests, as in [`Instance`].
+    catalog: Option<String>,
+    /// How many instances.
+    pub(crate) instances: i64,
+}
+
+impl LiveGroup {
+    /// As [`Instance::serves`].
+    pub(crate) fn serves(&self, version: Version) -> bool {
+        self.first <= version && version <= self.last
+    }
+
+    /// As [`Instance::digest`].
+    pub(crate) fn digest(&self, version: Version) -> Option<&str> {
+        digest_in(self.catalog.as_deref(), version)
+    }
+}
+
+#[derive(QueryableByName)]
+struct GroupRow {
+    #[diesel(sql_type = BigInt)]
+    min_version: i64,
+    #[diesel(sql_type = BigInt)]
+    max_version: i64,
+    #[diesel(sql_type = BigInt)]
+    observed_epoch: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    catalog: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    instances: i64,
 }
 
 #[derive(QueryableByName)]

@@ -23,6 +23,58 @@ struct Stepped {
     changed: i64,
 }
 
+/// How far an expand's generated backfills got: per backfill, the last key
+/// of its last batch committed. Kept in the running expand's history row
+/// (`backfilled through: orders.qty=2000, orders.total=150`), written in each
+/// batch's transaction, so a resumed expand goes on after the last batch
+/// that committed instead of reading every row again. (Rows written since
+/// the expand's SQL are kept in step by its sync triggers, whatever their
+/// key: only the rows from before it need the walk.)
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Progress(Vec<(String, i64)>);
+
+impl Progress {
+    const PREFIX: &'static str = "backfilled through: ";
+
+    /// The progress a running expand row's detail records (none if it
+    /// records none, or something else).
+    pub(super) fn parse(detail: Option<&str>) -> Self {
+        let Some(list) = detail.and_then(|d| d.strip_prefix(Self::PREFIX)) else {
+            return Self::default();
+        };
+        Self(
+            list.split(", ")
+                .filter_map(|entry| {
+                    let (name, key) = entry.rsplit_once('=')?;
+                    Some((name.to_owned(), key.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// The key `backfill` got through, if it began.
+    fn through(&self, backfill: &str) -> Option<i64> {
+        self.0.iter().find(|(n, _)| n == backfill).map(|(_, k)| *k)
+    }
+
+    /// The detail with `backfill` through `key` (names are what a change
+    /// file may use: lowercase letters, digits, `_` and the `.` between
+    /// table and column).
+    fn with(&self, backfill: &str, key: i64) -> String {
+        let mut next = self.clone();
+        next.set(backfill, key);
+        let list: Vec<String> = next.0.iter().map(|(n, k)| format!("{n}={k}")).collect();
+        format!("{}{}", Self::PREFIX, list.join(", "))
+    }
+
+    fn set(&mut self, backfill: &str, key: i64) {
+        match self.0.iter_mut().find(|(n, _)| n == backfill) {
+            Some(entry) => entry.1 = key,
+            None => self.0.push((backfill.to_owned(), key)),
+        }
+    }
+}
+
 /// What a walk did.
 pub(super) struct Walked {
     pub(super) batches: u64,
@@ -30,16 +82,18 @@ pub(super) struct Walked {
 }
 
 impl<B: Backend> Upgrader<B> {
-    /// Walks `backfill` from the table's first key to its last, a batch of
-    /// [`backfill_batches`](Upgrader::backfill_batches) rows at a time
-    /// (`before`: batches of earlier backfills of the same expand, for
-    /// errors). A resumed expand walks again from the start: the rows done
-    /// already are read, not written (see [`Backfill`]).
+    /// Walks `backfill` from the table's first key (or, resumed, from
+    /// after the last key `progress` records) to its last, a batch of
+    /// [`backfill_batches`](Upgrader::backfill_batches) rows at a time,
+    /// each batch recording its end in `progress` and, in its transaction,
+    /// the history row (`before`: batches of earlier backfills of the same
+    /// expand, for errors). Rows a sync trigger filled already are read, not
+    /// written (see [`Backfill`]).
     pub(super) fn walk(
         &self,
         conn: &mut B::Connection,
         kept: (&Keeper, &State),
-        target: Version,
+        (target, progress): (Version, &mut Progress),
         backfill: &Backfill,
         before: u64,
     ) -> Result<Walked> {
@@ -52,7 +106,11 @@ impl<B: Backend> Upgrader<B> {
             batches: 0,
             rows: 0,
         };
-        let mut after = None;
+        let mut after = progress.through(&backfill.name);
+        if let Some(key) = after {
+            tracing::info!(version = %target, backfill = %backfill.name, after_key = key, "resuming backfill");
+        }
+        let store = &self.shared.store;
         loop {
             self.renew_lease(conn)?;
             self.step("expand: before backfill batch")?;
@@ -61,8 +119,15 @@ impl<B: Backend> Upgrader<B> {
             let stepped = if B::WRITING_WITH {
                 // One statement: the end found and the rows filled.
                 let sql = backfill.step_sql(after, self.batch_rows);
-                let rows = self.batch(conn, kept, at, |c| B::load::<Stepped>(c, &sql, &[]))?;
-                rows.first().and_then(|r| Some((r.n?, r.changed)))
+                self.batch(conn, kept, at, |c| {
+                    let rows = B::load::<Stepped>(c, &sql, &[])?;
+                    let stepped = rows.first().and_then(|r| Some((r.n?, r.changed)));
+                    if let Some((upto, _)) = stepped {
+                        let detail = progress.with(&backfill.name, upto);
+                        store.set_expand_progress::<B>(c, target, &detail)?;
+                    }
+                    Ok(stepped)
+                })?
             } else {
                 let end =
                     B::load::<Number>(conn, &backfill.batch_end_sql(after, self.batch_rows), &[])
@@ -75,7 +140,12 @@ impl<B: Backend> Upgrader<B> {
                 match end.first().and_then(|r| r.n) {
                     Some(upto) => {
                         let sql = backfill.batch_sql(after, upto);
-                        let changed = self.batch(conn, kept, at, |c| B::execute(c, &sql, &[]))?;
+                        let detail = progress.with(&backfill.name, upto);
+                        let changed = self.batch(conn, kept, at, |c| {
+                            let changed = B::execute(c, &sql, &[])?;
+                            store.set_expand_progress::<B>(c, target, &detail)?;
+                            Ok(changed)
+                        })?;
                         Some((upto, i64::try_from(changed).unwrap_or(i64::MAX)))
                     }
                     None => None,
@@ -90,6 +160,7 @@ impl<B: Backend> Upgrader<B> {
                 .rows
                 .saturating_add(u64::try_from(changed).unwrap_or(u64::MAX));
             after = Some(upto);
+            progress.set(&backfill.name, upto);
             tracing::info!(
                 version = %target,
                 backfill = %backfill.name,
@@ -101,6 +172,36 @@ impl<B: Backend> Upgrader<B> {
             if !self.batch_pause.is_zero() {
                 std::thread::sleep(self.batch_pause);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn progress_reads_back_what_it_wrote_and_ignores_other_details() {
+        let none = Progress::default();
+        let one = none.with("orders.qty", 2000);
+        assert_eq!(one, "backfilled through: orders.qty=2000");
+        let parsed = Progress::parse(Some(&one));
+        assert_eq!(parsed.through("orders.qty"), Some(2000));
+        let two = parsed.with("orders.total", -5);
+        let parsed = Progress::parse(Some(&two));
+        assert_eq!(
+            (parsed.through("orders.qty"), parsed.through("orders.total")),
+            (Some(2000), Some(-5))
+        );
+        let moved = Progress::parse(Some(&parsed.with("orders.qty", 3000)));
+        assert_eq!(moved.through("orders.qty"), Some(3000));
+        assert_eq!(moved.through("orders.total"), Some(-5));
+        for other in [
+            None,
+            Some("deadlock detected"),
+            Some("backfilled through: x=y"),
+        ] {
+            assert_eq!(Progress::parse(other).through("x"), None, "{other:?}");
         }
     }
 }

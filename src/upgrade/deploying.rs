@@ -146,25 +146,37 @@ impl<B: Backend> Upgrader<B> {
 
     /// Invariant 3: every live instance must be able to serve the version
     /// switched to (this one included), and agree on its SQL (invariant
-    /// 10). Returns the live instances and those in the renewal grace.
+    /// 10). Returns whether other instances are live or in the renewal
+    /// grace. The fleet is checked grouped ([`Store::live_groups`]: one row
+    /// per release, whatever the fleet's size); only if a group fails are
+    /// the rows fetched, to name the instances.
     pub(super) fn fleet_ready(
         &self,
         conn: &mut B::Connection,
         state: &State,
         to: Version,
-    ) -> Result<(Vec<Instance>, Vec<Instance>)> {
+    ) -> Result<bool> {
         let me = self.shared.instance.as_str();
         let grace = crate::limits::millis(self.shared.lease);
-        let (instances, noticed) = self.shared.write_transaction(conn, |c| -> Result<_> {
-            let store = &self.shared.store;
+        let store = &self.shared.store;
+        let served = self.shared.served();
+        let self_lacks = served.contains(&state.version) && !served.contains(&to);
+        let (groups, noticed) = self.shared.write_transaction(conn, |c| -> Result<_> {
             Ok((
-                store.live_instances::<B>(c, grace)?,
+                store.live_groups::<B>(c, me, grace)?,
                 store.noticed_instances::<B>(c, grace)?,
             ))
         })?;
-        let served = self.shared.served();
+        let noticed_others = noticed.iter().any(|i| i.id != me);
+        if !self_lacks && self.fleet_agrees(&groups, state.version, to, None) {
+            return Ok(!groups.is_empty() || noticed_others);
+        }
+        // Something to refuse: the rows, to say which instances.
+        let instances = self
+            .shared
+            .write_transaction(conn, |c| store.live_instances::<B>(c, grace))?;
         let mut lacking = self.lacking(&instances, to);
-        if served.contains(&state.version) && !served.contains(&to) {
+        if self_lacks {
             lacking.insert(
                 0,
                 format!(
@@ -181,7 +193,31 @@ impl<B: Backend> Upgrader<B> {
             });
         }
         self.check_catalogs(&instances, state.version, to)?;
-        Ok((instances, noticed))
+        Ok(instances.iter().any(|i| i.id != me) || noticed_others)
+    }
+
+    /// Whether every group of live instances serves `to`, agrees with this
+    /// binary on the SQL of `from` and `to` (groups whose release did not
+    /// record its catalog are not compared) and, with `epoch`, has
+    /// acknowledged it: the checks of [`lacking`](Self::lacking),
+    /// [`check_catalogs`](Self::check_catalogs) and the switch's
+    /// acknowledgement check, on [`Store::live_groups`]' rows.
+    pub(super) fn fleet_agrees(
+        &self,
+        groups: &[LiveGroup],
+        from: Version,
+        to: Version,
+        epoch: Option<i64>,
+    ) -> bool {
+        let catalog = &self.shared.catalog;
+        let ours = [from, to].map(|v| (v, catalog.digest(v, B::NAME)));
+        groups.iter().all(|g| {
+            g.serves(to)
+                && ours
+                    .iter()
+                    .all(|(v, ours)| g.digest(*v).is_none_or(|theirs| theirs == ours.as_str()))
+                && epoch.is_none_or(|e| g.observed_epoch == e)
+        })
     }
 
     /// The other instances among `instances` whose binaries lack `version`.

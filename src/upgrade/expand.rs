@@ -2,6 +2,7 @@
 //! indexes its change file builds concurrently, then its backfills
 //! (generated, then the builder's) in batches; each resumable.
 
+use super::backfill::Progress;
 use super::*;
 use crate::shared::Backfill;
 
@@ -27,10 +28,11 @@ impl<B: Backend> Upgrader<B> {
             .unwrap_or_default();
         let store = &self.shared.store;
 
-        let resumed = store.history::<B>(conn)?.iter().any(|h| {
+        let running = store.history::<B>(conn)?.into_iter().find(|h| {
             h.version == target && h.phase == Phase::Expand.as_str() && h.outcome == store::RUNNING
         });
-        if !resumed {
+        let mut progress = Progress::parse(running.as_ref().and_then(|h| h.detail.as_deref()));
+        if running.is_none() {
             self.step("expand: before SQL")?;
             let now = store::now_ms();
             let applied = self.kept(|| {
@@ -66,8 +68,13 @@ impl<B: Backend> Upgrader<B> {
         self.keeping(|keeper| -> Result<()> {
             if let Some(version) = self.shared.catalog.get(target) {
                 for backfill in version.backfills(B::NAME) {
-                    let walked =
-                        self.walk(conn, (keeper, &state), target, backfill, report.batches)?;
+                    let walked = self.walk(
+                        conn,
+                        (keeper, &state),
+                        (target, &mut progress),
+                        backfill,
+                        report.batches,
+                    )?;
                     report.batches = report.batches.saturating_add(walked.batches);
                     report.backfilled_rows = report.backfilled_rows.saturating_add(walked.rows);
                 }

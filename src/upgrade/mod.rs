@@ -36,7 +36,7 @@ use crate::fleet::{self, Membership};
 use crate::lock::WriterPolicy;
 use crate::retry::{lock_conflict, Retry};
 use crate::shared::Shared;
-use crate::store::{self, Instance, Mode, State, StatePhase};
+use crate::store::{self, Instance, LiveGroup, Mode, State, StatePhase};
 use crate::version::{Phase, Version};
 
 mod backfill;

@@ -48,7 +48,7 @@ impl<B: Backend> Upgrader<B> {
             Plan::Done(report) => return Ok(report),
             Plan::Run { files, to } => (files, to),
         };
-        let (instances, noticed) = self.fleet_ready(conn, &state, to.0)?;
+        let others = self.fleet_ready(conn, &state, to.0)?;
         self.switch_versions.set(Some((to.0, state.version)));
         let job = SwitchJob {
             sql: self
@@ -82,11 +82,7 @@ impl<B: Backend> Upgrader<B> {
                 phase,
                 Some(notice_until),
             )?;
-        } else if instances
-            .iter()
-            .chain(noticed.iter())
-            .any(|i| i.id != job.me)
-        {
+        } else if others {
             report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
             deploying = true;
         }
@@ -216,45 +212,13 @@ impl<B: Backend> Upgrader<B> {
         now: i64,
         attempt: u32,
     ) -> Result<(Option<i64>, Duration, bool)> {
-        let store = &self.shared.store;
         let (from, to) = (job.state.version, job.to.0);
         let (db_wait, db_escalated) =
             self.enter_exclusive(c, &self.shared.writer, attempt, to, from)?;
         self.shared.ddl_preamble(c)?;
         let now_state = self.recheck(c, &job.state)?;
-        // The fleet again, under the exclusive lock (instances register
-        // and renew under the shared one): one that joined since we looked
-        // may lack the new version; alone before, we now need deploying
-        // mode; in deploying mode, a live instance that has not
-        // acknowledged it (it renewed again after its row had expired, or
-        // registered again) must first.
-        let live = store.live_instances::<B>(c, job.grace)?;
-        let lacking = self.lacking(&live, to);
-        if !lacking.is_empty() {
-            return Err(Error::SwitchRefused {
-                version: to,
-                instances: lacking,
-            });
-        }
-        self.check_catalogs(&live, from, to)?;
-        let others = |rows: &[Instance]| rows.iter().any(|i| i.id != job.me);
-        if !deploying && (others(&live) || others(&store.noticed_instances::<B>(c, job.grace)?)) {
+        if !self.fleet_still_ready(c, job, deploying, now_state.epoch)? {
             return Ok((None, db_wait, db_escalated));
-        }
-        if deploying {
-            let unacknowledged: Vec<&str> = live
-                .iter()
-                .filter(|i| i.id != job.me && i.observed_epoch != now_state.epoch)
-                .map(|i| i.id.as_str())
-                .collect();
-            if !unacknowledged.is_empty() {
-                tracing::info!(
-                    ?unacknowledged,
-                    epoch = now_state.epoch,
-                    "live instances have not acknowledged deploying mode: asking again"
-                );
-                return Ok((None, db_wait, db_escalated));
-            }
         }
         if let Some(sql) = &job.sql {
             run_sql(c, sql, job.owner_version, job.phase)?;
@@ -270,6 +234,55 @@ impl<B: Backend> Upgrader<B> {
             store::APPLIED,
         )?;
         Ok((Some(epoch), db_wait, db_escalated))
+    }
+
+    /// The fleet again, under the exclusive lock (instances register and
+    /// renew under the shared one): one that joined since we looked may lack
+    /// the new version (refused); alone before, we now need deploying mode;
+    /// in deploying mode, a live instance that has not acknowledged `epoch`
+    /// (it renewed again after its row had expired, or registered again)
+    /// must first. `false`: deploying mode (again) first. Checked grouped
+    /// ([`Store::live_groups`]), so the lock is held as briefly for 500
+    /// instances as for 5; the rows are fetched only to name those at fault.
+    fn fleet_still_ready(
+        &self,
+        c: &mut B::Connection,
+        job: &SwitchJob,
+        deploying: bool,
+        epoch: i64,
+    ) -> Result<bool> {
+        let store = &self.shared.store;
+        let (from, to) = (job.state.version, job.to.0);
+        let groups = store.live_groups::<B>(c, &job.me, job.grace)?;
+        if !self.fleet_agrees(&groups, from, to, deploying.then_some(epoch)) {
+            let live = store.live_instances::<B>(c, job.grace)?;
+            let lacking = self.lacking(&live, to);
+            if !lacking.is_empty() {
+                return Err(Error::SwitchRefused {
+                    version: to,
+                    instances: lacking,
+                });
+            }
+            self.check_catalogs(&live, from, to)?;
+            let unacknowledged: Vec<&str> = live
+                .iter()
+                .filter(|i| i.id != job.me && i.observed_epoch != epoch)
+                .map(|i| i.id.as_str())
+                .collect();
+            if deploying && !unacknowledged.is_empty() {
+                tracing::info!(
+                    ?unacknowledged,
+                    epoch,
+                    "live instances have not acknowledged deploying mode: asking again"
+                );
+                return Ok(false);
+            }
+        }
+        let noticed = |c: &mut B::Connection| -> Result<bool> {
+            let rows = store.noticed_instances::<B>(c, job.grace)?;
+            Ok(rows.iter().any(|i| i.id != job.me))
+        };
+        Ok(deploying || (groups.is_empty() && !noticed(c)?))
     }
 
     /// What a switch (or switch back) from `state` does: nothing (done
