@@ -12,8 +12,12 @@
 //! ```text
 //! cargo run --release --all-features --example fleet_scale -- \
 //!     --database-url postgres://postgres@127.0.0.1:5432/postgres \
-//!     --instances 1,10,100,500 --processes 5 --seconds 30 [--no-push] [--lease-ms N]
+//!     --instances 1,10,100,500 --processes 5 --seconds 30 [--no-push] [--lease-ms N] [--no-calls]
 //! ```
+//!
+//! `--no-calls` switches with no calls running (the switch then has no
+//! call in flight to drain: what is left of its duration is the protocol's
+//! own).
 //!
 //! The server needs `shared_preload_libraries = 'pg_stat_statements'`
 //! (without it statements are reported as n/a) and `max_connections` above
@@ -335,7 +339,9 @@ fn main() {
         );
         let shown = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.2}"));
         let mut fleet = fleet;
-        fleet.tell("calls");
+        if !flag("--no-calls") {
+            fleet.tell("calls");
+        }
         thread::sleep(Duration::from_millis(500));
         upgrader.upgrader().expand().expect("expand");
         let monitor = {
