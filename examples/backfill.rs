@@ -5,10 +5,12 @@
 //! `UPDATE` loop over the same key ranges with the same kind of sync
 //! trigger installed (what a careful hand-written backfill beside live
 //! writes does), and one `UPDATE` of every row without a trigger (the
-//! floor, which holds every row's lock until it ends). A thread makes calls through tandem
-//! (one-row updates, a unit of work each) before and during tandem's
-//! backfill: their latency, p50, p99 and max. Reports figures; asserts
-//! nothing.
+//! floor, which holds every row's lock until it ends). Each backfill runs
+//! twice: alone (throughput), and beside a thread making calls through
+//! tandem (one-row updates, a unit of work each; also before tandem's
+//! backfill): their latency, p50, p99 and max, and what serving them costs
+//! each backfill (tandem's batches let the calls in between them; the raw
+//! loop on SQLite mostly does not). Reports figures; asserts nothing.
 //!
 //! ```text
 //! cargo run --release --all-features --example backfill                    # SQLite, 200,000 rows
@@ -146,6 +148,115 @@ fn summary(l: &Latencies) -> String {
     )
 }
 
+/// What one backfill run took: its duration, its longest batch, its
+/// batches and rows, and the latencies of the calls beside it (if any ran).
+struct Ran {
+    took: Duration,
+    longest: Duration,
+    batches: u64,
+    rows: u64,
+    calls: Option<Latencies>,
+}
+
+/// Runs `backfill` on `db`, with calls through it meanwhile if `with_calls`.
+fn beside_calls<B: Raw>(
+    db: &tandem::Tandem<B>,
+    rows: u32,
+    with_calls: bool,
+    backfill: impl FnOnce() -> Result<(Duration, u64, u64), Box<dyn std::error::Error>>,
+) -> Result<Ran, Box<dyn std::error::Error>> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let calls = with_calls.then(|| s.spawn(|| calls(db, rows, &stop)));
+        let started = Instant::now();
+        let done = backfill();
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let calls = calls
+            .map(|c| c.join().map_err(|_| "the calls thread panicked"))
+            .transpose()?;
+        let (longest, batches, rows) = done?;
+        Ok(Ran {
+            took,
+            longest,
+            batches,
+            rows,
+            calls,
+        })
+    })
+}
+
+/// Raw diesel: a batched loop over the same key ranges, each batch its own
+/// transaction, on an identical table, after the same new column and the
+/// sync trigger any backfill that runs beside live writes needs.
+fn raw_loop<B: Raw>(
+    change: &tandem::testing::Transition<'_, B>,
+    seed: &str,
+    args: &Args,
+    with_calls: bool,
+) -> Result<Ran, Box<dyn std::error::Error>> {
+    let wide = if B::NAME == "postgres" {
+        "BIGINT"
+    } else {
+        "INTEGER"
+    };
+    let db = change.fresh_at(Stage::PreviousStable)?;
+    let mut conn = db.handle().connection()?;
+    B::raw(&mut *conn, seed)?;
+    beside_calls(db.handle(), args.rows, with_calls, || {
+        B::raw(
+            &mut *conn,
+            &format!("ALTER TABLE stock ADD COLUMN wide {wide} NOT NULL DEFAULT 0"),
+        )?;
+        for sql in sync_trigger(B::NAME) {
+            B::raw(&mut *conn, sql)?;
+        }
+        let (mut after, mut longest, mut batches) = (0u64, Duration::ZERO, 0u64);
+        while after < u64::from(args.rows) {
+            let upto = after + u64::from(args.batch);
+            let batch = Instant::now();
+            B::raw(
+                &mut *conn,
+                &format!("UPDATE stock SET wide = qty WHERE id > {after} AND id <= {upto}"),
+            )?;
+            longest = longest.max(batch.elapsed());
+            batches += 1;
+            after = upto;
+        }
+        Ok((longest, batches, u64::from(args.rows)))
+    })
+}
+
+/// tandem: the generated expand, backfill included.
+fn tandem_expand<B: Raw>(
+    change: &tandem::testing::Transition<'_, B>,
+    seed: &str,
+    args: &Args,
+    with_calls: bool,
+) -> Result<(Ran, Option<Latencies>), Box<dyn std::error::Error>> {
+    let staged = change.fresh_at(Stage::PreviousStable)?;
+    B::raw(&mut *staged.handle().connection()?, seed)?;
+    let up = staged
+        .handle()
+        .upgrader()
+        .backfill_batches(args.batch, Duration::ZERO);
+    // The calls before it, for comparison.
+    let before = with_calls
+        .then(|| {
+            beside_calls(staged.handle(), args.rows, true, || {
+                std::thread::sleep(Duration::from_secs(1));
+                Ok((Duration::ZERO, 0, 0))
+            })
+        })
+        .transpose()?
+        .and_then(|r| r.calls);
+    let ran = beside_calls(staged.handle(), args.rows, with_calls, || {
+        let report = up.expand()?;
+        Ok((report.longest_batch, report.batches, report.backfilled_rows))
+    })?;
+    Ok((ran, before))
+}
+
 fn run<B: Raw>(kit: &Kit<B>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let change = kit.transition(2)?;
     let seed = format!(
@@ -158,45 +269,12 @@ fn run<B: Raw>(kit: &Kit<B>, args: &Args) -> Result<(), Box<dyn std::error::Erro
     } else {
         "INTEGER"
     };
-
-    // Raw diesel first: a batched loop over the same key ranges, each batch
-    // its own transaction, on an identical table, with the same calls
-    // beside it as tandem's backfill has.
-    let raw_db = change.fresh_at(Stage::PreviousStable)?;
-    let mut conn = raw_db.handle().connection()?;
-    B::raw(&mut *conn, &seed)?;
-    let stop = AtomicBool::new(false);
-    let (raw_loop, longest_raw, raw_batches, during_raw) = std::thread::scope(|s| {
-        let calls = s.spawn(|| calls(raw_db.handle(), args.rows, &stop));
-        let looped = (|| -> QueryResult<_> {
-            let started = Instant::now();
-            B::raw(
-                &mut *conn,
-                &format!("ALTER TABLE stock ADD COLUMN wide {wide} NOT NULL DEFAULT 0"),
-            )?;
-            // The sync trigger any backfill that runs beside live writes
-            // needs, as tandem's.
-            for sql in sync_trigger(B::NAME) {
-                B::raw(&mut *conn, sql)?;
-            }
-            let (mut after, mut longest, mut batches) = (0u64, Duration::ZERO, 0u64);
-            while after < u64::from(args.rows) {
-                let upto = after + u64::from(args.batch);
-                let batch = Instant::now();
-                B::raw(
-                    &mut *conn,
-                    &format!("UPDATE stock SET wide = qty WHERE id > {after} AND id <= {upto}"),
-                )?;
-                longest = longest.max(batch.elapsed());
-                batches += 1;
-                after = upto;
-            }
-            Ok((started.elapsed(), longest, batches))
-        })();
-        stop.store(true, Ordering::Relaxed);
-        looped.map(|(t, l, b)| (t, l, b, calls.join()))
-    })?;
-    let during_raw = during_raw.map_err(|_| "the calls thread panicked")?;
+    // Alone first (throughput), then beside calls (what the calls see,
+    // and what serving them costs each).
+    let raw_alone = raw_loop(&change, &seed, args, false)?;
+    let (tandem_alone, _) = tandem_expand(&change, &seed, args, false)?;
+    let raw_busy = raw_loop(&change, &seed, args, true)?;
+    let (tandem_busy, before) = tandem_expand(&change, &seed, args, true)?;
     // And one statement for every row.
     let one_db = change.fresh_at(Stage::PreviousStable)?;
     let mut one_conn = one_db.handle().connection()?;
@@ -208,57 +286,38 @@ fn run<B: Raw>(kit: &Kit<B>, args: &Args) -> Result<(), Box<dyn std::error::Erro
     )?;
     let copied = B::raw(&mut *one_conn, "UPDATE stock SET wide = qty")?;
     let raw_one = started.elapsed();
-    drop((conn, one_conn));
 
-    // tandem: the generated expand, backfill included, with calls before
-    // and during it.
-    let staged = change.fresh_at(Stage::PreviousStable)?;
-    B::raw(&mut *staged.handle().connection()?, &seed)?;
-    let up = staged
-        .handle()
-        .upgrader()
-        .backfill_batches(args.batch, Duration::ZERO);
-    stop.store(false, Ordering::Relaxed);
-    let before = std::thread::scope(|s| {
-        let calls = s.spawn(|| calls(staged.handle(), args.rows, &stop));
-        std::thread::sleep(Duration::from_secs(1));
-        stop.store(true, Ordering::Relaxed);
-        calls.join()
-    })
-    .map_err(|_| "the calls thread panicked")?;
-    stop.store(false, Ordering::Relaxed);
-    let (report, tandem, during) = std::thread::scope(|s| {
-        let calls = s.spawn(|| calls(staged.handle(), args.rows, &stop));
-        let started = Instant::now();
-        let report = up.expand();
-        let tandem = started.elapsed();
-        stop.store(true, Ordering::Relaxed);
-        (report, tandem, calls.join())
-    });
-    let report = report?;
-    let during = during.map_err(|_| "the calls thread panicked")?;
-
-    let throughput = raw_loop.as_secs_f64() / tandem.as_secs_f64().max(f64::EPSILON);
+    let ratio = |raw: &Ran, tandem: &Ran| {
+        raw.took.as_secs_f64() / tandem.took.as_secs_f64().max(f64::EPSILON)
+    };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let shown = |l: &Option<Latencies>| l.as_ref().map_or("none".to_owned(), summary);
+    println!("{}: {} rows, batches of {}:", B::NAME, args.rows, args.batch);
+    for (what, raw, tandem) in [
+        ("alone", &raw_alone, &tandem_alone),
+        ("beside calls", &raw_busy, &tandem_busy),
+    ] {
+        println!(
+            "  {what}: tandem expand {:.1} ms ({} batches, {} rows written, longest batch {:.2} ms); \
+             raw batched loop with a sync trigger {:.1} ms ({} batches, longest {:.2} ms): \
+             tandem's throughput {:.2}x raw",
+            ms(tandem.took),
+            tandem.batches,
+            tandem.rows,
+            ms(tandem.longest),
+            ms(raw.took),
+            raw.batches,
+            ms(raw.longest),
+            ratio(raw, tandem),
+        );
+    }
     println!(
-        "{}: {} rows, batches of {}:\n  \
-         tandem expand {:.1} ms ({} batches, {} rows written, longest batch {:.2} ms)\n  \
-         raw batched loop with a sync trigger {:.1} ms ({raw_batches} batches, longest {:.2} ms): tandem's throughput {throughput:.2}x raw\n  \
-         raw one UPDATE, no trigger {:.1} ms ({copied} rows, one lock for all of them)\n  \
+        "  raw one UPDATE, no trigger {:.1} ms ({copied} rows, one lock for all of them)\n  \
          calls before: {}\n  calls during tandem's backfill: {}\n  calls during the raw loop: {}",
-        B::NAME,
-        args.rows,
-        args.batch,
-        ms(tandem),
-        report.batches,
-        report.backfilled_rows,
-        ms(report.longest_batch),
-        ms(raw_loop),
-        ms(longest_raw),
         ms(raw_one),
-        summary(&before),
-        summary(&during),
-        summary(&during_raw),
+        shown(&before),
+        shown(&tandem_busy.calls),
+        shown(&raw_busy.calls),
     );
     Ok(())
 }
