@@ -292,7 +292,12 @@ fn run<B: Raw>(kit: &Kit<B>, args: &Args) -> Result<(), Box<dyn std::error::Erro
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let shown = |l: &Option<Latencies>| l.as_ref().map_or("none".to_owned(), summary);
-    println!("{}: {} rows, batches of {}:", B::NAME, args.rows, args.batch);
+    println!(
+        "{}: {} rows, batches of {}:",
+        B::NAME,
+        args.rows,
+        args.batch
+    );
     for (what, raw, tandem) in [
         ("alone", &raw_alone, &tandem_alone),
         ("beside calls", &raw_busy, &tandem_busy),

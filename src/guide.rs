@@ -226,7 +226,10 @@
 //! after expand's SQL, in batches of
 //! [`Upgrader::backfill_batches`](crate::Upgrader::backfill_batches), and a
 //! crash in the middle resumes after the last batch that committed (each
-//! batch records its last key in the running expand's history row).
+//! batch records its last key in the running expand's history row). The
+//! key should never change: a row whose key moved below that point while
+//! the expand was down is found when the resumed walk ends, and the table
+//! is walked again from the first key.
 //!
 //! An index on a table that is already there (`create_index`,
 //! `add_unique`) is built on PostgreSQL with `CREATE INDEX CONCURRENTLY`

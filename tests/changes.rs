@@ -784,9 +784,21 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                 /// three from the first key.
                 #[test]
                 fn a_resumed_backfill_goes_on_after_its_last_committed_batch() {
+                    resumed_backfill("retype_resume_cursor", false);
+                }
+
+                /// A row whose key moved below the cursor while the expand was
+                /// down (no trigger fires for a key change) is found once the
+                /// resumed walk ends, and the walk goes again from the first key.
+                #[test]
+                fn a_row_moved_below_the_cursor_is_still_backfilled() {
+                    resumed_backfill("retype_resume_moved", true);
+                }
+
+                fn resumed_backfill(test: &str, move_row: bool) {
                     use tandem::testing::faults::UpgraderFaults as _;
                     let (_dir, catalog) = catalog();
-                    let Some(kit): Option<Kit<B>> = $kit("retype_resume_cursor", catalog) else { return };
+                    let Some(kit): Option<Kit<B>> = $kit(test, catalog) else { return };
                     let change = kit.transition(2).unwrap();
                     let expand_detail = |staged: &tandem::testing::Staged<B>| {
                         staged.handle().history().unwrap().into_iter()
@@ -813,17 +825,28 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                         if expand_detail(&staged).as_deref() != Some("backfilled through: stock.qty=2000") {
                             continue;
                         }
+                        if move_row {
+                            let mut conn = staged.handle().connection().unwrap();
+                            diesel::sql_query("UPDATE stock SET id = 7 - 2400 WHERE id = 2400")
+                                .execute(&mut *conn)
+                                .unwrap();
+                        }
                         let resumed = batches(staged.handle().upgrader())
                             .wait_for_lease(Duration::from_secs(10))
                             .expand()
                             .unwrap();
-                        assert_eq!((resumed.batches, resumed.backfilled_rows), (1, 500), "{resumed:?}");
+                        if !move_row {
+                            assert_eq!((resumed.batches, resumed.backfilled_rows), (1, 500), "{resumed:?}");
+                        }
                         assert_eq!(expand_detail(&staged), None, "cleared when the expand finished");
                         let two = tandem::Version::new(2).unwrap();
                         staged.handle().upgrader().switch().unwrap();
                         let repo = stock::<C>();
                         for id in [1, 1000, 1001, 2000, 2001, 2500] {
                             assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), id)).unwrap(), id);
+                        }
+                        if move_row {
+                            assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), 7 - 2400)).unwrap(), 2400);
                         }
                         return;
                     }

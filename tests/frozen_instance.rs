@@ -33,7 +33,7 @@ fn open<B: Backend>(url: &str, label: &str) -> Tandem<B> {
 
 /// The instance: two threads whose calls overlap, each holding its
 /// locking-path transaction for 200 ms; `in-tx` marks that one is inside
-/// (a locking-path call, not a steady one still in flight).
+/// (a locking-path call of version 1, not a steady one still in flight).
 fn run_instance<B: Backend>(url: &str, dir: &Path) {
     let db = open::<B>(url, "frozen");
     std::fs::write(dir.join("ready"), "").unwrap();
@@ -43,13 +43,22 @@ fn run_instance<B: Backend>(url: &str, dir: &Path) {
             thread::spawn(move || {
                 thread::sleep(Duration::from_millis(100 * n));
                 loop {
+                    // The test's `pause`: no calls while it switches back.
+                    if dir.join("pause").exists() {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
                     // Off the steady path before the call starts, so the call
                     // takes the locking path: the drain closes the steady
                     // path while steady calls are still in flight, and those
                     // hold no database lock.
                     let locking = !db.steady();
-                    let _ = db.unit_of_work(|_s| -> Result<(), Error> {
-                        if locking && !db.steady() {
+                    let _ = db.unit_of_work(|s| -> Result<(), Error> {
+                        // Version 1 on the locking path: the switch cannot
+                        // commit before this call ends. (A call that waited
+                        // for the lock behind a switch that committed first
+                        // runs version 2, after it: no marker.)
+                        if locking && !db.steady() && s.version().get() == 1 {
                             let _ = std::fs::write(dir.join("in-tx"), "");
                             thread::sleep(Duration::from_millis(200));
                         }
@@ -100,15 +109,47 @@ fn frozen_instance<B: Backend>(test: &str, url: &str) {
     let mut child = spawn(test, url, dir.path());
     wait_for(&dir.path().join("ready"));
     // The switch moves the fleet to the locking path; once the instance is
-    // inside a locking-path transaction, freeze it.
-    let switch = {
-        let db = db.clone();
-        thread::spawn(move || {
-            let started = Instant::now();
-            (db.upgrader().switch(), started.elapsed())
-        })
+    // inside a locking-path transaction of version 1, freeze it. (A fast
+    // switch can take the lock first, between the acknowledgement and the
+    // instance's next call: then it commits, and the try starts again after
+    // a switch back.)
+    let in_tx = dir.path().join("in-tx");
+    let mut tries = 0;
+    let switch = loop {
+        tries += 1;
+        assert!(
+            tries <= 20,
+            "no try found the instance inside a call of version 1"
+        );
+        let _ = std::fs::remove_file(&in_tx);
+        let switch = {
+            let db = db.clone();
+            thread::spawn(move || {
+                let started = Instant::now();
+                (db.upgrader().switch(), started.elapsed())
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !in_tx.exists() && !switch.is_finished() {
+            assert!(Instant::now() < deadline, "timed out waiting for {in_tx:?}");
+            thread::sleep(Duration::from_millis(1));
+        }
+        if in_tx.exists() {
+            break switch;
+        }
+        let (result, _) = switch.join().unwrap();
+        result.unwrap_or_else(|e| panic!("a switch with nothing frozen: {e:?}"));
+        // Back, with the instance's calls paused (on SQLite its overlapping
+        // calls hold the only write lock nearly all the time).
+        let pause = dir.path().join("pause");
+        std::fs::write(&pause, "").unwrap();
+        thread::sleep(Duration::from_millis(500));
+        db.upgrader().switch_back().unwrap();
+        // Until the instance is steady again its calls take the locking
+        // path at version 1 and would leave a marker for the next try.
+        thread::sleep(Duration::from_millis(500));
+        std::fs::remove_file(&pause).unwrap();
     };
-    wait_for(&dir.path().join("in-tx"));
     signal(&child, "-STOP");
     let frozen_at = Instant::now();
     // Unfreeze after a minute whatever happens, so a hung switch fails the

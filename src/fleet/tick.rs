@@ -42,11 +42,38 @@ impl<B: Backend> Via<'_, B> {
     ) -> Result<T> {
         match self {
             Via::Pool => f(&mut *shared.connection()?),
-            Via::Poller => f(&mut *poller_connection(shared, shared.poll_interval)?),
+            Via::Poller => {
+                let mut conn = poller_connection(shared, shared.poll_interval)?;
+                waiting_a_poll(shared, &mut conn, f)
+            }
+            Via::Taken(conn) => waiting_a_poll(shared, conn, f),
             Via::Held(conn) => f(conn),
-            Via::Taken(conn) | Via::Ahead(conn) => f(&mut **conn),
+            Via::Ahead(conn) => f(&mut **conn),
         }
     }
+}
+
+/// Runs the background poller's `f` on `conn` waiting at most a poll
+/// interval for SQLite's write lock (the pool's busy timeout is 5 s), then
+/// gives the connection back with the pool's: a renewal or acknowledgement
+/// that another process's long write holds back fails and is tried again
+/// next tick, instead of holding this process's turn to write (which the
+/// application's writes and a switch's, bounded by its budget, queue for)
+/// for seconds. (A no-op on PostgreSQL.)
+fn waiting_a_poll<B: Backend, T>(
+    shared: &Shared<B>,
+    conn: &mut Conn<B>,
+    f: impl FnOnce(&mut B::Connection) -> Result<T>,
+) -> Result<T> {
+    B::set_busy_wait(
+        conn,
+        Some(shared.poll_interval.max(Duration::from_millis(1))),
+    )?;
+    let out = f(&mut **conn);
+    if let Err(e) = B::set_busy_wait(conn, None) {
+        tracing::debug!(error = %e, "could not restore a pooled connection's busy timeout");
+    }
+    out
 }
 
 /// The poller's connection, taken before the tick lock (waiting for the

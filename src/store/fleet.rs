@@ -298,20 +298,30 @@ impl Store {
             ),
             &[Bind::Text(me), Bind::I64(grace)],
         )?;
-        rows.into_iter()
+        let groups: Option<Vec<LiveGroup>> = rows
+            .into_iter()
             .map(|r| {
-                let bad = |v: i64| {
-                    self.corrupt(&self.fleet, format!("{v} is not a positive version number"))
-                };
-                Ok(LiveGroup {
-                    first: Version::from_i64(r.min_version).ok_or_else(|| bad(r.min_version))?,
-                    last: Version::from_i64(r.max_version).ok_or_else(|| bad(r.max_version))?,
+                Some(LiveGroup {
+                    first: Version::from_i64(r.min_version)?,
+                    last: Version::from_i64(r.max_version)?,
                     observed_epoch: r.observed_epoch,
                     catalog: r.catalog,
                     instances: r.instances,
                 })
             })
-            .collect()
+            .collect();
+        match groups {
+            Some(groups) => Ok(groups),
+            // A row with impossible versions: the rows, for the error that
+            // names it (the id `evict` takes).
+            None => match self.live_instances::<B>(conn, grace) {
+                Err(e) => Err(e),
+                Ok(_) => Err(self.corrupt(
+                    &self.fleet,
+                    "a row's versions are not positive version numbers".to_owned(),
+                )),
+            },
+        }
     }
 
     /// How many instances other than `me` are live (as
@@ -319,7 +329,7 @@ impl Store {
     /// rows in the renewal grace too) and have not acknowledged an epoch
     /// from `epoch` to the state row's: one read, no transaction, nothing
     /// written, whatever the fleet's size. The upgrader's wait polls this,
-    /// and fetches the rows only when it is done.
+    /// and fetches the rows only when its time is up (to name them).
     pub(crate) fn count_behind<B: Backend>(
         &self,
         conn: &mut B::Connection,

@@ -75,6 +75,31 @@ impl Progress {
     }
 }
 
+impl<B: Backend> Upgrader<B> {
+    /// Whether a row with a key up to `cursor` still needs `backfill` (one
+    /// read, stopping at the first).
+    fn pending_below(
+        &self,
+        conn: &mut B::Connection,
+        backfill: &Backfill,
+        cursor: i64,
+        (target, batches): (Version, u64),
+    ) -> Result<bool> {
+        let sql = format!(
+            "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {} WHERE {} <= {cursor} AND {}) \
+             THEN 1 ELSE 0 END AS BIGINT) AS n",
+            backfill.table, backfill.key, backfill.pending
+        );
+        let rows = B::load::<Number>(conn, &sql, &[]).map_err(|source| Error::StepFailed {
+            version: target,
+            step: backfill.name.clone(),
+            batches,
+            source,
+        })?;
+        Ok(rows.first().and_then(|r| r.n).unwrap_or(0) > 0)
+    }
+}
+
 /// What a walk did.
 pub(super) struct Walked {
     pub(super) batches: u64,
@@ -107,6 +132,10 @@ impl<B: Backend> Upgrader<B> {
             rows: 0,
         };
         let mut after = progress.through(&backfill.name);
+        // Resumed from a cursor: the rows below it are checked once the walk
+        // ends (a row whose key changed, or SQLite rowids a `VACUUM`
+        // renumbered, since the batch that passed it).
+        let mut resumed_below = after;
         if let Some(key) = after {
             tracing::info!(version = %target, backfill = %backfill.name, after_key = key, "resuming backfill");
         }
@@ -153,7 +182,16 @@ impl<B: Backend> Upgrader<B> {
             };
             let Some((upto, changed)) = stepped else {
                 tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, "backfill done");
-                return Ok(walked);
+                let Some(cursor) = resumed_below.take() else {
+                    return Ok(walked);
+                };
+                if !self.pending_below(conn, backfill, cursor, (target, batches))? {
+                    return Ok(walked);
+                }
+                tracing::warn!(version = %target, backfill = %backfill.name, below_key = cursor,
+                    "rows below the resumed backfill's cursor still need it (a key changed?): walking again from the first key");
+                after = None;
+                continue;
             };
             walked.batches = walked.batches.saturating_add(1);
             walked.rows = walked

@@ -183,10 +183,13 @@ impl<B: Backend> Upgrader<B> {
     }
 
     /// During a switch: the connection waits for SQLite's write lock no
-    /// longer than the switch has left.
+    /// longer than the switch has left, plus [`BUSY_STEP`] (SQLite's busy
+    /// handler gives up as soon as its next sleep would pass the timeout,
+    /// up to that much early: padded, a wait that gives up does so at the
+    /// deadline, and is reported as the switch's `LockTimeout`).
     pub(super) fn bound_waits(&self, conn: &mut B::Connection) -> Result<()> {
         if let Some(left) = self.budget() {
-            B::set_busy_wait(conn, Some(left.max(Duration::from_millis(1))))?;
+            B::set_busy_wait(conn, Some(left.saturating_add(BUSY_STEP)))?;
         }
         Ok(())
     }
@@ -302,6 +305,9 @@ impl Drop for Stop<'_> {
         }
     }
 }
+
+/// SQLite's longest sleep between two tries for a lock (`sqliteDefaultBusyCallback`).
+const BUSY_STEP: Duration = Duration::from_millis(100);
 
 /// The lease keeper's loop (see [`Upgrader::kept`]): renews `owner`'s
 /// upgrade lease every third of `lease` while `armed`, until `done`.

@@ -43,13 +43,16 @@ impl<B: Backend> Upgrader<B> {
         phase: Phase,
     ) -> Result<PhaseReport> {
         let started = Instant::now();
+        // Every wait for SQLite's write lock from here on within what is
+        // left of the budget (the pool's busy timeout is longer).
+        self.bound_waits(conn)?;
         let state = self.read_state(conn)?;
         let (owner_version, to) = match self.switch_plan(conn, phase, &state)? {
             Plan::Done(report) => return Ok(report),
             Plan::Run { files, to } => (files, to),
         };
-        let others = self.fleet_ready(conn, &state, to.0)?;
         self.switch_versions.set(Some((to.0, state.version)));
+        let others = self.fleet_ready(conn, &state, to.0)?;
         let job = SwitchJob {
             sql: self
                 .shared

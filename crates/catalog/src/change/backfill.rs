@@ -9,9 +9,11 @@
 /// [`batch_end_sql`](Backfill::batch_end_sql) finds where the batch after a
 /// key ends (NULL once no row is left), [`batch_sql`](Backfill::batch_sql)
 /// fills that range. A batch writes only rows that still differ from what
-/// they should hold, so a walk started again from the beginning (after a
-/// crash) rewrites nothing it already did, and the sync trigger keeps the
-/// rows written meanwhile right.
+/// they should hold, so a walk started again from the beginning rewrites
+/// nothing it already did, and the sync trigger keeps the rows written
+/// meanwhile right. (tandem resumes a crashed walk after its last committed
+/// batch, and checks the rows below that key once the walk ends: the key
+/// is expected never to change, and a row whose key did is found there.)
 ///
 /// ```
 /// # fn main() -> Result<(), tandem_catalog::CatalogError> {

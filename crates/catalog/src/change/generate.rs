@@ -146,6 +146,21 @@ impl Change {
                     text.push_str(&block);
                 }
             }
+            // A backfill's name keys its resume point (`table.column`): two
+            // of one name would share it.
+            if let Some(twice) = parts
+                .backfills
+                .iter()
+                .find(|b| generated.backfills.iter().any(|g| g.name == b.name))
+            {
+                return Err(op.bad(
+                    format!(
+                        "it fills `{}` again, which an earlier operation of this change already fills",
+                        twice.name
+                    ),
+                    "change the column in one operation per version (the next change in a version of its own)",
+                ));
+            }
             generated.backfills.extend(parts.backfills);
             generated.indexes.extend(parts.indexes);
             if let Operation::CreateTable { table, .. } = operation {

@@ -717,3 +717,27 @@ rename_column = { table = "orders", from = "customer", to = "customer_name", cop
         "the copy needs the column's type"
     );
 }
+
+/// Two operations filling one column (a backfill's name keys where a
+/// resumed expand goes on): refused, naming the second.
+#[test]
+fn two_backfills_of_one_column_are_refused() {
+    let op = r#"
+[[operations]]
+change_type = { table = "stock", column = "qty", type = "bigint", up = "qty", down = "qty" }
+"#;
+    for backend in ["sqlite", "postgres"] {
+        let err = generate(&format!("{op}{op}"), backend).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CatalogError::BadChange {
+                    operation: Some(2),
+                    ..
+                }
+            ) && err.to_string().contains("fills `stock.qty` again"),
+            "{backend}: {err}"
+        );
+        generate(op, backend).unwrap();
+    }
+}
