@@ -673,6 +673,17 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                     change.backward(&repo, |r, s| r.create(s.conn(), 9), |r, s, id| r.get(s.conn(), *id)).unwrap();
                 }
 
+                /// 2,500 rows from before the change, ids and quantities 1 to 2,500.
+                fn seed_stock(staged: &tandem::testing::Staged<B>) {
+                    let mut conn = staged.handle().connection().unwrap();
+                    diesel::sql_query(
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                         INSERT INTO stock (qty) SELECT i FROM n",
+                    )
+                    .execute(&mut *conn)
+                    .unwrap();
+                }
+
                 /// Rows from before the change are backfilled in batches (2,500
                 /// rows, batches of 1,000: three), version 2 stores what an int
                 /// cannot hold, and after a switch back version 1 reads it clamped.
@@ -683,15 +694,7 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                     let change = kit.transition(2).unwrap();
                     let repo = stock::<C>();
                     let staged = change.fresh_at(Stage::PreviousStable).unwrap();
-                    {
-                        let mut conn = staged.handle().connection().unwrap();
-                        diesel::sql_query(
-                            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
-                             INSERT INTO stock (qty) SELECT i FROM n",
-                        )
-                        .execute(&mut *conn)
-                        .unwrap();
-                    }
+                    seed_stock(&staged);
                     let up = staged.handle().upgrader().backfill_batches(1000, Duration::ZERO);
                     let plan = up.plan(2).unwrap();
                     assert_eq!(plan[0].backfills, ["stock.qty"]);
@@ -733,11 +736,7 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                     let run = |conn: &mut C, sql: &str| {
                         diesel::connection::SimpleConnection::batch_execute(conn, sql).unwrap()
                     };
-                    run(
-                        &mut conn,
-                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
-                         INSERT INTO stock (qty) SELECT i FROM n",
-                    );
+                    seed_stock(&staged);
                     let steal = "UPDATE tandem_state SET owner = 'thief', owner_until = 9000000000000000 WHERE id = 1";
                     if <B as tandem::Backend>::NAME == "sqlite" {
                         run(&mut conn, &format!("CREATE TRIGGER steal AFTER UPDATE ON stock WHEN NEW.id = 1500 BEGIN {steal}; END;"));
@@ -807,15 +806,7 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                     };
                     for crash in 1..20 {
                         let staged = change.fresh_at(Stage::PreviousStable).unwrap();
-                        {
-                            let mut conn = staged.handle().connection().unwrap();
-                            diesel::sql_query(
-                                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
-                                 INSERT INTO stock (qty) SELECT i FROM n",
-                            )
-                            .execute(&mut *conn)
-                            .unwrap();
-                        }
+                        seed_stock(&staged);
                         let batches = |up: tandem::Upgrader<B>| up.backfill_batches(1000, Duration::ZERO);
                         let crashed = batches(staged.handle().upgrader())
                             .lease(Duration::from_millis(150))
