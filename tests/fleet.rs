@@ -243,9 +243,12 @@ macro_rules! fleet_suite {
             /// lock, up to the busy timeout) after it read the cached version;
             /// its instance's renewals queue behind it, its row expires, and the
             /// switch commits without it. With its turn, the unit must run the
-            /// live version, not the cached one. `poller_first`: the renewal
-            /// waits at the head of the queue and the unit behind it, so the
-            /// renewal (which reads the switched row) commits first.
+            /// live version, not the cached one. (Since the review of stop 27
+            /// the poller waits at most a poll for its turn, so its renewals
+            /// no longer queue behind the unit; the switch then waits for the
+            /// instance instead.) `poller_first`: the renewal holds the turn
+            /// and the unit waits behind it, so the renewal (which reads the
+            /// switched row) commits first.
             fn unit_waiting_for_its_write_turn_through_a_switch(url: &str, poller_first: bool) {
                 let open = |label: &str, lease: u64| {
                     Tandem::<B>::builder(url, tandem::testing::demo::catalog().unwrap())
@@ -305,12 +308,15 @@ macro_rules! fleet_suite {
                 if !poller_first {
                     entered_rx.recv().unwrap(); // the unit holds the write turn
                 }
-                // SQLite: writers queue in-process, so the renewals wait behind
-                // the stalled write, the row expires and the switch goes on
-                // without this instance. PostgreSQL: writers do not queue; the
-                // renewals go on, and the instance cannot acknowledge while its
-                // unit is in flight (or, poller first, the unit did not wait).
-                let queued = B::NAME == "sqlite";
+                // Poller first, SQLite: writers queue in-process, so the unit
+                // waits behind the stalled renewal, the row expires and the
+                // switch goes on without this instance; the unit then runs the
+                // switched version. Unit first: the poller waits at most a poll
+                // for its turn (then writes without it), so the renewals go on
+                // on both backends, and the instance cannot acknowledge while
+                // its unit is in flight. PostgreSQL, poller first: writers do
+                // not queue, and the unit did not wait.
+                let queued = B::NAME == "sqlite" && poller_first;
                 let switched = upgrader_side.upgrader().switch();
                 match (&switched, queued, poller_first) {
                     (Ok(_), true, _) | (Ok(_), false, true) => {}

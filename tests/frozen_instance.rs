@@ -11,6 +11,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -102,12 +104,52 @@ fn wait_for(path: &Path) {
     }
 }
 
-fn frozen_instance<B: Backend>(test: &str, url: &str) {
+/// Units of work on `db` in a loop until `stop` (their failures ignored:
+/// while a writer is frozen, SQLite's calls fail after the busy timeout).
+/// (On a thread named `writer`.)
+fn writes_meanwhile<B: Backend>(db: &Tandem<B>, stop: &Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let (db, stop) = (db.clone(), stop.clone());
+    thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let _ = db.unit_of_work(|_| Ok::<_, Error>(()));
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap()
+}
+
+type Sqlite = tandem::Sqlite;
+
+/// A fresh SQLite file with this test's upgrader and a second live
+/// instance (so the switch goes through deploying mode, where this
+/// process's calls take the locking path and the write turn), expanded;
+/// `None` when the binary runs as another test's instance.
+fn upgrader_and_other(
+    test: &str,
+) -> Option<(tempfile::TempDir, String, Tandem<Sqlite>, Tandem<Sqlite>)> {
+    if child_role::<Sqlite>() {
+        return None;
+    }
+    let (dir, url) = common::sqlite_setup(test)?;
+    let db = open::<Sqlite>(&url, "upgrader");
+    let other = open::<Sqlite>(&url, "other");
+    db.upgrader().expand().unwrap();
+    Some((dir, url, db, other))
+}
+
+/// `writes_here`: the upgrader's process serves writes too, throughout
+/// (on SQLite they queue for this process's write turn, each waiting the
+/// pool's 5 s busy timeout for the frozen writer's lock).
+fn frozen_instance<B: Backend>(test: &str, url: &str, writes_here: bool) {
     let db = open::<B>(url, "upgrader");
     db.upgrader().expand().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn(test, url, dir.path());
     wait_for(&dir.path().join("ready"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = writes_here.then(|| writes_meanwhile(&db, &stop));
     // The switch moves the fleet to the locking path; once the instance is
     // inside a locking-path transaction of version 1, freeze it. (A fast
     // switch can take the lock first, between the acknowledgement and the
@@ -219,6 +261,10 @@ fn frozen_instance<B: Backend>(test: &str, url: &str) {
         }
     };
     assert!(!report.already_done);
+    stop.store(true, Ordering::Release);
+    if let Some(writer) = writer {
+        writer.join().unwrap();
+    }
     let state = db.state().unwrap();
     assert_eq!(
         (state.version.get(), state.phase, state.mode),
@@ -246,7 +292,137 @@ fn sqlite_switch_gives_up_on_a_frozen_instance() {
     else {
         return;
     };
-    frozen_instance::<tandem::Sqlite>("sqlite_switch_gives_up_on_a_frozen_instance", &url);
+    frozen_instance::<tandem::Sqlite>("sqlite_switch_gives_up_on_a_frozen_instance", &url, false);
+}
+
+/// Regression (review of stop 27): this process's writes, each holding its
+/// write turn while SQLite's busy handler waits up to 5 s for the frozen
+/// writer, kept the switch queued for the turn past its bound (about 5 s
+/// over a bound of 2 s). The switch waits for the turn within its budget.
+#[test]
+fn sqlite_switch_gives_up_on_a_frozen_instance_while_this_process_writes() {
+    const TEST: &str = "sqlite_switch_gives_up_on_a_frozen_instance_while_this_process_writes";
+    if child_role::<tandem::Sqlite>() {
+        return;
+    }
+    let Some((_dir, url)) = common::sqlite_setup(TEST) else {
+        return;
+    };
+    frozen_instance::<tandem::Sqlite>(TEST, &url, true);
+}
+
+/// Regression (review of stop 27), deterministic: one of this process's
+/// writes holds its write turn for twice the switch's bound once the fleet
+/// is in deploying mode (the test's write stall standing in for SQLite's
+/// busy handler waiting out another process's lock). The switch queued for
+/// the turn until the write let go (about 4 s over a bound of 2 s); it waits
+/// for the turn within its budget, then goes to the database without it.
+#[test]
+fn sqlite_a_write_holding_its_turn_does_not_hold_the_switch_past_its_bound() {
+    const TEST: &str = "sqlite_a_write_holding_its_turn_does_not_hold_the_switch_past_its_bound";
+    let Some((_dir, _url, db, other)) = upgrader_and_other(TEST) else {
+        return;
+    };
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stall = {
+        let (other, stalled) = (other.clone(), stalled.clone());
+        move || {
+            let writer = thread::current().name() == Some("writer");
+            if writer
+                && !stalled.load(Ordering::Acquire)
+                && other.state().unwrap().mode == Mode::Deploying
+            {
+                stalled.store(true, Ordering::Release);
+                thread::sleep(BOUND * 2);
+            }
+        }
+    };
+    use tandem::testing::faults::FleetFaults;
+    db.stall_writes(Some(Arc::new(stall)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = writes_meanwhile(&db, &stop);
+    let started = Instant::now();
+    let switched = db.upgrader().switch();
+    let took = started.elapsed();
+    stop.store(true, Ordering::Release);
+    writer.join().unwrap();
+    db.stall_writes(None);
+    eprintln!("{TEST}: {took:?}: {switched:?}");
+    assert!(
+        stalled.load(Ordering::Acquire),
+        "a write held its turn in deploying mode"
+    );
+    assert!(
+        matches!(
+            switched,
+            Ok(_) | Err(Error::LockTimeout { .. } | Error::FleetNotAcknowledged { .. })
+        ),
+        "{switched:?}"
+    );
+    assert!(
+        took < BOUND + Duration::from_millis(1500),
+        "the switch waited {took:?}, over its bound of {BOUND:?}"
+    );
+    drop(other);
+}
+
+/// Regression (review of stop 27): a switch that committed and then found
+/// SQLite's write lock held by another writer until past its budget (while
+/// it returned the fleet to steady mode) was reported as
+/// `Error::LockTimeout`, "the live version unchanged", on version 2. It
+/// reports its success; the fleet comes back to steady mode with the next
+/// command.
+#[test]
+fn sqlite_a_write_lock_held_after_the_commit_is_not_the_switch_giving_up() {
+    const TEST: &str = "sqlite_a_write_lock_held_after_the_commit_is_not_the_switch_giving_up";
+    let Some((_dir, url, db, other)) = upgrader_and_other(TEST) else {
+        return;
+    };
+    // The first write of this process after the version moved: another
+    // connection takes SQLite's write lock for longer than the budget.
+    let hold = BOUND + Duration::from_secs(1);
+    let holder = Arc::new(std::sync::Mutex::new(None));
+    let stall = {
+        let (other, holder, path) = (other.clone(), holder.clone(), url.clone());
+        move || {
+            let mut holder = holder.lock().unwrap();
+            if holder.is_some() || other.state().unwrap().version.get() != 2 {
+                return;
+            }
+            let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+            let path = path.clone();
+            *holder = Some(thread::spawn(move || {
+                use diesel::connection::SimpleConnection;
+                use diesel::Connection;
+                let mut raw = diesel::SqliteConnection::establish(&path).unwrap();
+                raw.batch_execute("PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE")
+                    .unwrap();
+                taken_tx.send(()).unwrap();
+                thread::sleep(hold);
+                raw.batch_execute("COMMIT").unwrap();
+            }));
+            taken_rx.recv().unwrap();
+        }
+    };
+    use tandem::testing::faults::FleetFaults;
+    db.stall_writes(Some(Arc::new(stall)));
+    let switched = db.upgrader().switch();
+    db.stall_writes(None);
+    let holder = holder.lock().unwrap().take();
+    assert!(
+        holder.is_some(),
+        "the write lock was taken after the commit"
+    );
+    let report = switched.unwrap_or_else(|e| panic!("the switch committed, yet: {e:?}"));
+    assert!(!report.already_done);
+    assert_eq!(db.state().unwrap().version.get(), 2);
+    holder.unwrap().join().unwrap();
+    // The next command returns the fleet to steady mode.
+    let again = db.upgrader().switch().unwrap();
+    assert!(again.already_done);
+    let state = db.state().unwrap();
+    assert_eq!((state.version.get(), state.mode), (2, Mode::Steady));
+    drop(other);
 }
 
 #[cfg(feature = "postgres")]
@@ -258,5 +434,9 @@ fn postgres_switch_gives_up_on_a_frozen_instance() {
     let Some((_db, url)) = common::pg_setup("postgres_switch_gives_up_on_a_frozen_instance") else {
         return;
     };
-    frozen_instance::<tandem::Postgres>("postgres_switch_gives_up_on_a_frozen_instance", &url);
+    frozen_instance::<tandem::Postgres>(
+        "postgres_switch_gives_up_on_a_frozen_instance",
+        &url,
+        false,
+    );
 }

@@ -109,9 +109,16 @@ pub trait WriteGate:
     Default + Send + Sync + std::fmt::Debug + 'static + super::sealed::Sealed
 {
     /// Waits for this process's turn to write, or `None` where writers do
-    /// not queue in-process. The turn lasts while the guard lives.
+    /// not queue in-process. The turn lasts while the guard lives. With
+    /// `until`, waits no later than that, and `None` if the turn did not
+    /// come: the write then goes to the database without it (the turn only
+    /// orders this process's writers; the database's lock is what
+    /// excludes them).
     #[doc(hidden)]
-    fn turn(&self) -> Option<parking_lot::FairMutexGuard<'_, ()>>;
+    fn turn(
+        &self,
+        until: Option<std::time::Instant>,
+    ) -> Option<parking_lot::FairMutexGuard<'_, ()>>;
 }
 
 /// Writers queue in-process, first come first served: a `FairMutex` hands
@@ -126,8 +133,14 @@ impl super::sealed::Sealed for Queued {}
 #[cfg(feature = "sqlite")]
 impl WriteGate for Queued {
     #[inline]
-    fn turn(&self) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
-        Some(self.0.lock())
+    fn turn(
+        &self,
+        until: Option<std::time::Instant>,
+    ) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
+        match until {
+            None => Some(self.0.lock()),
+            Some(until) => self.0.try_lock_until(until),
+        }
     }
 }
 
@@ -142,7 +155,10 @@ impl super::sealed::Sealed for Direct {}
 #[cfg(feature = "postgres")]
 impl WriteGate for Direct {
     #[inline]
-    fn turn(&self) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
+    fn turn(
+        &self,
+        _until: Option<std::time::Instant>,
+    ) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
         None
     }
 }

@@ -149,7 +149,13 @@ impl Locks<SqliteConnection> for Sqlite {
     }
 
     fn set_busy_wait(conn: &mut SqliteConnection, wait: Option<Duration>) -> QueryResult<()> {
-        let ms = wait.unwrap_or(BUSY_TIMEOUT).min(BUSY_TIMEOUT).as_millis();
+        // Rounded up: a wait that gives up does so at its deadline, not
+        // up to a millisecond before it.
+        let ms = wait
+            .unwrap_or(BUSY_TIMEOUT)
+            .min(BUSY_TIMEOUT)
+            .as_micros()
+            .div_ceil(1000);
         conn.batch_execute(&format!("PRAGMA busy_timeout = {ms};"))
     }
 

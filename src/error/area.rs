@@ -67,7 +67,8 @@ impl Error {
             | Error::NotRollForward { .. }
             | Error::NoSwitchBack { .. }
             | Error::UpgraderBusy { .. }
-            | Error::LockTimeout { .. } => Area::Upgrade,
+            | Error::LockTimeout { .. }
+            | Error::BackfillUnsettled { .. } => Area::Upgrade,
             #[cfg(any(feature = "sqlite", feature = "postgres"))]
             Error::PhaseFailed { .. } | Error::PhaseContended { .. } | Error::StepFailed { .. } => {
                 Area::Upgrade

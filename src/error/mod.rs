@@ -502,6 +502,22 @@ pub enum Error {
         source: diesel::result::Error,
     },
 
+    /// A generated backfill walked its table again and again, and rows
+    /// still needed it: something changes rows' keys (the walk follows the
+    /// key) or undoes what it wrote as fast as it walks. Batches committed
+    /// stay; rerunning resumes.
+    #[error(
+        "backfill `{step}` of version {version} walked its table {walks} times and rows still          need it: something keeps changing their keys (the walk follows the key) or undoing what          it wrote; stop that (a job renumbering keys, a trigger) and rerun expand: it resumes"
+    )]
+    BackfillUnsettled {
+        /// The version.
+        version: Version,
+        /// The backfill's name (`table.column`).
+        step: String,
+        /// Walks made.
+        walks: u32,
+    },
+
     /// A database error outside an upgrade phase.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[error("database error: {0}")]

@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::limits::{millis, FOREVER, RENEWAL_GRACE};
-use crate::shared::{CallPath, Conn, Shared};
+use crate::shared::{CallPath, Conn, Shared, WritesBounded};
 use crate::store::{Instance, Mode, State};
 use crate::version::Version;
 

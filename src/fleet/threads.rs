@@ -57,9 +57,18 @@ pub(super) fn held_back<B: Backend>(shared: &Shared<B>) -> bool {
 
 /// One poller tick for this handle alone, on its own pool.
 pub(super) fn poll_alone<B: Backend>(shared: &Shared<B>) {
-    if let Err(e) = poll_via(shared, Via::Poller) {
-        tracing::warn!(error = %e, "fleet poll failed");
-        poll_failed(shared);
+    match poll_via(shared, Via::Poller) {
+        Ok(_) => {}
+        // SQLite's write lock, held by another writer for over a poll
+        // interval: tried again next tick (a lease that runs out meanwhile
+        // is warned of by `check_lease`). Nothing is broken.
+        Err(Error::Query(e)) if B::is_transient(&e) => {
+            tracing::debug!(error = %e, "fleet tick waited a poll interval for the write lock; next tick tries again");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fleet poll failed");
+            poll_failed(shared);
+        }
     }
 }
 

@@ -53,27 +53,22 @@ impl<B: Backend> Via<'_, B> {
     }
 }
 
-/// Runs the background poller's `f` on `conn` waiting at most a poll
-/// interval for SQLite's write lock (the pool's busy timeout is 5 s), then
-/// gives the connection back with the pool's: a renewal or acknowledgement
-/// that another process's long write holds back fails and is tried again
-/// next tick, instead of holding this process's turn to write (which the
-/// application's writes and a switch's, bounded by its budget, queue for)
-/// for seconds. (A no-op on PostgreSQL.)
+/// Runs the background poller's `f` on `conn` with its writes waiting at
+/// most a poll interval for this process's write turn and SQLite's write
+/// lock (the pool's busy timeout is 5 s; see [`WritesBounded`]): a renewal
+/// or acknowledgement that another writer holds back fails and is tried
+/// again next tick, instead of waiting for seconds in the queue that the
+/// application's writes and a switch's, bounded by its budget, join.
+/// (PostgreSQL's writers do not queue in-process, and its waits are
+/// bounded per statement.)
 fn waiting_a_poll<B: Backend, T>(
     shared: &Shared<B>,
     conn: &mut Conn<B>,
     f: impl FnOnce(&mut B::Connection) -> Result<T>,
 ) -> Result<T> {
-    B::set_busy_wait(
-        conn,
-        Some(shared.poll_interval.max(Duration::from_millis(1))),
-    )?;
-    let out = f(&mut **conn);
-    if let Err(e) = B::set_busy_wait(conn, None) {
-        tracing::debug!(error = %e, "could not restore a pooled connection's busy timeout");
-    }
-    out
+    let _bound =
+        WritesBounded::until(Instant::now() + shared.poll_interval.max(Duration::from_millis(1)));
+    f(&mut **conn)
 }
 
 /// The poller's connection, taken before the tick lock (waiting for the

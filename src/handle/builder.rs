@@ -98,13 +98,16 @@ impl<B: Backend> Builder<B> {
     /// The most a switch (or switch back) waits in all before it gives up:
     /// for the fleet to acknowledge deploying mode, for this process's
     /// calls to drain, and for the exclusive schema lock (and, on SQLite,
-    /// the write lock). A call frozen inside a locking-path transaction (a
+    /// this process's turn to write and the write lock). A call frozen inside a locking-path transaction (a
     /// paused process, a stalled network) holds the shared lock; the switch
     /// gives up after this long with [`Error::LockTimeout`] or
     /// [`Error::FleetNotAcknowledged`], the fleet back in steady mode and
     /// the database unchanged (on SQLite, where a frozen writer blocks every
     /// writer, steady mode comes back with the next upgrader command).
     /// The writer policy's attempts bound it too, whichever ends first.
+    /// Once the switch has committed it reports success: if returning the
+    /// fleet to steady mode then has to wait (a frozen SQLite writer), the
+    /// next command does it.
     /// Defaults to 10 s; at most an hour ([`Error::InvalidSetting`] from
     /// [`open`](Builder::open)). `tests/frozen_instance.rs` shows it with a
     /// `SIGSTOP`ped instance process on both backends.

@@ -8,7 +8,7 @@
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
@@ -20,7 +20,9 @@ use crate::redact::Secrets;
 use crate::store::{self, Instance, Store};
 use crate::version::{Phase, Version};
 
+mod bound;
 mod missed;
+pub(crate) use bound::WritesBounded;
 pub use missed::MissedSwitch;
 
 /// A pooled connection of backend `B`.
@@ -182,31 +184,65 @@ impl<B: Backend> Shared<B> {
 
     /// A write transaction behind this process's write gate (where the
     /// backend queues writers). Callers holding the schema lock take it first.
+    /// Under a [`WritesBounded`] deadline, the turn and the database's write
+    /// lock are waited for no later than it (see [`bounded`](Self::bounded)).
     pub(crate) fn write_transaction<T, E, F>(&self, conn: &mut B::Connection, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut B::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let _turn = self.write_turn();
-        B::write_transaction(conn, f)
+        self.gated(conn, |c| B::write_transaction(c, f))
     }
 
     /// One write statement as its own transaction ([`Backend::write_statement`]),
-    /// queued and stalled as [`write_transaction`](Self::write_transaction).
+    /// queued, bounded and stalled as [`write_transaction`](Self::write_transaction).
     pub(crate) fn write_statement<T, E, F>(&self, conn: &mut B::Connection, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut B::Connection) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let _turn = self.write_turn();
-        B::write_statement(conn, f)
+        self.gated(conn, |c| B::write_statement(c, f))
     }
 
-    /// This process's turn to write (where the backend queues writers),
-    /// then the test's write stall, if one is set.
-    fn write_turn(&self) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
+    /// `write` with this process's write turn, under this thread's
+    /// [`WritesBounded`] deadline if one is set.
+    fn gated<T, E>(
+        &self,
+        conn: &mut B::Connection,
+        write: impl FnOnce(&mut B::Connection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<diesel::result::Error>,
+    {
+        let until = bound::writes_until();
+        let _turn = self.write_turn(until);
+        match until {
+            None => write(conn),
+            Some(until) => Self::bounded(conn, until, write),
+        }
+    }
+
+    /// Runs `f` with `conn` waiting for the database's write lock (SQLite's
+    /// busy wait) no later than `until`, then gives `conn` the pool's wait
+    /// back, also if `f` panics (a pooled connection must not keep a
+    /// shortened wait).
+    fn bounded<T, E, F>(conn: &mut B::Connection, until: Instant, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut B::Connection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        let left = until.saturating_duration_since(Instant::now());
+        B::set_busy_wait(conn, Some(left))?;
+        let restore = RestoreBusyWait::<B>(conn);
+        f(&mut *restore.0)
+    }
+
+    /// This process's turn to write (where the backend queues writers;
+    /// waited for no later than `until`), then the test's write stall, if
+    /// one is set.
+    fn write_turn(&self, until: Option<Instant>) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
         let turn = if self.queue_writers {
-            self.write_gate.turn()
+            self.write_gate.turn(until)
         } else {
             None
         };
@@ -366,5 +402,17 @@ impl<B: Backend> Shared<B> {
 pub(crate) fn pool_error(e: &r2d2::Error, secrets: &Secrets) -> Error {
     Error::Pool {
         message: secrets.redact(&e.to_string()),
+    }
+}
+
+/// Gives a connection the pool's busy wait back when dropped (see
+/// [`Shared::bounded`]).
+pub(crate) struct RestoreBusyWait<'c, B: Backend>(pub(crate) &'c mut B::Connection);
+
+impl<B: Backend> Drop for RestoreBusyWait<'_, B> {
+    fn drop(&mut self) {
+        if let Err(e) = B::set_busy_wait(self.0, None) {
+            tracing::debug!(error = %e, "could not restore a connection's busy timeout");
+        }
     }
 }

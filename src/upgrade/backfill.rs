@@ -27,9 +27,10 @@ struct Stepped {
 /// of its last batch committed. Kept in the running expand's history row
 /// (`backfilled through: orders.qty=2000, orders.total=150`), written in each
 /// batch's transaction, so a resumed expand goes on after the last batch
-/// that committed instead of reading every row again. (Rows written since
-/// the expand's SQL are kept in step by its sync triggers, whatever their
-/// key: only the rows from before it need the walk.)
+/// that committed instead of walking the rows done again. (Rows written
+/// since the expand's SQL are kept in step by its sync triggers: only the
+/// rows from before it need the walk. A row whose key changes is not: once
+/// a walk ends, one read looks for rows still pending, anywhere.)
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Progress(Vec<(String, i64)>);
 
@@ -76,21 +77,23 @@ impl Progress {
 }
 
 impl<B: Backend> Upgrader<B> {
-    /// Whether a row with a key up to `cursor` still needs `backfill` (one
-    /// read, stopping at the first).
-    fn pending_below(
+    /// Whether a row still needs `backfill` (one read, stopping at the
+    /// first), with the lease kept meanwhile (on a large table the read
+    /// can take longer than the lease).
+    fn pending(
         &self,
         conn: &mut B::Connection,
+        keeper: &Keeper,
         backfill: &Backfill,
-        cursor: i64,
         (target, batches): (Version, u64),
     ) -> Result<bool> {
         let sql = format!(
-            "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {} WHERE {} <= {cursor} AND {}) \
+            "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {} WHERE {}) \
              THEN 1 ELSE 0 END AS BIGINT) AS n",
-            backfill.table, backfill.key, backfill.pending
+            backfill.table, backfill.pending
         );
-        let rows = B::load::<Number>(conn, &sql, &[]).map_err(|source| Error::StepFailed {
+        let rows = keeper.armed(|| B::load::<Number>(conn, &sql, &[]));
+        let rows = rows.map_err(|source| Error::StepFailed {
             version: target,
             step: backfill.name.clone(),
             batches,
@@ -99,6 +102,10 @@ impl<B: Backend> Upgrader<B> {
         Ok(rows.first().and_then(|r| r.n).unwrap_or(0) > 0)
     }
 }
+
+/// The most walks of one backfill in one expand: a row still pending after
+/// this many is [`Error::BackfillUnsettled`].
+const WALKS: u32 = 4;
 
 /// What a walk did.
 pub(super) struct Walked {
@@ -132,10 +139,7 @@ impl<B: Backend> Upgrader<B> {
             rows: 0,
         };
         let mut after = progress.through(&backfill.name);
-        // Resumed from a cursor: the rows below it are checked once the walk
-        // ends (a row whose key changed, or SQLite rowids a `VACUUM`
-        // renumbered, since the batch that passed it).
-        let mut resumed_below = after;
+        let mut walks: u32 = 1;
         if let Some(key) = after {
             tracing::info!(version = %target, backfill = %backfill.name, after_key = key, "resuming backfill");
         }
@@ -181,15 +185,24 @@ impl<B: Backend> Upgrader<B> {
                 }
             };
             let Some((upto, changed)) = stepped else {
-                tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, "backfill done");
-                let Some(cursor) = resumed_below.take() else {
-                    return Ok(walked);
-                };
-                if !self.pending_below(conn, backfill, cursor, (target, batches))? {
+                // The walk follows the key: a row whose key moved behind it
+                // (an update of the key fires no sync trigger; a `VACUUM`
+                // renumbers SQLite rowids), during this walk or while a
+                // resumed expand was down, was passed over. One read looks.
+                if !self.pending(conn, kept.0, backfill, (target, batches))? {
+                    tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, walks, "backfill done");
                     return Ok(walked);
                 }
-                tracing::warn!(version = %target, backfill = %backfill.name, below_key = cursor,
-                    "rows below the resumed backfill's cursor still need it (a key changed?): walking again from the first key");
+                if walks >= WALKS {
+                    return Err(Error::BackfillUnsettled {
+                        version: target,
+                        step: backfill.name.clone(),
+                        walks,
+                    });
+                }
+                walks = walks.saturating_add(1);
+                tracing::warn!(version = %target, backfill = %backfill.name, walks,
+                    "rows the walk passed still need the backfill (a key changed?): walking again from the first key");
                 after = None;
                 continue;
             };

@@ -33,7 +33,6 @@ impl<B: Backend> Upgrader<B> {
         version: Version,
         phase: Phase,
     ) -> Result<Duration> {
-        self.bound_waits(conn)?;
         let epoch = self.shared.write_transaction(conn, |c| {
             self.shared
                 .store

@@ -157,7 +157,6 @@ impl<B: Backend> Upgrader<B> {
 
     /// Renews the lease when a third of it has passed (during long phases).
     pub(super) fn renew_lease(&self, conn: &mut B::Connection) -> Result<()> {
-        self.bound_waits(conn)?;
         let due = self
             .last_renewal
             .get()
@@ -180,18 +179,6 @@ impl<B: Backend> Upgrader<B> {
         self.switch_deadline
             .get()
             .map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
-    /// During a switch: the connection waits for SQLite's write lock no
-    /// longer than the switch has left, plus [`BUSY_STEP`] (SQLite's busy
-    /// handler gives up as soon as its next sleep would pass the timeout,
-    /// up to that much early: padded, a wait that gives up does so at the
-    /// deadline, and is reported as the switch's `LockTimeout`).
-    pub(super) fn bound_waits(&self, conn: &mut B::Connection) -> Result<()> {
-        if let Some(left) = self.budget() {
-            B::set_busy_wait(conn, Some(left.saturating_add(BUSY_STEP)))?;
-        }
-        Ok(())
     }
 
     /// Takes or renews the lease inside the current transaction: `None`,
@@ -305,9 +292,6 @@ impl Drop for Stop<'_> {
         }
     }
 }
-
-/// SQLite's longest sleep between two tries for a lock (`sqliteDefaultBusyCallback`).
-const BUSY_STEP: Duration = Duration::from_millis(100);
 
 /// The lease keeper's loop (see [`Upgrader::kept`]): renews `owner`'s
 /// upgrade lease every third of `lease` while `armed`, until `done`.

@@ -14,13 +14,17 @@ impl<B: Backend> Upgrader<B> {
         phase: Phase,
     ) -> Result<PhaseReport> {
         let started = Instant::now();
-        self.switch_deadline
-            .set(Some(started + self.shared.switch_timeout));
-        let result = self.switch_within(conn, phase);
+        let deadline = started + self.shared.switch_timeout;
+        self.switch_deadline.set(Some(deadline));
+        // Every write from here on (this process's write turn, SQLite's
+        // write lock) waits within what is left of the budget.
+        let result = {
+            let _bound = crate::shared::WritesBounded::until(deadline);
+            self.switch_within(conn, phase)
+        };
         self.switch_deadline.set(None);
-        if let Err(e) = B::set_busy_wait(conn, None) {
-            tracing::debug!(error = %e, "could not restore the connection's busy timeout");
-        }
+        // Set until the switch commits: a lock conflict after that is not
+        // the switch giving up.
         let versions = self.switch_versions.take();
         match (result, versions) {
             (Err(Error::Query(e)), Some((version, live)))
@@ -43,9 +47,6 @@ impl<B: Backend> Upgrader<B> {
         phase: Phase,
     ) -> Result<PhaseReport> {
         let started = Instant::now();
-        // Every wait for SQLite's write lock from here on within what is
-        // left of the budget (the pool's busy timeout is longer).
-        self.bound_waits(conn)?;
         let state = self.read_state(conn)?;
         let (owner_version, to) = match self.switch_plan(conn, phase, &state)? {
             Plan::Done(report) => return Ok(report),
@@ -96,7 +97,10 @@ impl<B: Backend> Upgrader<B> {
             }
             report.attempts += 1;
             match self.switch_attempt(conn, &job, deploying, &mut report)? {
-                Attempt::Committed => break,
+                Attempt::Committed => {
+                    self.switch_versions.set(None);
+                    break;
+                }
                 Attempt::NeedsDeploying => {
                     report.fleet_ack = Some(self.enter_deploying(conn, owner_version, phase)?);
                     deploying = true;
@@ -106,7 +110,17 @@ impl<B: Backend> Upgrader<B> {
         }
         self.step("switch: committed")?;
         if deploying {
-            self.after_deploying_commit(conn)?;
+            // Committed: what is left (the fleet seeing the new version,
+            // steady mode back) cannot undo it. If it fails, the cleanup
+            // after this command (or the next command) returns the fleet to
+            // steady mode; deploying mode is safe meanwhile.
+            match self.after_deploying_commit(conn) {
+                Err(e) if is_injected_crash(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the switch committed; the fleet returns to steady mode after this command or with the next one")
+                }
+                Ok(()) => {}
+            }
         }
         report.duration = started.elapsed();
         tracing::info!(

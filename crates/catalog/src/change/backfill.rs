@@ -12,8 +12,8 @@
 /// they should hold, so a walk started again from the beginning rewrites
 /// nothing it already did, and the sync trigger keeps the rows written
 /// meanwhile right. (tandem resumes a crashed walk after its last committed
-/// batch, and checks the rows below that key once the walk ends: the key
-/// is expected never to change, and a row whose key did is found there.)
+/// batch, and once a walk ends checks the whole table for a row still
+/// pending, one whose key changed behind the walk, and walks again.)
 ///
 /// ```
 /// # fn main() -> Result<(), tandem_catalog::CatalogError> {
