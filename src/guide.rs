@@ -227,9 +227,19 @@
 //! [`Upgrader::backfill_batches`](crate::Upgrader::backfill_batches), and a
 //! crash in the middle resumes after the last batch that committed (each
 //! batch records its last key in the running expand's history row). The
-//! key should never change: a row whose key moved below that point while
-//! the expand was down is found when the resumed walk ends, and the table
-//! is walked again from the first key.
+//! key should not change: a row whose key moved behind the walk (while it
+//! ran, or while the expand was down) is found by one read of the table
+//! when the walk ends, and the table is walked again from the first key, up
+//! to four walks ([`Error::BackfillUnsettled`](crate::Error::BackfillUnsettled)
+//! after that).
+//!
+//! One column into several is `split_column`: each new column in `into`
+//! has an `up` expression of the old one, and `down` computes the old
+//! column from the new ones (`cents` into `units` and `hundredths`, `down
+//! = "units * 100 + hundredths"`). Version N-1's binding names the old
+//! column, version N's the new ones; one backfill walk fills them all, and
+//! after the switch a trigger keeps the old column computed from version
+//! N's writes until contract drops it (`tests/changes.rs`, `split`).
 //!
 //! An index on a table that is already there (`create_index`,
 //! `add_unique`) is built on PostgreSQL with `CREATE INDEX CONCURRENTLY`

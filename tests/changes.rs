@@ -955,3 +955,202 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
     #[cfg(feature = "postgres")]
     retype_suite!(postgres, tandem::Postgres, super::pg_kit);
 }
+
+/// `split_column` through the kit on both backends: `cents` split into
+/// `units` and `hundredths`, computed back for version 1; rows there before
+/// the change are backfilled in one walk.
+mod split {
+    use super::*;
+
+    const V1: &str = r#"
+[[operations]]
+create_table = { table = "prices", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "cents", type = "bigint", nullable = false, default = "0" },
+] }
+"#;
+    const V2: &str = r#"
+[[operations]]
+[operations.split_column]
+table = "prices"
+column = "cents"
+down = "units * 100 + hundredths"
+[[operations.split_column.into]]
+name = "units"
+type = "bigint"
+nullable = false
+default = "0"
+up = "cents / 100"
+[[operations.split_column.into]]
+name = "hundredths"
+type = "bigint"
+nullable = false
+default = "0"
+up = "cents % 100"
+"#;
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        common::change_catalog(&[("0001_prices", V1), ("0002_split_cents", V2)])
+    }
+
+    mod v1 {
+        diesel::table! { prices (id) { id -> BigInt, cents -> BigInt, } }
+    }
+    mod v2 {
+        diesel::table! { prices (id) { id -> BigInt, units -> BigInt, hundredths -> BigInt, } }
+    }
+
+    /// Both bindings speak cents; version 2 stores units and hundredths.
+    trait Prices<C>: Send + Sync {
+        fn create(&self, conn: &mut C, cents: i64) -> QueryResult<i64>;
+        fn get(&self, conn: &mut C, id: i64) -> QueryResult<i64>;
+    }
+    struct PricesV1;
+    struct PricesV2;
+    macro_rules! prices_bindings {
+        ($conn:ty) => {
+            impl Prices<$conn> for PricesV1 {
+                fn create(&self, conn: &mut $conn, cents: i64) -> QueryResult<i64> {
+                    use v1::prices::dsl;
+                    diesel::insert_into(dsl::prices)
+                        .values(dsl::cents.eq(cents))
+                        .returning(dsl::id)
+                        .get_result(conn)
+                }
+                fn get(&self, conn: &mut $conn, id: i64) -> QueryResult<i64> {
+                    use v1::prices::dsl;
+                    dsl::prices.find(id).select(dsl::cents).first(conn)
+                }
+            }
+            impl Prices<$conn> for PricesV2 {
+                fn create(&self, conn: &mut $conn, cents: i64) -> QueryResult<i64> {
+                    use v2::prices::dsl;
+                    diesel::insert_into(dsl::prices)
+                        .values((dsl::units.eq(cents / 100), dsl::hundredths.eq(cents % 100)))
+                        .returning(dsl::id)
+                        .get_result(conn)
+                }
+                fn get(&self, conn: &mut $conn, id: i64) -> QueryResult<i64> {
+                    use v2::prices::dsl;
+                    let (units, hundredths): (i64, i64) = dsl::prices
+                        .find(id)
+                        .select((dsl::units, dsl::hundredths))
+                        .first(conn)?;
+                    Ok(units * 100 + hundredths)
+                }
+            }
+        };
+    }
+    prices_bindings!(diesel::SqliteConnection);
+    #[cfg(feature = "postgres")]
+    prices_bindings!(diesel::PgConnection);
+
+    fn prices<C: 'static>() -> Repository<dyn Prices<C>>
+    where
+        PricesV1: Prices<C>,
+        PricesV2: Prices<C>,
+    {
+        Repository::<dyn Prices<C>>::builder("prices")
+            .binding(1, Arc::new(PricesV1))
+            .binding(2, Arc::new(PricesV2))
+            .build()
+            .unwrap()
+    }
+
+    macro_rules! split_suite {
+        ($name:ident, $backend:ty, $kit:expr) => {
+            mod $name {
+                use super::*;
+                type B = $backend;
+                type C = <B as tandem::Backend>::Connection;
+                const V1: tandem::Version = tandem::Version::FIRST;
+
+                #[test]
+                fn each_binding_works_where_it_must_and_writes_carry_over_both_ways() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("split_bindings", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = prices::<C>();
+                    let ran = change
+                        .check(&repo, |r, s| {
+                            let id = r.create(s.conn(), 1234)?;
+                            assert_eq!(r.get(s.conn(), id)?, 1234);
+                            Ok::<_, diesel::result::Error>(())
+                        })
+                        .unwrap();
+                    assert_eq!(ran.len(), 5, "{ran:?}");
+                    change.forward(&repo, |r, s| r.create(s.conn(), 705), |r, s, id| r.get(s.conn(), *id)).unwrap();
+                    change.backward(&repo, |r, s| r.create(s.conn(), 911), |r, s, id| r.get(s.conn(), *id)).unwrap();
+                }
+
+                /// Rows from before the change are split in one walk (2,500
+                /// rows, batches of 1,000: three); version 2's writes read back
+                /// through version 1 after a switch back; contract drops the
+                /// old column.
+                #[test]
+                fn existing_rows_are_split_and_a_switch_back_reads_them_whole() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("split_backfill", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = prices::<C>();
+                    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+                    {
+                        let mut conn = staged.handle().connection().unwrap();
+                        diesel::sql_query(
+                            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                             INSERT INTO prices (cents) SELECT i * 7 FROM n",
+                        )
+                        .execute(&mut *conn)
+                        .unwrap();
+                    }
+                    let up = staged.handle().upgrader().backfill_batches(1000, Duration::ZERO);
+                    assert_eq!(up.plan(2).unwrap()[0].backfills, ["prices.cents"]);
+                    let expand = up.expand().unwrap();
+                    assert_eq!((expand.batches, expand.backfilled_rows), (3, 2500), "{expand:?}");
+                    up.switch().unwrap();
+                    let two = tandem::Version::new(2).unwrap();
+                    for id in [1, 1000, 2500] {
+                        assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), id)).unwrap(), id * 7);
+                    }
+                    let written = staged.run(&repo, two, |r, s| r.create(s.conn(), 123_456)).unwrap();
+                    up.switch_back().unwrap();
+                    assert_eq!(staged.run(&repo, V1, |r, s| r.get(s.conn(), written)).unwrap(), 123_456);
+                    let after = staged.run(&repo, V1, |r, s| r.create(s.conn(), 4_321)).unwrap();
+                    up.switch().unwrap();
+                    up.contract().unwrap();
+                    assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), after)).unwrap(), 4_321);
+                    assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), 2500)).unwrap(), 17_500);
+                    let mut conn = staged.handle().connection().unwrap();
+                    assert!(diesel::sql_query("SELECT cents FROM prices").execute(&mut *conn).is_err());
+                }
+
+                /// A crash at each step (each backfill batch is one) resumes.
+                #[test]
+                fn a_split_crashed_at_each_step_resumes() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("split_crash_resume", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = prices::<C>();
+                    let batches = |up: tandem::Upgrader<B>| up.backfill_batches(2, Duration::ZERO);
+                    crash_at_each_step(
+                        &change,
+                        batches,
+                        |staged, _| (0..5).map(|i| staged.run(&repo, V1, |r, s| r.create(s.conn(), 1000 + i)).unwrap()).collect::<Vec<_>>(),
+                        |staged, ids, crash| {
+                            let two = tandem::Version::new(2).unwrap();
+                            for (i, id) in ids.iter().enumerate() {
+                                let cents = staged.run(&repo, two, |r, s| r.get(s.conn(), *id)).unwrap();
+                                assert_eq!(cents, 1000 + i64::try_from(i).unwrap(), "step {crash}");
+                            }
+                        },
+                        9,
+                    );
+                }
+            }
+        };
+    }
+
+    split_suite!(sqlite, tandem::Sqlite, super::sqlite_kit);
+    #[cfg(feature = "postgres")]
+    split_suite!(postgres, tandem::Postgres, super::pg_kit);
+}

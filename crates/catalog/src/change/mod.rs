@@ -28,6 +28,7 @@
 //! | `add_unique`    | `CREATE UNIQUE INDEX IF NOT EXISTS`; PostgreSQL: `CONCURRENTLY`, as `create_index` | |      |
 //! | `add_foreign_key` |                              | `FOREIGN KEY … NOT VALID`, and dropped back (PostgreSQL) | `VALIDATE` |
 //! | `change_type`   | new column, sync trigger, keyset backfill | swap names and triggers, and back | drop the old column |
+//! | `split_column`  | new columns, a sync trigger each, one keyset backfill | swap the triggers for one computing the old column, and back | drop the old column |
 //! | `sql`           | as written, per phase (and per backend if asked) |        |                |
 //!
 //! SQLite cannot change a constraint or default of an existing column, nor
@@ -80,6 +81,7 @@ mod index;
 mod ops;
 mod rename;
 mod retype;
+mod split;
 mod sql;
 
 pub use backfill::Backfill;
@@ -309,8 +311,66 @@ pub enum Operation {
         #[serde(default = "id")]
         key: String,
     },
+    /// One column into several: `split_column = { table = "prices", column
+    /// = "cents", into = [{ name = "units", type = "bigint", up = "cents /
+    /// 100" }, { name = "hundredths", type = "bigint", up = "cents % 100" }],
+    /// down = "units * 100 + hundredths" }`.
+    ///
+    /// Expand adds each new column and a trigger per new column that
+    /// computes it by its `up` from every write of version N-1, and a
+    /// [keyset backfill](Backfill) (one walk for all of them) that fills the
+    /// rows already there. The switch drops those triggers and creates the
+    /// reverse one, which computes the old column by `down` from every
+    /// write of version N, so that a switch back (which swaps the triggers
+    /// back) finds version N's rows readable by version N-1. Contract drops
+    /// the reverse trigger and the old column. No name changes: version N's
+    /// bindings name the new columns, version N-1's the old one.
+    ///
+    /// Each `up` reads the old column (and the row's other columns), never
+    /// another new one; `down` reads the new columns (and others), never the
+    /// old one. On SQLite the old column must be nullable or have a default
+    /// (version N's inserts leave it out, and SQLite checks `NOT NULL` before
+    /// a trigger can fill it), and so must each new column that is not
+    /// nullable, for version N-1's inserts; indexes on the old column go
+    /// with a `drop_index` before the `split_column`, as for `change_type`.
+    SplitColumn {
+        /// The table.
+        table: String,
+        /// The column split.
+        column: String,
+        /// The new columns, two or more.
+        into: Vec<SplitInto>,
+        /// The old value from the new columns, one SQL expression: what
+        /// version N-1 reads after a switch back.
+        down: String,
+        /// The integer key the backfill walks in order on PostgreSQL (the
+        /// default: `id`); SQLite walks the `rowid`.
+        #[serde(default = "id")]
+        key: String,
+    },
     /// SQL as written, for each phase it names (linted like a file).
     Sql(RawSql),
+}
+
+/// A new column of [`Operation::SplitColumn`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitInto {
+    /// Its name.
+    pub name: String,
+    /// Its portable type.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Its value from the old row, one SQL expression in which the split
+    /// column's name means the old column (`cents / 100`).
+    pub up: String,
+    /// Whether it may hold NULL (the default: `true`).
+    #[serde(default = "yes")]
+    pub nullable: bool,
+    /// Its default, one constant SQL expression (needed when it is not
+    /// nullable).
+    #[serde(default)]
+    pub default: Option<String>,
 }
 
 impl Operation {
@@ -332,6 +392,7 @@ impl Operation {
             Operation::AddUnique { .. } => "add_unique",
             Operation::AddForeignKey { .. } => "add_foreign_key",
             Operation::ChangeType { .. } => "change_type",
+            Operation::SplitColumn { .. } => "split_column",
             Operation::Sql(_) => "sql",
         }
     }
@@ -486,6 +547,7 @@ pub const OPERATIONS: &[&str] = &[
     "add_unique",
     "add_foreign_key",
     "change_type",
+    "split_column",
     "sql",
 ];
 

@@ -82,6 +82,7 @@ impl Op<'_> {
             }
             Operation::Sql(raw) => self.raw(raw, &mut p)?,
             retype @ Operation::ChangeType { .. } => self.change_type(retype, &mut p)?,
+            split @ Operation::SplitColumn { .. } => self.split_column(split, &mut p)?,
             constraint => self.constraint(constraint, &mut p)?,
         }
         Ok(p)
@@ -158,6 +159,7 @@ impl Op<'_> {
             | Operation::DropIndex { .. }
             | Operation::DropTable { .. }
             | Operation::ChangeType { .. }
+            | Operation::SplitColumn { .. }
             | Operation::Sql(_) => {}
         }
         Ok(())

@@ -107,24 +107,46 @@ impl Op<'_> {
         key: &str,
         sync: &Sync<'_>,
     ) -> Result<Backfill, CatalogError> {
+        self.backfill_all(t, table, column, key, &[sync])
+    }
+
+    /// The keyset walk that fills every sync's target in the rows already
+    /// there (one walk; a row is pending while any target differs).
+    pub(super) fn backfill_all(
+        &self,
+        t: &str,
+        table: &str,
+        column: &str,
+        key: &str,
+        syncs: &[&Sync<'_>],
+    ) -> Result<Backfill, CatalogError> {
         let key = if self.postgres {
             self.name("key", key)?
         } else {
             "rowid".to_owned()
         };
-        let (value, _) = self.rewritten(sync.expr, column, sync.source, None)?;
-        let value = format!("({value})");
-        let target = self.name("column", sync.target)?;
         let distinct = if self.postgres {
             "IS DISTINCT FROM"
         } else {
             "IS NOT"
         };
+        let mut sets = Vec::new();
+        let mut pending = Vec::new();
+        for sync in syncs {
+            let (value, _) = self.rewritten(sync.expr, column, sync.source, None)?;
+            let target = self.name("column", sync.target)?;
+            sets.push(format!("{target} = ({value})"));
+            pending.push(format!("{target} {distinct} ({value})"));
+        }
+        let pending = match pending.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(" OR ")),
+        };
         Ok(Backfill {
             name: format!("{table}.{column}"),
             key,
-            set: format!("{target} = {value}"),
-            pending: format!("{target} {distinct} {value}"),
+            set: sets.join(", "),
+            pending,
             estimate_sql: if self.postgres {
                 // `t` is a validated name: no quote inside.
                 format!("SELECT CAST(reltuples AS BIGINT) AS n FROM pg_class WHERE oid = '{t}'::regclass")
@@ -137,7 +159,12 @@ impl Op<'_> {
 
     /// The trigger(s) copying every write of a row into `sync.target`
     /// (`column` in the expression meaning `sync.source`).
-    fn sync(&self, t: &str, sync: &Sync<'_>, column: &str) -> Result<Vec<String>, CatalogError> {
+    pub(super) fn sync(
+        &self,
+        t: &str,
+        sync: &Sync<'_>,
+        column: &str,
+    ) -> Result<Vec<String>, CatalogError> {
         let target = self.name("column", sync.target)?;
         let name = |suffix: &str| self.name("trigger", &format!("{}{suffix}", sync.trigger));
         let (value, read) = self.rewritten(sync.expr, column, sync.source, Some("NEW"))?;
@@ -182,7 +209,12 @@ impl Op<'_> {
 
     /// The statements dropping [`sync`](Op::sync)'s trigger(s); `at_switch`
     /// says why that is no loss, for the lint.
-    fn unsync(&self, t: &str, trigger: &str, at_switch: bool) -> Result<Vec<String>, CatalogError> {
+    pub(super) fn unsync(
+        &self,
+        t: &str,
+        trigger: &str,
+        at_switch: bool,
+    ) -> Result<Vec<String>, CatalogError> {
         let allow = if at_switch {
             "-- tandem:allow(switch-drop) a sync trigger, which the switch back creates again\n"
         } else {
@@ -209,7 +241,7 @@ impl Op<'_> {
     /// `expr` with its column names quoted (and prefixed by `row`):
     /// `column` becomes `source`, every other name stays the row's column
     /// of that name; with the columns it reads, sorted.
-    fn rewritten(
+    pub(super) fn rewritten(
         &self,
         expr: &Expr,
         column: &str,

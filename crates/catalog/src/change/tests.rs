@@ -741,3 +741,98 @@ change_type = { table = "stock", column = "qty", type = "bigint", up = "qty", do
         generate(op, backend).unwrap();
     }
 }
+
+/// `split_column`: cents into units and hundredths, computed back for
+/// version N-1.
+const SPLIT: &str = r#"
+[[operations]]
+[operations.split_column]
+table = "prices"
+column = "cents"
+down = "units * 100 + hundredths"
+[[operations.split_column.into]]
+name = "units"
+type = "bigint"
+up = "cents / 100"
+[[operations.split_column.into]]
+name = "hundredths"
+type = "bigint"
+nullable = false
+default = "0"
+up = "cents % 100"
+"#;
+
+#[test]
+fn a_split_computes_the_new_columns_then_the_old_one_and_backfills_them_in_one_walk() {
+    for backend in ["sqlite", "postgres"] {
+        let generated = generate(SPLIT, backend).unwrap();
+        let mut shown = all_phases(&generated);
+        for b in &generated.backfills {
+            // Each backend's batch (PostgreSQL's is one statement).
+            let batch = if backend == "postgres" {
+                b.step_sql(Some(1000), 1000)
+            } else {
+                b.batch_sql(Some(1000), 2000)
+            };
+            shown.push_str(&format!("== backfill {}\n{batch}\n", b.name));
+        }
+        insta::assert_snapshot!(format!("split_column_{backend}"), shown);
+        assert_eq!(generated.backfills.len(), 1, "one walk fills both");
+    }
+    // The forward triggers fire for writes of the old column; the reverse
+    // one for writes of the new ones.
+    let g = generate(SPLIT, "postgres").unwrap();
+    assert!(
+        g.expand
+            .contains(r#"BEFORE INSERT OR UPDATE OF "cents" ON "prices""#),
+        "{}",
+        g.expand
+    );
+    assert!(
+        g.switch
+            .contains(r#"BEFORE INSERT OR UPDATE OF "hundredths", "units" ON "prices""#),
+        "{}",
+        g.switch
+    );
+    assert!(
+        g.contract.contains(r#"DROP COLUMN "cents""#),
+        "{}",
+        g.contract
+    );
+}
+
+#[test]
+fn a_bad_split_names_what_to_write_instead() {
+    let split = |into: &str, down: &str| {
+        format!(
+            "[[operations]]\nsplit_column = {{ table = \"t\", column = \"c\", into = [{into}], down = {down:?} }}"
+        )
+    };
+    let part =
+        |name: &str, up: &str| format!("{{ name = {name:?}, type = \"bigint\", up = {up:?} }}");
+    for (text, problem) in [
+        (split(&part("a", "c"), "a"), "names 1 new column(s)"),
+        (
+            split(&format!("{}, {}", part("a", "c"), part("a", "c")), "a"),
+            "adds `a` twice",
+        ),
+        (
+            split(&format!("{}, {}", part("a", "c"), part("c", "c")), "a"),
+            "adds `c` twice, or as itself",
+        ),
+        (
+            split(
+                &format!("{}, {}", part("a", "c"), part("b", "a + c")),
+                "a + b",
+            ),
+            "the up of `b` reads `a`",
+        ),
+        (
+            split(&format!("{}, {}", part("a", "c"), part("b", "c")), "a + c"),
+            "the down of `c` reads `c` itself",
+        ),
+    ] {
+        let err = generate(&text, "sqlite").unwrap_err();
+        assert!(err.to_string().contains(problem), "{text}: {err}");
+    }
+}
