@@ -1154,3 +1154,266 @@ up = "cents % 100"
     #[cfg(feature = "postgres")]
     split_suite!(postgres, tandem::Postgres, super::pg_kit);
 }
+
+/// `move_column` through the kit on both backends: accounts' emails moved
+/// to `account_emails` (the example application's change), `''` meaning no
+/// email; rows there before the change are inserted by a keyset backfill.
+mod moved {
+    use super::*;
+
+    const V1: &str = r#"
+[[operations]]
+create_table = { table = "accounts", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "email", type = "text", nullable = false, default = "''" },
+] }
+"#;
+    const V2: &str = r#"
+[[operations]]
+create_table = { table = "account_emails", columns = [
+    { name = "account_id", type = "bigint", primary_key = true },
+    { name = "email", type = "text", nullable = false },
+] }
+[[operations]]
+move_column = { table = "accounts", column = "email", to = "account_emails", key = "account_id", empty = "''" }
+"#;
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        common::change_catalog(&[("0001_accounts", V1), ("0002_account_emails", V2)])
+    }
+
+    mod v1 {
+        diesel::table! { accounts (id) { id -> BigInt, email -> Text, } }
+    }
+    mod v2 {
+        diesel::table! { accounts (id) { id -> BigInt, } }
+        diesel::table! { account_emails (account_id) { account_id -> BigInt, email -> Text, } }
+    }
+
+    /// Both bindings speak an optional email.
+    trait Accounts<C>: Send + Sync {
+        fn create(&self, conn: &mut C, email: Option<&str>) -> QueryResult<i64>;
+        fn email(&self, conn: &mut C, id: i64) -> QueryResult<Option<String>>;
+        fn set_email(&self, conn: &mut C, id: i64, email: Option<&str>) -> QueryResult<()>;
+        fn delete(&self, conn: &mut C, id: i64) -> QueryResult<()>;
+    }
+    struct AccountsV1;
+    struct AccountsV2;
+    macro_rules! accounts_bindings {
+        ($conn:ty) => {
+            impl Accounts<$conn> for AccountsV1 {
+                fn create(&self, conn: &mut $conn, email: Option<&str>) -> QueryResult<i64> {
+                    use v1::accounts::dsl;
+                    diesel::insert_into(dsl::accounts)
+                        .values(dsl::email.eq(email.unwrap_or("")))
+                        .returning(dsl::id)
+                        .get_result(conn)
+                }
+                fn email(&self, conn: &mut $conn, id: i64) -> QueryResult<Option<String>> {
+                    use v1::accounts::dsl;
+                    let email: String = dsl::accounts.find(id).select(dsl::email).first(conn)?;
+                    Ok(Some(email).filter(|e| !e.is_empty()))
+                }
+                fn set_email(
+                    &self,
+                    conn: &mut $conn,
+                    id: i64,
+                    email: Option<&str>,
+                ) -> QueryResult<()> {
+                    use v1::accounts::dsl;
+                    diesel::update(dsl::accounts.find(id))
+                        .set(dsl::email.eq(email.unwrap_or("")))
+                        .execute(conn)?;
+                    Ok(())
+                }
+                fn delete(&self, conn: &mut $conn, id: i64) -> QueryResult<()> {
+                    use v1::accounts::dsl;
+                    diesel::delete(dsl::accounts.find(id)).execute(conn)?;
+                    Ok(())
+                }
+            }
+            impl Accounts<$conn> for AccountsV2 {
+                fn create(&self, conn: &mut $conn, email: Option<&str>) -> QueryResult<i64> {
+                    use v2::accounts::dsl;
+                    let id = diesel::insert_into(dsl::accounts)
+                        .default_values()
+                        .returning(dsl::id)
+                        .get_result(conn)?;
+                    self.set_email(conn, id, email)?;
+                    Ok(id)
+                }
+                fn email(&self, conn: &mut $conn, id: i64) -> QueryResult<Option<String>> {
+                    use v2::account_emails::dsl;
+                    // The account must exist, with or without an email.
+                    v2::accounts::table
+                        .find(id)
+                        .select(v2::accounts::id)
+                        .first::<i64>(conn)?;
+                    dsl::account_emails
+                        .find(id)
+                        .select(dsl::email)
+                        .first(conn)
+                        .optional()
+                }
+                fn set_email(
+                    &self,
+                    conn: &mut $conn,
+                    id: i64,
+                    email: Option<&str>,
+                ) -> QueryResult<()> {
+                    use v2::account_emails::dsl;
+                    match email {
+                        Some(email) => diesel::insert_into(dsl::account_emails)
+                            .values((dsl::account_id.eq(id), dsl::email.eq(email)))
+                            .on_conflict(dsl::account_id)
+                            .do_update()
+                            .set(dsl::email.eq(email))
+                            .execute(conn)?,
+                        None => diesel::delete(dsl::account_emails.find(id)).execute(conn)?,
+                    };
+                    Ok(())
+                }
+                fn delete(&self, conn: &mut $conn, id: i64) -> QueryResult<()> {
+                    diesel::delete(v2::account_emails::table.find(id)).execute(conn)?;
+                    diesel::delete(v2::accounts::table.find(id)).execute(conn)?;
+                    Ok(())
+                }
+            }
+        };
+    }
+    accounts_bindings!(diesel::SqliteConnection);
+    #[cfg(feature = "postgres")]
+    accounts_bindings!(diesel::PgConnection);
+
+    fn accounts<C: 'static>() -> Repository<dyn Accounts<C>>
+    where
+        AccountsV1: Accounts<C>,
+        AccountsV2: Accounts<C>,
+    {
+        Repository::<dyn Accounts<C>>::builder("accounts")
+            .binding(1, Arc::new(AccountsV1))
+            .binding(2, Arc::new(AccountsV2))
+            .build()
+            .unwrap()
+    }
+
+    macro_rules! moved_suite {
+        ($name:ident, $backend:ty, $kit:expr) => {
+            mod $name {
+                use super::*;
+                type B = $backend;
+                type C = <B as tandem::Backend>::Connection;
+                const V1: tandem::Version = tandem::Version::FIRST;
+
+                /// Each binding creates, changes, clears and deletes where it
+                /// must; writes carry over both ways.
+                #[test]
+                fn each_binding_works_where_it_must_and_writes_carry_over_both_ways() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("moved_bindings", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = accounts::<C>();
+                    let ran = change
+                        .check(&repo, |r, s| {
+                            let id = r.create(s.conn(), Some("a@example.com"))?;
+                            assert_eq!(r.email(s.conn(), id)?.as_deref(), Some("a@example.com"));
+                            r.set_email(s.conn(), id, Some("b@example.com"))?;
+                            assert_eq!(r.email(s.conn(), id)?.as_deref(), Some("b@example.com"));
+                            r.set_email(s.conn(), id, None)?;
+                            assert_eq!(r.email(s.conn(), id)?, None);
+                            let none = r.create(s.conn(), None)?;
+                            assert_eq!(r.email(s.conn(), none)?, None);
+                            r.delete(s.conn(), id)?;
+                            assert!(r.email(s.conn(), id).is_err(), "deleted");
+                            Ok::<_, diesel::result::Error>(())
+                        })
+                        .unwrap();
+                    assert_eq!(ran.len(), 5, "{ran:?}");
+                    change.forward(&repo, |r, s| r.create(s.conn(), Some("f@example.com")), |r, s, id| r.email(s.conn(), *id)).unwrap();
+                    change.backward(&repo, |r, s| r.create(s.conn(), Some("g@example.com")), |r, s, id| r.email(s.conn(), *id)).unwrap();
+                    change.forward(&repo, |r, s| r.create(s.conn(), None), |r, s, id| r.email(s.conn(), *id)).unwrap();
+                    change.backward(&repo, |r, s| r.create(s.conn(), None), |r, s, id| r.email(s.conn(), *id)).unwrap();
+                }
+
+                /// Rows from before the change are moved in batches (2,500
+                /// accounts, every third without an email: 1,667 rows, in
+                /// three batches of 1,000 accounts); version 2's changes and
+                /// deletes read back through version 1 after a switch back;
+                /// contract drops the old column.
+                #[test]
+                fn existing_rows_are_moved_and_a_switch_back_reads_version_2s_writes() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("moved_backfill", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = accounts::<C>();
+                    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+                    {
+                        let mut conn = staged.handle().connection().unwrap();
+                        diesel::sql_query(
+                            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                             INSERT INTO accounts (email) SELECT CASE WHEN i % 3 = 0 THEN '' ELSE 'u' || i || '@example.com' END FROM n",
+                        )
+                        .execute(&mut *conn)
+                        .unwrap();
+                    }
+                    let up = staged.handle().upgrader().backfill_batches(1000, Duration::ZERO);
+                    assert_eq!(up.plan(2).unwrap()[0].backfills, ["accounts.email"]);
+                    let expand = up.expand().unwrap();
+                    assert_eq!((expand.batches, expand.backfilled_rows), (3, 1667), "{expand:?}");
+                    up.switch().unwrap();
+                    let two = tandem::Version::new(2).unwrap();
+                    assert_eq!(staged.run(&repo, two, |r, s| r.email(s.conn(), 1)).unwrap().as_deref(), Some("u1@example.com"));
+                    assert_eq!(staged.run(&repo, two, |r, s| r.email(s.conn(), 3)).unwrap(), None);
+                    staged.run(&repo, two, |r, s| r.set_email(s.conn(), 2, Some("new@example.com"))).unwrap();
+                    staged.run(&repo, two, |r, s| r.set_email(s.conn(), 4, None)).unwrap();
+                    staged.run(&repo, two, |r, s| r.set_email(s.conn(), 6, Some("six@example.com"))).unwrap();
+                    staged.run(&repo, two, |r, s| r.delete(s.conn(), 5)).unwrap();
+                    up.switch_back().unwrap();
+                    let email = |id| staged.run(&repo, V1, |r, s| r.email(s.conn(), id));
+                    assert_eq!(email(2).unwrap().as_deref(), Some("new@example.com"));
+                    assert_eq!(email(4).unwrap(), None);
+                    assert_eq!(email(6).unwrap().as_deref(), Some("six@example.com"));
+                    assert!(email(5).is_err(), "deleted by version 2");
+                    // Version 1 deletes an account with an email: its row
+                    // there goes first.
+                    staged.run(&repo, V1, |r, s| r.delete(s.conn(), 7)).unwrap();
+                    let after = staged.run(&repo, V1, |r, s| r.create(s.conn(), Some("late@example.com"))).unwrap();
+                    up.switch().unwrap();
+                    up.contract().unwrap();
+                    assert_eq!(staged.run(&repo, two, |r, s| r.email(s.conn(), after)).unwrap().as_deref(), Some("late@example.com"));
+                    assert_eq!(staged.run(&repo, two, |r, s| r.email(s.conn(), 2500)).unwrap().as_deref(), Some("u2500@example.com"));
+                    assert!(staged.run(&repo, two, |r, s| r.email(s.conn(), 7)).is_err());
+                    let mut conn = staged.handle().connection().unwrap();
+                    assert!(diesel::sql_query("SELECT email FROM accounts").execute(&mut *conn).is_err());
+                }
+
+                /// A crash at each step (each backfill batch is one) resumes.
+                #[test]
+                fn a_move_crashed_at_each_step_resumes() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("moved_crash_resume", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = accounts::<C>();
+                    let batches = |up: tandem::Upgrader<B>| up.backfill_batches(2, Duration::ZERO);
+                    crash_at_each_step(
+                        &change,
+                        batches,
+                        |staged, _| (0..5).map(|i| staged.run(&repo, V1, |r, s| r.create(s.conn(), Some(&format!("c{i}@example.com")))).unwrap()).collect::<Vec<_>>(),
+                        |staged, ids, crash| {
+                            let two = tandem::Version::new(2).unwrap();
+                            for (i, id) in ids.iter().enumerate() {
+                                let email = staged.run(&repo, two, |r, s| r.email(s.conn(), *id)).unwrap();
+                                assert_eq!(email, Some(format!("c{i}@example.com")), "step {crash}");
+                            }
+                        },
+                        9,
+                    );
+                }
+            }
+        };
+    }
+
+    moved_suite!(sqlite, tandem::Sqlite, super::sqlite_kit);
+    #[cfg(feature = "postgres")]
+    moved_suite!(postgres, tandem::Postgres, super::pg_kit);
+}

@@ -40,8 +40,15 @@ pub struct Backfill {
     pub table: String,
     /// The integer key it walks, quoted (`rowid` on SQLite).
     pub key: String,
-    /// What a batch sets (`"_tandem_new_qty" = "qty"`).
+    /// What a batch sets (`"_tandem_new_qty" = "qty"`); empty for a
+    /// backfill that inserts.
     pub set: String,
+    /// For a backfill that inserts rows into another table
+    /// (`move_column`): the `INSERT INTO … SELECT … FROM` the table's rows
+    /// in a batch's range that are `pending` (conflicts skipped: a row a
+    /// sync trigger inserted meanwhile is right). `None`: the batch is an
+    /// `UPDATE` of the table by `set`.
+    pub insert: Option<String>,
     /// Which rows of a batch's range still need it.
     pub pending: String,
     /// A statement estimating the table's rows (`AS n`): from the
@@ -80,23 +87,31 @@ impl Backfill {
         let from = after.map_or_else(String::new, |a| format!("{k} > {a} AND "));
         format!(
             "WITH batch AS (SELECT {k} AS k FROM {t} WHERE {from}TRUE ORDER BY {k} LIMIT {rows}), \
-             done AS (UPDATE {t} SET {set} WHERE {from}{k} <= (SELECT max(k) FROM batch) AND {pending} RETURNING 1) \
+             done AS ({fill} RETURNING 1) \
              SELECT CAST((SELECT max(k) FROM batch) AS BIGINT) AS n, CAST((SELECT count(*) FROM done) AS BIGINT) AS changed",
             t = self.table,
-            set = self.set,
-            pending = self.pending,
+            fill = self.fill(&format!("{from}{k} <= (SELECT max(k) FROM batch)")),
         )
     }
 
     fn update(&self, after: Option<&str>, upto: &str) -> String {
         let k = &self.key;
-        format!(
-            "UPDATE {} SET {} WHERE {}{k} <= {upto} AND {}",
-            self.table,
-            self.set,
-            after.map_or_else(String::new, |a| format!("{k} > {a} AND ")),
-            self.pending
-        )
+        let after = after.map_or_else(String::new, |a| format!("{k} > {a} AND "));
+        self.fill(&format!("{after}{k} <= {upto}"))
+    }
+
+    /// The statement filling the rows of `range` that are pending.
+    fn fill(&self, range: &str) -> String {
+        match &self.insert {
+            None => format!(
+                "UPDATE {} SET {} WHERE {range} AND {}",
+                self.table, self.set, self.pending
+            ),
+            Some(insert) => format!(
+                "{insert} WHERE {range} AND {} ON CONFLICT DO NOTHING",
+                self.pending
+            ),
+        }
     }
 
     /// The walk as a comment for the expand phase's text (so that the

@@ -28,6 +28,7 @@
 //! | `add_unique`    | `CREATE UNIQUE INDEX IF NOT EXISTS`; PostgreSQL: `CONCURRENTLY`, as `create_index` | |      |
 //! | `add_foreign_key` |                              | `FOREIGN KEY … NOT VALID`, and dropped back (PostgreSQL) | `VALIDATE` |
 //! | `change_type`   | new column, sync trigger, keyset backfill | swap names and triggers, and back | drop the old column |
+//! | `move_column`   | sync triggers to the other table, keyset backfill inserting its rows | swap the triggers for ones writing back, and back | drop the column |
 //! | `split_column`  | new columns, a sync trigger each, one keyset backfill | swap the triggers for one computing the old column, and back | drop the old column |
 //! | `sql`           | as written, per phase (and per backend if asked) |        |                |
 //!
@@ -78,6 +79,7 @@ use crate::version::Phase;
 mod backfill;
 mod generate;
 mod index;
+mod moved;
 mod ops;
 mod rename;
 mod retype;
@@ -348,6 +350,45 @@ pub enum Operation {
         #[serde(default = "id")]
         key: String,
     },
+    /// A column moved to another table, one row there for each row here
+    /// that has a value (1:1): `move_column = { table = "accounts", column =
+    /// "email", to = "account_emails", key = "account_id", empty = "''" }`.
+    ///
+    /// The other table, with a column of the same name and `key` (unique,
+    /// holding this table's `from_key`), comes first: a `create_table`
+    /// earlier in the file, or an earlier version. Expand creates sync
+    /// triggers on this table (a write with a value upserts the row there,
+    /// one with the `empty` value deletes it, and a deleted row takes its
+    /// row there first, which a foreign key to this table needs) and a
+    /// [keyset backfill](Backfill) inserting the rows already here that it
+    /// lacks. The switch swaps them for triggers on the other table, which
+    /// write its values back (the `empty` value for a row deleted there),
+    /// so that a switch back finds version N's writes readable by version
+    /// N-1. Contract drops those and the column here. Version N-1's binding
+    /// names the column here; version N's names the other table.
+    ///
+    /// Other columns of the other table need defaults (the triggers and
+    /// the backfill insert `key` and the column only); with `empty` unset
+    /// (NULL) the column here must be nullable.
+    MoveColumn {
+        /// The table the column leaves.
+        table: String,
+        /// The column, named the same in both tables.
+        column: String,
+        /// The table it goes to.
+        to: String,
+        /// The column of `to` holding this table's key (its primary key, or
+        /// unique).
+        key: String,
+        /// This table's key, which `key` holds and the backfill walks on
+        /// PostgreSQL (SQLite walks the `rowid`): `id` unless set.
+        #[serde(default = "id")]
+        from_key: String,
+        /// The value here that means "no row there", one SQL expression
+        /// (`''`); NULL unless set.
+        #[serde(default)]
+        empty: Option<String>,
+    },
     /// SQL as written, for each phase it names (linted like a file).
     Sql(RawSql),
 }
@@ -393,6 +434,7 @@ impl Operation {
             Operation::AddForeignKey { .. } => "add_foreign_key",
             Operation::ChangeType { .. } => "change_type",
             Operation::SplitColumn { .. } => "split_column",
+            Operation::MoveColumn { .. } => "move_column",
             Operation::Sql(_) => "sql",
         }
     }
@@ -548,6 +590,7 @@ pub const OPERATIONS: &[&str] = &[
     "add_foreign_key",
     "change_type",
     "split_column",
+    "move_column",
     "sql",
 ];
 

@@ -83,6 +83,7 @@ impl Op<'_> {
             Operation::Sql(raw) => self.raw(raw, &mut p)?,
             retype @ Operation::ChangeType { .. } => self.change_type(retype, &mut p)?,
             split @ Operation::SplitColumn { .. } => self.split_column(split, &mut p)?,
+            moved @ Operation::MoveColumn { .. } => self.move_column(moved, &mut p)?,
             constraint => self.constraint(constraint, &mut p)?,
         }
         Ok(p)
@@ -160,6 +161,7 @@ impl Op<'_> {
             | Operation::DropTable { .. }
             | Operation::ChangeType { .. }
             | Operation::SplitColumn { .. }
+            | Operation::MoveColumn { .. }
             | Operation::Sql(_) => {}
         }
         Ok(())

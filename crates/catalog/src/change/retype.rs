@@ -146,6 +146,7 @@ impl Op<'_> {
             name: format!("{table}.{column}"),
             key,
             set: sets.join(", "),
+            insert: None,
             pending,
             estimate_sql: if self.postgres {
                 // `t` is a validated name: no quote inside.

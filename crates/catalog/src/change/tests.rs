@@ -836,3 +836,48 @@ fn a_bad_split_names_what_to_write_instead() {
         assert!(err.to_string().contains(problem), "{text}: {err}");
     }
 }
+
+/// `move_column`: accounts' emails into a table of their own, the example
+/// application's change.
+const MOVE: &str = r#"
+[[operations]]
+create_table = { table = "account_emails", columns = [
+    { name = "account_id", type = "bigint", primary_key = true },
+    { name = "email", type = "text", nullable = false },
+] }
+[[operations]]
+move_column = { table = "accounts", column = "email", to = "account_emails", key = "account_id", empty = "''" }
+"#;
+
+#[test]
+fn a_move_syncs_into_the_other_table_then_back_and_backfills_by_inserting() {
+    for backend in ["sqlite", "postgres"] {
+        let generated = generate(MOVE, backend).unwrap();
+        let mut shown = all_phases(&generated);
+        for b in &generated.backfills {
+            let batch = if backend == "postgres" {
+                b.step_sql(Some(1000), 1000)
+            } else {
+                b.batch_sql(Some(1000), 2000)
+            };
+            shown.push_str(&format!("== backfill {}\n{batch}\n", b.name));
+        }
+        insta::assert_snapshot!(format!("move_column_{backend}"), shown);
+        assert_eq!(generated.backfills.len(), 1);
+    }
+    let err = generate(
+        "[[operations]]\nmove_column = { table = \"t\", column = \"c\", to = \"t\", key = \"k\" }",
+        "sqlite",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("to its own table"), "{err}");
+    let err = generate(
+        "[[operations]]\nmove_column = { table = \"t\", column = \"c\", to = \"u\", key = \"K\" }",
+        "postgres",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("column `K` is not a name"),
+        "{err}"
+    );
+}

@@ -1,0 +1,263 @@
+//! [`Operation::MoveColumn`](super::Operation::MoveColumn): a column's
+//! values copied into a row each of another table, kept in step from the
+//! old table before the switch and back to it after.
+
+use super::backfill::Backfill;
+use super::ops::Parts;
+use super::sql::{Op, BODY_QUOTE};
+use super::Operation;
+use crate::error::CatalogError;
+
+/// The names of one move, quoted (and the empty value, parenthesized).
+struct Move {
+    /// The table the column leaves.
+    t: String,
+    /// Its key, which the other table's `k` holds.
+    f: String,
+    /// The column, in both tables.
+    c: String,
+    /// The table the column goes to.
+    u: String,
+    /// Its column holding the old table's key (unique).
+    k: String,
+    /// The old table's value meaning "no row there" (`(NULL)` unless set).
+    empty: String,
+    /// Trigger names' stem: `tandem_move_<table>_<column>`.
+    stem: String,
+}
+
+impl Op<'_> {
+    /// [`Operation::MoveColumn`]'s statements.
+    pub(super) fn move_column(&self, op: &Operation, p: &mut Parts) -> Result<(), CatalogError> {
+        let Operation::MoveColumn {
+            table,
+            column,
+            to,
+            key,
+            from_key,
+            empty,
+        } = op
+        else {
+            return Ok(());
+        };
+        if to == table {
+            return Err(self.bad(
+                format!("move_column of `{table}.{column}` moves it to its own table"),
+                "name another table in `to` (to rename the column, use rename_column)",
+            ));
+        }
+        let empty = match empty {
+            Some(text) => format!("({})", self.parse_expression("empty", column, text)?),
+            None => "(NULL)".to_owned(),
+        };
+        let m = Move {
+            t: self.name("table", table)?,
+            f: self.name("column", from_key)?,
+            c: self.name("column", column)?,
+            u: self.name("table", to)?,
+            k: self.name("column", key)?,
+            empty,
+            stem: format!("tandem_move_{table}_{column}"),
+        };
+        let back = format!("tandem_back_{table}_{column}");
+        p.expand.extend(self.move_forward(&m)?);
+        p.backfills.push(self.move_backfill(&m, table, column)?);
+        p.switch.extend(self.move_unsync(&m.stem, &m.t, true)?);
+        p.switch.extend(self.move_back(&m, &back)?);
+        p.switch_back.extend(self.move_unsync(&back, &m.u, false)?);
+        p.switch_back.extend(self.move_forward(&m)?);
+        p.contract.extend(self.move_unsync(&back, &m.u, false)?);
+        p.contract
+            .push(format!("ALTER TABLE {} DROP COLUMN {};", m.t, m.c));
+        Ok(())
+    }
+
+    /// The "has a value" test of the old table's row `row` (`NEW`, `OLD`,
+    /// or the table itself).
+    fn has_value(&self, m: &Move, row: &str) -> String {
+        let distinct = if self.postgres {
+            "IS DISTINCT FROM"
+        } else {
+            "IS NOT"
+        };
+        format!("{row}.{} {distinct} {}", m.c, m.empty)
+    }
+
+    /// Before the switch: every write of the old table's column reaches
+    /// the other table (a row with a value there, none without), and a
+    /// deleted row takes its row there with it (first: a foreign key to
+    /// the old table would refuse the delete).
+    fn move_forward(&self, m: &Move) -> Result<Vec<String>, CatalogError> {
+        let Move { t, f, c, u, k, .. } = m;
+        let has = self.has_value(m, "NEW");
+        if self.postgres {
+            let sync = self.name("trigger", &m.stem)?;
+            let delete = self.name("trigger", &format!("{}_delete", m.stem))?;
+            return Ok(vec![
+                format!(
+                    "CREATE FUNCTION {sync}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
+                     BEGIN\n    IF {has} THEN\n        \
+                     INSERT INTO {u} ({k}, {c}) VALUES (NEW.{f}, NEW.{c})\n        \
+                     ON CONFLICT ({k}) DO UPDATE SET {c} = EXCLUDED.{c} WHERE {u}.{c} IS DISTINCT FROM EXCLUDED.{c};\n    \
+                     ELSE\n        DELETE FROM {u} WHERE {k} = NEW.{f};\n    END IF;\n    RETURN NULL;\nEND\n{BODY_QUOTE};"
+                ),
+                format!(
+                    "CREATE TRIGGER {sync} AFTER INSERT OR UPDATE OF {c} ON {t}\n    \
+                     FOR EACH ROW EXECUTE FUNCTION {sync}();"
+                ),
+                format!(
+                    "CREATE FUNCTION {delete}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
+                     BEGIN\n    DELETE FROM {u} WHERE {k} = OLD.{f};\n    RETURN OLD;\nEND\n{BODY_QUOTE};"
+                ),
+                format!(
+                    "CREATE TRIGGER {delete} BEFORE DELETE ON {t}\n    \
+                     FOR EACH ROW EXECUTE FUNCTION {delete}();"
+                ),
+            ]);
+        }
+        // Update, then insert what is missing (not `INSERT OR REPLACE`: the
+        // conflict clause of the statement that fired a SQLite trigger
+        // overrides the one inside it).
+        let upsert = format!(
+            "UPDATE {u} SET {c} = NEW.{c} WHERE {k} = NEW.{f} AND {has} AND {c} IS NOT NEW.{c};\n    \
+             INSERT INTO {u} ({k}, {c}) SELECT NEW.{f}, NEW.{c} WHERE {has} AND NOT EXISTS (SELECT 1 FROM {u} WHERE {k} = NEW.{f});"
+        );
+        let name = |event: &str| self.name("trigger", &format!("{}_{event}", m.stem));
+        Ok(vec![
+            format!(
+                "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN\n    {upsert}\nEND;",
+                name("insert")?
+            ),
+            format!(
+                "CREATE TRIGGER {} AFTER UPDATE OF {c} ON {t} BEGIN\n    \
+                 DELETE FROM {u} WHERE {k} = NEW.{f} AND NOT ({has});\n    {upsert}\nEND;",
+                name("update")?
+            ),
+            format!(
+                "CREATE TRIGGER {} BEFORE DELETE ON {t} BEGIN\n    DELETE FROM {u} WHERE {k} = OLD.{f};\nEND;",
+                name("delete")?
+            ),
+        ])
+    }
+
+    /// After the switch: every write of the other table's column reaches
+    /// the old table's row, and a deleted row there leaves the empty value.
+    fn move_back(&self, m: &Move, back: &str) -> Result<Vec<String>, CatalogError> {
+        let Move {
+            t,
+            f,
+            c,
+            u,
+            k,
+            empty,
+            ..
+        } = m;
+        let distinct = if self.postgres {
+            "IS DISTINCT FROM"
+        } else {
+            "IS NOT"
+        };
+        let copy =
+            format!("UPDATE {t} SET {c} = NEW.{c} WHERE {f} = NEW.{k} AND {c} {distinct} NEW.{c};");
+        let clear =
+            format!("UPDATE {t} SET {c} = {empty} WHERE {f} = OLD.{k} AND {c} {distinct} {empty};");
+        if self.postgres {
+            let sync = self.name("trigger", back)?;
+            let delete = self.name("trigger", &format!("{back}_delete"))?;
+            return Ok(vec![
+                format!(
+                    "CREATE FUNCTION {sync}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
+                     BEGIN\n    {copy}\n    RETURN NULL;\nEND\n{BODY_QUOTE};"
+                ),
+                format!(
+                    "CREATE TRIGGER {sync} AFTER INSERT OR UPDATE OF {c} ON {u}\n    \
+                     FOR EACH ROW EXECUTE FUNCTION {sync}();"
+                ),
+                format!(
+                    "CREATE FUNCTION {delete}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
+                     BEGIN\n    {clear}\n    RETURN NULL;\nEND\n{BODY_QUOTE};"
+                ),
+                format!(
+                    "CREATE TRIGGER {delete} AFTER DELETE ON {u}\n    \
+                     FOR EACH ROW EXECUTE FUNCTION {delete}();"
+                ),
+            ]);
+        }
+        let name = |event: &str| self.name("trigger", &format!("{back}_{event}"));
+        Ok(vec![
+            format!(
+                "CREATE TRIGGER {} AFTER INSERT ON {u} BEGIN\n    {copy}\nEND;",
+                name("insert")?
+            ),
+            format!(
+                "CREATE TRIGGER {} AFTER UPDATE OF {c} ON {u} BEGIN\n    {copy}\nEND;",
+                name("update")?
+            ),
+            format!(
+                "CREATE TRIGGER {} AFTER DELETE ON {u} BEGIN\n    {clear}\nEND;",
+                name("delete")?
+            ),
+        ])
+    }
+
+    /// The statements dropping the triggers of `stem` on `on`.
+    fn move_unsync(
+        &self,
+        stem: &str,
+        on: &str,
+        at_switch: bool,
+    ) -> Result<Vec<String>, CatalogError> {
+        let allow = if at_switch {
+            "-- tandem:allow(switch-drop) a sync trigger, which the switch back creates again\n"
+        } else {
+            ""
+        };
+        if self.postgres {
+            let mut out = Vec::new();
+            for name in [stem.to_owned(), format!("{stem}_delete")] {
+                let n = self.name("trigger", &name)?;
+                out.push(format!("{allow}DROP TRIGGER {n} ON {on};"));
+                out.push(format!("{allow}DROP FUNCTION {n}();"));
+            }
+            return Ok(out);
+        }
+        ["insert", "update", "delete"]
+            .into_iter()
+            .map(|event| {
+                Ok(format!(
+                    "{allow}DROP TRIGGER {};",
+                    self.name("trigger", &format!("{stem}_{event}"))?
+                ))
+            })
+            .collect()
+    }
+
+    /// The keyset walk of the old table inserting the rows the other table
+    /// lacks.
+    fn move_backfill(&self, m: &Move, table: &str, column: &str) -> Result<Backfill, CatalogError> {
+        let Move { t, f, c, u, k, .. } = m;
+        let key = if self.postgres {
+            f.clone()
+        } else {
+            "rowid".to_owned()
+        };
+        Ok(Backfill {
+            name: format!("{table}.{column}"),
+            key,
+            set: String::new(),
+            insert: Some(format!(
+                "INSERT INTO {u} ({k}, {c}) SELECT {f}, {c} FROM {t}"
+            )),
+            pending: format!(
+                "{} AND NOT EXISTS (SELECT 1 FROM {u} WHERE {u}.{k} = {t}.{f})",
+                self.has_value(m, t)
+            ),
+            estimate_sql: if self.postgres {
+                format!("SELECT CAST(reltuples AS BIGINT) AS n FROM pg_class WHERE oid = '{t}'::regclass")
+            } else {
+                format!("SELECT count(*) AS n FROM {t}")
+            },
+            table: t.clone(),
+        })
+    }
+}
