@@ -229,7 +229,7 @@
 //! batch records its last key in the running expand's history row). The
 //! key should not change: a row whose key moved behind the walk (while it
 //! ran, or while the expand was down) is found by one read of the table
-//! when the walk ends, and the table is walked again from the first key, up
+//! when the walk ends, and the walk goes again from the first such row, up
 //! to four walks ([`Error::BackfillUnsettled`](crate::Error::BackfillUnsettled)
 //! after that).
 //!

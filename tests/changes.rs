@@ -1417,3 +1417,65 @@ move_column = { table = "accounts", column = "email", to = "account_emails", key
     #[cfg(feature = "postgres")]
     moved_suite!(postgres, tandem::Postgres, super::pg_kit);
 }
+
+/// Regression (review of stop 27's fixes): a lossy `change_type` (double to
+/// real) left every row "pending" on PostgreSQL, the stored real compared
+/// with the double it came from, so the check that ends every walk walked
+/// four times and failed with `BackfillUnsettled`, on every rerun. Pending
+/// compares with the value cast to the column's type.
+mod lossy {
+    use super::*;
+
+    const V1: &str = r#"
+[[operations]]
+create_table = { table = "readings", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "value", type = "double", nullable = false, default = "0" },
+] }
+"#;
+    const V2: &str = r#"
+[[operations]]
+change_type = { table = "readings", column = "value", type = "real", nullable = false, default = "0", up = "value", down = "value" }
+"#;
+
+    fn lossy_change_settles<B: tandem::Backend>(kit: Option<Kit<B>>) {
+        let Some(kit) = kit else { return };
+        let change = kit.transition(2).unwrap();
+        let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+        {
+            let mut conn = staged.handle().connection().unwrap();
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut *conn,
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+                 INSERT INTO readings (value) SELECT i / 3.0 FROM n",
+            )
+            .unwrap();
+        }
+        let up = staged
+            .handle()
+            .upgrader()
+            .backfill_batches(1000, Duration::ZERO);
+        let expand = up
+            .expand()
+            .unwrap_or_else(|e| panic!("the lossy backfill settles: {e}"));
+        assert_eq!(
+            (expand.batches, expand.backfilled_rows),
+            (3, 2500),
+            "one walk: {expand:?}"
+        );
+        up.switch().unwrap();
+    }
+
+    #[test]
+    fn sqlite_a_lossy_type_change_settles_in_one_walk() {
+        let (_dir, catalog) = common::change_catalog(&[("0001_readings", V1), ("0002_real", V2)]);
+        lossy_change_settles(super::sqlite_kit("lossy", catalog));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_a_lossy_type_change_settles_in_one_walk() {
+        let (_dir, catalog) = common::change_catalog(&[("0001_readings", V1), ("0002_real", V2)]);
+        lossy_change_settles(super::pg_kit("lossy", catalog));
+    }
+}

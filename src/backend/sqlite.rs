@@ -150,12 +150,13 @@ impl Locks<SqliteConnection> for Sqlite {
 
     fn set_busy_wait(conn: &mut SqliteConnection, wait: Option<Duration>) -> QueryResult<()> {
         // Rounded up: a wait that gives up does so at its deadline, not
-        // up to a millisecond before it.
+        // up to a millisecond before it. (A deadline may be later than the
+        // pool's wait: a switch's budget, up to an hour.)
         let ms = wait
             .unwrap_or(BUSY_TIMEOUT)
-            .min(BUSY_TIMEOUT)
             .as_micros()
-            .div_ceil(1000);
+            .div_ceil(1000)
+            .min(i32::MAX as u128);
         conn.batch_execute(&format!("PRAGMA busy_timeout = {ms};"))
     }
 

@@ -507,7 +507,9 @@ pub enum Error {
     /// key) or undoes what it wrote as fast as it walks. Batches committed
     /// stay; rerunning resumes.
     #[error(
-        "backfill `{step}` of version {version} walked its table {walks} times and rows still          need it: something keeps changing their keys (the walk follows the key) or undoing what          it wrote; stop that (a job renumbering keys, a trigger) and rerun expand: it resumes"
+        "backfill `{step}` of version {version} walked its table {walks} times and rows still \
+         need it: something keeps changing their keys (the walk follows the key) or undoing what \
+         it wrote; stop that (a job renumbering keys, a trigger) and rerun expand: it resumes"
     )]
     BackfillUnsettled {
         /// The version.

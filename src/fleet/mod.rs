@@ -46,8 +46,8 @@
 //! steady path before it commits. Under its exclusive lock a switch in
 //! deploying mode checks again that every live row acknowledged it. A unit
 //! of work that waited for its write turn (SQLite's write lock, behind
-//! which this instance's renewals queue) looks at the steady path again
-//! once it has the turn. The cached version
+//! which this instance's renewals queue for up to half a lease) looks at
+//! the steady path again once it has the turn. The cached version
 //! carries its state row's epoch: a tick that read the row before this
 //! process's own switch cannot put the old version back.
 

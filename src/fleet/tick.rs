@@ -54,20 +54,23 @@ impl<B: Backend> Via<'_, B> {
 }
 
 /// Runs the background poller's `f` on `conn` with its writes waiting at
-/// most a poll interval for this process's write turn and SQLite's write
-/// lock (the pool's busy timeout is 5 s; see [`WritesBounded`]): a renewal
-/// or acknowledgement that another writer holds back fails and is tried
-/// again next tick, instead of waiting for seconds in the queue that the
-/// application's writes and a switch's, bounded by its budget, join.
-/// (PostgreSQL's writers do not queue in-process, and its waits are
-/// bounded per statement.)
+/// most half a lease (at least a poll interval) for this process's write
+/// turn and SQLite's write lock (the pool's busy timeout is 5 s; see
+/// [`WritesBounded`]): long enough to get through this process's queue of
+/// writers under load, short enough that a renewal another process's long
+/// write holds back is tried again before the lease runs out. (A switch does
+/// not wait behind it: its own writes are bounded by its budget.
+/// PostgreSQL's writers do not queue in-process, and its waits are bounded
+/// per statement.)
 fn waiting_a_poll<B: Backend, T>(
     shared: &Shared<B>,
     conn: &mut Conn<B>,
     f: impl FnOnce(&mut B::Connection) -> Result<T>,
 ) -> Result<T> {
-    let _bound =
-        WritesBounded::until(Instant::now() + shared.poll_interval.max(Duration::from_millis(1)));
+    let wait = (shared.lease / 2)
+        .max(shared.poll_interval)
+        .max(Duration::from_millis(1));
+    let _bound = WritesBounded::until(Instant::now() + wait);
     f(&mut **conn)
 }
 

@@ -105,9 +105,11 @@ impl<B: Backend> Builder<B> {
     /// the database unchanged (on SQLite, where a frozen writer blocks every
     /// writer, steady mode comes back with the next upgrader command).
     /// The writer policy's attempts bound it too, whichever ends first.
-    /// Once the switch has committed it reports success: if returning the
-    /// fleet to steady mode then has to wait (a frozen SQLite writer), the
-    /// next command does it.
+    /// Once the switch has committed it reports success; what follows (the
+    /// fleet seeing the new version, steady mode back) gets a budget of its
+    /// own, as long again, so the call can take up to twice this. If
+    /// steady mode cannot be set within it (a frozen SQLite writer), the
+    /// cleanup after the command, or the next command, sets it.
     /// Defaults to 10 s; at most an hour ([`Error::InvalidSetting`] from
     /// [`open`](Builder::open)). `tests/frozen_instance.rs` shows it with a
     /// `SIGSTOP`ped instance process on both backends.

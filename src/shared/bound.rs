@@ -11,6 +11,7 @@
 //! back however the scope ends.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::time::Instant;
 
 thread_local! {
@@ -19,17 +20,32 @@ thread_local! {
 
 /// Bounds this thread's writes by `until` while it lives (a bound already
 /// set and sooner stays).
+/// (Not `Send`: it puts back the bound of the thread it was made on.)
 #[must_use = "the bound lasts while the guard lives"]
 pub(crate) struct WritesBounded {
     previous: Option<Instant>,
+    _this_thread: PhantomData<*const ()>,
 }
 
 impl WritesBounded {
     pub(crate) fn until(until: Instant) -> Self {
         let previous = WRITES_UNTIL.with(Cell::get);
-        let bound = previous.map_or(until, |p| p.min(until));
+        Self::set(previous, previous.map_or(until, |p| p.min(until)))
+    }
+
+    /// Bounds this thread's writes by `until`, whatever bound is set (a
+    /// committed switch's aftermath, after a budget spent before the
+    /// commit).
+    pub(crate) fn anew(until: Instant) -> Self {
+        Self::set(WRITES_UNTIL.with(Cell::get), until)
+    }
+
+    fn set(previous: Option<Instant>, bound: Instant) -> Self {
         WRITES_UNTIL.with(|c| c.set(Some(bound)));
-        WritesBounded { previous }
+        WritesBounded {
+            previous,
+            _this_thread: PhantomData,
+        }
     }
 }
 
@@ -61,6 +77,12 @@ mod tests {
                 assert_eq!(writes_until(), Some(sooner), "the sooner bound stays");
             }
             assert_eq!(writes_until(), Some(sooner));
+        }
+        assert_eq!(writes_until(), None);
+        {
+            let _spent = WritesBounded::until(sooner);
+            let _anew = WritesBounded::anew(later);
+            assert_eq!(writes_until(), Some(later), "anew replaces a sooner bound");
         }
         assert_eq!(writes_until(), None);
         let joined = std::thread::spawn(move || {

@@ -30,7 +30,8 @@ struct Stepped {
 /// that committed instead of walking the rows done again. (Rows written
 /// since the expand's SQL are kept in step by its sync triggers: only the
 /// rows from before it need the walk. A row whose key changes is not: once
-/// a walk ends, one read looks for rows still pending, anywhere.)
+/// a walk ends, one read looks for rows still pending, anywhere, and the
+/// walk goes again from the first of them.)
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Progress(Vec<(String, i64)>);
 
@@ -77,20 +78,19 @@ impl Progress {
 }
 
 impl<B: Backend> Upgrader<B> {
-    /// Whether a row still needs `backfill` (one read, stopping at the
-    /// first), with the lease kept meanwhile (on a large table the read
-    /// can take longer than the lease).
-    fn pending(
+    /// The smallest key of a row that still needs `backfill`, if one does
+    /// (one read), with the lease kept meanwhile (on a large table the
+    /// read can take longer than the lease).
+    fn first_pending(
         &self,
         conn: &mut B::Connection,
         keeper: &Keeper,
         backfill: &Backfill,
         (target, batches): (Version, u64),
-    ) -> Result<bool> {
+    ) -> Result<Option<i64>> {
         let sql = format!(
-            "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {} WHERE {}) \
-             THEN 1 ELSE 0 END AS BIGINT) AS n",
-            backfill.table, backfill.pending
+            "SELECT CAST(MIN({}) AS BIGINT) AS n FROM {} WHERE {}",
+            backfill.key, backfill.table, backfill.pending
         );
         let rows = keeper.armed(|| B::load::<Number>(conn, &sql, &[]));
         let rows = rows.map_err(|source| Error::StepFailed {
@@ -99,7 +99,7 @@ impl<B: Backend> Upgrader<B> {
             batches,
             source,
         })?;
-        Ok(rows.first().and_then(|r| r.n).unwrap_or(0) > 0)
+        Ok(rows.first().and_then(|r| r.n))
     }
 }
 
@@ -189,10 +189,11 @@ impl<B: Backend> Upgrader<B> {
                 // (an update of the key fires no sync trigger; a `VACUUM`
                 // renumbers SQLite rowids), during this walk or while a
                 // resumed expand was down, was passed over. One read looks.
-                if !self.pending(conn, kept.0, backfill, (target, batches))? {
+                let Some(first) = self.first_pending(conn, kept.0, backfill, (target, batches))?
+                else {
                     tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, walks, "backfill done");
                     return Ok(walked);
-                }
+                };
                 if walks >= WALKS {
                     return Err(Error::BackfillUnsettled {
                         version: target,
@@ -201,9 +202,9 @@ impl<B: Backend> Upgrader<B> {
                     });
                 }
                 walks = walks.saturating_add(1);
-                tracing::warn!(version = %target, backfill = %backfill.name, walks,
-                    "rows the walk passed still need the backfill (a key changed?): walking again from the first key");
-                after = None;
+                tracing::warn!(version = %target, backfill = %backfill.name, walks, from_key = first,
+                    "rows the walk passed still need the backfill (a key changed?): walking again from the first of them");
+                after = first.checked_sub(1);
                 continue;
             };
             walked.batches = walked.batches.saturating_add(1);

@@ -75,9 +75,10 @@ impl<B: Backend> Upgrader<B> {
             match fleet::poll_via(&self.shared, fleet::Via::Held(conn)) {
                 Ok(_) if fleet::on_drained_locking_path(&self.shared) => return Ok(()),
                 Ok(_) | Err(Error::LockTimeout { .. }) if Instant::now() < deadline => {}
-                Ok(_) => {
-                    self.leave_deploying(conn)?;
-                    return Err(Error::FleetNotAcknowledged {
+                // Past the deadline a drain that timed out is this
+                // instance not acknowledging, not a lock of the old version.
+                Ok(_) | Err(Error::LockTimeout { .. }) => {
+                    let e = Error::FleetNotAcknowledged {
                         phase,
                         version,
                         epoch,
@@ -86,12 +87,10 @@ impl<B: Backend> Upgrader<B> {
                             "{} (this instance: its calls did not drain)",
                             self.shared.instance.as_str()
                         )],
-                    });
+                    };
+                    return Err(self.giving_up(conn, e));
                 }
-                Err(e) => {
-                    self.leave_deploying(conn)?;
-                    return Err(e);
-                }
+                Err(e) => return Err(self.giving_up(conn, e)),
             }
         }
     }
@@ -119,14 +118,25 @@ impl<B: Backend> Upgrader<B> {
         if behind.is_empty() {
             return Ok(());
         }
-        self.leave_deploying(conn)?;
-        Err(Error::FleetNotAcknowledged {
+        let e = Error::FleetNotAcknowledged {
             phase,
             version,
             epoch,
             waited: waited.elapsed(),
             instances: behind.iter().map(Instance::describe).collect(),
-        })
+        };
+        Err(self.giving_up(conn, e))
+    }
+
+    /// Returns the fleet to steady mode after the switch gave up with `e`,
+    /// and `e`: if steady mode cannot be set now (the budget is spent, a
+    /// writer holds SQLite's lock), the cleanup after the command tries
+    /// again, and the error that says why the switch gave up is kept.
+    fn giving_up(&self, conn: &mut B::Connection, e: Error) -> Error {
+        if let Err(left) = self.leave_deploying(conn) {
+            tracing::debug!(error = %left, "steady mode not set yet; the cleanup after the command sets it");
+        }
+        e
     }
 
     /// Returns to steady mode and adopts it locally.

@@ -59,6 +59,9 @@ impl<B: Backend> Upgrader<B> {
                     }
                 };
                 B::set_busy_wait(c, Some(CLEANUP_WAIT))?;
+                // The pool's wait back however this ends.
+                let restore = crate::shared::RestoreBusyWait::<B>(c);
+                let c = &mut *restore.0;
                 // Not behind this process's write gate, nor a poller tick
                 // (either may be waiting out a frozen writer): the poller
                 // adopts steady mode on its next tick.
@@ -66,7 +69,6 @@ impl<B: Backend> Upgrader<B> {
                     B::write_transaction(c, |c| store.set_mode::<B>(c, Mode::Steady, &self.owner))?;
                 }
                 store.release_lease::<B>(c, &self.owner)?;
-                B::set_busy_wait(c, None)?;
                 Ok(())
             })();
             let e = match attempt {
@@ -82,9 +84,6 @@ impl<B: Backend> Upgrader<B> {
             if busy || Instant::now() >= deadline {
                 tracing::warn!(error = %e, "could not return the fleet to steady mode and release the upgrade lease; the next upgrader command will (in this process at once; elsewhere once the lease expires)");
                 self.shared.orphaned_leases.lock().push(self.owner.clone());
-                if let Some(c) = conn.as_mut() {
-                    let _ = B::set_busy_wait(c, None);
-                }
                 return;
             }
             tracing::debug!(error = %e, "cleanup after the command failed; retrying on a fresh connection");

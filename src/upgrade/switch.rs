@@ -109,6 +109,11 @@ impl<B: Backend> Upgrader<B> {
             }
         }
         self.step("switch: committed")?;
+        // What follows (the fleet seeing the new version, steady mode back)
+        // gets a budget of its own: the one before the commit may be spent.
+        let after_commit = Instant::now() + self.shared.switch_timeout;
+        self.switch_deadline.set(Some(after_commit));
+        let _bound = crate::shared::WritesBounded::anew(after_commit);
         if deploying {
             // Committed: what is left (the fleet seeing the new version,
             // steady mode back) cannot undo it. If it fails, the cleanup

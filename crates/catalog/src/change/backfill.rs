@@ -13,7 +13,8 @@
 /// nothing it already did, and the sync trigger keeps the rows written
 /// meanwhile right. (tandem resumes a crashed walk after its last committed
 /// batch, and once a walk ends checks the whole table for a row still
-/// pending, one whose key changed behind the walk, and walks again.)
+/// pending, one whose key changed behind the walk, and walks again from
+/// it.)
 ///
 /// ```
 /// # fn main() -> Result<(), tandem_catalog::CatalogError> {

@@ -44,7 +44,7 @@ impl Op<'_> {
             source: from,
         };
         p.backfills
-            .push(self.backfill(&t, table, to, &copy.key, &fill)?);
+            .push(self.backfill(&t, table, to, &copy.key, (&fill, &added))?);
         if self.postgres {
             let f = self.name("trigger", &trigger)?;
             p.contract.push(format!("DROP TRIGGER {f} ON {t};"));

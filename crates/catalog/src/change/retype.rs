@@ -70,7 +70,7 @@ impl Op<'_> {
         ));
         p.expand.extend(self.sync(&t, &forward, c)?);
         p.backfills
-            .push(self.backfill(&t, table, c, key, &forward)?);
+            .push(self.backfill(&t, table, c, key, (&forward, &added))?);
         let renames = |from: &str, to: &str| -> Result<String, CatalogError> {
             Ok(format!(
                 "ALTER TABLE {t} RENAME COLUMN {} TO {};",
@@ -98,27 +98,32 @@ impl Op<'_> {
         Ok(())
     }
 
-    /// The keyset walk that fills `sync.target` in the rows already there.
+    /// The keyset walk that fills `sync.target` (a column of type `ty`) in
+    /// the rows already there.
     pub(super) fn backfill(
         &self,
         t: &str,
         table: &str,
         column: &str,
         key: &str,
-        sync: &Sync<'_>,
+        (sync, ty): (&Sync<'_>, &Column),
     ) -> Result<Backfill, CatalogError> {
-        self.backfill_all(t, table, column, key, &[sync])
+        self.backfill_all(t, table, column, key, &[(sync, ty)])
     }
 
-    /// The keyset walk that fills every sync's target in the rows already
-    /// there (one walk; a row is pending while any target differs).
+    /// The keyset walk that fills every sync's target (a column as
+    /// defined) in the rows already there (one walk; a row is pending while
+    /// any target differs from its value as the column stores it: on
+    /// PostgreSQL the value cast to the column's type, so that a lossy
+    /// conversion, such as double to real, is not pending forever; SQLite
+    /// applies the column's affinity to the value it is compared with).
     pub(super) fn backfill_all(
         &self,
         t: &str,
         table: &str,
         column: &str,
         key: &str,
-        syncs: &[&Sync<'_>],
+        syncs: &[(&Sync<'_>, &Column)],
     ) -> Result<Backfill, CatalogError> {
         let key = if self.postgres {
             self.name("key", key)?
@@ -132,11 +137,16 @@ impl Op<'_> {
         };
         let mut sets = Vec::new();
         let mut pending = Vec::new();
-        for sync in syncs {
+        for (sync, defined) in syncs {
             let (value, _) = self.rewritten(sync.expr, column, sync.source, None)?;
             let target = self.name("column", sync.target)?;
             sets.push(format!("{target} = ({value})"));
-            pending.push(format!("{target} {distinct} ({value})"));
+            let stored = if self.postgres {
+                format!("CAST(({value}) AS {})", self.ty(defined)?)
+            } else {
+                format!("({value})")
+            };
+            pending.push(format!("{target} {distinct} {stored}"));
         }
         let pending = match pending.as_slice() {
             [one] => one.clone(),

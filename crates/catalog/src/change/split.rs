@@ -64,23 +64,26 @@ impl Op<'_> {
             expr: &down,
             source: c,
         };
-        for part in into {
-            let added = Column {
+        let added: Vec<Column> = into
+            .iter()
+            .map(|part| Column {
                 name: part.name.clone(),
                 ty: part.ty.clone(),
                 nullable: part.nullable,
                 default: part.default.clone(),
                 primary_key: false,
-            };
+            })
+            .collect();
+        for column in &added {
             p.expand.push(format!(
                 "ALTER TABLE {t} ADD COLUMN {};",
-                self.column(&added, false)?
+                self.column(column, false)?
             ));
         }
         for sync in &forward {
             p.expand.extend(self.sync(&t, sync, c)?);
         }
-        let syncs: Vec<&Sync<'_>> = forward.iter().collect();
+        let syncs: Vec<(&Sync<'_>, &Column)> = forward.iter().zip(&added).collect();
         p.backfills
             .push(self.backfill_all(&t, table, c, key, &syncs)?);
         // Switch: the new columns' syncs go, the old column's comes.
