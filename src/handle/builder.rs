@@ -105,6 +105,9 @@ impl<B: Backend> Builder<B> {
     /// the database unchanged (on SQLite, where a frozen writer blocks every
     /// writer, steady mode comes back with the next upgrader command).
     /// The writer policy's attempts bound it too, whichever ends first.
+    /// The budget starts once the command holds the upgrade lease: taking
+    /// it waits like any write (on SQLite for the write lock, up to the
+    /// pool's 5 s busy timeout; then a retryable "database is locked").
     /// Once the switch has committed it reports success; what follows (the
     /// fleet seeing the new version, steady mode back) gets a budget of its
     /// own, as long again, so the call can take up to twice this. If
