@@ -141,12 +141,14 @@ impl Op<'_> {
             let (value, _) = self.rewritten(sync.expr, column, sync.source, None)?;
             let target = self.name("column", sync.target)?;
             sets.push(format!("{target} = ({value})"));
-            let stored = if self.postgres {
-                format!("CAST(({value}) AS {})", self.ty(defined)?)
-            } else {
-                format!("({value})")
-            };
-            pending.push(format!("{target} {distinct} {stored}"));
+            pending.push(match (self.postgres, self.ty(defined)?) {
+                // `json` has no equality operator: compared as text.
+                (true, "JSON") => {
+                    format!("{target}::text {distinct} CAST(({value}) AS JSON)::text")
+                }
+                (true, ty) => format!("{target} {distinct} CAST(({value}) AS {ty})"),
+                (false, _) => format!("{target} {distinct} ({value})"),
+            });
         }
         let pending = match pending.as_slice() {
             [one] => one.clone(),
