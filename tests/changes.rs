@@ -1413,6 +1413,101 @@ move_column = { table = "accounts", column = "email", to = "account_emails", key
         };
     }
 
+    /// Regression (review of f9d426e): on PostgreSQL a backfill batch read
+    /// the old table from its statement's snapshot, without locks, so an
+    /// N-1 call that cleared an email while the batch ran (the trigger's
+    /// delete could not see the batch's uncommitted row) left the batch to
+    /// insert the old email, for good. Here the batch is held at its first
+    /// row (a trigger on the other table waits for an advisory lock the test
+    /// holds) while account 2's email is cleared; the batch then reads it
+    /// as it is now (`FOR SHARE`) and moves nothing for it.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_a_row_cleared_while_a_batch_runs_is_not_moved() {
+        const BOTH: &str = r#"
+[[operations]]
+create_table = { table = "accounts", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "email", type = "text", nullable = false, default = "''" },
+] }
+[[operations]]
+create_table = { table = "account_emails", columns = [
+    { name = "account_id", type = "bigint", primary_key = true },
+    { name = "email", type = "text", nullable = false },
+] }
+"#;
+        const MOVE: &str = r#"
+[[operations]]
+move_column = { table = "accounts", column = "email", to = "account_emails", key = "account_id", empty = "''" }
+"#;
+        use diesel::connection::SimpleConnection;
+        let (_dir, catalog) = common::change_catalog(&[("0001_both", BOTH), ("0002_move", MOVE)]);
+        let Some(kit) = super::pg_kit("moved_race", catalog) else {
+            return;
+        };
+        let change = kit.transition(2).unwrap();
+        let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+        let mut setup = staged.handle().connection().unwrap();
+        setup
+            .batch_execute(
+                "INSERT INTO accounts (email) SELECT 'u' || i || '@example.com' FROM generate_series(1, 10) i; \
+                 CREATE FUNCTION hold_first() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                   IF NEW.account_id = 1 THEN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); END IF; \
+                   RETURN NEW; END $$; \
+                 CREATE TRIGGER hold_first BEFORE INSERT ON account_emails FOR EACH ROW EXECUTE FUNCTION hold_first(); \
+                 SELECT pg_advisory_lock(4242);",
+            )
+            .unwrap();
+        let expand = {
+            let handle = staged.handle().clone();
+            std::thread::spawn(move || {
+                handle
+                    .upgrader()
+                    .backfill_batches(1000, Duration::ZERO)
+                    .expand()
+            })
+        };
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let count = |conn: &mut diesel::PgConnection, sql: &str| {
+            diesel::sql_query(sql).get_result::<Count>(conn).unwrap().n
+        };
+        let mut other = staged.handle().connection().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while count(
+            &mut other,
+            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        ) == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the batch reached its first row"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Version 1 clears account 2's email: its sync trigger deletes the
+        // row there, which the batch has not inserted yet.
+        other
+            .batch_execute("UPDATE accounts SET email = '' WHERE id = 2")
+            .unwrap();
+        setup
+            .batch_execute("SELECT pg_advisory_unlock(4242)")
+            .unwrap();
+        let report = expand.join().unwrap().unwrap();
+        assert_eq!(report.backfilled_rows, 9, "{report:?}");
+        assert_eq!(
+            count(
+                &mut other,
+                "SELECT count(*) AS n FROM account_emails WHERE account_id = 2"
+            ),
+            0,
+            "a cleared email was moved"
+        );
+    }
+
     moved_suite!(sqlite, tandem::Sqlite, super::sqlite_kit);
     #[cfg(feature = "postgres")]
     moved_suite!(postgres, tandem::Postgres, super::pg_kit);

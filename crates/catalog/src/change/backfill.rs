@@ -3,7 +3,8 @@
 /// A backfill a change file generates (see
 /// [`Operation::ChangeType`](super::Operation::ChangeType)): rows of one
 /// table walked in the order of an integer key, a batch at a time, each
-/// batch one `UPDATE` of the rows in a key range that still need it.
+/// batch one `UPDATE` of the rows in a key range that still need it (or,
+/// for `move_column`, one `INSERT … SELECT` of them into another table).
 ///
 /// Every statement is SQL text with no placeholder, so any tool can run it:
 /// [`batch_end_sql`](Backfill::batch_end_sql) finds where the batch after a
@@ -50,6 +51,10 @@ pub struct Backfill {
     /// sync trigger inserted meanwhile is right). `None`: the batch is an
     /// `UPDATE` of the table by `set`.
     pub insert: Option<String>,
+    /// The locking clause of an inserting backfill's `SELECT` (PostgreSQL:
+    /// `FOR SHARE OF` the table, so that a row changed meanwhile is read
+    /// as it is now); empty otherwise.
+    pub insert_lock: String,
     /// Which rows of a batch's range still need it.
     pub pending: String,
     /// A statement estimating the table's rows (`AS n`): from the
@@ -80,7 +85,7 @@ impl Backfill {
 
     /// One statement for the whole of the batch after key `after` (from
     /// the first if `None`) of `rows` rows, for PostgreSQL (a `WITH` that
-    /// holds an `UPDATE`): it finds the batch's end and fills its rows, and
+    /// holds the `UPDATE` or `INSERT`): it finds the batch's end and fills its rows, and
     /// its one row is that end (`n`, NULL once no row is left) and the
     /// rows it changed (`changed`).
     pub fn step_sql(&self, after: Option<i64>, rows: u32) -> String {
@@ -109,8 +114,8 @@ impl Backfill {
                 self.table, self.set, self.pending
             ),
             Some(insert) => format!(
-                "{insert} WHERE {range} AND {} ON CONFLICT DO NOTHING",
-                self.pending
+                "{insert} WHERE {range} AND {}{} ON CONFLICT DO NOTHING",
+                self.pending, self.insert_lock
             ),
         }
     }

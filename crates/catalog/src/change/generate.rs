@@ -84,15 +84,25 @@ impl Change {
             .iter()
             .any(|o| matches!(o, Operation::RenameTable { .. }));
         for (i, operation) in self.operations.iter().enumerate() {
-            let copied = matches!(operation, Operation::RenameColumn { copy: Some(_), .. });
+            // Operations running from expand to contract, whose triggers
+            // and contract name the table as expand found it.
+            let copied = matches!(
+                operation,
+                Operation::RenameColumn { copy: Some(_), .. }
+                    | Operation::ChangeType { .. }
+                    | Operation::SplitColumn { .. }
+                    | Operation::MoveColumn { .. }
+            );
             if copied && renames_tables {
                 return Err(CatalogError::BadChange {
                     path: path.to_owned(),
                     operation: Some(i + 1),
-                    problem: "the copy form of a rename runs from expand to contract, around the \
-                              switch at which this file renames a table: no one name of the table \
-                              holds in both"
-                        .to_owned(),
+                    problem: format!(
+                        "{} runs from expand to contract, around the switch at which this file \
+                         renames a table: no one name of the table holds in both (its triggers \
+                         name the table)",
+                        operation.name()
+                    ),
                     instead: "rename the table in a version of its own, before or after this one"
                         .to_owned(),
                 });

@@ -368,8 +368,14 @@ pub enum Operation {
     /// names the column here; version N's names the other table.
     ///
     /// Other columns of the other table need defaults (the triggers and
-    /// the backfill insert `key` and the column only); with `empty` unset
-    /// (NULL) the column here must be nullable.
+    /// the backfill insert `key` and the column only). Version N inserts
+    /// rows here without the column: it needs a default equal to `empty`
+    /// (with `empty` unset, NULL: nullable). With `empty` set, NULL here is
+    /// a value, which a NOT NULL column there refuses. Neither key may
+    /// change while the move runs (the triggers follow the column, not the
+    /// key), `empty` is a constant, the file may not rename a table, and on
+    /// SQLite an indexed column needs a `drop_index` before the
+    /// `move_column` (contract drops the column).
     MoveColumn {
         /// The table the column leaves.
         table: String,

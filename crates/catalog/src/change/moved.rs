@@ -47,7 +47,25 @@ impl Op<'_> {
             ));
         }
         let empty = match empty {
-            Some(text) => format!("({})", self.parse_expression("empty", column, text)?),
+            Some(text) => {
+                let expr = self.parse_expression("empty", column, text)?;
+                let literal = match &expr {
+                    sqlparser::ast::Expr::Value(_) => true,
+                    sqlparser::ast::Expr::UnaryOp { expr, .. } => {
+                        matches!(**expr, sqlparser::ast::Expr::Value(_))
+                    }
+                    _ => false,
+                };
+                if !literal {
+                    return Err(self.bad(
+                        format!(
+                            "the empty value of `{table}.{column}` is `{expr}`, not a constant"
+                        ),
+                        "write a constant (`''`, `0`), or leave it out for NULL",
+                    ));
+                }
+                format!("({expr})")
+            }
             None => "(NULL)".to_owned(),
         };
         let m = Move {
@@ -60,6 +78,17 @@ impl Op<'_> {
             stem: format!("tandem_move_{table}_{column}"),
         };
         let back = format!("tandem_back_{table}_{column}");
+        // Planned now, not at the first write of version N-1 after expand
+        // (PostgreSQL plans a trigger's body when it first runs): both
+        // tables and columns, and the unique `key` the upserts need.
+        p.expand.push(format!(
+            "INSERT INTO {u} ({k}, {c}) SELECT {f}, {c} FROM {t} WHERE FALSE ON CONFLICT ({k}) DO NOTHING;",
+            u = m.u,
+            k = m.k,
+            c = m.c,
+            f = m.f,
+            t = m.t
+        ));
         p.expand.extend(self.move_forward(&m)?);
         p.backfills.push(self.move_backfill(&m, table, column)?);
         p.switch.extend(self.move_unsync(&m.stem, &m.t, true)?);
@@ -248,6 +277,15 @@ impl Op<'_> {
             insert: Some(format!(
                 "INSERT INTO {u} ({k}, {c}) SELECT {f}, {c} FROM {t}"
             )),
+            // PostgreSQL: the rows read are locked, so a row an N-1 call
+            // clears or deletes meanwhile is read again as it is now (the
+            // trigger's delete cannot see the batch's uncommitted row), not
+            // inserted as it was.
+            insert_lock: if self.postgres {
+                format!(" FOR SHARE OF {t}")
+            } else {
+                String::new()
+            },
             pending: format!(
                 "{} AND NOT EXISTS (SELECT 1 FROM {u} WHERE {u}.{k} = {t}.{f})",
                 self.has_value(m, t)

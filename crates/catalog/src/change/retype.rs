@@ -159,6 +159,7 @@ impl Op<'_> {
             key,
             set: sets.join(", "),
             insert: None,
+            insert_lock: String::new(),
             pending,
             estimate_sql: if self.postgres {
                 // `t` is a validated name: no quote inside.

@@ -880,4 +880,23 @@ fn a_move_syncs_into_the_other_table_then_back_and_backfills_by_inserting() {
         err.to_string().contains("column `K` is not a name"),
         "{err}"
     );
+    // `empty` is a constant: a name would mean a column in the triggers.
+    let err = generate(
+        "[[operations]]\nmove_column = { table = \"t\", column = \"c\", to = \"u\", key = \"k\", empty = \"none\" }",
+        "sqlite",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a constant"), "{err}");
+    // Its triggers name the table as expand found it: not beside a rename
+    // of a table (nor are the other operations that sync to contract).
+    for op in [
+        "move_column = { table = \"t\", column = \"c\", to = \"u\", key = \"k\" }",
+        "change_type = { table = \"t\", column = \"c\", type = \"bigint\", up = \"c\", down = \"c\" }",
+    ] {
+        let text = format!(
+            "[[operations]]\n{op}\n[[operations]]\nrename_table = {{ from = \"t\", to = \"v\" }}"
+        );
+        let err = generate(&text, "postgres").unwrap_err();
+        assert!(err.to_string().contains("renames a table"), "{op}: {err}");
+    }
 }
