@@ -1299,8 +1299,12 @@ move_column = { table = "accounts", column = "email", to = "account_emails", key
 
     macro_rules! moved_suite {
         ($name:ident, $backend:ty, $kit:expr) => {
+            moved_suite!($name, $backend, $kit, catalog, accounts, "moved");
+        };
+        ($name:ident, $backend:ty, $kit:expr, $catalog:ident, $repo:ident, $db:literal) => {
             mod $name {
                 use super::*;
+                use super::{$catalog as catalog, $repo as accounts};
                 type B = $backend;
                 type C = <B as tandem::Backend>::Connection;
                 const V1: tandem::Version = tandem::Version::FIRST;
@@ -1310,7 +1314,7 @@ move_column = { table = "accounts", column = "email", to = "account_emails", key
                 #[test]
                 fn each_binding_works_where_it_must_and_writes_carry_over_both_ways() {
                     let (_dir, catalog) = catalog();
-                    let Some(kit): Option<Kit<B>> = $kit("moved_bindings", catalog) else { return };
+                    let Some(kit): Option<Kit<B>> = $kit(concat!($db, "_bindings"), catalog) else { return };
                     let change = kit.transition(2).unwrap();
                     let repo = accounts::<C>();
                     let ran = change
@@ -1343,7 +1347,7 @@ move_column = { table = "accounts", column = "email", to = "account_emails", key
                 #[test]
                 fn existing_rows_are_moved_and_a_switch_back_reads_version_2s_writes() {
                     let (_dir, catalog) = catalog();
-                    let Some(kit): Option<Kit<B>> = $kit("moved_backfill", catalog) else { return };
+                    let Some(kit): Option<Kit<B>> = $kit(concat!($db, "_backfill"), catalog) else { return };
                     let change = kit.transition(2).unwrap();
                     let repo = accounts::<C>();
                     let staged = change.fresh_at(Stage::PreviousStable).unwrap();
@@ -1391,7 +1395,7 @@ move_column = { table = "accounts", column = "email", to = "account_emails", key
                 #[test]
                 fn a_move_crashed_at_each_step_resumes() {
                     let (_dir, catalog) = catalog();
-                    let Some(kit): Option<Kit<B>> = $kit("moved_crash_resume", catalog) else { return };
+                    let Some(kit): Option<Kit<B>> = $kit(concat!($db, "_crash_resume"), catalog) else { return };
                     let change = kit.transition(2).unwrap();
                     let repo = accounts::<C>();
                     let batches = |up: tandem::Upgrader<B>| up.backfill_batches(2, Duration::ZERO);
@@ -1511,6 +1515,335 @@ move_column = { table = "accounts", column = "email", to = "account_emails", key
     moved_suite!(sqlite, tandem::Sqlite, super::sqlite_kit);
     #[cfg(feature = "postgres")]
     moved_suite!(postgres, tandem::Postgres, super::pg_kit);
+
+    /// Regression (review of f9d426e): the sync triggers followed the
+    /// column, not the key, so a key changed before the switch left the
+    /// email under the old key there, and one changed after it left the
+    /// old table's email with the old account. Now a changed key takes its
+    /// row along, both ways.
+    fn keys_changed<B: tandem::Backend>(kit: Option<Kit<B>>)
+    where
+        AccountsV1: Accounts<B::Connection>,
+        AccountsV2: Accounts<B::Connection>,
+    {
+        use diesel::connection::SimpleConnection;
+        let Some(kit) = kit else { return };
+        let change = kit.transition(2).unwrap();
+        let repo = accounts::<B::Connection>();
+        let (one, two) = (tandem::Version::FIRST, tandem::Version::new(2).unwrap());
+        let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+        let a = staged
+            .run(&repo, one, |r, s| r.create(s.conn(), Some("a@example.com")))
+            .unwrap();
+        let b = staged
+            .run(&repo, one, |r, s| r.create(s.conn(), None))
+            .unwrap();
+        let up = staged.handle().upgrader();
+        up.expand().unwrap();
+        let sql = |text: String| {
+            staged
+                .handle()
+                .connection()
+                .unwrap()
+                .batch_execute(&text)
+                .unwrap()
+        };
+        sql(format!("UPDATE accounts SET id = 100 WHERE id = {a}"));
+        up.switch().unwrap();
+        let email = |version, id| staged.run(&repo, version, |r, s| r.email(s.conn(), id));
+        assert_eq!(email(two, 100).unwrap().as_deref(), Some("a@example.com"));
+        assert!(email(two, a).is_err(), "account {a} is gone");
+        sql(format!(
+            "UPDATE account_emails SET account_id = {b} WHERE account_id = 100"
+        ));
+        up.switch_back().unwrap();
+        assert_eq!(email(one, b).unwrap().as_deref(), Some("a@example.com"));
+        assert_eq!(
+            email(one, 100).unwrap(),
+            None,
+            "the email went with its row"
+        );
+    }
+
+    #[test]
+    fn sqlite_a_changed_key_takes_its_row_along() {
+        let (_dir, catalog) = catalog();
+        keys_changed(super::sqlite_kit("", catalog));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_a_changed_key_takes_its_row_along() {
+        let (_dir, catalog) = catalog();
+        keys_changed(super::pg_kit("moved_keys", catalog));
+    }
+
+    /// 1:N: an account's email becomes the marked row among its emails
+    /// (`primary`), the example application's `account_emails`.
+    const V2_MANY: &str = r#"
+[[operations]]
+create_table = { table = "account_emails", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "account_id", type = "bigint", nullable = false },
+    { name = "email", type = "text", nullable = false },
+    { name = "is_primary", type = "boolean", nullable = false, default = "FALSE" },
+] }
+[[operations]]
+create_index = { table = "account_emails", name = "account_emails_one_primary", columns = ["account_id"], unique = true, where = "is_primary" }
+[[operations]]
+move_column = { table = "accounts", column = "email", to = "account_emails", key = "account_id", empty = "''", primary = "is_primary" }
+"#;
+
+    fn catalog_many() -> (tempfile::TempDir, Catalog) {
+        common::change_catalog(&[("0001_accounts", V1), ("0002_account_emails", V2_MANY)])
+    }
+
+    mod v2_many {
+        diesel::table! { accounts (id) { id -> BigInt, } }
+        diesel::table! { account_emails (id) { id -> BigInt, account_id -> BigInt, email -> Text, is_primary -> Bool, } }
+    }
+
+    /// Version 2 of the 1:N move: the email is the marked row's; other
+    /// rows are its own ([`AccountsMany::add`]).
+    struct AccountsMany;
+    trait Extra<C> {
+        /// A second, unmarked email; marked, and the marked one unmarked,
+        /// if `primary`.
+        fn add(&self, conn: &mut C, id: i64, email: &str, primary: bool) -> QueryResult<()>;
+        /// The account's marked row unmarked.
+        fn unmark(&self, conn: &mut C, id: i64) -> QueryResult<()>;
+        /// All emails, of every account.
+        fn rows(&self, conn: &mut C) -> QueryResult<i64>;
+    }
+    macro_rules! many_bindings {
+        ($conn:ty) => {
+            impl Accounts<$conn> for AccountsMany {
+                fn create(&self, conn: &mut $conn, email: Option<&str>) -> QueryResult<i64> {
+                    use v2_many::accounts::dsl;
+                    let id = diesel::insert_into(dsl::accounts)
+                        .default_values()
+                        .returning(dsl::id)
+                        .get_result(conn)?;
+                    self.set_email(conn, id, email)?;
+                    Ok(id)
+                }
+                fn email(&self, conn: &mut $conn, id: i64) -> QueryResult<Option<String>> {
+                    use v2_many::account_emails::dsl;
+                    v2_many::accounts::table
+                        .find(id)
+                        .select(v2_many::accounts::id)
+                        .first::<i64>(conn)?;
+                    dsl::account_emails
+                        .filter(dsl::account_id.eq(id).and(dsl::is_primary))
+                        .select(dsl::email)
+                        .first(conn)
+                        .optional()
+                }
+                fn set_email(
+                    &self,
+                    conn: &mut $conn,
+                    id: i64,
+                    email: Option<&str>,
+                ) -> QueryResult<()> {
+                    use v2_many::account_emails::dsl;
+                    let primary =
+                        dsl::account_emails.filter(dsl::account_id.eq(id).and(dsl::is_primary));
+                    match email {
+                        Some(email) => {
+                            if diesel::update(primary)
+                                .set(dsl::email.eq(email))
+                                .execute(conn)?
+                                == 0
+                            {
+                                diesel::insert_into(dsl::account_emails)
+                                    .values((
+                                        dsl::account_id.eq(id),
+                                        dsl::email.eq(email),
+                                        dsl::is_primary.eq(true),
+                                    ))
+                                    .execute(conn)?;
+                            }
+                        }
+                        None => {
+                            diesel::delete(primary).execute(conn)?;
+                        }
+                    }
+                    Ok(())
+                }
+                fn delete(&self, conn: &mut $conn, id: i64) -> QueryResult<()> {
+                    use v2_many::account_emails::dsl;
+                    diesel::delete(dsl::account_emails.filter(dsl::account_id.eq(id)))
+                        .execute(conn)?;
+                    diesel::delete(v2_many::accounts::table.find(id)).execute(conn)?;
+                    Ok(())
+                }
+            }
+            impl Extra<$conn> for AccountsMany {
+                fn add(
+                    &self,
+                    conn: &mut $conn,
+                    id: i64,
+                    email: &str,
+                    primary: bool,
+                ) -> QueryResult<()> {
+                    use v2_many::account_emails::dsl;
+                    if primary {
+                        diesel::update(
+                            dsl::account_emails.filter(dsl::account_id.eq(id).and(dsl::is_primary)),
+                        )
+                        .set(dsl::is_primary.eq(false))
+                        .execute(conn)?;
+                    }
+                    diesel::insert_into(dsl::account_emails)
+                        .values((
+                            dsl::account_id.eq(id),
+                            dsl::email.eq(email),
+                            dsl::is_primary.eq(primary),
+                        ))
+                        .execute(conn)?;
+                    Ok(())
+                }
+                fn unmark(&self, conn: &mut $conn, id: i64) -> QueryResult<()> {
+                    use v2_many::account_emails::dsl;
+                    diesel::update(
+                        dsl::account_emails.filter(dsl::account_id.eq(id).and(dsl::is_primary)),
+                    )
+                    .set(dsl::is_primary.eq(false))
+                    .execute(conn)?;
+                    Ok(())
+                }
+                fn rows(&self, conn: &mut $conn) -> QueryResult<i64> {
+                    v2_many::account_emails::table.count().get_result(conn)
+                }
+            }
+        };
+    }
+    many_bindings!(diesel::SqliteConnection);
+    #[cfg(feature = "postgres")]
+    many_bindings!(diesel::PgConnection);
+
+    fn accounts_many<C: 'static>() -> Repository<dyn Accounts<C>>
+    where
+        AccountsV1: Accounts<C>,
+        AccountsMany: Accounts<C>,
+    {
+        Repository::<dyn Accounts<C>>::builder("accounts")
+            .binding(1, Arc::new(AccountsV1))
+            .binding(2, Arc::new(AccountsMany))
+            .build()
+            .unwrap()
+    }
+
+    /// Version 2's other emails: an unmarked one leaves version 1's email
+    /// as it is, a new marked one replaces it, and unmarking it clears it;
+    /// version 1 deleting an account takes all its emails along.
+    fn many_emails<B: tandem::Backend>(kit: Option<Kit<B>>)
+    where
+        AccountsV1: Accounts<B::Connection>,
+        AccountsMany: Accounts<B::Connection> + Extra<B::Connection>,
+    {
+        let Some(kit) = kit else { return };
+        let change = kit.transition(2).unwrap();
+        let repo = accounts_many::<B::Connection>();
+        let (one, two) = (tandem::Version::FIRST, tandem::Version::new(2).unwrap());
+        let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+        let id = staged
+            .run(&repo, one, |r, s| r.create(s.conn(), Some("a@example.com")))
+            .unwrap();
+        let other = staged
+            .run(&repo, one, |r, s| r.create(s.conn(), Some("o@example.com")))
+            .unwrap();
+        let up = staged.handle().upgrader();
+        up.expand().unwrap();
+        up.switch().unwrap();
+        let add = |email: &str, primary: bool| {
+            let mut conn = staged.handle().connection().unwrap();
+            AccountsMany.add(&mut conn, id, email, primary).unwrap();
+        };
+        let email = |version| {
+            staged
+                .run(&repo, version, |r, s| r.email(s.conn(), id))
+                .unwrap()
+        };
+        add("work@example.com", false);
+        assert_eq!(email(two).as_deref(), Some("a@example.com"));
+        assert_eq!(
+            email(one).as_deref(),
+            Some("a@example.com"),
+            "an unmarked row is version 2's alone"
+        );
+        add("new@example.com", true);
+        assert_eq!(
+            email(one).as_deref(),
+            Some("new@example.com"),
+            "the mark moved"
+        );
+        AccountsMany
+            .unmark(&mut staged.handle().connection().unwrap(), id)
+            .unwrap();
+        assert_eq!(email(two), None);
+        assert_eq!(
+            email(one),
+            None,
+            "no row is marked: version 1 sees no email"
+        );
+        add("back@example.com", true);
+        up.switch_back().unwrap();
+        assert_eq!(email(one).as_deref(), Some("back@example.com"));
+        staged
+            .run(&repo, one, |r, s| {
+                r.set_email(s.conn(), id, Some("v1@example.com"))
+            })
+            .unwrap();
+        up.switch().unwrap();
+        assert_eq!(email(two).as_deref(), Some("v1@example.com"));
+        up.switch_back().unwrap();
+        // Version 1 deletes the account: all three emails go first.
+        staged
+            .run(&repo, one, |r, s| r.delete(s.conn(), id))
+            .unwrap();
+        let left = AccountsMany
+            .rows(&mut staged.handle().connection().unwrap())
+            .unwrap();
+        assert_eq!(left, 1, "only the other account's email is left");
+        up.switch().unwrap();
+        up.contract().unwrap();
+        let mail = staged
+            .run(&repo, two, |r, s| r.email(s.conn(), other))
+            .unwrap();
+        assert_eq!(mail.as_deref(), Some("o@example.com"));
+    }
+
+    #[test]
+    fn sqlite_other_rows_are_version_2s_and_the_mark_carries_the_email() {
+        let (_dir, catalog) = catalog_many();
+        many_emails(super::sqlite_kit("", catalog));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_other_rows_are_version_2s_and_the_mark_carries_the_email() {
+        let (_dir, catalog) = catalog_many();
+        many_emails(super::pg_kit("moved_many_marks", catalog));
+    }
+
+    moved_suite!(
+        sqlite_many,
+        tandem::Sqlite,
+        super::sqlite_kit,
+        catalog_many,
+        accounts_many,
+        "moved_many"
+    );
+    #[cfg(feature = "postgres")]
+    moved_suite!(
+        postgres_many,
+        tandem::Postgres,
+        super::pg_kit,
+        catalog_many,
+        accounts_many,
+        "moved_many"
+    );
 }
 
 /// Regression (review of stop 27's fixes): a lossy `change_type` (double to

@@ -79,6 +79,7 @@ impl Change {
         // An `sql` operation whose switch has no switch back.
         let mut undone_by_nothing = None;
         let mut created = std::collections::BTreeSet::new();
+        let mut names = std::collections::BTreeMap::new();
         let renames_tables = self
             .operations
             .iter()
@@ -171,6 +172,30 @@ impl Change {
                     "change the column in one operation per version (the next change in a version of its own)",
                 ));
             }
+            // Generated names join table and column names with `_`, so two
+            // operations can build one name (`a_b`.`c`, `a`.`b_c`).
+            for statement in parts.expand.iter().chain(&parts.switch) {
+                let Some(created) = created_name(statement) else {
+                    continue;
+                };
+                match names.get(&created) {
+                    Some(&first) if first != i + 1 => {
+                        return Err(op.bad(
+                            format!(
+                                "it creates {} {}, which operation {first} creates too \
+                                 (the names tandem generates join a table's name and a \
+                                 column's with `_`)",
+                                created.0.to_ascii_lowercase(),
+                                created.1
+                            ),
+                            "move one of the two operations to a version of its own",
+                        ));
+                    }
+                    _ => {
+                        names.insert(created, i + 1);
+                    }
+                }
+            }
             generated.backfills.extend(parts.backfills);
             generated.indexes.extend(parts.indexes);
             if let Operation::CreateTable { table, .. } = operation {
@@ -192,6 +217,16 @@ impl Change {
         }
         Ok(generated)
     }
+}
+
+/// The kind (`TRIGGER`, `FUNCTION`) and quoted name of what a generated
+/// statement creates, if it creates one.
+fn created_name(statement: &str) -> Option<(&'static str, String)> {
+    ["TRIGGER", "FUNCTION"].into_iter().find_map(|kind| {
+        let rest = statement.strip_prefix("CREATE ")?.strip_prefix(kind)?;
+        let name = rest.trim_start().split(['(', ' ']).next()?;
+        Some((kind, name.to_owned()))
+    })
 }
 
 impl Op<'_> {

@@ -142,6 +142,11 @@ pub enum Operation {
         /// Whether the index is unique.
         #[serde(default)]
         unique: bool,
+        /// A partial index's condition, one SQL expression over the
+        /// table's columns (`is_primary`): only rows it holds for are in it
+        /// (unique among them, if `unique`).
+        #[serde(default, rename = "where")]
+        only: Option<String>,
     },
     /// A table renamed at the switch (and back at a switch back).
     RenameTable {
@@ -352,30 +357,37 @@ pub enum Operation {
     },
     /// A column moved to another table, one row there for each row here
     /// that has a value (1:1): `move_column = { table = "accounts", column =
-    /// "email", to = "account_emails", key = "account_id", empty = "''" }`.
+    /// "email", to = "account_emails", key = "account_id", empty = "''" }`;
+    /// or one row among many there (1:N), the one a boolean column marks:
+    /// `…, primary = "is_primary" }`.
     ///
     /// The other table, with a column of the same name and `key` (unique,
-    /// holding this table's `from_key`), comes first: a `create_table`
-    /// earlier in the file, or an earlier version. Expand creates sync
+    /// holding this table's `from_key`; 1:N: unique among the rows
+    /// `primary` marks, a partial unique index `ON to (key) WHERE
+    /// primary`), comes first: a `create_table` earlier in the file (a
+    /// `create_index` with `unique` and `where`), or an earlier version.
+    /// Expand checks that index (the upserts name it), creates sync
     /// triggers on this table (a write with a value upserts the row there,
-    /// one with the `empty` value deletes it, and a deleted row takes its
-    /// row there first, which a foreign key to this table needs) and a
-    /// [keyset backfill](Backfill) inserting the rows already here that it
-    /// lacks. The switch swaps them for triggers on the other table, which
-    /// write its values back (the `empty` value for a row deleted there),
-    /// so that a switch back finds version N's writes readable by version
-    /// N-1. Contract drops those and the column here. Version N-1's binding
-    /// names the column here; version N's names the other table.
+    /// one with the `empty` value deletes it, a changed key takes the row
+    /// along, and a deleted row takes its rows there first, which a
+    /// foreign key to this table needs) and a [keyset backfill](Backfill)
+    /// inserting the rows already here that it lacks. The switch swaps them
+    /// for triggers on the other table, which write its values back (1:N:
+    /// the marked row's; the `empty` value once no row holds the key, or
+    /// none is marked), so that a switch back finds version N's writes
+    /// readable by version N-1. Contract drops those and the column here.
+    /// Version N-1's binding names the column here; version N's names the
+    /// other table.
     ///
     /// Other columns of the other table need defaults (the triggers and
-    /// the backfill insert `key` and the column only). Version N inserts
-    /// rows here without the column: it needs a default equal to `empty`
-    /// (with `empty` unset, NULL: nullable). With `empty` set, NULL here is
-    /// a value, which a NOT NULL column there refuses. Neither key may
-    /// change while the move runs (the triggers follow the column, not the
-    /// key), `empty` is a constant, the file may not rename a table, and on
-    /// SQLite an indexed column needs a `drop_index` before the
-    /// `move_column` (contract drops the column).
+    /// the backfill insert `key`, the column and `primary` only). Version N
+    /// inserts rows here without the column: it needs a default equal to
+    /// `empty` (with `empty` unset, NULL: nullable). With `empty` set, NULL
+    /// here is a value, which a NOT NULL column there refuses. 1:N: version
+    /// N moves the mark from one row to another by unmarking first (the
+    /// unique index refuses two marked rows). `empty` is a constant, the
+    /// file may not rename a table, and on SQLite an indexed column needs
+    /// a `drop_index` before the `move_column` (contract drops the column).
     MoveColumn {
         /// The table the column leaves.
         table: String,
@@ -394,6 +406,11 @@ pub enum Operation {
         /// (`''`); NULL unless set.
         #[serde(default)]
         empty: Option<String>,
+        /// 1:N: the boolean column of `to` that is true on the one row of
+        /// each `key` holding this table's value (`is_primary`); the other
+        /// rows are version N's alone. Unset: 1:1.
+        #[serde(default)]
+        primary: Option<String>,
     },
     /// SQL as written, for each phase it names (linted like a file).
     Sql(RawSql),

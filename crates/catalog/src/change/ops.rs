@@ -36,12 +36,13 @@ impl Op<'_> {
                 name,
                 columns,
                 unique,
-            } => self.create_index(table, name, columns, *unique, &mut p)?,
+                only,
+            } => self.create_index(table, name, columns, (*unique, only.as_deref()), &mut p)?,
             Operation::AddUnique {
                 table,
                 name,
                 columns,
-            } => self.create_index(table, name, columns, true, &mut p)?,
+            } => self.create_index(table, name, columns, (true, None), &mut p)?,
             Operation::RenameTable { from, to } => {
                 let (from, to) = (self.name("table", from)?, self.name("table", to)?);
                 p.switch.push(format!("ALTER TABLE {from} RENAME TO {to};"));
@@ -224,7 +225,7 @@ impl Op<'_> {
         )?;
         let (t, c) = (self.name("table", table)?, self.name("column", column)?);
         let check = self.name("constraint", &format!("{table}_{column}_not_null"))?;
-        let trigger = self.name("trigger", &format!("tandem_fill_{table}_{column}"))?;
+        let trigger = self.trigger(&format!("tandem_fill_{table}_{column}"))?;
         let fill = self.expression("fill", column, fill)?;
         p.expand.push(format!(
             "CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
@@ -260,10 +261,14 @@ impl Op<'_> {
         table: &str,
         name: &str,
         columns: &[String],
-        unique: bool,
+        (unique, only): (bool, Option<&str>),
         p: &mut Parts,
     ) -> Result<(), CatalogError> {
         let cols = self.columns(name, columns)?;
+        let only = match only {
+            Some(text) => format!(" WHERE {}", self.parse_expression("condition", name, text)?),
+            None => String::new(),
+        };
         let head = if unique {
             "CREATE UNIQUE INDEX"
         } else {
@@ -271,7 +276,7 @@ impl Op<'_> {
         };
         let index = self.name("index", name)?;
         let t = self.name("table", table)?;
-        let rest = format!("ON {t} ({cols})");
+        let rest = format!("ON {t} ({cols}){only}");
         if self.postgres && !self.created.contains(table) {
             // Checked in expand's transaction: a mistake rolls it back
             // (the build itself runs after it committed).

@@ -46,12 +46,12 @@ impl Op<'_> {
         p.backfills
             .push(self.backfill(&t, table, to, &copy.key, (&fill, &added))?);
         if self.postgres {
-            let f = self.name("trigger", &trigger)?;
+            let f = self.trigger(&trigger)?;
             p.contract.push(format!("DROP TRIGGER {f} ON {t};"));
             p.contract.push(format!("DROP FUNCTION {f}();"));
         } else {
             for suffix in ["insert", "new", "old"] {
-                let name = self.name("trigger", &format!("{trigger}_{suffix}"))?;
+                let name = self.trigger(&format!("{trigger}_{suffix}"))?;
                 p.contract.push(format!("DROP TRIGGER {name};"));
             }
         }
@@ -74,7 +74,7 @@ impl Op<'_> {
         new: &str,
     ) -> Result<Vec<String>, CatalogError> {
         if self.postgres {
-            let f = self.name("trigger", trigger)?;
+            let f = self.trigger(trigger)?;
             return Ok(vec![
                 format!(
                     "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS {BODY_QUOTE}\n\
@@ -92,7 +92,7 @@ impl Op<'_> {
                 ),
             ]);
         }
-        let name = |suffix: &str| self.name("trigger", &format!("{trigger}_{suffix}"));
+        let name = |suffix: &str| self.trigger(&format!("{trigger}_{suffix}"));
         let row = "WHERE rowid = NEW.rowid";
         Ok(vec![
             format!(

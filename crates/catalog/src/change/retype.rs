@@ -180,7 +180,7 @@ impl Op<'_> {
         column: &str,
     ) -> Result<Vec<String>, CatalogError> {
         let target = self.name("column", sync.target)?;
-        let name = |suffix: &str| self.name("trigger", &format!("{}{suffix}", sync.trigger));
+        let name = |suffix: &str| self.trigger(&format!("{}{suffix}", sync.trigger));
         let (value, read) = self.rewritten(sync.expr, column, sync.source, Some("NEW"))?;
         let value = format!("({value})");
         // The update trigger fires only for writes naming the columns the
@@ -235,7 +235,7 @@ impl Op<'_> {
             ""
         };
         if self.postgres {
-            let f = self.name("trigger", trigger)?;
+            let f = self.trigger(trigger)?;
             return Ok(vec![
                 format!("{allow}DROP TRIGGER {f} ON {t};"),
                 format!("{allow}DROP FUNCTION {f}();"),
@@ -246,7 +246,7 @@ impl Op<'_> {
             .map(|event| {
                 Ok(format!(
                     "{allow}DROP TRIGGER {};",
-                    self.name("trigger", &format!("{trigger}_{event}"))?
+                    self.trigger(&format!("{trigger}_{event}"))?
                 ))
             })
             .collect()

@@ -73,6 +73,23 @@ impl Op<'_> {
         }
     }
 
+    /// The name of a trigger (or trigger function) tandem generates, from
+    /// names already checked, quoted: as built while it fits PostgreSQL's
+    /// 63 bytes, else its first 54 bytes, `_` and 8 hex digits of its
+    /// SHA-256 (long table and column names would otherwise be refused as
+    /// if the user had written a bad name).
+    pub(super) fn trigger(&self, name: &str) -> Result<String, CatalogError> {
+        const LIMIT: usize = 63;
+        match name.get(..LIMIT - 9) {
+            Some(head) if name.len() > LIMIT => {
+                let hash = crate::catalog::sha256_hex(name);
+                let short = format!("{head}_{}", hash.get(..8).unwrap_or_default());
+                self.name("trigger", &short)
+            }
+            _ => self.name("trigger", name),
+        }
+    }
+
     /// The backend's name for a portable type.
     pub(super) fn ty(&self, column: &Column) -> Result<&'static str, CatalogError> {
         let ty = column.ty.to_ascii_lowercase();

@@ -837,6 +837,78 @@ fn a_bad_split_names_what_to_write_instead() {
     }
 }
 
+/// `move_column` 1:N: an account's email becomes the marked row among its
+/// emails (the example application's `account_emails`).
+const MOVE_MANY: &str = r#"
+[[operations]]
+create_table = { table = "account_emails", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "account_id", type = "bigint", nullable = false },
+    { name = "email", type = "text", nullable = false },
+    { name = "is_primary", type = "boolean", nullable = false, default = "FALSE" },
+] }
+[[operations]]
+create_index = { table = "account_emails", name = "account_emails_one_primary", columns = ["account_id"], unique = true, where = "is_primary" }
+[[operations]]
+move_column = { table = "accounts", column = "email", to = "account_emails", key = "account_id", empty = "''", primary = "is_primary" }
+"#;
+
+#[test]
+fn a_move_to_one_row_of_many_names_the_marked_row_everywhere() {
+    for backend in ["sqlite", "postgres"] {
+        let generated = generate(MOVE_MANY, backend).unwrap();
+        let mut shown = all_phases(&generated);
+        for b in &generated.backfills {
+            shown.push_str(&format!(
+                "== backfill {}\n{}\n",
+                b.name,
+                b.batch_sql(Some(1000), 2000)
+            ));
+        }
+        insta::assert_snapshot!(format!("move_column_many_{backend}"), shown);
+        assert!(
+            shown.contains(r#"ON CONFLICT ("account_id") WHERE "is_primary" DO NOTHING"#),
+            "{shown}"
+        );
+    }
+    let err = generate(
+        "[[operations]]\nmove_column = { table = \"t\", column = \"c\", to = \"u\", key = \"k\", primary = \"k\" }",
+        "sqlite",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("which is the key column"), "{err}");
+}
+
+/// Regression (review of f9d426e): a move of a column with long names
+/// generated trigger names past 63 bytes and was refused as if the user
+/// had written a bad name; and two operations whose names join to the same
+/// trigger name (`a_b`.`c`, `a`.`b_c`) failed only when expand ran.
+#[test]
+fn generated_names_are_shortened_and_never_shared() {
+    let table = "a_table_with_a_long_descriptive_name";
+    let column = "and_a_column_named_at_length";
+    let text = format!(
+        "[[operations]]\nmove_column = {{ table = \"{table}\", column = \"{column}\", to = \"u\", key = \"k\" }}"
+    );
+    for backend in ["sqlite", "postgres"] {
+        let generated = generate(&text, backend).unwrap();
+        for phase in [&generated.expand, &generated.switch, &generated.contract] {
+            for word in phase.split(|c: char| c.is_whitespace() || c == '(') {
+                if word.starts_with("\"tandem_") {
+                    assert!(word.trim_matches(['"', ';']).len() <= 63, "{word}");
+                }
+            }
+        }
+    }
+    let twice = "[[operations]]\nmove_column = { table = \"a_b\", column = \"c\", to = \"u\", key = \"k\" }\n\
+                 [[operations]]\nmove_column = { table = \"a\", column = \"b_c\", to = \"u\", key = \"k\" }";
+    let err = generate(twice, "postgres").unwrap_err();
+    assert!(
+        err.to_string().contains("which operation 1 creates too"),
+        "{err}"
+    );
+}
+
 /// `move_column`: accounts' emails into a table of their own, the example
 /// application's change.
 const MOVE: &str = r#"
