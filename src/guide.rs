@@ -112,7 +112,7 @@
 //! column, `BEFORE INSERT`/`BEFORE UPDATE` triggers that
 //! `RAISE(ABORT, 'NOT NULL constraint failed: …')` (an addition the lint's
 //! `contract-only-removes` rule lets through only with an opt-out saying
-//! so, as the example's `0003_names_and_plans/contract.sql` does). After contract the data
+//! so, as the example's `schema_versions_sql/0003_names_and_plans/contract.sql` does). After contract the data
 //! tier cannot go back; binaries older than N no longer start
 //! ([`Error::VersionNotServed`](crate::Error::VersionNotServed)).
 //!

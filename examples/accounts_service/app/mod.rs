@@ -18,10 +18,22 @@ use tandem::{Backend, Builder, Catalog, Error, Repository, Session, Tandem};
 use repos::{Accounts, Addresses, Emails, Plans, V1, V2, V3};
 
 /// The catalog in `examples/accounts_service/schema_versions`, embedded at
-/// compile time (an application's own folder is usually `schema_versions`).
+/// compile time (an application's own folder is usually `schema_versions`):
+/// each version a `change.toml` of operations, from which tandem generates
+/// both backends' SQL, sync triggers and backfills. No Rust backfill needed.
 pub fn catalog() -> Result<Catalog, tandem::CatalogError> {
     Catalog::from_embedded(tandem::embed_catalog!(
         "examples/accounts_service/schema_versions"
+    ))
+}
+
+/// The same three versions written by hand, one SQL file per phase and
+/// backend (`examples/accounts_service/schema_versions_sql`): what the
+/// operations generate, give or take names, with the backfills in Rust
+/// ([`AppBackend::configure`] registers them).
+pub fn catalog_sql() -> Result<Catalog, tandem::CatalogError> {
+    Catalog::from_embedded(tandem::embed_catalog!(
+        "examples/accounts_service/schema_versions_sql"
     ))
 }
 
@@ -86,8 +98,8 @@ pub trait AppBackend: Backend {
     /// without the code for older versions passes, say, `2..=3`).
     fn repos(versions: RangeInclusive<u32>) -> tandem::Result<Repos<Self>>;
 
-    /// Registers the catalog's backfills, as every binary that may run an
-    /// upgrade must.
+    /// Registers the hand-written catalog's ([`catalog_sql`]) backfills, as
+    /// every binary that may run an upgrade of it must.
     fn configure(builder: Builder<Self>) -> Builder<Self>;
 }
 
@@ -281,7 +293,7 @@ impl<B: AppBackend> Service<B> {
         versions: RangeInclusive<u32>,
         label: &str,
     ) -> Result<Service<B>, AppError> {
-        let db = B::configure(Tandem::<B>::builder(url, catalog().map_err(Error::from)?))
+        let db = Tandem::<B>::builder(url, catalog().map_err(Error::from)?)
             .serves(versions.clone())
             .label(label)
             .open()?;

@@ -57,8 +57,13 @@
 //! them; one a backend lacks is refused for it (`uuid` and `jsonb` on
 //! SQLite: use `text`). An integer primary key is generated (SQLite's
 //! `INTEGER PRIMARY KEY`, PostgreSQL's identity). Names are lowercase
-//! letters, digits and `_` (at most 63), always quoted in the SQL; a
-//! default is one SQL expression, parsed before it is written.
+//! letters, digits and `_` (at most 63), always quoted in the SQL (a
+//! trigger name tandem builds from them that would pass 63 is shortened
+//! with a hash); a default is one SQL expression, parsed before it is
+//! written. The `up` and `down` expressions of `change_type` and
+//! `split_column` may be one per backend where their functions differ
+//! ([`Expression`]: `up = { sqlite = "instr(name, ' ')", postgres =
+//! "strpos(name, ' ')" }`).
 //!
 //! The generated SQL is what runs and what is checksummed; the files
 //! beside `change.toml` (`expand.sql`, …) still count, and run after the
@@ -300,12 +305,12 @@ pub enum Operation {
         /// The new value from the old row, one SQL expression in which the
         /// column's name means the old column (`qty`; other names are the
         /// row's other columns).
-        up: String,
+        up: Expression,
         /// The old value from the new row, one SQL expression in which the
         /// column's name means the new column: what version N-1 reads after
         /// a switch back (`CASE WHEN qty > 2147483647 THEN 2147483647 ELSE
         /// qty END` for a bigint read as an int).
-        down: String,
+        down: Expression,
         /// Whether the new column may hold NULL (the default: `true`).
         #[serde(default = "yes")]
         nullable: bool,
@@ -349,7 +354,7 @@ pub enum Operation {
         into: Vec<SplitInto>,
         /// The old value from the new columns, one SQL expression: what
         /// version N-1 reads after a switch back.
-        down: String,
+        down: Expression,
         /// The integer key the backfill walks in order on PostgreSQL (the
         /// default: `id`); SQLite walks the `rowid`.
         #[serde(default = "id")]
@@ -416,6 +421,40 @@ pub enum Operation {
     Sql(RawSql),
 }
 
+/// An SQL expression of a change file: one text for both backends
+/// (`qty`), or one for each where their functions differ (`{ sqlite =
+/// "instr(name, ' ')", postgres = "strpos(name, ' ')" }`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum Expression {
+    /// The same text on both backends.
+    Both(String),
+    /// A text for each backend.
+    PerBackend {
+        /// SQLite's.
+        sqlite: String,
+        /// PostgreSQL's.
+        postgres: String,
+    },
+}
+
+impl Expression {
+    /// The text for `backend` (`sqlite` or `postgres`).
+    pub fn text(&self, backend: &str) -> &str {
+        match self {
+            Expression::Both(text) => text,
+            Expression::PerBackend { sqlite, postgres } => {
+                if backend == "postgres" {
+                    postgres
+                } else {
+                    sqlite
+                }
+            }
+        }
+    }
+}
+
 /// A new column of [`Operation::SplitColumn`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -427,7 +466,7 @@ pub struct SplitInto {
     pub ty: String,
     /// Its value from the old row, one SQL expression in which the split
     /// column's name means the old column (`cents / 100`).
-    pub up: String,
+    pub up: Expression,
     /// Whether it may hold NULL (the default: `true`).
     #[serde(default = "yes")]
     pub nullable: bool,

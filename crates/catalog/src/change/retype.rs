@@ -43,8 +43,8 @@ impl Op<'_> {
         let old = format!("_tandem_old_{c}");
         self.name("column", &new)?;
         self.name("column", &old)?;
-        let up = self.parse_expression("up", c, up)?;
-        let down = self.parse_expression("down", c, down)?;
+        let up = self.parse_expression("up", c, up.text(self.backend()))?;
+        let down = self.parse_expression("down", c, down.text(self.backend()))?;
         let forward = Sync {
             trigger: format!("tandem_up_{table}_{c}"),
             target: &new,

@@ -26,9 +26,9 @@ impl Op<'_> {
         self.check_split(c, into)?;
         let ups = into
             .iter()
-            .map(|part| self.parse_expression("up", &part.name, &part.up))
+            .map(|part| self.parse_expression("up", &part.name, part.up.text(self.backend())))
             .collect::<Result<Vec<_>, _>>()?;
-        let down = self.parse_expression("down", c, down)?;
+        let down = self.parse_expression("down", c, down.text(self.backend()))?;
         let new: Vec<&str> = into.iter().map(|part| part.name.as_str()).collect();
         for (part, up) in into.iter().zip(&ups) {
             let read = self.reads(up, c)?;

@@ -972,3 +972,31 @@ fn a_move_syncs_into_the_other_table_then_back_and_backfills_by_inserting() {
         assert!(err.to_string().contains("renames a table"), "{op}: {err}");
     }
 }
+
+/// An expression may differ per backend (`{ sqlite = …, postgres = … }`),
+/// as a split at the first space must (SQLite's `instr`, PostgreSQL's
+/// `strpos`).
+#[test]
+fn an_expression_can_be_written_per_backend() {
+    let text = r#"
+[[operations]]
+split_column = { table = "accounts", column = "name", into = [
+    { name = "first_name", type = "text", up = { sqlite = "substr(name, 1, instr(name, ' '))", postgres = "split_part(name, ' ', 1)" } },
+    { name = "rest", type = "text", up = "name" },
+], down = "first_name || rest" }
+"#;
+    let sqlite = generate(text, "sqlite").unwrap();
+    assert!(
+        sqlite.expand.contains("instr(") && !sqlite.expand.contains("split_part"),
+        "{}",
+        sqlite.expand
+    );
+    let postgres = generate(text, "postgres").unwrap();
+    assert!(
+        postgres.expand.contains("split_part(") && !postgres.expand.contains("instr"),
+        "{}",
+        postgres.expand
+    );
+    let err = generate(&text.replace("postgres = ", "postgre = "), "sqlite").unwrap_err();
+    assert!(err.to_string().contains("change.toml"), "{err}");
+}
