@@ -178,6 +178,7 @@ fn the_shipped_catalogs_pass_the_lint() {
     for folder in [
         "schema_versions",
         "examples/accounts_service/schema_versions",
+        "examples/accounts_service/schema_versions_sql",
         "tests/fixtures/app/schema_versions",
     ] {
         let catalog =
