@@ -157,15 +157,6 @@ impl Op<'_> {
         Ok(())
     }
 
-    /// The backend's "differs, NULL being a value" operator.
-    fn distinct(&self) -> &'static str {
-        if self.postgres {
-            "IS DISTINCT FROM"
-        } else {
-            "IS NOT"
-        }
-    }
-
     /// The "has a value" test of the old table's row `row` (`NEW`, `OLD`,
     /// or the table itself).
     fn has_value(&self, m: &Move, row: &str) -> String {

@@ -130,11 +130,7 @@ impl Op<'_> {
         } else {
             "rowid".to_owned()
         };
-        let distinct = if self.postgres {
-            "IS DISTINCT FROM"
-        } else {
-            "IS NOT"
-        };
+        let distinct = self.distinct();
         let mut sets = Vec::new();
         let mut pending = Vec::new();
         for (sync, defined) in syncs {

@@ -90,6 +90,15 @@ impl Op<'_> {
         }
     }
 
+    /// The backend's "differs, NULL being a value" operator.
+    pub(super) fn distinct(&self) -> &'static str {
+        if self.postgres {
+            "IS DISTINCT FROM"
+        } else {
+            "IS NOT"
+        }
+    }
+
     /// The backend's name for a portable type.
     pub(super) fn ty(&self, column: &Column) -> Result<&'static str, CatalogError> {
         let ty = column.ty.to_ascii_lowercase();
