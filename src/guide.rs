@@ -265,10 +265,21 @@
 //! Version N's binding declares the new column nullable (`Nullable<Text>`):
 //! it is added without a constraint.
 //!
-//! What the operations do not cover yet (a column moved to another table,
-//! a column split in several) goes in an `sql` operation or a hand-written
-//! file beside `change.toml`, with the sync triggers and backfill this
-//! guide describes, and the lint reads it.
+//! A renamed table keeps its old name for such clients with `view = true`:
+//! the switch renames the table and leaves a view of the old name over it,
+//! which a switch back and contract drop. Nothing is copied; the other
+//! clients keep reading the old name until contract (and, on PostgreSQL,
+//! writing it: a view of one table is updatable there; a SQLite view is
+//! read-only).
+//!
+//! ```toml
+//! [[operations]]
+//! rename_table = { from = "orders", to = "purchases", view = true }
+//! ```
+//!
+//! What the operations do not cover goes in an `sql` operation or a
+//! hand-written file beside `change.toml`, with the sync triggers and
+//! backfill this guide describes, and the lint reads it.
 //!
 //! ## Rolling a binary back
 //!

@@ -160,6 +160,17 @@ where
         .unwrap()
 }
 
+/// What each binding must do wherever the kit runs it: write an order and
+/// read it back.
+fn create_and_get<B: tandem::Backend>(
+    r: &(dyn Orders<B::Connection> + 'static),
+    s: &mut tandem::Session<'_, B>,
+) -> QueryResult<()> {
+    let id = r.create(s.conn(), "ada", 3)?;
+    assert_eq!(r.get(s.conn(), id)?, ("ada".to_owned(), 3));
+    Ok(())
+}
+
 macro_rules! changes_suite {
     ($name:ident, $backend:ty, $kit:expr) => {
         mod $name {
@@ -174,11 +185,7 @@ macro_rules! changes_suite {
                 let change = kit.transition(2).unwrap();
                 let repo = orders::<C>();
                 let ran = change
-                    .check(&repo, |r, s| {
-                        let id = r.create(s.conn(), "ada", 3)?;
-                        assert_eq!(r.get(s.conn(), id)?, ("ada".to_owned(), 3));
-                        Ok::<_, diesel::result::Error>(())
-                    })
+                    .check(&repo, create_and_get)
                     .unwrap();
                 let ran: Vec<String> = ran.iter().map(|(at, v)| format!("{v}@{at}")).collect();
                 assert_eq!(
@@ -260,11 +267,7 @@ macro_rules! changes_suite {
                 let change = kit.transition(3).unwrap();
                 let repo = orders::<C>();
                 let ran = change
-                    .check(&repo, |r, s| {
-                        let id = r.create(s.conn(), "ada", 3)?;
-                        assert_eq!(r.get(s.conn(), id)?, ("ada".to_owned(), 3));
-                        Ok::<_, diesel::result::Error>(())
-                    })
+                    .check(&repo, create_and_get)
                     .unwrap();
                 let ran: Vec<String> = ran.iter().map(|(at, v)| format!("{v}@{at}")).collect();
                 assert_eq!(
@@ -310,6 +313,151 @@ macro_rules! changes_suite {
             }
         }
     };
+}
+
+/// `rename_table` with `view = true`: from the switch to contract the old
+/// name is a view of the renamed table, so a client outside tandem written
+/// for version 1 keeps reading it (and, on PostgreSQL, writing it); a
+/// switch back and contract drop the view. Here the version 1 binding
+/// stands for that client, on the switched schema where it fails without
+/// the view (`renames_at_the_switch_work_for_each_binding_where_it_must`).
+mod old_name_view {
+    use super::*;
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        let v2 = V2.replace(
+            r#"rename_table = { from = "orders", to = "purchases" }"#,
+            r#"rename_table = { from = "orders", to = "purchases", view = true }"#,
+        );
+        assert_ne!(v2, V2);
+        common::change_catalog(&[
+            ("0001_orders", V1),
+            ("0002_purchases", &v2),
+            ("0003_drops", V3),
+        ])
+    }
+
+    macro_rules! view_suite {
+        ($name:ident, $backend:ty, $kit:expr, $writes:expr) => {
+            #[test]
+            fn $name() {
+                type B = $backend;
+                type C = <B as tandem::Backend>::Connection;
+                let (_dir, catalog) = catalog();
+                let Some(kit): Option<Kit<B>> = $kit("old_name_view", catalog) else {
+                    return;
+                };
+                let change = kit.transition(2).unwrap();
+                let repo = orders::<C>();
+                let ran = change.check(&repo, create_and_get).unwrap();
+                assert_eq!(ran.len(), 5, "{ran:?}");
+                let v1 = tandem::Version::FIRST;
+                let v2 = tandem::Version::new(2).unwrap();
+                let mut staged = change.fresh_at(Stage::Switched).unwrap();
+                let before = staged
+                    .run(&repo, v2, |r, s| r.create(s.conn(), "grace", 5))
+                    .unwrap();
+                // Reads of the old name see the renamed table's rows.
+                let count = |staged: &tandem::testing::Staged<B>, sql: &str| {
+                    let mut conn = staged.handle().connection().unwrap();
+                    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(sql))
+                        .get_result::<i64>(&mut *conn)
+                };
+                assert_eq!(
+                    count(&staged, "(SELECT count(*) FROM orders WHERE qty = 5)").unwrap(),
+                    1
+                );
+                let written = staged.run(&repo, v1, |r, s| r.create(s.conn(), "alan", 7));
+                if $writes {
+                    // PostgreSQL: a view of one table is updatable; the row
+                    // is the table's, with its defaults, and version 2 reads it.
+                    let id = written.unwrap();
+                    assert_eq!(
+                        staged
+                            .run(&repo, v1, |r, s| r.get(s.conn(), before))
+                            .unwrap(),
+                        ("grace".to_owned(), 5)
+                    );
+                    assert_eq!(
+                        staged.run(&repo, v2, |r, s| r.get(s.conn(), id)).unwrap(),
+                        ("alan".to_owned(), 7)
+                    );
+                } else {
+                    // SQLite: a view is read-only; the write fails, nothing written.
+                    let err = written.unwrap_err();
+                    assert!(err.to_string().contains("view"), "{err}");
+                    assert_eq!(
+                        count(&staged, "(SELECT count(*) FROM purchases WHERE qty = 7)").unwrap(),
+                        0
+                    );
+                }
+                // A switch back drops the view before renaming the table back.
+                staged.advance(Stage::SwitchedBack).unwrap();
+                staged
+                    .run(&repo, v1, |r, s| r.create(s.conn(), "kay", 9))
+                    .unwrap();
+                staged.advance(Stage::Switched).unwrap();
+                assert_eq!(
+                    count(&staged, "(SELECT count(*) FROM orders WHERE qty = 9)").unwrap(),
+                    1
+                );
+                // Contract drops it: the old name is gone, the table keeps its rows.
+                staged.advance(Stage::Contracted).unwrap();
+                assert!(count(&staged, "(SELECT count(*) FROM orders)").is_err());
+                assert_eq!(
+                    count(
+                        &staged,
+                        "(SELECT count(*) FROM purchases WHERE qty IN (5, 9))"
+                    )
+                    .unwrap(),
+                    2
+                );
+            }
+        };
+    }
+    view_suite!(
+        sqlite_the_old_name_stays_readable_until_contract,
+        tandem::Sqlite,
+        sqlite_kit,
+        false
+    );
+    #[cfg(feature = "postgres")]
+    view_suite!(
+        postgres_the_old_name_stays_readable_and_writable_until_contract,
+        tandem::Postgres,
+        pg_kit,
+        true
+    );
+
+    #[test]
+    fn sqlite_an_upgrade_crashed_at_each_step_resumes() {
+        let (_dir, catalog) = catalog();
+        let kit = Kit::sqlite(catalog);
+        let change = kit.transition(2).unwrap();
+        let repo = orders::<diesel::SqliteConnection>();
+        crash_at_each_step(
+            &change,
+            |up| up,
+            |staged, crash| {
+                let qty = i32::try_from(crash).unwrap();
+                let id = staged
+                    .run(&repo, tandem::Version::FIRST, |r, s| {
+                        r.create(s.conn(), "kay", qty)
+                    })
+                    .unwrap();
+                (id, qty)
+            },
+            |staged, (id, qty), crash| {
+                let read = staged
+                    .run(&repo, tandem::Version::new(2).unwrap(), |r, s| {
+                        r.get(s.conn(), id)
+                    })
+                    .unwrap();
+                assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
+            },
+            6,
+        );
+    }
 }
 
 fn sqlite_kit(_test: &str, catalog: Catalog) -> Option<Kit<tandem::Sqlite>> {

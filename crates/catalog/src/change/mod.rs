@@ -16,6 +16,7 @@
 //! | `add_column`    | `ADD COLUMN` (nullable, or with a default) |              |                |
 //! | `create_index`  | `CREATE INDEX IF NOT EXISTS`; PostgreSQL: `CONCURRENTLY`, after the transaction, resumable | |   |
 //! | `rename_table`  |                                | `RENAME TO`, and back    |                |
+//! | `rename_table` with `view` |                     | `RENAME TO` and a view of the old name, and back | drop the view |
 //! | `rename_column` |                                | `RENAME COLUMN`, and back|                |
 //! | `rename_column` with `copy` | new column, sync trigger both ways, keyset backfill | | drop the trigger and the old column |
 //! | `drop_column`   |                                |                          | `DROP COLUMN`  |
@@ -44,7 +45,8 @@
 //! backfill. (Clients that use the database without tandem would see the
 //! name change at the switch; for them, `rename_column` has the
 //! copy-and-sync form, [`CopySync`]: a new column in expand, a trigger both
-//! ways, a backfill, the old column dropped in contract.)
+//! ways, a backfill, the old column dropped in contract; and `rename_table`
+//! keeps the old name as a view from the switch to contract, `view = true`.)
 //!
 //! Expand runs before the switch's renames and contract after them: an
 //! expand operation names tables and columns as version N-1 has them, a
@@ -153,12 +155,23 @@ pub enum Operation {
         #[serde(default, rename = "where")]
         only: Option<String>,
     },
-    /// A table renamed at the switch (and back at a switch back).
+    /// A table renamed at the switch (and back at a switch back); with
+    /// `view = true`, for a database that clients outside tandem also use,
+    /// the switch also leaves a view of the old name over the renamed
+    /// table (`CREATE VIEW from AS SELECT * FROM to`), dropped at a switch
+    /// back and in contract: such a client keeps reading the old name from
+    /// the switch to contract, and on PostgreSQL keeps writing it too (a
+    /// view of one table is updatable there, the table's defaults apply).
+    /// A SQLite view is read-only. Nothing is copied: the view costs one
+    /// catalog row.
     RenameTable {
         /// The old name.
         from: String,
         /// The new name.
         to: String,
+        /// Whether the old name stays, as a view, until contract.
+        #[serde(default)]
+        view: bool,
     },
     /// A column renamed at the switch (and back at a switch back); with
     /// `copy`, the copy-and-sync form instead, for a database that clients
@@ -423,9 +436,9 @@ pub enum Operation {
 
 /// An SQL expression of a change file: one text for both backends
 /// (`qty`), or one for each where their functions differ (`{ sqlite =
-/// "instr(name, ' ')", postgres = "strpos(name, ' ')" }`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// "instr(name, ' ')", postgres = "strpos(name, ' ')" }`). A table with
+/// another key, or without one of the two, is refused naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Expression {
     /// The same text on both backends.
@@ -437,6 +450,41 @@ pub enum Expression {
         /// PostgreSQL's.
         postgres: String,
     },
+}
+
+/// [`Expression::PerBackend`] as written, each key checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerBackend {
+    sqlite: String,
+    postgres: String,
+}
+
+impl<'de> Deserialize<'de> for Expression {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Expression;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an SQL expression: one text for both backends, or \
+                     { sqlite = \"...\", postgres = \"...\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Expression, E> {
+                Ok(Expression::Both(text.to_owned()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<Expression, M::Error> {
+                let PerBackend { sqlite, postgres } =
+                    PerBackend::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Expression::PerBackend { sqlite, postgres })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Expression {

@@ -43,9 +43,15 @@ impl Op<'_> {
                 name,
                 columns,
             } => self.create_index(table, name, columns, (true, None), &mut p)?,
-            Operation::RenameTable { from, to } => {
+            Operation::RenameTable { from, to, view } => {
                 let (from, to) = (self.name("table", from)?, self.name("table", to)?);
                 p.switch.push(format!("ALTER TABLE {from} RENAME TO {to};"));
+                if *view {
+                    p.switch
+                        .push(format!("CREATE VIEW {from} AS SELECT * FROM {to};"));
+                    p.switch_back.push(format!("DROP VIEW {from};"));
+                    p.contract.push(format!("DROP VIEW {from};"));
+                }
                 p.switch_back
                     .push(format!("ALTER TABLE {to} RENAME TO {from};"));
             }

@@ -99,6 +99,48 @@ rename_column = { table = "purchases", from = "customer", to = "customer_name" }
     );
 }
 
+/// With `view`, the old name stays as a view from the switch to contract:
+/// created after the rename, dropped before the rename back, and in
+/// contract; on both backends, each phase passing the lint.
+#[test]
+fn a_table_renamed_with_a_view_keeps_its_old_name_until_contract() {
+    let text = r#"
+[[operations]]
+rename_table = { from = "orders", to = "purchases", view = true }
+"#;
+    for backend in ["sqlite", "postgres"] {
+        let g = generate(text, backend).unwrap();
+        let statements = |sql: &str| -> Vec<String> {
+            sql.lines()
+                .filter(|l| !l.is_empty() && !l.starts_with("--"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert!(g.expand.is_empty(), "{backend}: {g:?}");
+        assert_eq!(
+            statements(&g.switch),
+            [
+                r#"ALTER TABLE "orders" RENAME TO "purchases";"#,
+                r#"CREATE VIEW "orders" AS SELECT * FROM "purchases";"#
+            ],
+            "{backend}"
+        );
+        assert_eq!(
+            statements(&g.switch_back),
+            [
+                r#"DROP VIEW "orders";"#,
+                r#"ALTER TABLE "purchases" RENAME TO "orders";"#
+            ],
+            "{backend}"
+        );
+        assert_eq!(
+            statements(&g.contract),
+            [r#"DROP VIEW "orders";"#],
+            "{backend}"
+        );
+    }
+}
+
 /// Bad input: a typed error naming the file, the operation and what to
 /// write instead, before anything runs.
 #[test]
@@ -997,6 +1039,35 @@ split_column = { table = "accounts", column = "name", into = [
         "{}",
         postgres.expand
     );
-    let err = generate(&text.replace("postgres = ", "postgre = "), "sqlite").unwrap_err();
-    assert!(err.to_string().contains("change.toml"), "{err}");
+    // A mistyped or missing backend is named, with what to write.
+    for (typo, says) in [
+        (
+            "postgre = ",
+            &["unknown field `postgre`", "expected `sqlite` or `postgres`"][..],
+        ),
+        (
+            "postgres = \"split_part(name, ' ', 1)\" ",
+            &["missing field `postgres`"][..],
+        ),
+        (
+            "postgres = \"split_part(name, ' ', 1)\" ",
+            &["line 4", "change.toml"][..],
+        ),
+    ] {
+        let typo = if typo.starts_with("postgre = ") {
+            text.replace("postgres = ", typo)
+        } else {
+            text.replace(&format!(", {typo}"), " ")
+        };
+        let err = generate(&typo, "sqlite").unwrap_err().to_string();
+        for said in says {
+            assert!(err.contains(said), "{said:?} not in {err}");
+        }
+    }
+    let err = generate(&text.replace("up = \"name\"", "up = 3"), "sqlite").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("one text for both backends, or { sqlite"),
+        "{err}"
+    );
 }
