@@ -867,6 +867,39 @@ change_type = { table = "stock", column = "qty", type = "bigint", nullable = fal
                     assert!(diesel::sql_query("SELECT _tandem_old_qty FROM stock").execute(&mut *conn).is_err());
                 }
 
+                /// Where keys are dense a batch is a range of keys (no statement
+                /// finds its end); a gap sends the walk back to finding where
+                /// each batch ends, so keys a billion apart cost no more
+                /// batches than rows: 2,000 dense keys, 500 after a gap of a
+                /// billion, 300 a thousand apart, batches of 100: every row
+                /// filled, in at most twice the batches their rows need.
+                #[test]
+                fn keys_with_gaps_are_walked_in_ranges_where_dense() {
+                    let (_dir, catalog) = catalog();
+                    let Some(kit): Option<Kit<B>> = $kit("retype_gaps", catalog) else { return };
+                    let change = kit.transition(2).unwrap();
+                    let repo = stock::<C>();
+                    let staged = change.fresh_at(Stage::PreviousStable).unwrap();
+                    let mut conn = staged.handle().connection().unwrap();
+                    diesel::sql_query(
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2800) \
+                         INSERT INTO stock (id, qty) SELECT CASE WHEN i <= 2000 THEN i \
+                         WHEN i <= 2500 THEN 1000000000 + i ELSE 2000000000 + 1000 * i END, i FROM n",
+                    )
+                    .execute(&mut *conn)
+                    .unwrap();
+                    drop(conn);
+                    let up = staged.handle().upgrader().backfill_batches(100, Duration::ZERO);
+                    let expand = up.expand().unwrap();
+                    assert_eq!(expand.backfilled_rows, 2800, "{expand:?}");
+                    assert!((28..=56).contains(&expand.batches), "{expand:?}");
+                    up.switch().unwrap();
+                    let two = tandem::Version::new(2).unwrap();
+                    for (id, qty) in [(1, 1), (2000, 2000), (1_000_002_001, 2001), (1_000_002_500, 2500), (2_002_501_000, 2501), (2_002_800_000, 2800)] {
+                        assert_eq!(staged.run(&repo, two, |r, s| r.get(s.conn(), id)).unwrap(), qty, "row {id}");
+                    }
+                }
+
                 /// A batch commits only while the upgrade lease is still its
                 /// upgrader's: one whose lease another upgrader took before it
                 /// committed (here a trigger takes it inside the second batch,

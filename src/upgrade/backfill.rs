@@ -144,12 +144,44 @@ impl<B: Backend> Upgrader<B> {
             tracing::info!(version = %target, backfill = %backfill.name, after_key = key, "resuming backfill");
         }
         let store = &self.shared.store;
+        // Where the keys are dense, batches are key ranges of `batch_rows`
+        // keys (at most that many rows), and no statement looks for where a
+        // batch ends; `ranged` once a batch found so spanned at most twice
+        // its rows, until a range changes fewer than half of them (a gap, or
+        // rows done already: the next batch finds its end again).
+        let last = B::load::<Number>(conn, &backfill.last_key_sql(), &[])
+            .map_err(|source| Error::StepFailed {
+                version: target,
+                step: backfill.name.clone(),
+                batches: before,
+                source,
+            })?
+            .first()
+            .and_then(|r| r.n);
+        let rows = i64::from(self.batch_rows);
+        let mut ranged = false;
         loop {
             self.renew_lease(conn)?;
             self.step("expand: before backfill batch")?;
             let batches = before.saturating_add(walked.batches);
             let at = (target, backfill.name.as_str(), batches);
-            let stepped = if B::WRITING_WITH {
+            let range = after
+                .filter(|_| ranged)
+                .map(|from| (from, from.saturating_add(rows)));
+            let stepped = if let Some((from, upto)) = range {
+                if last.is_none_or(|last| from >= last) {
+                    None
+                } else {
+                    let sql = backfill.batch_sql(Some(from), upto);
+                    let detail = progress.with(&backfill.name, upto);
+                    let changed = self.batch(conn, kept, at, |c| {
+                        let changed = B::execute(c, &sql, &[])?;
+                        store.set_expand_progress::<B>(c, target, &detail)?;
+                        Ok(changed)
+                    })?;
+                    Some((upto, i64::try_from(changed).unwrap_or(i64::MAX)))
+                }
+            } else if B::WRITING_WITH {
                 // One statement: the end found and the rows filled.
                 let sql = backfill.step_sql(after, self.batch_rows);
                 self.batch(conn, kept, at, |c| {
@@ -205,7 +237,14 @@ impl<B: Backend> Upgrader<B> {
                 tracing::warn!(version = %target, backfill = %backfill.name, walks, from_key = first,
                     "rows the walk passed still need the backfill (a key changed?): walking again from the first of them");
                 after = first.checked_sub(1);
+                ranged = false;
                 continue;
+            };
+            ranged = match range {
+                Some(_) => changed.saturating_mul(2) >= rows,
+                None => {
+                    after.is_some_and(|from| upto.saturating_sub(from) <= rows.saturating_mul(2))
+                }
             };
             walked.batches = walked.batches.saturating_add(1);
             walked.rows = walked

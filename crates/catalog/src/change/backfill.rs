@@ -76,9 +76,22 @@ impl Backfill {
         )
     }
 
+    /// The statement whose one row (`n`, a BIGINT) is the table's largest
+    /// key, NULL if it has no row: where a walk by key ranges
+    /// ([`batch_sql`](Backfill::batch_sql) of `(after, after + rows]`,
+    /// which holds at most `rows` rows) may stop, rows written later being
+    /// the sync trigger's.
+    pub fn last_key_sql(&self) -> String {
+        format!(
+            "SELECT CAST(max({}) AS BIGINT) AS n FROM {}",
+            self.key, self.table
+        )
+    }
+
     /// The statement filling the rows with keys after `after` (from the
-    /// first if `None`) up to `upto`, both as
-    /// [`batch_end_sql`](Backfill::batch_end_sql) found them.
+    /// first if `None`) up to `upto`: a range
+    /// [`batch_end_sql`](Backfill::batch_end_sql) found, or any other (a
+    /// range of `rows` keys holds at most `rows` rows).
     pub fn batch_sql(&self, after: Option<i64>, upto: i64) -> String {
         self.update(after.map(|a| a.to_string()).as_deref(), &upto.to_string())
     }
