@@ -171,6 +171,39 @@ fn create_and_get<B: tandem::Backend>(
     Ok(())
 }
 
+/// An upgrade to version 2 crashed at each of its steps resumes: a row
+/// version 1 wrote before it reads back through version 2.
+fn orders_crash_at_each_step<B: tandem::Backend>(change: &tandem::testing::Transition<'_, B>)
+where
+    OrdersV1: Orders<B::Connection>,
+    OrdersV2: Orders<B::Connection>,
+    OrdersV3: Orders<B::Connection>,
+{
+    let repo = orders::<B::Connection>();
+    crash_at_each_step(
+        change,
+        |up| up,
+        |staged, crash| {
+            let qty = i32::try_from(crash).unwrap();
+            let id = staged
+                .run(&repo, tandem::Version::FIRST, |r, s| {
+                    r.create(s.conn(), "kay", qty)
+                })
+                .unwrap();
+            (id, qty)
+        },
+        |staged, (id, qty), crash| {
+            let read = staged
+                .run(&repo, tandem::Version::new(2).unwrap(), |r, s| {
+                    r.get(s.conn(), id)
+                })
+                .unwrap();
+            assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
+        },
+        6,
+    );
+}
+
 macro_rules! changes_suite {
     ($name:ident, $backend:ty, $kit:expr) => {
         mod $name {
@@ -294,22 +327,7 @@ macro_rules! changes_suite {
             fn an_upgrade_crashed_at_each_step_resumes() {
                 let (_dir, catalog) = catalog();
                 let Some(kit): Option<Kit<B>> = $kit("renames_crash_resume", catalog) else { return };
-                let change = kit.transition(2).unwrap();
-                let repo = orders::<C>();
-                crash_at_each_step(
-                    &change,
-                    |up| up,
-                    |staged, crash| {
-                        let qty = i32::try_from(crash).unwrap();
-                        let id = staged.run(&repo, tandem::Version::FIRST, |r, s| r.create(s.conn(), "kay", qty)).unwrap();
-                        (id, qty)
-                    },
-                    |staged, (id, qty), crash| {
-                        let read = staged.run(&repo, tandem::Version::new(2).unwrap(), |r, s| r.get(s.conn(), id)).unwrap();
-                        assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
-                    },
-                    6,
-                );
+                orders_crash_at_each_step(&kit.transition(2).unwrap());
             }
         }
     };
@@ -429,35 +447,30 @@ mod old_name_view {
         true
     );
 
-    #[test]
-    fn sqlite_an_upgrade_crashed_at_each_step_resumes() {
-        let (_dir, catalog) = catalog();
-        let kit = Kit::sqlite(catalog);
-        let change = kit.transition(2).unwrap();
-        let repo = orders::<diesel::SqliteConnection>();
-        crash_at_each_step(
-            &change,
-            |up| up,
-            |staged, crash| {
-                let qty = i32::try_from(crash).unwrap();
-                let id = staged
-                    .run(&repo, tandem::Version::FIRST, |r, s| {
-                        r.create(s.conn(), "kay", qty)
-                    })
-                    .unwrap();
-                (id, qty)
-            },
-            |staged, (id, qty), crash| {
-                let read = staged
-                    .run(&repo, tandem::Version::new(2).unwrap(), |r, s| {
-                        r.get(s.conn(), id)
-                    })
-                    .unwrap();
-                assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
-            },
-            6,
-        );
+    /// An upgrade crashed at each of its steps resumes, views and all.
+    macro_rules! view_crash {
+        ($name:ident, $backend:ty, $kit:expr) => {
+            #[test]
+            fn $name() {
+                let (_dir, catalog) = catalog();
+                let Some(kit): Option<Kit<$backend>> = $kit("old_name_view_crash", catalog) else {
+                    return;
+                };
+                orders_crash_at_each_step(&kit.transition(2).unwrap());
+            }
+        };
     }
+    view_crash!(
+        sqlite_an_upgrade_crashed_at_each_step_resumes,
+        tandem::Sqlite,
+        sqlite_kit
+    );
+    #[cfg(feature = "postgres")]
+    view_crash!(
+        postgres_an_upgrade_crashed_at_each_step_resumes,
+        tandem::Postgres,
+        pg_kit
+    );
 }
 
 fn sqlite_kit(_test: &str, catalog: Catalog) -> Option<Kit<tandem::Sqlite>> {
@@ -704,6 +717,371 @@ add_check = { table = "items", name = "qty_non_negative", check = "qty >= 0" }
     struct Id {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         id: i64,
+    }
+}
+
+/// `add_unique` through the kit on both backends, and `add_foreign_key` and
+/// `drop_not_null` on PostgreSQL: version 2's binding upserts by email,
+/// which needs the unique index (`ON CONFLICT (email)` is refused without
+/// one), so wherever the kit runs version 2 the index is there; version 1
+/// runs before and after it. On PostgreSQL version 2 also leaves out the
+/// order's `note`, which version 1 declared NOT NULL, and the foreign key
+/// holds from the switch and is validated in contract.
+mod keys {
+    use super::*;
+
+    const V1: &str = r#"
+[[operations]]
+create_table = { table = "customers", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "email", type = "text", nullable = false, default = "''" },
+] }
+
+[[operations]]
+create_table = { table = "orders", columns = [
+    { name = "id", type = "bigint", primary_key = true },
+    { name = "customer_id", type = "bigint" },
+    { name = "note", type = "text", nullable = false },
+] }
+"#;
+    const UNIQUE: &str = r#"
+[[operations]]
+add_unique = { table = "customers", name = "customers_by_email", columns = ["email"] }
+"#;
+    const POSTGRES: &str = r#"
+backends = ["postgres"]
+
+[[operations]]
+add_unique = { table = "customers", name = "customers_by_email", columns = ["email"] }
+
+[[operations]]
+add_foreign_key = { table = "orders", name = "orders_customer", columns = ["customer_id"], references = "customers", referenced_columns = ["id"] }
+
+[[operations]]
+drop_not_null = { table = "orders", column = "note" }
+"#;
+
+    mod v1 {
+        diesel::table! { customers (id) { id -> BigInt, email -> Text, } }
+        diesel::table! { orders (id) { id -> BigInt, customer_id -> Nullable<BigInt>, note -> Text, } }
+        diesel::joinable!(orders -> customers (customer_id));
+        diesel::allow_tables_to_appear_in_same_query!(customers, orders);
+    }
+    mod v2 {
+        diesel::table! { customers (id) { id -> BigInt, email -> Text, } }
+        diesel::table! { orders (id) { id -> BigInt, customer_id -> Nullable<BigInt>, note -> Nullable<Text>, } }
+        diesel::joinable!(orders -> customers (customer_id));
+        diesel::allow_tables_to_appear_in_same_query!(customers, orders);
+    }
+
+    /// A customer and an order of theirs; the order's customer's email.
+    trait Shop<C>: Send + Sync {
+        /// The customer of `email`'s id (version 2: an upsert).
+        fn customer(&self, conn: &mut C, email: &str) -> QueryResult<i64>;
+        fn order(&self, conn: &mut C, email: &str) -> QueryResult<i64>;
+        fn email(&self, conn: &mut C, order: i64) -> QueryResult<String>;
+    }
+    struct ShopV1;
+    /// Version 2 where the change is `UNIQUE` (SQLite): the upsert.
+    struct ShopV2;
+    /// Version 2 where it is `POSTGRES`: the upsert, and no `note`.
+    struct ShopV2Pg;
+
+    macro_rules! shop_bindings {
+        ($conn:ty) => {
+            impl Shop<$conn> for ShopV1 {
+                fn customer(&self, conn: &mut $conn, email: &str) -> QueryResult<i64> {
+                    use v1::customers;
+                    diesel::insert_into(customers::table)
+                        .values(customers::email.eq(email))
+                        .returning(customers::id)
+                        .get_result(conn)
+                }
+                fn order(&self, conn: &mut $conn, email: &str) -> QueryResult<i64> {
+                    use v1::orders;
+                    let customer = self.customer(conn, email)?;
+                    diesel::insert_into(orders::table)
+                        .values((orders::customer_id.eq(customer), orders::note.eq("v1")))
+                        .returning(orders::id)
+                        .get_result(conn)
+                }
+                fn email(&self, conn: &mut $conn, order: i64) -> QueryResult<String> {
+                    use v1::{customers, orders};
+                    orders::table
+                        .inner_join(customers::table)
+                        .filter(orders::id.eq(order))
+                        .select(customers::email)
+                        .first(conn)
+                }
+            }
+            impl Shop<$conn> for ShopV2 {
+                fn customer(&self, conn: &mut $conn, email: &str) -> QueryResult<i64> {
+                    use v2::customers;
+                    diesel::insert_into(customers::table)
+                        .values(customers::email.eq(email))
+                        .on_conflict(customers::email)
+                        .do_update()
+                        .set(customers::email.eq(email))
+                        .returning(customers::id)
+                        .get_result(conn)
+                }
+                fn order(&self, conn: &mut $conn, email: &str) -> QueryResult<i64> {
+                    use v2::orders;
+                    let customer = self.customer(conn, email)?;
+                    diesel::insert_into(orders::table)
+                        .values((orders::customer_id.eq(customer), orders::note.eq("v2")))
+                        .returning(orders::id)
+                        .get_result(conn)
+                }
+                fn email(&self, conn: &mut $conn, order: i64) -> QueryResult<String> {
+                    use v2::{customers, orders};
+                    orders::table
+                        .inner_join(customers::table)
+                        .filter(orders::id.eq(order))
+                        .select(customers::email)
+                        .first(conn)
+                }
+            }
+            impl Shop<$conn> for ShopV2Pg {
+                fn customer(&self, conn: &mut $conn, email: &str) -> QueryResult<i64> {
+                    ShopV2.customer(conn, email)
+                }
+                fn order(&self, conn: &mut $conn, email: &str) -> QueryResult<i64> {
+                    use v2::orders;
+                    let customer = self.customer(conn, email)?;
+                    diesel::insert_into(orders::table)
+                        .values(orders::customer_id.eq(customer))
+                        .returning(orders::id)
+                        .get_result(conn)
+                }
+                fn email(&self, conn: &mut $conn, order: i64) -> QueryResult<String> {
+                    ShopV2.email(conn, order)
+                }
+            }
+        };
+    }
+    shop_bindings!(diesel::SqliteConnection);
+    #[cfg(feature = "postgres")]
+    shop_bindings!(diesel::PgConnection);
+
+    fn shop<C: 'static>(two: Arc<dyn Shop<C>>) -> Repository<dyn Shop<C>>
+    where
+        ShopV1: Shop<C>,
+    {
+        Repository::<dyn Shop<C>>::builder("shop")
+            .binding(1, Arc::new(ShopV1))
+            .binding(2, two)
+            .build()
+            .unwrap()
+    }
+
+    macro_rules! keys_suite {
+        ($name:ident, $backend:ty, $kit:expr, $change:expr, $two:expr, $ran:expr) => {
+            mod $name {
+                use super::*;
+                type B = $backend;
+                type C = <B as tandem::Backend>::Connection;
+
+                #[test]
+                fn each_binding_works_where_it_must_and_the_index_holds_from_expand() {
+                    let (_dir, catalog) =
+                        common::change_catalog(&[("0001_shop", V1), ("0002_keys", $change)]);
+                    let Some(kit): Option<Kit<B>> = $kit("keys", catalog) else {
+                        return;
+                    };
+                    let change = kit.transition(2).unwrap();
+                    let repo = shop::<C>(Arc::new($two));
+                    // One email per write: the index refuses a second
+                    // customer of one email from expand on, for version 1 too.
+                    let n = std::sync::atomic::AtomicUsize::new(0);
+                    let next = || {
+                        format!(
+                            "{}@example.com",
+                            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        )
+                    };
+                    let ran = change
+                        .check(&repo, |r, s| {
+                            let email = next();
+                            let id = r.order(s.conn(), &email)?;
+                            assert_eq!(r.email(s.conn(), id)?, email);
+                            Ok::<_, diesel::result::Error>(())
+                        })
+                        .unwrap();
+                    let ran: Vec<String> = ran.iter().map(|(at, v)| format!("{v}@{at}")).collect();
+                    assert_eq!(ran, $ran);
+                    change
+                        .forward(
+                            &repo,
+                            |r, s| r.order(s.conn(), &next()),
+                            |r, s, id| r.email(s.conn(), *id),
+                        )
+                        .unwrap();
+                    change
+                        .backward(
+                            &repo,
+                            |r, s| r.order(s.conn(), &next()),
+                            |r, s, id| r.email(s.conn(), *id),
+                        )
+                        .unwrap();
+                    // Before expand version 2's upsert has no index to use;
+                    // from expand on, a second customer of one email is refused.
+                    let stable = change.fresh_at(Stage::PreviousStable).unwrap();
+                    let two = tandem::Version::new(2).unwrap();
+                    assert!(stable
+                        .run(&repo, two, |r, s| r.order(s.conn(), "x"))
+                        .is_err());
+                    let expanded = change.fresh_at(Stage::Expanded).unwrap();
+                    let v1 = tandem::Version::FIRST;
+                    expanded
+                        .run(&repo, v1, |r, s| r.order(s.conn(), "kay@example.com"))
+                        .unwrap();
+                    let twice =
+                        expanded.run(&repo, v1, |r, s| r.order(s.conn(), "kay@example.com"));
+                    assert!(twice.is_err(), "a second customer of one email");
+                }
+
+                #[test]
+                fn an_upgrade_crashed_at_each_step_resumes() {
+                    let (_dir, catalog) =
+                        common::change_catalog(&[("0001_shop", V1), ("0002_keys", $change)]);
+                    let Some(kit): Option<Kit<B>> = $kit("keys_crash", catalog) else {
+                        return;
+                    };
+                    let change = kit.transition(2).unwrap();
+                    let repo = shop::<C>(Arc::new($two));
+                    crash_at_each_step(
+                        &change,
+                        |up| up,
+                        |staged, crash| {
+                            let email = format!("kay{crash}@example.com");
+                            let id = staged
+                                .run(&repo, tandem::Version::FIRST, |r, s| {
+                                    r.order(s.conn(), &email)
+                                })
+                                .unwrap();
+                            (id, email)
+                        },
+                        |staged, (id, email), crash| {
+                            let two = tandem::Version::new(2).unwrap();
+                            assert_eq!(
+                                staged
+                                    .run(&repo, two, |r, s| r.email(s.conn(), id))
+                                    .unwrap(),
+                                email,
+                                "step {crash}"
+                            );
+                            // Version 2's upsert finds the customer version 1 wrote.
+                            let again = staged
+                                .run(&repo, two, |r, s| r.order(s.conn(), &email))
+                                .unwrap();
+                            assert_eq!(
+                                staged
+                                    .run(&repo, two, |r, s| r.email(s.conn(), again))
+                                    .unwrap(),
+                                email
+                            );
+                        },
+                        4,
+                    );
+                }
+            }
+        };
+    }
+    /// Where each binding runs: with no switch SQL version 1 runs on the
+    /// switched schema; the foreign key is added at the switch, so there
+    /// it runs after a switch back.
+    const RAN_UNIQUE: [&str; 5] = [
+        "1@version 1 stable",
+        "1@version 2 expanded",
+        "1@version 2 switched",
+        "2@version 2 switched",
+        "2@version 2 contracted",
+    ];
+    #[cfg(feature = "postgres")]
+    const RAN_POSTGRES: [&str; 5] = [
+        "1@version 1 stable",
+        "1@version 2 expanded",
+        "2@version 2 switched",
+        "1@version 2 switched back",
+        "2@version 2 contracted",
+    ];
+    keys_suite!(
+        sqlite,
+        tandem::Sqlite,
+        sqlite_kit,
+        UNIQUE,
+        ShopV2,
+        RAN_UNIQUE
+    );
+    #[cfg(feature = "postgres")]
+    keys_suite!(
+        postgres,
+        tandem::Postgres,
+        pg_kit,
+        POSTGRES,
+        ShopV2Pg,
+        RAN_POSTGRES
+    );
+    #[cfg(feature = "postgres")]
+    keys_suite!(
+        postgres_unique,
+        tandem::Postgres,
+        pg_kit,
+        UNIQUE,
+        ShopV2,
+        RAN_UNIQUE
+    );
+
+    /// PostgreSQL: the foreign key holds for rows written from the switch
+    /// on (`NOT VALID` checks new rows) and is validated in contract.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_the_foreign_key_holds_from_the_switch_and_is_validated_in_contract() {
+        let (_dir, catalog) = common::change_catalog(&[("0001_shop", V1), ("0002_keys", POSTGRES)]);
+        let Some(server) = common::pg::server("keys_foreign") else {
+            return;
+        };
+        let kit = Kit::<tandem::Postgres>::postgres(&server, catalog);
+        let change = kit.transition(2).unwrap();
+        let orphan = "INSERT INTO orders (customer_id, note) VALUES (424242, 'x')";
+        let validated =
+            "SELECT convalidated AS v FROM pg_constraint WHERE conname = 'orders_customer'";
+        #[derive(diesel::QueryableByName)]
+        struct Validated {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            v: bool,
+        }
+        let mut db = change.fresh_at(Stage::Expanded).unwrap();
+        let mut conn = db.handle().connection().unwrap();
+        diesel::sql_query(orphan).execute(&mut *conn).unwrap();
+        drop(conn);
+        db.advance(Stage::Switched).unwrap();
+        let mut conn = db.handle().connection().unwrap();
+        assert!(
+            diesel::sql_query(orphan).execute(&mut *conn).is_err(),
+            "checked from the switch"
+        );
+        let v = diesel::sql_query(validated)
+            .get_result::<Validated>(&mut *conn)
+            .unwrap();
+        assert!(!v.v, "not validated before contract");
+        // The orphan version 1 wrote before the switch would fail the
+        // validation: contract refuses until it is mended.
+        drop(conn);
+        let err = db.advance(Stage::Contracted).unwrap_err();
+        assert!(err.to_string().contains("orders_customer"), "{err}");
+        let mut conn = db.handle().connection().unwrap();
+        diesel::sql_query("DELETE FROM orders WHERE customer_id = 424242")
+            .execute(&mut *conn)
+            .unwrap();
+        drop(conn);
+        db.advance(Stage::Contracted).unwrap();
+        let mut conn = db.handle().connection().unwrap();
+        let v = diesel::sql_query(validated)
+            .get_result::<Validated>(&mut *conn)
+            .unwrap();
+        assert!(v.v, "validated in contract");
     }
 }
 
