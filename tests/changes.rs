@@ -171,8 +171,8 @@ fn create_and_get<B: tandem::Backend>(
     Ok(())
 }
 
-/// An upgrade to version 2 crashed at each of its steps resumes: a row
-/// version 1 wrote before it reads back through version 2.
+/// An upgrade crashed at each of its steps resumes: a row the previous
+/// version wrote before it reads back through the new one.
 fn orders_crash_at_each_step<B: tandem::Backend>(change: &tandem::testing::Transition<'_, B>)
 where
     OrdersV1: Orders<B::Connection>,
@@ -186,7 +186,7 @@ where
         |staged, crash| {
             let qty = i32::try_from(crash).unwrap();
             let id = staged
-                .run(&repo, tandem::Version::FIRST, |r, s| {
+                .run(&repo, change.previous(), |r, s| {
                     r.create(s.conn(), "kay", qty)
                 })
                 .unwrap();
@@ -194,9 +194,7 @@ where
         },
         |staged, (id, qty), crash| {
             let read = staged
-                .run(&repo, tandem::Version::new(2).unwrap(), |r, s| {
-                    r.get(s.conn(), id)
-                })
+                .run(&repo, change.to(), |r, s| r.get(s.conn(), id))
                 .unwrap();
             assert_eq!(read, ("kay".to_owned(), qty), "step {crash}");
         },
@@ -328,6 +326,14 @@ macro_rules! changes_suite {
                 let (_dir, catalog) = catalog();
                 let Some(kit): Option<Kit<B>> = $kit("renames_crash_resume", catalog) else { return };
                 orders_crash_at_each_step(&kit.transition(2).unwrap());
+            }
+
+            /// The drops, crashed at each step of version 3's upgrade.
+            #[test]
+            fn drops_crashed_at_each_step_resume() {
+                let (_dir, catalog) = catalog();
+                let Some(kit): Option<Kit<B>> = $kit("drops_crash_resume", catalog) else { return };
+                orders_crash_at_each_step(&kit.transition(3).unwrap());
             }
         }
     };
@@ -711,6 +717,46 @@ add_check = { table = "items", name = "qty_non_negative", check = "qty >= 0" }
             .first(&mut *conn)
             .unwrap();
         assert_eq!(qty, 1, "the new default");
+    }
+
+    /// Crashed at each step, the upgrade resumes: a NULL owner version 1
+    /// wrote before it reads back filled through version 2.
+    #[test]
+    fn an_upgrade_crashed_at_each_step_resumes() {
+        let (_dir, catalog) = common::change_catalog(&[("0001_items", V1), ("0002_rules", V2)]);
+        let Some(server) = common::pg::server("postgres_constraints_crash") else {
+            return;
+        };
+        let kit = Kit::<Postgres>::postgres(&server, catalog);
+        let change = kit.transition(2).unwrap();
+        let repo = Repository::<dyn Items>::builder("items")
+            .binding(1, Arc::new(ItemsV1))
+            .binding(2, Arc::new(ItemsV2))
+            .build()
+            .unwrap();
+        crash_at_each_step(
+            &change,
+            |up| up,
+            |staged, crash| {
+                let qty = i32::try_from(crash).unwrap();
+                staged
+                    .run(&repo, tandem::Version::FIRST, |r, s| {
+                        r.create(s.conn(), "", qty)
+                    })
+                    .unwrap()
+            },
+            |staged, id, crash| {
+                let two = tandem::Version::new(2).unwrap();
+                assert_eq!(
+                    staged
+                        .run(&repo, two, |r, s| r.owner(s.conn(), id))
+                        .unwrap(),
+                    "nobody",
+                    "step {crash}"
+                );
+            },
+            6,
+        );
     }
 
     #[derive(diesel::QueryableByName)]
