@@ -111,6 +111,8 @@ const WALKS: u32 = 4;
 pub(super) struct Walked {
     pub(super) batches: u64,
     pub(super) rows: u64,
+    /// The closing checks' time ([`PhaseReport::backfill_checks`]).
+    pub(super) checked: Duration,
 }
 
 impl<B: Backend> Upgrader<B> {
@@ -137,6 +139,7 @@ impl<B: Backend> Upgrader<B> {
         let mut walked = Walked {
             batches: 0,
             rows: 0,
+            checked: Duration::ZERO,
         };
         let mut after = progress.through(&backfill.name);
         let mut walks: u32 = 1;
@@ -221,8 +224,10 @@ impl<B: Backend> Upgrader<B> {
                 // (an update of the key fires no sync trigger; a `VACUUM`
                 // renumbers SQLite rowids), during this walk or while a
                 // resumed expand was down, was passed over. One read looks.
-                let Some(first) = self.first_pending(conn, kept.0, backfill, (target, batches))?
-                else {
+                let checking = Instant::now();
+                let pending = self.first_pending(conn, kept.0, backfill, (target, batches))?;
+                walked.checked = walked.checked.saturating_add(checking.elapsed());
+                let Some(first) = pending else {
                     tracing::info!(version = %target, backfill = %backfill.name, rows = walked.rows, walks, "backfill done");
                     return Ok(walked);
                 };

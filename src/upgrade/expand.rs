@@ -77,6 +77,7 @@ impl<B: Backend> Upgrader<B> {
                     )?;
                     report.batches = report.batches.saturating_add(walked.batches);
                     report.backfilled_rows = report.backfilled_rows.saturating_add(walked.rows);
+                    report.backfill_checks = report.backfill_checks.saturating_add(walked.checked);
                 }
             }
             for backfill in self

@@ -78,6 +78,11 @@ pub struct PhaseReport {
     /// commit: about the longest any batch held its row locks (and, on
     /// SQLite, the database's write lock) (expand only).
     pub longest_batch: Duration,
+    /// Of `duration`, the time the generated backfills' closing checks
+    /// took: once a walk ends, one read of the whole table for a row still
+    /// pending (one a key change moved behind the walk) (expand only).
+    /// What is left of the backfills' time is the walks'.
+    pub backfill_checks: Duration,
     /// For switch and switch back: how long the writer waited for the schema
     /// write lock.
     pub writer_wait: Duration,
@@ -106,6 +111,7 @@ impl PhaseReport {
             backfilled_rows: 0,
             indexes_built: 0,
             longest_batch: Duration::ZERO,
+            backfill_checks: Duration::ZERO,
             writer_wait: Duration::ZERO,
             held: Duration::ZERO,
             escalated: false,
